@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every Debian package Fedra needs to build, test, run and benchmark.
+# Idempotent: apt-get skips what is already installed. Runs as root or through sudo.
+set -euo pipefail
+
+packages=(
+  # toolchain
+  build-essential cmake pkg-config ccache git ca-certificates
+  # libraries
+  libtorch-dev libopenblas0-openmp
+  libcapnp-dev capnproto
+  libasio-dev libboost-program-options-dev
+  libfmt-dev libspdlog-dev nlohmann-json3-dev zlib1g-dev
+  doctest-dev
+  # data: Fashion-MNIST as gzip IDX files under /usr/share/datasets/fashion-mnist
+  dataset-fashion-mnist
+  # reference values and peer baselines in benchmarks (Debian's PyTorch)
+  python3 python3-torch
+)
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${#missing[@]} Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update
+  $sudo apt-get install -y --no-install-recommends "${packages[@]}"
+else
+  echo "setup: all ${#packages[@]} Debian packages present"
+fi
