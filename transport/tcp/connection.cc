@@ -1,0 +1,449 @@
+#include "transport/tcp/connection.h"
+
+#include <algorithm>
+#include <thread>
+
+namespace fedra::transport::tcp {
+
+namespace {
+
+std::string describe(const asio::ip::tcp::socket& socket) {
+  asio::error_code ec;
+  auto ep = socket.remote_endpoint(ec);
+  if (ec) return "<unknown peer>";
+  return fmt::format("{}:{}", ep.address().to_string(), ep.port());
+}
+
+void set_nodelay(asio::ip::tcp::socket& socket) {
+  asio::error_code ec;
+  socket.set_option(asio::ip::tcp::no_delay(true), ec);
+}
+
+}  // namespace
+
+std::string Endpoint::to_string() const {
+  if (host.find(':') != std::string::npos) return fmt::format("[{}]:{}", host, port);
+  return fmt::format("{}:{}", host, port);
+}
+
+Endpoint parse_endpoint(std::string_view text) {
+  const auto colon = text.rfind(':');
+  FEDRA_REQUIRE(colon != std::string_view::npos && colon > 0 && colon + 1 < text.size(),
+                "'{}' is not an endpoint; expected HOST:PORT, e.g. 127.0.0.1:7000", text);
+  std::string host(text.substr(0, colon));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  const std::string port_text(text.substr(colon + 1));
+  unsigned long port = 0;
+  size_t used = 0;
+  try {
+    port = std::stoul(port_text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  FEDRA_REQUIRE(used == port_text.size() && port <= 65535,
+                "'{}' in endpoint '{}' is not a port number (0-65535)", port_text, text);
+  return Endpoint{host, static_cast<uint16_t>(port)};
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void ReceiveBudget::acquire(uint64_t bytes, std::function<void()> start) {
+  // First come, first served: a small body does not overtake a large one already waiting.
+  if (waiting_.empty() && (in_use_ == 0 || in_use_ + bytes <= capacity_)) {
+    in_use_ += bytes;
+    peak_ = std::max(peak_, in_use_);
+    start();
+  } else {
+    waiting_.emplace_back(bytes, std::move(start));
+  }
+}
+
+void ReceiveBudget::release(uint64_t bytes) {
+  in_use_ -= std::min(bytes, in_use_);
+  while (!waiting_.empty() && (in_use_ == 0 || in_use_ + waiting_.front().first <= capacity_)) {
+    auto [n, start] = std::move(waiting_.front());
+    waiting_.pop_front();
+    in_use_ += n;
+    peak_ = std::max(peak_, in_use_);
+    start();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+std::shared_ptr<Connection> Connection::create(asio::ip::tcp::socket socket, Limits limits,
+                                               std::shared_ptr<ReceiveBudget> budget) {
+  return std::shared_ptr<Connection>(
+      new Connection(std::move(socket), limits, std::move(budget)));
+}
+
+Connection::Connection(asio::ip::tcp::socket socket, Limits limits,
+                       std::shared_ptr<ReceiveBudget> budget)
+    : socket_(std::move(socket)), limits_(limits), budget_(std::move(budget)) {
+  limits_.validate();
+  if (!budget_) budget_ = std::make_shared<ReceiveBudget>(limits_.max_frame_bytes);
+  peer_ = describe(socket_);
+  set_nodelay(socket_);
+}
+
+Connection::~Connection() {
+  asio::error_code ec;
+  socket_.close(ec);
+}
+
+void Connection::start(FrameHandler on_frame, CloseHandler on_close) {
+  on_frame_ = std::move(on_frame);
+  on_close_ = std::move(on_close);
+  read_header();
+}
+
+void Connection::read_header() {
+  if (closing_) return drain();
+  table_.resize(8);
+  read_pending_ = true;
+  asio::async_read(socket_, asio::buffer(table_.data(), 8),
+                   [self = shared_from_this()](const asio::error_code& ec, size_t n) {
+                     self->read_pending_ = false;
+                     self->bytes_received_ += n;
+                     if (self->closing_) return self->drain();
+                     if (ec) return self->on_read_error(ec, n, 8);
+                     uint64_t table_bytes = 0;
+                     try {
+                       table_bytes = frame_table_bytes(self->table_.data(), self->limits_);
+                     } catch (const Error& e) {
+                       return self->protocol_error(e);
+                     }
+                     self->read_table(table_bytes);
+                   });
+}
+
+void Connection::read_table(uint64_t table_bytes) {
+  auto parse = [this]() {
+    try {
+      read_body(parse_frame_header(table_.data(), table_.size(), limits_));
+    } catch (const Error& e) {
+      protocol_error(e);
+    }
+  };
+  if (table_bytes == 8) return parse();
+  table_.resize(table_bytes);
+  read_pending_ = true;
+  asio::async_read(socket_, asio::buffer(table_.data() + 8, table_bytes - 8),
+                   [self = shared_from_this(), parse, table_bytes](const asio::error_code& ec,
+                                                                   size_t n) {
+                     self->read_pending_ = false;
+                     self->bytes_received_ += n;
+                     if (self->closing_) return self->drain();
+                     if (ec) return self->on_read_error(ec, 8 + n, table_bytes);
+                     parse();
+                   });
+}
+
+void Connection::read_body(FrameHeader header) {
+  const uint64_t body_bytes = header.body_bytes;
+  read_pending_ = true;  // waiting for budget counts as reading: nothing else may read
+  budget_->acquire(body_bytes, [self = shared_from_this(), header = std::move(header)]() mutable {
+    if (!self->open_) {
+      self->read_pending_ = false;
+      self->budget_->release(header.body_bytes);
+      if (self->closing_) self->drain();
+      return;
+    }
+    auto body = allocate_aligned(header.body_bytes);
+    auto* dst = body.get();
+    const uint64_t n = header.body_bytes;
+    asio::async_read(
+        self->socket_, asio::buffer(dst, n),
+        [self, header = std::move(header), body = std::move(body)](const asio::error_code& ec,
+                                                                  size_t got) mutable {
+          self->read_pending_ = false;
+          self->bytes_received_ += got;
+          const uint64_t held = header.body_bytes;
+          if (ec || self->closing_) {
+            self->budget_->release(held);
+            if (self->closing_) return self->drain();
+            return self->on_read_error(ec, header.table_bytes + got, header.total_bytes());
+          }
+          try {
+            self->on_frame_(InFrame(std::move(header), std::move(body)));
+          } catch (const std::exception& e) {
+            self->budget_->release(held);
+            return self->close(Error(ErrorKind::kFailed,
+                                     fmt::format("handler for a frame from {} failed: {}",
+                                                 self->peer_, e.what())));
+          }
+          self->budget_->release(held);
+          if (self->open_ || self->closing_) self->read_header();
+        });
+  });
+}
+
+void Connection::on_read_error(const asio::error_code& ec, uint64_t got, uint64_t wanted) {
+  if (ec == asio::error::operation_aborted || !open_) return;
+  if (ec == asio::error::eof || ec == asio::error::connection_reset) {
+    if (got == 0 && wanted == 8) {
+      return close(Error(ErrorKind::kDisconnected,
+                         fmt::format("{} closed the connection", peer_)));
+    }
+    return close(Error(ErrorKind::kDisconnected,
+                       fmt::format("{} closed the connection mid-frame (truncated frame: {} of "
+                                   "{} bytes received)",
+                                   peer_, got, wanted)));
+  }
+  close(Error(ErrorKind::kDisconnected, fmt::format("reading from {} failed: {}", peer_,
+                                                    ec.message())));
+}
+
+void Connection::protocol_error(const Error& error) { send_error_and_close(error); }
+
+void Connection::send(OutFrame frame, std::function<void()> on_written) {
+  if (!open_) return;  // the owner learns of the close through the CloseHandler
+  outbox_.push_back({std::move(frame), std::move(on_written)});
+  if (!writing_) write_next();
+}
+
+void Connection::write_next() {
+  if (outbox_.empty()) {
+    writing_ = false;
+    return;
+  }
+  writing_ = true;
+  std::vector<asio::const_buffer> buffers;
+  const auto& pieces = outbox_.front().frame.pieces();
+  buffers.reserve(pieces.size());
+  for (const auto& p : pieces) buffers.emplace_back(p.data, p.size);
+  asio::async_write(socket_, buffers,
+                    [self = shared_from_this()](const asio::error_code& ec, size_t n) {
+                      self->bytes_sent_ += n;
+                      if (ec) {
+                        self->writing_ = false;
+                        self->outbox_.clear();
+                        if (ec != asio::error::operation_aborted) {
+                          self->close(Error(ErrorKind::kDisconnected,
+                                            fmt::format("writing to {} failed: {}", self->peer_,
+                                                        ec.message())));
+                        }
+                        return;
+                      }
+                      if (self->outbox_.empty()) return;  // closed meanwhile
+                      auto done = std::move(self->outbox_.front().on_written);
+                      self->outbox_.pop_front();
+                      if (!self->open_ && !self->closing_) {
+                        self->outbox_.clear();
+                        self->writing_ = false;
+                        return;
+                      }
+                      if (done) done();
+                      self->write_next();
+                    });
+}
+
+void Connection::send_error_and_close(const Error& error) {
+  if (!open_) return;
+  Envelope env;
+  env.kind = std::string(kErrorKind);
+  env.error = WireError{error.kind(), error.what()};
+  OutFrame frame = encode(env, limits_);
+  outbox_.push_back({std::move(frame), [self = shared_from_this()]() {
+                       // Half-close, then read until the peer closes (or 2 s pass) so that
+                       // unread bytes do not turn our close into a reset that drops the error.
+                       asio::error_code ec;
+                       self->socket_.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+                       self->drain_timer_.emplace(self->socket_.get_executor());
+                       self->drain_timer_->expires_after(std::chrono::seconds(2));
+                       self->drain_timer_->async_wait([self](const asio::error_code& tec) {
+                         if (!tec) {
+                           asio::error_code cec;
+                           self->socket_.close(cec);
+                         }
+                       });
+                       if (!self->read_pending_) self->drain();
+                     }});
+  closing_ = true;
+  notify_closed(error);
+  if (!writing_) write_next();
+}
+
+void Connection::drain() {
+  if (!socket_.is_open()) return;
+  drain_buffer_.resize(64 * 1024);
+  read_pending_ = true;
+  socket_.async_read_some(asio::buffer(drain_buffer_),
+                          [self = shared_from_this()](const asio::error_code& ec, size_t n) {
+                            self->read_pending_ = false;
+                            self->bytes_received_ += n;
+                            if (!ec) return self->drain();
+                            asio::error_code cec;
+                            if (self->drain_timer_) self->drain_timer_->cancel();
+                            self->socket_.close(cec);
+                          });
+}
+
+void Connection::close(const Error& reason) {
+  notify_closed(reason);
+  closing_ = false;
+  asio::error_code ec;
+  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+  socket_.close(ec);
+  // A write in flight still points into the front frame: keep it until its handler runs, but
+  // drop every completion callback, whose owners may be gone by then.
+  for (auto& o : outbox_) o.on_written = nullptr;
+  while (outbox_.size() > (writing_ ? 1u : 0u)) outbox_.pop_back();
+}
+
+void Connection::notify_closed(const Error& reason) {
+  if (!open_) return;
+  open_ = false;
+  if (on_close_) {
+    asio::post(socket_.get_executor(),
+               [self = shared_from_this(), reason]() { self->on_close_(reason); });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+asio::ip::tcp::socket connect_with_retry(asio::io_context& io, const Endpoint& endpoint,
+                                         std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto backoff = std::chrono::milliseconds(100);
+  std::string last_error;
+  asio::ip::tcp::resolver resolver(io);
+  for (;;) {
+    asio::error_code ec;
+    auto results = resolver.resolve(endpoint.host, std::to_string(endpoint.port), ec);
+    if (!ec) {
+      asio::ip::tcp::socket socket(io);
+      asio::connect(socket, results, ec);
+      if (!ec) {
+        set_nodelay(socket);
+        return socket;
+      }
+    }
+    last_error = ec.message();
+    const auto now = std::chrono::steady_clock::now();
+    if (now + backoff > deadline) break;
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+  }
+  FEDRA_THROW(ErrorKind::kDisconnected,
+              "cannot connect to {} within {} s (last error: {}); is the coordinator running "
+              "and listening there?",
+              endpoint.to_string(), timeout.count() / 1000.0, last_error);
+}
+
+Listener::Listener(asio::io_context& io, const Endpoint& endpoint, AcceptHandler on_accept)
+    : acceptor_(io), on_accept_(std::move(on_accept)) {
+  asio::error_code ec;
+  asio::ip::tcp::resolver resolver(io);
+  auto results = resolver.resolve(endpoint.host, std::to_string(endpoint.port),
+                                  asio::ip::tcp::resolver::passive, ec);
+  FEDRA_REQUIRE(!ec && !results.empty(), "cannot resolve listen address '{}': {}",
+                endpoint.to_string(), ec.message());
+  const auto ep = results.begin()->endpoint();
+  acceptor_.open(ep.protocol(), ec);
+  if (!ec) acceptor_.set_option(asio::ip::tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(ep, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  FEDRA_REQUIRE(!ec, "cannot listen on {}: {} (is another process using the port?)",
+                endpoint.to_string(), ec.message());
+  accept_next();
+}
+
+Endpoint Listener::local_endpoint() const {
+  auto ep = acceptor_.local_endpoint();
+  return Endpoint{ep.address().to_string(), ep.port()};
+}
+
+void Listener::close() {
+  asio::error_code ec;
+  acceptor_.close(ec);
+}
+
+void Listener::accept_next() {
+  acceptor_.async_accept([this](const asio::error_code& ec, asio::ip::tcp::socket socket) {
+    if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
+    if (!ec) {
+      set_nodelay(socket);
+      on_accept_(std::move(socket));
+    }
+    accept_next();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+std::unique_ptr<BlockingChannel> BlockingChannel::connect(const Endpoint& endpoint,
+                                                          const Limits& limits,
+                                                          std::chrono::milliseconds timeout) {
+  std::unique_ptr<BlockingChannel> ch(new BlockingChannel());
+  auto socket = connect_with_retry(ch->io_, endpoint, timeout);
+  ch->conn_ = Connection::create(std::move(socket), limits);
+  BlockingChannel* raw = ch.get();
+  ch->conn_->start([raw](InFrame frame) { raw->inbox_.push_back(std::move(frame)); },
+                   [raw](const Error& e) { raw->closed_ = e; });
+  return ch;
+}
+
+BlockingChannel::~BlockingChannel() {
+  if (conn_) {
+    conn_->close(Error(ErrorKind::kDisconnected, "channel closed"));
+    io_.restart();
+    io_.poll();
+  }
+}
+
+void BlockingChannel::send(const Envelope& envelope) {
+  if (closed_) throw *closed_;
+  bool written = false;
+  conn_->send(encode(envelope, conn_->limits()), [&written]() { written = true; });
+  io_.restart();
+  while (!written && !closed_) io_.run_one();
+  if (written) return;
+  // A peer that refuses a message says why before closing: report that, not just the close.
+  for (const InFrame& f : inbox_) {
+    Envelope env;
+    try {
+      decode_into(f, conn_->limits(), env);
+    } catch (const Error&) {
+      continue;
+    }
+    if (env.kind == kErrorKind && env.error) {
+      throw Error(env.error->kind, fmt::format("{} refused the message: {}", conn_->peer(),
+                                               env.error->message));
+    }
+  }
+  throw *closed_;
+}
+
+Envelope BlockingChannel::receive(std::optional<std::chrono::milliseconds> timeout) {
+  const auto deadline =
+      timeout ? std::chrono::steady_clock::now() + *timeout : std::chrono::steady_clock::time_point::max();
+  io_.restart();
+  while (inbox_.empty() && !closed_) {
+    if (timeout) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) {
+        FEDRA_THROW(ErrorKind::kOverloaded, "no message from {} within {} s", conn_->peer(),
+                    timeout->count() / 1000.0);
+      }
+      io_.run_one_for(deadline - now);
+    } else {
+      io_.run_one();
+    }
+    if (io_.stopped()) io_.restart();
+  }
+  if (inbox_.empty()) throw *closed_;
+  InFrame frame = std::move(inbox_.front());
+  inbox_.pop_front();
+  return decode(frame, conn_->limits());
+}
+
+void BlockingChannel::close() {
+  conn_->close(Error(ErrorKind::kDisconnected, "closed by this side"));
+  io_.restart();
+  io_.poll();
+}
+
+}  // namespace fedra::transport::tcp
