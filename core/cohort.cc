@@ -1,0 +1,419 @@
+#include "core/cohort.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <optional>
+#include <random>
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include "core/protocol.h"
+#include "transport/tcp/connection.h"
+
+namespace fedra {
+
+namespace tcp = transport::tcp;
+
+namespace {
+
+// Constant-time comparison, so the token check does not leak how many bytes matched.
+bool same_token(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
+    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= static_cast<unsigned char>(x ^ y);
+  }
+  return diff == 0;
+}
+
+std::string seconds(Clock::duration d) {
+  return fmt::format("{:.1f} s", std::chrono::duration<double>(d).count());
+}
+
+}  // namespace
+
+std::string describe_failures(const std::vector<Failure>& failures) {
+  std::vector<std::string> parts;
+  for (const auto& f : failures) parts.push_back(fmt::format("{}: {}", f.name, f.message));
+  return fmt::format("{}", fmt::join(parts, "; "));
+}
+
+struct Cohort::Impl {
+  struct Member {
+    WorkerInfo info;
+    std::shared_ptr<tcp::Connection> conn;
+    bool ready = false;
+    bool rejected = false;
+    std::optional<asio::steady_timer> handshake_timer;
+    // At most one request is outstanding per worker.
+    uint64_t pending_id = 0;
+    std::function<void(Message&&)> on_reply;
+    std::function<void(Failure)> on_fail;
+  };
+
+  CohortConfig config;
+  asio::io_context io;
+  std::shared_ptr<tcp::ReceiveBudget> budget;
+  std::unique_ptr<tcp::Listener> listener;
+  std::optional<asio::signal_set> signals;
+  std::map<WorkerId, std::shared_ptr<Member>> members;
+  WorkerId next_id = 1;
+  uint64_t next_request = 1;
+  uint64_t closed_bytes_up = 0;
+  uint64_t closed_bytes_down = 0;
+  bool stop = false;
+
+  explicit Impl(CohortConfig c) : config(std::move(c)) {
+    config.limits.validate();
+    budget = std::make_shared<tcp::ReceiveBudget>(config.receive_budget_bytes);
+    listener = std::make_unique<tcp::Listener>(io, tcp::parse_endpoint(config.listen),
+                                               [this](asio::ip::tcp::socket s) { accept(std::move(s)); });
+    signals.emplace(io, SIGINT, SIGTERM);
+    wait_signal();
+  }
+
+  void wait_signal() {
+    signals->async_wait([this](const asio::error_code& ec, int signo) {
+      if (ec) return;
+      spdlog::warn("received signal {}: stopping after the current step", signo);
+      stop = true;
+      wait_signal();
+    });
+  }
+
+  size_t ready_count() const {
+    return static_cast<size_t>(std::count_if(members.begin(), members.end(),
+                                             [](const auto& m) { return m.second->ready; }));
+  }
+
+  void accept(asio::ip::tcp::socket socket) {
+    auto m = std::make_shared<Member>();
+    m->info.id = next_id++;
+    m->conn = tcp::Connection::create(std::move(socket), config.limits, budget);
+    m->info.address = m->conn->peer();
+    members[m->info.id] = m;
+    m->handshake_timer.emplace(io);
+    m->handshake_timer->expires_after(config.handshake_timeout);
+    std::weak_ptr<Member> weak = m;
+    m->handshake_timer->async_wait([this, weak](const asio::error_code& ec) {
+      auto member = weak.lock();
+      if (ec || !member || member->ready) return;
+      reject(*member, Error(ErrorKind::kOverloaded,
+                            fmt::format("no hello within {} (handshake timeout)",
+                                        seconds(config.handshake_timeout))));
+    });
+    const WorkerId id = m->info.id;
+    m->conn->start([this, id](transport::InFrame frame) { on_frame(id, std::move(frame)); },
+                   [this, id](const Error& reason) { on_close(id, reason); });
+  }
+
+  void reject(Member& m, const Error& why) {
+    m.rejected = true;
+    spdlog::warn("rejected connection from {}: {}", m.info.address, why.what());
+    m.conn->send_error_and_close(why);
+  }
+
+  void on_frame(WorkerId id, transport::InFrame frame) {
+    auto it = members.find(id);
+    if (it == members.end()) return;
+    Member& m = *it->second;
+    transport::Envelope env;
+    try {
+      transport::decode_into(frame, config.limits, env);
+    } catch (const Error& e) {
+      if (!m.ready) return reject(m, e);
+      const std::string msg = fmt::format("malformed message '{}' from {}: {}", env.kind,
+                                          m.info.name, e.what());
+      if (m.pending_id != 0 && (env.request_id == 0 || env.request_id == m.pending_id)) {
+        return fail_pending(m, ErrorKind::kFailed, msg);
+      }
+      spdlog::warn("{} (discarded)", msg);
+      return;
+    }
+    if (!m.ready) return hello(m, env);
+    if (env.version != transport::kProtocolVersion) {
+      const Error e(ErrorKind::kFailed,
+                    fmt::format("protocol version {} in a message from {}, expected {}",
+                                env.version, m.info.name, transport::kProtocolVersion));
+      fail_pending(m, e.kind(), e.what());
+      return reject(m, e);
+    }
+    if (env.request_id != 0 && env.request_id == m.pending_id) {
+      if (env.error) {
+        return fail_pending(m, env.error->kind,
+                            fmt::format("worker {} reported: {}", m.info.name, env.error->message));
+      }
+      auto on_reply = std::move(m.on_reply);
+      clear_pending(m);
+      on_reply(from_envelope(std::move(env)));
+      return;
+    }
+    if (env.kind == protocol::kError && env.error) {
+      spdlog::warn("worker {} reported: {}", m.info.name, env.error->message);
+      return;
+    }
+    spdlog::debug("discarding '{}' from {} (request {} is not pending; a late reply?)", env.kind,
+                  m.info.name, env.request_id);
+  }
+
+  void hello(Member& m, transport::Envelope& env) {
+    if (env.kind != protocol::kHello) {
+      return reject(m, Error(ErrorKind::kFailed,
+                             fmt::format("expected '{}' as the first message, got '{}'",
+                                         protocol::kHello, env.kind)));
+    }
+    if (env.version != transport::kProtocolVersion) {
+      return reject(m, Error(ErrorKind::kFailed,
+                             fmt::format("protocol version mismatch: the worker speaks protocol "
+                                         "{}, this coordinator speaks protocol {}; run the same "
+                                         "Fedra release on both sides",
+                                         env.version, transport::kProtocolVersion)));
+    }
+    Message hi;
+    try {
+      hi = from_envelope(std::move(env));
+    } catch (const Error& e) {
+      return reject(m, e);
+    }
+    if (!config.token.empty() && !same_token(hi.option_or("token", ""), config.token)) {
+      return reject(m, Error(ErrorKind::kFailed,
+                             "authentication failed: the worker's token does not match the "
+                             "coordinator's (check --token on both sides)"));
+    }
+    m.info.name = hi.sender.empty() ? fmt::format("worker-{}", m.info.id) : hi.sender;
+    m.info.num_examples = static_cast<int64_t>(hi.metric_or("num_examples", 0));
+    for (const auto& [name, t] : hi.tensors) {
+      if (name != "label_histogram") continue;
+      if (t.scalar_type() != at::kLong || t.dim() != 1) {
+        return reject(m, Error(ErrorKind::kFailed, "hello: label_histogram must be int64 [classes]"));
+      }
+      const int64_t* p = t.data_ptr<int64_t>();
+      m.info.label_histogram.assign(p, p + t.numel());
+    }
+    m.ready = true;
+    m.handshake_timer->cancel();
+    Message welcome = protocol::make_welcome(config.job, m.info.id);
+    m.conn->send(transport::encode(to_envelope(welcome), config.limits));
+    spdlog::info("worker {} joined from {} ({} examples{}); {} connected", m.info.name,
+                 m.info.address, m.info.num_examples,
+                 m.info.label_histogram.empty()
+                     ? std::string()
+                     : fmt::format(", labels {}", fmt::join(m.info.label_histogram, "/")),
+                 ready_count());
+  }
+
+  void on_close(WorkerId id, const Error& reason) {
+    auto it = members.find(id);
+    if (it == members.end()) return;
+    auto m = it->second;
+    closed_bytes_up += m->conn->bytes_received();
+    closed_bytes_down += m->conn->bytes_sent();
+    members.erase(it);
+    if (m->handshake_timer) m->handshake_timer->cancel();
+    if (!m->ready) {
+      // Rejections were logged when made; anything else ended the connection before its hello.
+      if (m->rejected) return;
+      if (reason.kind() == ErrorKind::kDisconnected) {
+        spdlog::warn("connection from {} closed before its hello: {}", m->info.address, reason.what());
+      } else {  // the transport refused a malformed frame and told the peer why
+        spdlog::warn("rejected connection from {}: {}", m->info.address, reason.what());
+      }
+      return;
+    }
+    const bool pending = m->pending_id != 0;
+    if (reason.kind() == ErrorKind::kDisconnected && !pending) {
+      spdlog::info("worker {} left: {}", m->info.name, reason.what());
+    } else {
+      spdlog::warn("worker {} lost{}: {}", m->info.name, pending ? " mid-request" : "",
+                   reason.what());
+    }
+    if (pending) fail_pending(*m, ErrorKind::kDisconnected, reason.what());
+  }
+
+  void clear_pending(Member& m) {
+    m.pending_id = 0;
+    m.on_reply = nullptr;
+    m.on_fail = nullptr;
+  }
+
+  void fail_pending(Member& m, ErrorKind kind, const std::string& message) {
+    if (m.pending_id == 0) return;
+    auto on_fail = std::move(m.on_fail);
+    clear_pending(m);
+    on_fail(Failure{m.info.id, m.info.name, kind, message});
+  }
+
+  // Runs the io_context until `done()` or the deadline; false on deadline or stop.
+  template <class Done>
+  bool run_until(Done done, Deadline deadline) {
+    io.restart();
+    while (!done()) {
+      if (stop) return false;
+      if (Clock::now() >= deadline) return false;
+      io.run_one_until(deadline);
+    }
+    return true;
+  }
+};
+
+Cohort::Cohort(CohortConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+
+Cohort::~Cohort() {
+  for (auto& [id, m] : impl_->members) {
+    impl_->clear_pending(*m);
+    m->conn->close(Error(ErrorKind::kDisconnected, "coordinator shutting down"));
+  }
+  impl_->listener->close();
+  impl_->signals->cancel();
+  impl_->io.restart();
+  impl_->io.poll();
+}
+
+std::string Cohort::local_address() const { return impl_->listener->local_endpoint().to_string(); }
+
+size_t Cohort::size() const { return impl_->ready_count(); }
+
+std::vector<WorkerInfo> Cohort::workers() const {
+  std::vector<WorkerInfo> out;
+  for (const auto& [id, m] : impl_->members) {
+    if (m->ready) out.push_back(m->info);
+  }
+  return out;
+}
+
+std::vector<WorkerId> Cohort::sample(double fraction, size_t min_count, uint64_t seed) const {
+  std::vector<WorkerId> ids;
+  for (const auto& w : workers()) ids.push_back(w.id);
+  const auto wanted = static_cast<size_t>(std::ceil(fraction * static_cast<double>(ids.size()) - 1e-9));
+  const size_t k = std::min(ids.size(), std::max(wanted, min_count));
+  std::mt19937_64 rng(seed);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  ids.resize(k);
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+bool Cohort::wait_for_workers(size_t n, Deadline deadline) {
+  return impl_->run_until([&] { return impl_->ready_count() >= n; }, deadline);
+}
+
+std::vector<Failure> Cohort::request_all(std::vector<Instruction> instructions, Deadline deadline,
+                                         const ReplyHandler& on_reply) {
+  std::vector<Failure> failures;
+  size_t outstanding = 0;
+  std::vector<std::shared_ptr<Impl::Member>> asked;
+  for (auto& ins : instructions) {
+    auto it = impl_->members.find(ins.worker);
+    if (it == impl_->members.end() || !it->second->ready) {
+      failures.push_back({ins.worker, fmt::format("worker #{}", ins.worker),
+                          ErrorKind::kDisconnected, "not connected"});
+      continue;
+    }
+    auto m = it->second;
+    FEDRA_ASSERT(m->pending_id == 0, "worker {} already has request {} pending", m->info.name,
+                 m->pending_id);
+    transport::Envelope env = to_envelope(ins.message);
+    env.sender = protocol::kCoordinatorName;
+    env.request_id = impl_->next_request++;
+    std::optional<transport::OutFrame> frame;
+    try {
+      frame.emplace(transport::encode(env, impl_->config.limits));
+    } catch (const Error& e) {
+      failures.push_back({m->info.id, m->info.name, e.kind(), e.what()});
+      continue;
+    }
+    m->pending_id = env.request_id;
+    const WorkerInfo info = m->info;
+    m->on_reply = [&failures, &outstanding, &on_reply, info](Message&& reply) {
+      --outstanding;
+      try {
+        on_reply(info, std::move(reply));
+      } catch (const Error& e) {
+        failures.push_back({info.id, info.name, e.kind(), e.what()});
+      } catch (const std::exception& e) {
+        failures.push_back({info.id, info.name, ErrorKind::kFailed, e.what()});
+      }
+    };
+    m->on_fail = [&failures, &outstanding](Failure f) {
+      --outstanding;
+      failures.push_back(std::move(f));
+    };
+    m->conn->send(std::move(*frame));
+    asked.push_back(m);
+    ++outstanding;
+  }
+  const bool finished = impl_->run_until([&] { return outstanding == 0; }, deadline);
+  if (!finished) {
+    const std::string why = impl_->stop
+                                ? std::string("interrupted by a signal")
+                                : fmt::format("no reply before the deadline");
+    for (auto& m : asked) {
+      if (m->pending_id != 0) {
+        impl_->fail_pending(*m, impl_->stop ? ErrorKind::kFailed : ErrorKind::kOverloaded, why);
+      }
+    }
+  }
+  return failures;
+}
+
+Message Cohort::request(WorkerId worker, Message message, Deadline deadline) {
+  std::optional<Message> reply;
+  std::vector<Instruction> one;
+  one.push_back({worker, std::move(message)});
+  auto failures = request_all(std::move(one), deadline,
+                              [&](const WorkerInfo&, Message&& r) { reply = std::move(r); });
+  if (!failures.empty()) {
+    throw Error(failures.front().kind,
+                fmt::format("{}: {}", failures.front().name, failures.front().message));
+  }
+  FEDRA_ASSERT(reply.has_value(), "request finished without a reply or a failure");
+  return std::move(*reply);
+}
+
+void Cohort::poll() {
+  impl_->io.restart();
+  impl_->io.poll();
+}
+
+void Cohort::shutdown(const std::string& reason, std::chrono::milliseconds grace) {
+  size_t unsent = 0;
+  Message bye(protocol::kShutdown);
+  bye.sender = protocol::kCoordinatorName;
+  bye.options["reason"] = reason;
+  const transport::Envelope env = to_envelope(bye);
+  for (auto& [id, m] : impl_->members) {
+    impl_->clear_pending(*m);
+    if (!m->ready || !m->conn->is_open()) continue;
+    ++unsent;
+    m->conn->send(transport::encode(env, impl_->config.limits), [&unsent]() { --unsent; });
+  }
+  impl_->run_until([&] { return unsent == 0; }, Clock::now() + grace);
+  for (auto& [id, m] : impl_->members) {
+    m->conn->close(Error(ErrorKind::kDisconnected, "job finished"));
+  }
+  impl_->listener->close();
+  impl_->io.restart();
+  impl_->io.poll();
+}
+
+uint64_t Cohort::bytes_up() const {
+  uint64_t n = impl_->closed_bytes_up;
+  for (const auto& [id, m] : impl_->members) n += m->conn->bytes_received();
+  return n;
+}
+
+uint64_t Cohort::bytes_down() const {
+  uint64_t n = impl_->closed_bytes_down;
+  for (const auto& [id, m] : impl_->members) n += m->conn->bytes_sent();
+  return n;
+}
+
+uint64_t Cohort::peak_receive_bytes() const { return impl_->budget->peak(); }
+
+void Cohort::request_stop() { impl_->stop = true; }
+bool Cohort::stop_requested() const { return impl_->stop; }
+
+}  // namespace fedra

@@ -1,0 +1,121 @@
+// Cohort: the connected workers, as the coordinator's strategy sees them.
+//
+// The Cohort owns the coordinator's network side: the listening socket, the handshake of each
+// new connection (protocol version, token, data summary, then the job in "welcome"), liveness,
+// and request/reply matching with per-request deadlines. Strategies use it like a function call:
+//
+//   auto failures = cohort.request_all(instructions, deadline, [&](const WorkerInfo& w, Message&& r) {
+//     aggregate(r);  // runs as each reply arrives; the frame buffer is freed when it returns
+//   });
+//
+// Threading: the Cohort runs its io_context only inside its own calls (request_all, request,
+// wait_for_workers, shutdown, poll), on the caller's thread, so reply handlers run on the
+// strategy's thread with no hand-off and no locks. Between calls nothing is read; peers wait in
+// TCP buffers, and workers that connect meanwhile are handled at the next call.
+//
+// Failures: a worker that disconnects, misses the deadline, sends a malformed reply, replies with
+// an error, or whose reply the handler rejects (by throwing fedra::Error) becomes a Failure in the
+// returned list; the other workers' requests go on. Connections that fail the handshake are
+// answered with an error naming the problem and closed; the Cohort keeps serving the others.
+//
+// Memory: incoming frame bodies share one receive budget (CohortConfig::receive_budget_bytes), so
+// the coordinator holds O(budget) bytes of replies at once however many workers reply together.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/message.h"
+#include "core/strategy.h"
+#include "transport/codec.h"
+
+namespace fedra {
+
+namespace transport::tcp {
+struct Endpoint;
+}
+
+using WorkerId = uint64_t;
+using Clock = std::chrono::steady_clock;
+using Deadline = Clock::time_point;
+
+struct WorkerInfo {
+  WorkerId id = 0;
+  std::string name;
+  std::string address;
+  int64_t num_examples = 0;
+  std::vector<int64_t> label_histogram;
+};
+
+struct Instruction {
+  WorkerId worker;
+  Message message;
+};
+
+struct Failure {
+  WorkerId worker = 0;
+  std::string name;
+  ErrorKind kind = ErrorKind::kFailed;
+  std::string message;
+};
+
+struct CohortConfig {
+  std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free port
+  transport::Limits limits;
+  std::string token;  // required from workers when not empty
+  std::chrono::milliseconds handshake_timeout{10000};
+  uint64_t receive_budget_bytes = uint64_t{512} << 20;
+  Job job;  // sent to every worker in its welcome
+};
+
+class Cohort {
+ public:
+  using ReplyHandler = std::function<void(const WorkerInfo&, Message&&)>;
+
+  explicit Cohort(CohortConfig config);
+  ~Cohort();
+  Cohort(const Cohort&) = delete;
+  Cohort& operator=(const Cohort&) = delete;
+
+  // "HOST:PORT" actually bound (the port resolved when 0 was asked for).
+  std::string local_address() const;
+
+  size_t size() const;                     // workers past the handshake
+  std::vector<WorkerInfo> workers() const;  // sorted by id
+  // max(min_count, ceil(fraction * size())) workers, at most size(), drawn with `seed`.
+  std::vector<WorkerId> sample(double fraction, size_t min_count, uint64_t seed) const;
+
+  // Serves connections until `n` workers are ready; false if the deadline passes first.
+  bool wait_for_workers(size_t n, Deadline deadline);
+  // Sends every instruction, then calls on_reply for each reply as it arrives, until all have
+  // replied or failed or the deadline passes. Returns the failures, in the order they happened.
+  std::vector<Failure> request_all(std::vector<Instruction> instructions, Deadline deadline,
+                                   const ReplyHandler& on_reply);
+  // One request; throws Error (kind of the failure) if it fails.
+  Message request(WorkerId worker, Message message, Deadline deadline);
+  // Handles pending events (connections, handshakes) without waiting.
+  void poll();
+  // Tells every worker the job is over, waits up to `grace` for the messages to go out, closes.
+  void shutdown(const std::string& reason, std::chrono::milliseconds grace);
+
+  // Cumulative frame bytes, over every connection ever made (handshakes included).
+  uint64_t bytes_up() const;    // workers -> coordinator
+  uint64_t bytes_down() const;  // coordinator -> workers
+  uint64_t peak_receive_bytes() const;
+
+  // SIGINT/SIGTERM set this; waiting calls return early.
+  void request_stop();
+  bool stop_requested() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+std::string describe_failures(const std::vector<Failure>& failures);
+
+}  // namespace fedra

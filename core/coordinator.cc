@@ -1,0 +1,147 @@
+#include "core/coordinator.h"
+
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+
+#include <fstream>
+#include <thread>
+
+#include "transport/codec.h"
+
+namespace fedra {
+
+namespace {
+
+std::string format_metric(const MetricValue& v) {
+  if (const auto* d = std::get_if<double>(&v)) return fmt::format("{:.4f}", *d);
+  if (const auto* i = std::get_if<int64_t>(&v)) return std::to_string(*i);
+  return std::get<std::string>(v);
+}
+
+const MetricValue* find_metric(const Metrics& m, const std::string& key) {
+  for (const auto& [k, v] : m) {
+    if (k == key) return &v;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+int configure_threads(int threads) {
+  const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(n);
+  static bool interop_set = false;  // may only be set once per process
+  if (!interop_set) {
+    at::set_num_interop_threads(1);
+    interop_set = true;
+  }
+  return n;
+}
+
+Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& registry)
+    : config_(std::move(config)) {
+  config_.threads = configure_threads(config_.threads);
+  Job& job = config_.cohort.job;
+  job.options = registry.resolve_options(job.strategy, job.options);
+  const StrategyInfo& info = registry.get(job.strategy);
+  strategy_ = info.make_coordinator(job);
+  info.make_worker(job);  // the worker half validates the same options now, not on every worker
+  if (!config_.test_data.empty()) {
+    test_data_ = load_dataset(config_.test_data);
+    if (test_data_.test.size() == 0) {
+      spdlog::warn("dataset '{}' has no test split: rounds will not be evaluated",
+                   config_.test_data);
+    }
+  }
+  recorder_ = std::make_unique<RunRecorder>(config_.out_dir);
+  cohort_ = std::make_unique<Cohort>(config_.cohort);
+  if (!config_.port_file.empty()) {
+    const std::string addr = cohort_->local_address();
+    write_file_atomically(config_.port_file, addr.substr(addr.rfind(':') + 1) + "\n");
+  }
+  spdlog::info("coordinator listening on {} (strategy {}, model {}, {} threads)",
+               cohort_->local_address(), job.strategy, job.model, config_.threads);
+}
+
+Coordinator::~Coordinator() = default;
+
+std::string Coordinator::local_address() const { return cohort_->local_address(); }
+
+int Coordinator::run() {
+  const auto t0 = Clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  RunSummary summary;
+  summary.strategy = config_.cohort.job.strategy;
+  summary.config = config_.resolved_config;
+  for (const auto& [k, v] : config_.cohort.job.options.values()) {
+    summary.config.emplace(config_.cohort.job.strategy + "." + k, v);
+  }
+
+  RunContext ctx;
+  ctx.job = config_.cohort.job;
+  ctx.test_set = test_data_.test.size() > 0 ? &test_data_.test : nullptr;
+  ctx.threads = config_.threads;
+  ctx.wait_timeout = config_.wait_timeout;
+  ctx.stop_requested = [this] { return cohort_->stop_requested(); };
+  ctx.report_round = [&](uint32_t round, uint32_t total, Metrics line) {
+    Metrics full;
+    full.emplace_back("strategy", ctx.job.strategy);
+    full.emplace_back("round", static_cast<int64_t>(round));
+    full.insert(full.end(), line.begin(), line.end());
+    full.emplace_back("bytes_up", static_cast<int64_t>(cohort_->bytes_up()));
+    full.emplace_back("bytes_down", static_cast<int64_t>(cohort_->bytes_down()));
+    full.emplace_back("elapsed_s", elapsed());
+    recorder_->record_round(full);
+    std::string scores;
+    for (const char* key : {"test_accuracy", "test_loss", "train_loss"}) {
+      if (const MetricValue* v = find_metric(full, key)) scores += fmt::format("  {} {}", key, format_metric(*v));
+    }
+    const MetricValue* ok = find_metric(full, "workers_ok");
+    const MetricValue* failed = find_metric(full, "workers_failed");
+    spdlog::info("round {}/{}{}  workers {} ok/{} failed  up {}  down {}  {:.1f} s", round, total,
+                 scores, ok ? format_metric(*ok) : "?", failed ? format_metric(*failed) : "?",
+                 transport::format_bytes(cohort_->bytes_up()),
+                 transport::format_bytes(cohort_->bytes_down()), elapsed());
+  };
+
+  int code = 0;
+  try {
+    spdlog::info("waiting for {} worker(s) (up to {} s)", config_.min_workers,
+                 config_.wait_timeout.count() / 1000.0);
+    if (!cohort_->wait_for_workers(config_.min_workers, Clock::now() + config_.wait_timeout)) {
+      if (cohort_->stop_requested()) FEDRA_FAIL("interrupted while waiting for workers");
+      FEDRA_THROW(ErrorKind::kOverloaded,
+                  "only {} of {} workers connected within {} s; start more workers, check their "
+                  "--connect address and token, or raise --wait-timeout",
+                  cohort_->size(), config_.min_workers, config_.wait_timeout.count() / 1000.0);
+    }
+    for (const auto& w : cohort_->workers()) summary.workers.push_back(w.name);
+    strategy_->run(*cohort_, ctx);
+    summary.status = "completed";
+  } catch (const std::exception& e) {
+    summary.status = cohort_->stop_requested() ? "interrupted" : "failed";
+    summary.error = e.what();
+    code = cohort_->stop_requested() ? 130 : 1;
+    spdlog::error("job {}: {}", summary.status, e.what());
+  }
+  cohort_->shutdown(summary.status == "completed" ? "job completed" : "job " + summary.status + ": " + summary.error,
+                    std::chrono::seconds(5));
+  summary.elapsed_s = elapsed();
+  summary.bytes_up = cohort_->bytes_up();
+  summary.bytes_down = cohort_->bytes_down();
+  summary.peak_receive_bytes = cohort_->peak_receive_bytes();
+  try {
+    recorder_->write_summary(summary);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    code = code == 0 ? 1 : code;
+  }
+  if (code == 0) {
+    spdlog::info("job completed in {:.1f} s; up {}  down {}{}", summary.elapsed_s,
+                 transport::format_bytes(summary.bytes_up), transport::format_bytes(summary.bytes_down),
+                 config_.out_dir.empty() ? std::string() : "; results in " + config_.out_dir);
+  }
+  return code;
+}
+
+}  // namespace fedra

@@ -1,0 +1,54 @@
+// Coordinator: runs one job from start to end on the coordinator's side.
+//
+// Construction validates everything that can be checked alone (strategy and its options, the
+// model spec, the test data, the output directory) and binds the listening socket, so a bad
+// configuration fails before any worker is involved and a caller (fedra simulate) can read the
+// bound address before starting workers. run() waits for min_workers (up to wait_timeout), runs
+// the strategy's coordinator half, tells every worker to shut down, and writes summary.json with
+// the outcome. run() does not throw for a failed job: it logs the reason, records it in the
+// summary, and returns a non-zero exit code.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "core/cohort.h"
+#include "core/metrics.h"
+#include "core/registry.h"
+
+namespace fedra {
+
+struct CoordinatorConfig {
+  CohortConfig cohort;  // listen address, token, limits, job
+  size_t min_workers = 1;
+  std::chrono::milliseconds wait_timeout{120000};
+  std::string test_data;  // dataset spec whose test split is evaluated; empty: none
+  int threads = 0;        // LibTorch intra-op threads; 0: all cores
+  std::string out_dir;    // metrics.jsonl and summary.json; empty: none
+  std::string port_file;  // if set, the bound port is written here once listening
+  std::map<std::string, std::string> resolved_config;  // recorded in summary.json
+};
+
+class Coordinator {
+ public:
+  Coordinator(CoordinatorConfig config, const StrategyRegistry& registry);
+  ~Coordinator();
+
+  std::string local_address() const;
+  // Returns 0 if the job completed, 1 if it failed, 130 if interrupted.
+  int run();
+
+ private:
+  CoordinatorConfig config_;
+  std::unique_ptr<CoordinatorStrategy> strategy_;
+  DatasetSplits test_data_;
+  std::unique_ptr<RunRecorder> recorder_;
+  std::unique_ptr<Cohort> cohort_;
+};
+
+// Sets LibTorch's intra-op threads (0: all cores) and one inter-op thread; returns the count.
+int configure_threads(int threads);
+
+}  // namespace fedra

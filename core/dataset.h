@@ -1,0 +1,51 @@
+// Datasets: examples as tensors, loaded from a spec string.
+//
+// A Dataset is inputs (float32, [N, ...]) and targets (int64 class indices, [N]). Specs:
+//   fmnist[:dir=D,limit=N,test_limit=N]   Fashion-MNIST from the gzip IDX files of Debian's
+//                                        dataset-fashion-mnist (default dir
+//                                        /usr/share/datasets/fashion-mnist), [N,1,28,28],
+//                                        standardised with the training set's mean and std
+//   idx:train_images=P,train_labels=P[,test_images=P,test_labels=P,limit=N,test_limit=N]
+//                                        any IDX files (gzip or raw); uint8 images scaled to [0,1]
+//   csv:train=P[,test=P,label=0,header=auto,sep=comma|semicolon|tab,limit=N,test_limit=N]
+//                                        one example per row, the label column an integer class
+//   synthetic[:n=320,features=16,classes=2,seed=40,test_n=0]
+//                                        the notebook's task: x = rand([n, features]),
+//                                        y = randint(0, classes) from one generator seeded with
+//                                        `seed`, exactly as torch.manual_seed(seed) then rand,
+//                                        randint in Python; without test_n the test split is the
+//                                        training set
+// A worker loads the training split and keeps the rows of its partition (core/partition.h);
+// the coordinator loads the test split to evaluate. Loading is deterministic.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "transport/error.h"
+
+namespace fedra {
+
+struct Dataset {
+  std::string name;
+  at::Tensor inputs;   // float32 [N, ...]
+  at::Tensor targets;  // int64 [N]
+  int64_t num_classes = 0;
+
+  int64_t size() const { return targets.defined() ? targets.size(0) : 0; }
+};
+
+struct DatasetSplits {
+  Dataset train;
+  Dataset test;
+};
+
+DatasetSplits load_dataset(const std::string& spec);
+
+Dataset subset(const Dataset& data, const std::vector<int64_t>& indices);
+std::vector<int64_t> label_histogram(const Dataset& data);
+
+}  // namespace fedra

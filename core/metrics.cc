@@ -1,0 +1,108 @@
+#include "core/metrics.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "transport/error.h"
+
+namespace fedra {
+
+namespace {
+
+nlohmann::ordered_json to_json(const Metrics& m) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : m) {
+    std::visit([&, key = k](const auto& x) { j[key] = x; }, v);
+  }
+  return j;
+}
+
+void write_all(int fd, const std::string& text, const std::string& path) {
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    FEDRA_REQUIRE(n > 0, "cannot write '{}': {}", path, std::strerror(errno));
+    done += static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
+void write_file_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  FEDRA_REQUIRE(fd >= 0, "cannot create '{}': {}", tmp, std::strerror(errno));
+  try {
+    write_all(fd, text, tmp);
+    FEDRA_REQUIRE(::fsync(fd) == 0, "cannot flush '{}' to disk: {}", tmp, std::strerror(errno));
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  ::close(fd);
+  FEDRA_REQUIRE(::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '{}' to '{}': {}", tmp,
+                path, std::strerror(errno));
+}
+
+RunRecorder::RunRecorder(std::string out_dir) : out_dir_(std::move(out_dir)) {
+  if (out_dir_.empty()) return;
+  std::error_code ec;
+  std::filesystem::create_directories(out_dir_, ec);
+  FEDRA_REQUIRE(!ec, "cannot create output directory '{}': {}", out_dir_, ec.message());
+  const std::string path = out_dir_ + "/metrics.jsonl";
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  FEDRA_REQUIRE(fd_ >= 0, "cannot create '{}': {} (is the directory writable?)", path,
+                std::strerror(errno));
+}
+
+RunRecorder::~RunRecorder() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void RunRecorder::record_round(const Metrics& line) {
+  rounds_.push_back(line);
+  if (fd_ < 0) return;
+  const std::string path = out_dir_ + "/metrics.jsonl";
+  write_all(fd_, to_json(line).dump() + "\n", path);
+  FEDRA_REQUIRE(::fsync(fd_) == 0, "cannot flush '{}' to disk: {}", path, std::strerror(errno));
+}
+
+void RunRecorder::write_summary(const RunSummary& s) {
+  if (out_dir_.empty()) return;
+  nlohmann::ordered_json j;
+  j["strategy"] = s.strategy;
+  j["status"] = s.status;
+  if (!s.error.empty()) j["error"] = s.error;
+  j["rounds_recorded"] = rounds_.size();
+  j["final"] = rounds_.empty() ? nlohmann::ordered_json::object() : to_json(rounds_.back());
+  double best = -1;
+  int64_t best_round = 0;
+  for (const auto& r : rounds_) {
+    const nlohmann::ordered_json line = to_json(r);
+    if (line.contains("test_accuracy") && line["test_accuracy"].get<double>() > best) {
+      best = line["test_accuracy"].get<double>();
+      best_round = line.value("round", int64_t{0});
+    }
+  }
+  if (best >= 0) {
+    j["best_test_accuracy"] = best;
+    j["best_round"] = best_round;
+  }
+  j["elapsed_s"] = s.elapsed_s;
+  j["bytes_up"] = s.bytes_up;
+  j["bytes_down"] = s.bytes_down;
+  j["peak_receive_bytes"] = s.peak_receive_bytes;
+  j["workers"] = s.workers;
+  j["config"] = s.config;
+  write_file_atomically(out_dir_ + "/summary.json", j.dump(2) + "\n");
+}
+
+}  // namespace fedra

@@ -1,0 +1,53 @@
+// RunRecorder: the documented output files of a run (docs/outputs.md).
+//
+//   DIR/metrics.jsonl  one JSON object per round, appended and flushed (and fsync'd) as the round
+//                      ends, so a crash loses at most the round in progress
+//   DIR/summary.json   final figures, status and the full resolved configuration, written
+//                      atomically (temporary file, fsync, rename) at the end of the run
+// A write that fails (full disk, unwritable directory) throws Error naming the file and the
+// system's reason. Without an output directory the recorder keeps the records in memory only.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/strategy.h"
+
+namespace fedra {
+
+struct RunSummary {
+  std::string strategy;
+  std::string status;  // "completed", "failed" or "interrupted"
+  std::string error;
+  double elapsed_s = 0;
+  uint64_t bytes_up = 0;
+  uint64_t bytes_down = 0;
+  uint64_t peak_receive_bytes = 0;
+  std::vector<std::string> workers;
+  std::map<std::string, std::string> config;
+};
+
+class RunRecorder {
+ public:
+  // Creates `out_dir` if needed and truncates metrics.jsonl; empty `out_dir` records nothing.
+  explicit RunRecorder(std::string out_dir);
+  ~RunRecorder();
+
+  void record_round(const Metrics& line);
+  void write_summary(const RunSummary& summary);
+
+  const std::string& out_dir() const { return out_dir_; }
+  const std::vector<Metrics>& rounds() const { return rounds_; }
+
+ private:
+  std::string out_dir_;
+  int fd_ = -1;
+  std::vector<Metrics> rounds_;
+};
+
+// Writes `text` to `path` atomically: a temporary file in the same directory, fsync, rename.
+void write_file_atomically(const std::string& path, const std::string& text);
+
+}  // namespace fedra

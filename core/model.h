@@ -1,0 +1,36 @@
+// Models from spec strings; the same spec and seed build the same network in every process.
+//
+//   mlp:784-200-200-10   fully connected, ReLU between layers (McMahan et al.'s "2NN" is this,
+//                        199,210 weights); flattens its input first
+//   cnn                  McMahan et al.'s CNN for 28x28x1 inputs: conv5x5x32 - pool - conv5x5x64
+//                        - pool - fc512 - fc10 (1,663,370 weights)
+//   lenet5               LeNet-5 for 28x28x1 inputs (61,706 weights)
+//   cnn:classes=C, lenet5:classes=C  set the output width (default 10)
+// Layers have stable names (conv1, fc1, ...), which become the tensor names on the wire.
+// Models output logits; the loss (core/training.h) applies softmax or sigmoid.
+//
+// model_state() lists parameters then buffers by name; load_model_state() checks that names,
+// shapes and dtypes match and says which does not.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/sequential.h>
+
+#include "core/message.h"
+
+namespace fedra {
+
+// Seeds torch's global generator with `seed`, then builds the network.
+torch::nn::Sequential build_model(const std::string& spec, uint64_t seed);
+
+int64_t count_parameters(const torch::nn::Module& model);
+
+// Detached tensors sharing the model's storage.
+NamedTensors model_state(const torch::nn::Module& model);
+// Copies `state` into the model's parameters and buffers (no autograd history).
+void load_model_state(torch::nn::Module& model, const NamedTensors& state);
+
+}  // namespace fedra

@@ -1,0 +1,82 @@
+// The two halves of a training scheme.
+//
+// A strategy is one name with two halves that run in different processes and talk only through
+// Messages:
+//  - CoordinatorStrategy::run(cohort, ctx) drives the whole job on the coordinator's main
+//    thread. It reads like the notebook's loops: choose workers, cohort.request_all(...) with a
+//    deadline, combine the replies as they arrive, evaluate, ctx.report_round(...). Round-driven
+//    schemes derive from RoundStrategy (core/round_strategy.h) and fill in Flower-like hooks.
+//  - WorkerStrategy::handle(request, ctx) turns one request into one reply on a worker. It owns
+//    whatever state the worker keeps between requests (its model, optimiser); the worker's
+//    private data is in the context and never leaves the process except as the strategy sends it.
+// A strategy never touches a socket. Failures (a worker disconnected, missed its deadline or
+// replied with an error) reach the coordinator half as explicit Failure values, never silently
+// dropped. Throwing fedra::Error from handle() sends the worker's error to the coordinator.
+//
+// Both halves are created from the same Job, so options are parsed and validated identically on
+// both sides. The StrategyRegistry (core/registry.h) maps names to factories.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "core/dataset.h"
+#include "core/message.h"
+#include "core/options.h"
+
+namespace fedra {
+
+class Cohort;
+
+// What every process of a run agrees on. The coordinator sends it to each worker in the
+// handshake's "welcome" message.
+struct Job {
+  std::string strategy;
+  std::string model;    // model spec, e.g. "mlp:784-200-200-10" (core/model.h)
+  std::string loss = "ce";
+  uint64_t seed = 1;
+  OptionMap options;    // the strategy's options, defaults resolved
+};
+
+using MetricValue = std::variant<double, int64_t, std::string>;
+using Metrics = std::vector<std::pair<std::string, MetricValue>>;
+
+struct RunContext {
+  Job job;
+  const Dataset* test_set = nullptr;  // the coordinator's evaluation data, if any
+  int threads = 1;
+  // How long a strategy waits for workers to (re)join when too few are connected.
+  std::chrono::milliseconds wait_timeout{120000};
+  // Records one round: the runtime adds strategy, round, bytes on the wire and elapsed time,
+  // appends the line to metrics.jsonl and prints the progress line.
+  std::function<void(uint32_t round, uint32_t total_rounds, Metrics)> report_round;
+  // True once the user asked the coordinator to stop (SIGINT/SIGTERM).
+  std::function<bool()> stop_requested = [] { return false; };
+};
+
+struct WorkerContext {
+  Job job;
+  std::string name;
+  uint64_t worker_id = 0;
+  const Dataset* data = nullptr;  // this worker's private training data
+  int threads = 1;
+};
+
+class CoordinatorStrategy {
+ public:
+  virtual ~CoordinatorStrategy() = default;
+  virtual void run(Cohort& cohort, RunContext& ctx) = 0;
+};
+
+class WorkerStrategy {
+ public:
+  virtual ~WorkerStrategy() = default;
+  virtual Message handle(const Message& request, WorkerContext& ctx) = 0;
+};
+
+}  // namespace fedra

@@ -1,0 +1,107 @@
+#include "core/training.h"
+
+#include <torch/torch.h>
+
+#include "core/message.h"
+
+namespace fedra {
+
+void check_loss_name(const std::string& loss) {
+  FEDRA_REQUIRE(loss == "ce" || loss == "bce", "unknown loss '{}'; use ce or bce", loss);
+}
+
+void check_optimizer_name(const std::string& optimizer) {
+  FEDRA_REQUIRE(optimizer == "sgd" || optimizer == "adam",
+                "unknown optimizer '{}'; use sgd or adam", optimizer);
+}
+
+at::Tensor compute_loss(const at::Tensor& logits, const at::Tensor& targets, const std::string& loss) {
+  if (loss == "ce") return torch::nn::functional::cross_entropy(logits, targets);
+  if (loss == "bce") {
+    FEDRA_REQUIRE(logits.dim() == 2 && logits.size(1) == 1,
+                  "loss bce needs a model with one output, this one gives {}",
+                  describe_tensor(logits));
+    return torch::binary_cross_entropy_with_logits(logits, targets.to(logits.dtype()).reshape({-1, 1}));
+  }
+  check_loss_name(loss);
+  return {};
+}
+
+namespace {
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(torch::nn::Sequential& model,
+                                                        const TrainOptions& o) {
+  check_optimizer_name(o.optimizer);
+  if (o.optimizer == "adam") {
+    return std::make_unique<torch::optim::Adam>(
+        model->parameters(), torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
+  }
+  return std::make_unique<torch::optim::SGD>(
+      model->parameters(),
+      torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+}
+
+int64_t correct(const at::Tensor& logits, const at::Tensor& targets, const std::string& loss) {
+  at::Tensor pred = loss == "bce" ? (logits.reshape({-1}) > 0).to(at::kLong) : logits.argmax(1);
+  return pred.eq(targets).sum().item<int64_t>();
+}
+
+}  // namespace
+
+TrainStats train_local(torch::nn::Sequential& model, const Dataset& data, const TrainOptions& o) {
+  FEDRA_REQUIRE(o.batch_size > 0, "batch size must be > 0, got {}", o.batch_size);
+  FEDRA_REQUIRE(o.epochs >= 0 && o.max_steps >= 0, "epochs and max_steps must be >= 0");
+  check_loss_name(o.loss);
+  TrainStats stats;
+  const int64_t n = data.size();
+  if (n == 0) return stats;
+  model->train();
+  auto optimizer = make_optimizer(model, o);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+  double loss_sum = 0;
+  for (int64_t epoch = 0; epoch < o.epochs; ++epoch) {
+    at::Tensor perm = torch::randperm(n, gen, torch::kLong);
+    for (int64_t begin = 0; begin < n; begin += o.batch_size) {
+      if (o.max_steps > 0 && stats.steps >= o.max_steps) break;
+      at::Tensor idx = perm.slice(0, begin, std::min(n, begin + o.batch_size));
+      at::Tensor x = data.inputs.index_select(0, idx);
+      at::Tensor y = data.targets.index_select(0, idx);
+      optimizer->zero_grad();
+      at::Tensor loss = compute_loss(model->forward(x), y, o.loss);
+      loss.backward();
+      optimizer->step();
+      loss_sum += loss.item<double>() * static_cast<double>(idx.size(0));
+      stats.examples += idx.size(0);
+      ++stats.steps;
+    }
+    if (o.max_steps > 0 && stats.steps >= o.max_steps) break;
+  }
+  stats.mean_loss = stats.examples > 0 ? loss_sum / static_cast<double>(stats.examples) : 0.0;
+  return stats;
+}
+
+EvalStats evaluate_model(torch::nn::Sequential& model, const Dataset& data, const std::string& loss,
+                         int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  EvalStats s;
+  double loss_sum = 0;
+  int64_t right = 0;
+  for (int64_t begin = 0; begin < data.size(); begin += batch_size) {
+    const int64_t end = std::min(data.size(), begin + batch_size);
+    at::Tensor x = data.inputs.slice(0, begin, end);
+    at::Tensor y = data.targets.slice(0, begin, end);
+    at::Tensor logits = model->forward(x);
+    loss_sum += compute_loss(logits, y, loss).item<double>() * static_cast<double>(end - begin);
+    right += correct(logits, y, loss);
+    s.examples += end - begin;
+  }
+  model->train();
+  if (s.examples > 0) {
+    s.loss = loss_sum / static_cast<double>(s.examples);
+    s.accuracy = static_cast<double>(right) / static_cast<double>(s.examples);
+  }
+  return s;
+}
+
+}  // namespace fedra

@@ -1,0 +1,54 @@
+// Local training and evaluation loops shared by the strategies.
+//
+// Losses by name: "ce" (softmax cross-entropy over logits, int64 class targets) and "bce"
+// (sigmoid binary cross-entropy, for one-output models with 0/1 targets; the same value as
+// PyTorch's Sigmoid + BCELoss, computed stably from logits).
+//
+// train_local() makes a fresh optimiser each call (FedAvg's convention: optimiser state does not
+// cross rounds), shuffles with a generator seeded from options.seed, and runs `epochs` passes or
+// `max_steps` steps, whichever ends first (max_steps = 0 means no cap).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/modules/container/sequential.h>
+
+#include "core/dataset.h"
+
+namespace fedra {
+
+struct TrainOptions {
+  int64_t epochs = 1;
+  int64_t max_steps = 0;
+  int64_t batch_size = 32;
+  double lr = 0.01;
+  std::string optimizer = "sgd";  // "sgd" or "adam"
+  double momentum = 0.0;
+  double weight_decay = 0.0;
+  std::string loss = "ce";
+  uint64_t seed = 1;
+};
+
+struct TrainStats {
+  double mean_loss = 0;
+  int64_t steps = 0;
+  int64_t examples = 0;  // examples processed (counting repeats over epochs)
+};
+
+struct EvalStats {
+  double loss = 0;
+  double accuracy = 0;
+  int64_t examples = 0;
+};
+
+void check_loss_name(const std::string& loss);
+void check_optimizer_name(const std::string& optimizer);
+at::Tensor compute_loss(const at::Tensor& logits, const at::Tensor& targets, const std::string& loss);
+
+TrainStats train_local(torch::nn::Sequential& model, const Dataset& data, const TrainOptions& options);
+EvalStats evaluate_model(torch::nn::Sequential& model, const Dataset& data, const std::string& loss,
+                         int64_t batch_size = 1000);
+
+}  // namespace fedra

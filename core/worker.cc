@@ -1,0 +1,131 @@
+#include "core/worker.h"
+
+#include <unistd.h>
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include "core/coordinator.h"
+#include "core/partition.h"
+#include "core/protocol.h"
+#include "transport/tcp/connection.h"
+
+namespace fedra {
+
+namespace tcp = transport::tcp;
+
+namespace {
+
+std::string default_name() {
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  return fmt::format("{}-{}", host, ::getpid());
+}
+
+Dataset load_private_data(const WorkerConfig& c) {
+  DatasetSplits splits = load_dataset(c.dataset);
+  if (c.num_clients <= 1) return std::move(splits.train);
+  FEDRA_REQUIRE(c.client_index >= 0 && c.client_index < c.num_clients,
+                "--client {}/{}: the index must be in 0..{}", c.client_index, c.num_clients,
+                c.num_clients - 1);
+  Partition p = partition_dataset(splits.train.targets, splits.train.num_classes, c.partition,
+                                  c.num_clients, c.seed);
+  return subset(splits.train, p.clients[static_cast<size_t>(c.client_index)]);
+}
+
+Message error_reply(const Message& request, ErrorKind kind, const std::string& what) {
+  Message reply(protocol::kError, request.round);
+  reply.step = request.step;
+  reply.error = transport::WireError{kind, what};
+  return reply;
+}
+
+}  // namespace
+
+int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
+  const std::string name = config.name.empty() ? default_name() : config.name;
+  WorkerContext ctx;
+  ctx.name = name;
+  ctx.threads = configure_threads(config.threads);
+  Dataset data;
+  std::unique_ptr<tcp::BlockingChannel> channel;
+  try {
+    data = load_private_data(config);
+    ctx.data = &data;
+    spdlog::info("worker {}: {} training examples ({} partition, client {}/{})", name, data.size(),
+                 config.partition, config.client_index, config.num_clients);
+    channel = tcp::BlockingChannel::connect(tcp::parse_endpoint(config.coordinator), config.limits,
+                                            config.connect_timeout);
+    Message hello(protocol::kHello);
+    hello.sender = name;
+    if (!config.token.empty()) hello.options["token"] = config.token;
+    hello.metrics["num_examples"] = static_cast<double>(data.size());
+    const auto hist = label_histogram(data);
+    hello.tensors.emplace_back("label_histogram", at::tensor(hist, at::kLong));
+    channel->send(to_envelope(hello));
+  } catch (const Error& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+
+  std::unique_ptr<WorkerStrategy> strategy;
+  try {
+    Message welcome = from_envelope(channel->receive(config.handshake_timeout));
+    if (welcome.kind == protocol::kError) {
+      spdlog::error("coordinator refused this worker: {}",
+                    welcome.error ? welcome.error->message : std::string("(no reason given)"));
+      return 2;
+    }
+    ctx.job = protocol::job_from_welcome(welcome);
+    ctx.worker_id = std::stoull(welcome.option("worker_id"));
+    strategy = registry.get(ctx.job.strategy).make_worker(ctx.job);
+    spdlog::info("joined {} as worker #{}: strategy {}, model {}", channel->peer(), ctx.worker_id,
+                 ctx.job.strategy, ctx.job.model);
+  } catch (const Error& e) {
+    spdlog::error("handshake with {} failed: {}", config.coordinator, e.what());
+    return 1;
+  }
+
+  for (;;) {
+    transport::Envelope env;
+    try {
+      env = channel->receive();
+    } catch (const Error& e) {
+      spdlog::error("connection to the coordinator lost: {}", e.what());
+      return 1;
+    }
+    const uint64_t request_id = env.request_id;
+    Message request = from_envelope(std::move(env));
+    if (request.kind == protocol::kShutdown) {
+      spdlog::info("coordinator ended the job: {}", request.option_or("reason", "no reason given"));
+      return 0;
+    }
+    if (request.kind == protocol::kError) {
+      spdlog::error("coordinator reported an error: {}",
+                    request.error ? request.error->message : std::string("(none given)"));
+      return 1;
+    }
+    Message reply;
+    try {
+      reply = strategy->handle(request, ctx);
+    } catch (const Error& e) {
+      spdlog::warn("request '{}' (round {}) failed: {}", request.kind, request.round, e.what());
+      reply = error_reply(request, e.kind(), e.what());
+    } catch (const std::exception& e) {  // LibTorch reports shape errors as c10::Error
+      spdlog::warn("request '{}' (round {}) failed: {}", request.kind, request.round, e.what());
+      reply = error_reply(request, ErrorKind::kFailed, e.what());
+    }
+    reply.sender = name;
+    if (reply.round == 0) reply.round = request.round;
+    transport::Envelope out = to_envelope(reply);
+    out.request_id = request_id;
+    try {
+      channel->send(out);
+    } catch (const Error& e) {
+      spdlog::error("cannot reply to the coordinator: {}", e.what());
+      return 1;
+    }
+  }
+}
+
+}  // namespace fedra

@@ -1,0 +1,42 @@
+// Worker: runs the worker half of whatever job the coordinator assigns.
+//
+// The worker loads its private training data (a dataset spec, optionally one client's part of a
+// seeded partition), connects to the coordinator with retry and backoff, says hello (protocol
+// version, name, token, example count and label histogram: never samples), receives the job, and
+// then answers requests one at a time with the strategy's worker half until the coordinator says
+// "shutdown". Everything runs on the calling thread; LibTorch gets `threads` intra-op threads.
+//
+// A strategy error while handling a request is sent back as an error reply (the coordinator
+// records the failure and the worker stays available); a refused handshake, a lost connection or
+// a malformed frame from the coordinator ends the worker with a message saying which.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "core/registry.h"
+#include "transport/codec.h"
+
+namespace fedra {
+
+struct WorkerConfig {
+  std::string coordinator = "127.0.0.1:7000";  // HOST:PORT
+  std::string name;                            // default: hostname-pid
+  std::string token;
+  std::string dataset = "fmnist";
+  std::string partition = "iid";
+  int64_t client_index = 0;  // this worker's part of the partition...
+  int64_t num_clients = 1;   // ...of this many; 1: the whole training split
+  uint64_t seed = 1;         // partition seed: the same in every worker of a simulation
+  int threads = 0;           // 0: all cores
+  std::chrono::milliseconds connect_timeout{60000};
+  std::chrono::milliseconds handshake_timeout{30000};
+  transport::Limits limits;
+};
+
+// Returns the process exit code: 0 after a shutdown from the coordinator, 1 on an error, 2 if
+// the coordinator refused the worker.
+int run_worker(const WorkerConfig& config, const StrategyRegistry& registry);
+
+}  // namespace fedra
