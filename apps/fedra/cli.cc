@@ -1,0 +1,260 @@
+#include "apps/fedra/cli.h"
+
+#include <filesystem>
+#include <sstream>
+#include <thread>
+
+namespace fedra::cli {
+
+namespace {
+
+struct Groups {
+  po::options_description generic{"General"};
+  po::options_description job{"Job (the coordinator sends it to every worker)"};
+  po::options_description seed{"Reproducibility"};
+  po::options_description network{"Network and resources"};
+  po::options_description listen{"Listening"};
+  po::options_description coordinator{"Coordinator"};
+  po::options_description output{"Output"};
+  po::options_description worker{"Worker"};
+  po::options_description data{"Data"};
+  po::options_description simulate{"Simulation"};
+  std::vector<po::options_description> strategies;
+
+  explicit Groups(const StrategyRegistry& registry) {
+    generic.add_options()
+        ("help,h", "show this help")
+        ("config", po::value<std::string>(), "read options from this INI file (command line wins)")
+        ("log-level", po::value<std::string>()->default_value("info"),
+         "trace, debug, info, warn or error");
+    job.add_options()
+        ("strategy", po::value<std::string>()->default_value("fedavg"),
+         "training scheme; `fedra strategies` lists them")
+        ("model", po::value<std::string>()->default_value("mlp:784-200-200-10"),
+         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5")
+        ("loss", po::value<std::string>()->default_value("ce"), "ce (cross-entropy) or bce (binary)");
+    seed.add_options()
+        ("seed", po::value<uint64_t>()->default_value(1),
+         "seed for model initialisation, worker sampling, local shuffling and the data partition");
+    network.add_options()
+        ("token", po::value<std::string>()->default_value(""),
+         "shared secret workers must present; empty: none")
+        ("max-frame-bytes", po::value<uint64_t>()->default_value(uint64_t{2} << 30),
+         "largest message accepted or sent, in bytes (same on both sides)")
+        ("threads", po::value<int>()->default_value(0), "LibTorch threads for this process; 0: all cores");
+    listen.add_options()
+        ("listen", po::value<std::string>()->default_value("127.0.0.1:7000"),
+         "HOST:PORT to accept workers on (0.0.0.0 for all interfaces; port 0 picks one)")
+        ("port-file", po::value<std::string>(), "write the bound port to this file (for scripts)");
+    coordinator.add_options()
+        ("min-workers", po::value<int64_t>(), "workers to wait for before training (simulate: --workers)")
+        ("wait-timeout", po::value<double>()->default_value(120),
+         "seconds to wait for min-workers before failing")
+        ("handshake-timeout", po::value<double>()->default_value(10),
+         "seconds a new connection has to say hello")
+        ("receive-budget-mb", po::value<uint64_t>()->default_value(512),
+         "MiB of incoming messages the coordinator reads at once (memory bound; larger messages "
+         "are read one at a time)")
+        ("test-data", po::value<std::string>(),
+         "dataset spec whose test split the coordinator evaluates on; default: --dataset, or "
+         "fmnist; 'none' to skip evaluation");
+    output.add_options()
+        ("out", po::value<std::string>(),
+         "directory for metrics.jsonl and summary.json (docs/outputs.md)");
+    worker.add_options()
+        ("connect", po::value<std::string>()->default_value("127.0.0.1:7000"), "coordinator HOST:PORT")
+        ("name", po::value<std::string>(), "worker name in logs and metrics; default: host-pid")
+        ("client", po::value<std::string>()->default_value("0/1"),
+         "I/N: hold part I (from 0) of the dataset partitioned N ways; 0/1: all of it")
+        ("connect-timeout", po::value<double>()->default_value(60),
+         "seconds to keep retrying the connection");
+    data.add_options()
+        ("dataset", po::value<std::string>()->default_value("fmnist"),
+         "fmnist[:limit=N], idx:..., csv:..., synthetic:... (docs/data.md)")
+        ("partition", po::value<std::string>()->default_value("iid"),
+         "iid, dirichlet:alpha=A or shards:k=K");
+    simulate.add_options()
+        ("workers", po::value<int64_t>()->default_value(10), "worker processes to start")
+        ("worker-threads", po::value<int>()->default_value(0),
+         "LibTorch threads per worker; 0: cores / workers, at least 1");
+    for (const auto& s : registry.list()) {
+      po::options_description g(s.name + " options (--" + s.name + ".NAME, or [" + s.name +
+                                "] in a config file)");
+      for (const auto& o : s.options) {
+        g.add_options()((s.name + "." + o.name).c_str(),
+                        po::value<std::string>()->default_value(o.default_value), o.help.c_str());
+      }
+      strategies.push_back(std::move(g));
+    }
+  }
+
+  po::options_description for_command(Command c) const {
+    po::options_description d;
+    d.add(generic);
+    switch (c) {
+      case Command::kCoordinator:
+        d.add(job).add(seed).add(listen).add(coordinator).add(output).add(network);
+        break;
+      case Command::kWorker:
+        d.add(worker).add(data).add(seed).add(network);
+        break;
+      case Command::kSimulate:
+        d.add(job).add(seed).add(data).add(simulate).add(coordinator).add(output).add(network);
+        break;
+    }
+    if (c != Command::kWorker) {
+      for (const auto& g : strategies) d.add(g);
+    }
+    return d;
+  }
+
+  po::options_description everything() const {
+    po::options_description d;
+    d.add(generic).add(job).add(seed).add(network).add(listen).add(coordinator).add(output);
+    d.add(worker).add(data).add(simulate);
+    for (const auto& g : strategies) d.add(g);
+    return d;
+  }
+};
+
+const char* command_name(Command c) {
+  switch (c) {
+    case Command::kCoordinator: return "coordinator";
+    case Command::kWorker: return "worker";
+    case Command::kSimulate: return "simulate";
+  }
+  return "?";
+}
+
+const char* command_usage(Command c) {
+  switch (c) {
+    case Command::kCoordinator:
+      return "Usage: fedra coordinator [--config FILE] [--listen HOST:PORT] [options]\n"
+             "Accepts workers, sends them the job and runs the strategy's coordinator half.\n";
+    case Command::kWorker:
+      return "Usage: fedra worker --connect HOST:PORT [--dataset SPEC] [--client I/N] [options]\n"
+             "Holds private data, joins a coordinator and runs the strategy's worker half.\n";
+    case Command::kSimulate:
+      return "Usage: fedra simulate --config FILE [--workers N] [--out DIR] [options]\n"
+             "Starts a coordinator and N worker processes on loopback: the same bytes on the\n"
+             "same wire as a deployment across machines.\n";
+  }
+  return "";
+}
+
+std::string any_to_string(const boost::any& v) {
+  if (const auto* s = boost::any_cast<std::string>(&v)) return *s;
+  if (const auto* i = boost::any_cast<int>(&v)) return std::to_string(*i);
+  if (const auto* i = boost::any_cast<int64_t>(&v)) return std::to_string(*i);
+  if (const auto* u = boost::any_cast<uint64_t>(&v)) return std::to_string(*u);
+  if (const auto* d = boost::any_cast<double>(&v)) return fmt::format("{}", *d);
+  return "?";
+}
+
+std::chrono::milliseconds seconds_option(const po::variables_map& vm, const char* name) {
+  const double s = vm[name].as<double>();
+  FEDRA_REQUIRE(s > 0, "--{} must be > 0 seconds, got {}", name, s);
+  return std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
+}
+
+}  // namespace
+
+Parsed parse(Command command, int argc, const char* const argv[], const StrategyRegistry& registry) {
+  const Groups groups(registry);
+  Parsed p;
+  const std::string cmd = command_name(command);
+  try {
+    po::store(po::command_line_parser(argc, argv).options(groups.for_command(command)).run(), p.vm);
+    if (p.vm.count("config")) {
+      const std::string path = p.vm["config"].as<std::string>();
+      FEDRA_REQUIRE(std::filesystem::is_regular_file(path), "config file '{}' not found", path);
+      try {
+        po::store(po::parse_config_file<char>(path.c_str(), groups.everything(), false), p.vm);
+      } catch (const po::error& e) {
+        FEDRA_FAIL("config file '{}': {}", path, e.what());
+      }
+    }
+    po::notify(p.vm);
+  } catch (const po::error& e) {
+    FEDRA_FAIL("fedra {}: {}; see `fedra {} --help`", cmd, e.what(), cmd);
+  }
+  p.help = p.vm.count("help") != 0;
+  return p;
+}
+
+std::string help(Command command, const StrategyRegistry& registry) {
+  const Groups groups(registry);
+  std::ostringstream out;
+  out << command_usage(command) << "\n" << groups.for_command(command);
+  return out.str();
+}
+
+std::map<std::string, std::string> resolved(const po::variables_map& vm) {
+  std::map<std::string, std::string> out;
+  for (const auto& [k, v] : vm) {
+    if (k == "help") continue;
+    out[k] = any_to_string(v.value());
+  }
+  return out;
+}
+
+CoordinatorConfig coordinator_config(const po::variables_map& vm, const StrategyRegistry& registry) {
+  CoordinatorConfig c;
+  c.cohort.listen = vm.count("listen") ? vm["listen"].as<std::string>() : "127.0.0.1:0";
+  c.cohort.limits.max_frame_bytes = vm["max-frame-bytes"].as<uint64_t>();
+  c.cohort.limits.validate();
+  c.cohort.token = vm["token"].as<std::string>();
+  c.cohort.handshake_timeout = seconds_option(vm, "handshake-timeout");
+  c.cohort.receive_budget_bytes = vm["receive-budget-mb"].as<uint64_t>() << 20;
+  Job& job = c.cohort.job;
+  job.strategy = vm["strategy"].as<std::string>();
+  job.model = vm["model"].as<std::string>();
+  job.loss = vm["loss"].as<std::string>();
+  job.seed = vm["seed"].as<uint64_t>();
+  registry.get(job.strategy);  // a clear error for an unknown name before anything else
+  job.options = OptionMap(job.strategy);
+  const std::string prefix = job.strategy + ".";
+  for (const auto& [k, v] : vm) {
+    if (k.rfind(prefix, 0) == 0 && !v.defaulted()) job.options.set(k.substr(prefix.size()), v.as<std::string>());
+  }
+  c.min_workers = vm.count("min-workers") ? static_cast<size_t>(vm["min-workers"].as<int64_t>()) : 1;
+  FEDRA_REQUIRE(c.min_workers >= 1, "--min-workers must be >= 1");
+  c.wait_timeout = seconds_option(vm, "wait-timeout");
+  c.test_data = vm.count("test-data")  ? vm["test-data"].as<std::string>()
+                : vm.count("dataset") ? vm["dataset"].as<std::string>()
+                                      : std::string("fmnist");
+  if (c.test_data == "none") c.test_data.clear();
+  c.threads = vm["threads"].as<int>();
+  if (vm.count("out")) c.out_dir = vm["out"].as<std::string>();
+  if (vm.count("port-file")) c.port_file = vm["port-file"].as<std::string>();
+  c.resolved_config = resolved(vm);
+  return c;
+}
+
+WorkerConfig worker_config(const po::variables_map& vm) {
+  WorkerConfig w;
+  w.coordinator = vm["connect"].as<std::string>();
+  if (vm.count("name")) w.name = vm["name"].as<std::string>();
+  w.token = vm["token"].as<std::string>();
+  w.dataset = vm["dataset"].as<std::string>();
+  w.partition = vm["partition"].as<std::string>();
+  const std::string client = vm["client"].as<std::string>();
+  const auto slash = client.find('/');
+  try {
+    FEDRA_REQUIRE(slash != std::string::npos, "");
+    w.client_index = std::stoll(client.substr(0, slash));
+    w.num_clients = std::stoll(client.substr(slash + 1));
+  } catch (const std::exception&) {
+    FEDRA_FAIL("--client '{}' is not I/N (e.g. 3/10: part 3, counting from 0, of 10)", client);
+  }
+  FEDRA_REQUIRE(w.num_clients >= 1 && w.client_index >= 0 && w.client_index < w.num_clients,
+                "--client {}: need 0 <= I < N", client);
+  w.seed = vm["seed"].as<uint64_t>();
+  w.threads = vm["threads"].as<int>();
+  w.connect_timeout = seconds_option(vm, "connect-timeout");
+  w.limits.max_frame_bytes = vm["max-frame-bytes"].as<uint64_t>();
+  w.limits.validate();
+  return w;
+}
+
+}  // namespace fedra::cli

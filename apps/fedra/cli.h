@@ -1,0 +1,44 @@
+// Command-line and config-file options of the `fedra` program.
+//
+// Options are grouped once (job, network, coordinator, worker, data, simulation, and one group per
+// registered strategy) and each command shows the groups it uses. A config file (--config FILE,
+// INI syntax) may hold any option of any group, so one file drives `simulate`, `coordinator`
+// and `worker` alike; each command reads what concerns it. Strategy options live in a section
+// named after the strategy ([fedavg] rounds = 10) or on the command line as --fedavg.rounds 10.
+// The command line wins over the file.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+
+#include "core/coordinator.h"
+#include "core/registry.h"
+#include "core/worker.h"
+
+namespace fedra::cli {
+
+namespace po = boost::program_options;
+
+enum class Command { kCoordinator, kWorker, kSimulate };
+
+struct Parsed {
+  po::variables_map vm;
+  bool help = false;
+};
+
+// Parses argv (after the command word) and the --config file. Throws Error with a message
+// that names the offending option or config line.
+Parsed parse(Command command, int argc, const char* const argv[], const StrategyRegistry& registry);
+// The --help text of a command.
+std::string help(Command command, const StrategyRegistry& registry);
+
+// Every option with its value (defaults included), for summary.json.
+std::map<std::string, std::string> resolved(const po::variables_map& vm);
+
+CoordinatorConfig coordinator_config(const po::variables_map& vm, const StrategyRegistry& registry);
+WorkerConfig worker_config(const po::variables_map& vm);
+
+}  // namespace fedra::cli

@@ -1,0 +1,94 @@
+// fedra: the command-line front end. The registry of strategies is filled here, explicitly.
+#include <iostream>
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+#include "apps/fedra/cli.h"
+#include "apps/fedra/simulate.h"
+#include "core/log.h"
+#include "strategies/builtin.h"
+#include "transport/codec.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "Usage: fedra COMMAND [options]\n"
+    "\n"
+    "Commands:\n"
+    "  simulate      run a coordinator and N workers on this machine (loopback TCP)\n"
+    "  coordinator   accept workers and drive the training job\n"
+    "  worker        hold private data and train for a coordinator\n"
+    "  strategies    list the training strategies this binary can run\n"
+    "  version       print the Fedra and protocol versions\n"
+    "\n"
+    "`fedra COMMAND --help` lists a command's options. Quick start:\n"
+    "  fedra simulate --config experiments/fedavg-fmnist.cfg --out runs/fedavg\n";
+
+int list_strategies(const fedra::StrategyRegistry& registry) {
+  for (const auto& s : registry.list()) {
+    std::cout << fmt::format("{:<12} {}\n", s.name, s.description);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using fedra::cli::Command;
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
+      std::string(argv[1]) == "help") {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  fedra::StrategyRegistry registry;
+  fedra::register_builtin_strategies(registry);
+
+  if (cmd == "strategies") return list_strategies(registry);
+  if (cmd == "version") {
+    std::cout << fmt::format("fedra {} (wire protocol {})\n", FEDRA_VERSION,
+                             fedra::transport::kProtocolVersion);
+    return 0;
+  }
+  Command command;
+  if (cmd == "coordinator") command = Command::kCoordinator;
+  else if (cmd == "worker") command = Command::kWorker;
+  else if (cmd == "simulate") command = Command::kSimulate;
+  else {
+    std::cerr << "fedra: unknown command '" << cmd << "'\n\n" << kUsage;
+    return 2;
+  }
+
+  try {
+    const auto parsed = fedra::cli::parse(command, argc - 1, argv + 1, registry);
+    if (parsed.help) {
+      std::cout << fedra::cli::help(command, registry);
+      return 0;
+    }
+    const auto& vm = parsed.vm;
+    const std::string level = vm["log-level"].as<std::string>();
+    switch (command) {
+      case Command::kCoordinator: {
+        fedra::init_logging("coordinator", level);
+        fedra::Coordinator coordinator(fedra::cli::coordinator_config(vm, registry), registry);
+        return coordinator.run();
+      }
+      case Command::kWorker: {
+        const auto config = fedra::cli::worker_config(vm);
+        fedra::init_logging(config.name.empty() ? "worker" : config.name, level);
+        return fedra::run_worker(config, registry);
+      }
+      case Command::kSimulate:
+        fedra::init_logging("coordinator", level);
+        return fedra::cli::run_simulation(vm, registry, level);
+    }
+  } catch (const fedra::Error& e) {
+    std::cerr << "fedra " << cmd << ": " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "fedra " << cmd << ": unexpected error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

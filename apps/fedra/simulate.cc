@@ -1,0 +1,92 @@
+#include "apps/fedra/simulate.h"
+
+#include <ctime>
+#include <filesystem>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "apps/fedra/cli.h"
+#include "core/subprocess.h"
+
+namespace fedra::cli {
+
+namespace {
+
+std::string default_out_dir(const std::string& strategy) {
+  const std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", std::localtime(&now));
+  return fmt::format("runs/{}-{}", strategy, stamp);
+}
+
+}  // namespace
+
+int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry,
+                   const std::string& log_level) {
+  const int64_t workers = vm["workers"].as<int64_t>();
+  FEDRA_REQUIRE(workers >= 1 && workers <= 1000, "--workers must be between 1 and 1000, got {}", workers);
+  CoordinatorConfig config = coordinator_config(vm, registry);
+  config.cohort.listen = "127.0.0.1:0";
+  if (!vm.count("min-workers")) config.min_workers = static_cast<size_t>(workers);
+  if (config.out_dir.empty()) config.out_dir = default_out_dir(config.cohort.job.strategy);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int worker_threads = vm["worker-threads"].as<int>();
+  if (worker_threads <= 0) worker_threads = std::max(1, cores / static_cast<int>(workers));
+  config.resolved_config["worker-threads"] = std::to_string(worker_threads);
+  config.resolved_config["out"] = config.out_dir;
+
+  // The coordinator binds before any worker starts, so workers connect on the first try.
+  Coordinator coordinator(config, registry);
+  const std::string address = coordinator.local_address();
+  const std::string log_dir = config.out_dir + "/logs";
+  std::filesystem::create_directories(log_dir);
+  spdlog::info("starting {} workers ({} LibTorch thread(s) each); their logs are in {}/", workers,
+               worker_threads, log_dir);
+
+  const std::string self = self_executable();
+  std::vector<ChildProcess> children;
+  for (int64_t i = 0; i < workers; ++i) {
+    const std::string name = fmt::format("worker-{}", i);
+    std::vector<std::string> argv = {
+        self, "worker",
+        "--connect", address,
+        "--name", name,
+        "--dataset", vm["dataset"].as<std::string>(),
+        "--partition", vm["partition"].as<std::string>(),
+        "--client", fmt::format("{}/{}", i, workers),
+        "--seed", std::to_string(vm["seed"].as<uint64_t>()),
+        "--threads", std::to_string(worker_threads),
+        "--max-frame-bytes", std::to_string(config.cohort.limits.max_frame_bytes),
+        "--log-level", log_level,
+        "--connect-timeout", "30"};
+    if (!config.cohort.token.empty()) {
+      argv.push_back("--token");
+      argv.push_back(config.cohort.token);
+    }
+    children.push_back(spawn(argv, fmt::format("{}/{}.log", log_dir, name),
+                             {{"OMP_NUM_THREADS", std::to_string(worker_threads)}}));
+  }
+
+  const int code = coordinator.run();
+
+  // Workers exit on the coordinator's shutdown message; give them a moment, then make sure.
+  int failed_workers = 0;
+  for (size_t i = 0; i < children.size(); ++i) {
+    auto status = wait_for(children[i], std::chrono::seconds(10));
+    if (!status) {
+      kill_child(children[i]);
+      status = 137;
+    }
+    if (*status != 0) {
+      ++failed_workers;
+      spdlog::warn("worker-{} exited with code {}; see {}", i, *status, children[i].log_path);
+    }
+  }
+  if (code == 0 && failed_workers > 0) {
+    spdlog::warn("{} worker(s) ended abnormally; the job completed without them", failed_workers);
+  }
+  return code;
+}
+
+}  // namespace fedra::cli
