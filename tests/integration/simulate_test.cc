@@ -1,0 +1,102 @@
+// End-to-end runs of the real binary: `fedra simulate` and a coordinator with workers started
+// separately, as docs/running.md tells a user to do in three terminals.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+
+#include "tests/test_util.h"
+
+using namespace fedra;
+using namespace fedra::test;
+
+TEST_CASE("fedra simulate runs the default experiment's config and writes the documented files") {
+  TempDir dir;
+  // The shipped config, shrunk: fewer workers and rounds, a slice of the data.
+  const int code = run_fedra({"simulate", "--config", std::string(FEDRA_SOURCE_DIR) + "/experiments/fedavg-fmnist.cfg",
+                              "--workers", "3", "--dataset", "fmnist:limit=6000,test_limit=2000",
+                              "--fedavg.rounds", "3", "--out", dir / "out"},
+                             dir / "simulate.log", std::chrono::seconds(300));
+  const std::string log = read_file(dir / "simulate.log");
+  INFO("log:\n" << log);
+  REQUIRE(code == 0);
+  const auto lines = read_jsonl(dir / "out/metrics.jsonl");
+  REQUIRE(lines.size() == 3);
+  int64_t last_up = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const auto& l = lines[i];
+    CHECK(l["strategy"] == "fedavg");
+    CHECK(l["round"] == static_cast<int64_t>(i + 1));
+    CHECK(l["status"] == "ok");
+    CHECK(l["workers_ok"] == 3);
+    CHECK(l["test_accuracy"].get<double>() >= 0.0);
+    CHECK(l["test_accuracy"].get<double>() <= 1.0);
+    CHECK(l.contains("test_loss"));
+    CHECK(l["bytes_up"].get<int64_t>() > last_up);
+    CHECK(l["bytes_down"].get<int64_t>() > 0);
+    CHECK(l["elapsed_s"].get<double>() > 0);
+    last_up = l["bytes_up"].get<int64_t>();
+  }
+  // Three 2NN models (199,210 float32 = 797 KB each) go up every round, plus framing.
+  CHECK(lines[0]["bytes_up"].get<int64_t>() > 3 * 796840);
+  CHECK(lines[2]["test_accuracy"].get<double>() > 0.75);
+  const auto summary = nlohmann::json::parse(read_file(dir / "out/summary.json"));
+  CHECK(summary["status"] == "completed");
+  CHECK(summary["final"]["round"] == 3);
+  CHECK(summary["config"]["model"] == "mlp:784-200-200-10");
+  CHECK(summary["config"]["fedavg.rounds"] == "3");
+  CHECK(summary["config"]["fedavg.local_epochs"] == "2");  // from the config file
+  CHECK(summary["workers"].size() == 3);
+  CHECK(std::filesystem::exists(dir / "out/logs/worker-2.log"));
+  CHECK(contains(log, "round 3/3"));
+}
+
+TEST_CASE("a coordinator and two workers started by hand train together") {
+  TempDir dir;
+  const ChildProcess coordinator = start_fedra(
+      {"coordinator", "--listen", "127.0.0.1:0", "--port-file", dir / "port", "--min-workers", "2",
+       "--test-data", "fmnist:test_limit=1000", "--fedavg.rounds", "2", "--fedavg.local_steps", "50",
+       "--out", dir / "out", "--threads", "1"},
+      dir / "coordinator.log");
+  const std::string port = wait_for_file(dir / "port", std::chrono::seconds(30));
+  std::vector<ChildProcess> workers;
+  for (int i = 0; i < 2; ++i) {
+    workers.push_back(start_fedra({"worker", "--connect", "127.0.0.1:" + port, "--dataset", "fmnist:limit=4000",
+                                   "--client", std::to_string(i) + "/2", "--threads", "1"},
+                                  dir / ("worker-" + std::to_string(i) + ".log")));
+  }
+  const int code = finish(coordinator, std::chrono::seconds(120));
+  INFO("coordinator log:\n" << read_file(dir / "coordinator.log"));
+  CHECK(code == 0);
+  for (const auto& w : workers) CHECK(finish(w, std::chrono::seconds(30)) == 0);
+  const auto lines = read_jsonl(dir / "out/metrics.jsonl");
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[1]["test_accuracy"].get<double>() > 0.6);
+  CHECK(contains(read_file(dir / "worker-0.log"), "coordinator ended the job: job completed"));
+}
+
+TEST_CASE("a coordinator without enough workers gives up at its deadline with the reason") {
+  TempDir dir;
+  const int code = run_fedra({"coordinator", "--listen", "127.0.0.1:0", "--min-workers", "2",
+                              "--wait-timeout", "1", "--test-data", "none", "--out", dir / "out"},
+                             dir / "coordinator.log", std::chrono::seconds(60));
+  CHECK(code == 1);
+  CHECK(contains(read_file(dir / "coordinator.log"), "only 0 of 2 workers connected within 1 s"));
+  const auto summary = nlohmann::json::parse(read_file(dir / "out/summary.json"));
+  CHECK(summary["status"] == "failed");
+}
+
+TEST_CASE("bad options are refused before anything starts, naming the option") {
+  TempDir dir;
+  CHECK(run_fedra({"simulate", "--fedavg.rounds", "zero"}, dir / "a.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "a.log"), "option fedavg.rounds: 'zero' is not an integer"));
+  CHECK(run_fedra({"simulate", "--strategy", "fedsgd"}, dir / "b.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "b.log"), "unknown strategy 'fedsgd'"));
+  CHECK(run_fedra({"coordinator", "--bogus"}, dir / "c.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "c.log"), "unrecognised option '--bogus'"));
+  CHECK(run_fedra({"simulate", "--config", dir / "missing.cfg"}, dir / "d.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "d.log"), "config file '" + (dir / "missing.cfg") + "' not found"));
+  CHECK(run_fedra({"worker", "--client", "3"}, dir / "e.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "e.log"), "--client '3' is not I/N"));
+  CHECK(run_fedra({"simulate", "--model", "mlp:784-x"}, dir / "f.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "f.log"), "'x' is not a positive layer width"));
+}

@@ -1,0 +1,80 @@
+#include "tests/test_util.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "transport/error.h"
+
+namespace fedra::test {
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base ? base : "/tmp") + "/fedra-test-XXXXXX";
+  FEDRA_REQUIRE(::mkdtemp(tmpl.data()) != nullptr, "mkdtemp failed");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  if (std::getenv("FEDRA_KEEP_TEST_DIRS") == nullptr) {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<nlohmann::json> read_jsonl(const std::string& path) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  }
+  return out;
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+ChildProcess start_fedra(const std::vector<std::string>& args, const std::string& log) {
+  std::vector<std::string> argv = {FEDRA_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return spawn(argv, log, {{"OMP_NUM_THREADS", "1"}});
+}
+
+int finish(const ChildProcess& child, std::chrono::seconds timeout) {
+  auto code = wait_for(child, timeout);
+  if (!code) {
+    kill_child(child);
+    return -1;
+  }
+  return *code;
+}
+
+int run_fedra(const std::vector<std::string>& args, const std::string& log,
+              std::chrono::seconds timeout) {
+  return finish(start_fedra(args, log), timeout);
+}
+
+std::string wait_for_file(const std::string& path, std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::string s = read_file(path);
+    if (!s.empty() && s.back() == '\n') return s.substr(0, s.size() - 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  FEDRA_FAIL("'{}' did not appear within {} s", path, timeout.count());
+}
+
+}  // namespace fedra::test

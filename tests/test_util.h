@@ -1,0 +1,42 @@
+// Helpers shared by the test suites: temporary directories, files, JSON lines, and running the
+// real `fedra` binary as a child process with a timeout (a test never hangs).
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/subprocess.h"
+
+namespace fedra::test {
+
+// A fresh directory under $TMPDIR (or /tmp), removed when the object dies unless
+// FEDRA_KEEP_TEST_DIRS is set.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+std::string read_file(const std::string& path);
+std::vector<nlohmann::json> read_jsonl(const std::string& path);
+bool contains(const std::string& haystack, const std::string& needle);
+
+// Runs `fedra ARGS...` to completion (killing it after `timeout`), output in `log`; returns the
+// exit code, or -1 on timeout.
+int run_fedra(const std::vector<std::string>& args, const std::string& log,
+              std::chrono::seconds timeout);
+ChildProcess start_fedra(const std::vector<std::string>& args, const std::string& log);
+// Waits for the child; kills it and returns -1 after `timeout`.
+int finish(const ChildProcess& child, std::chrono::seconds timeout);
+// Waits until `path` exists and is non-empty (a --port-file), or throws after `timeout`.
+std::string wait_for_file(const std::string& path, std::chrono::seconds timeout);
+
+}  // namespace fedra::test

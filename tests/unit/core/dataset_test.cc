@@ -1,0 +1,76 @@
+#include <doctest/doctest.h>
+
+#include <fstream>
+
+#include <torch/torch.h>
+
+#include "core/dataset.h"
+#include "tests/reference/notebook_data.h"
+#include "tests/test_util.h"
+
+using namespace fedra;
+
+TEST_CASE("Fashion-MNIST loads from Debian's package: 60,000 + 10,000 28x28 images, 10 classes") {
+  const DatasetSplits d = load_dataset("fmnist");
+  CHECK(d.train.size() == 60000);
+  CHECK(d.test.size() == 10000);
+  CHECK(d.train.inputs.sizes() == torch::IntArrayRef({60000, 1, 28, 28}));
+  CHECK(d.train.num_classes == 10);
+  CHECK(label_histogram(d.train) == std::vector<int64_t>(10, 6000));
+  // Standardised with the training set's statistics.
+  CHECK(d.train.inputs.mean().item<double>() == doctest::Approx(0.0).epsilon(0.01));
+  CHECK(d.train.inputs.std().item<double>() == doctest::Approx(1.0).epsilon(0.01));
+}
+
+TEST_CASE("limits take the first examples of each split") {
+  const DatasetSplits d = load_dataset("fmnist:limit=100,test_limit=50");
+  CHECK(d.train.size() == 100);
+  CHECK(d.test.size() == 50);
+}
+
+TEST_CASE("the synthetic task equals the notebook's data drawn by Python PyTorch") {
+  const DatasetSplits d = load_dataset("synthetic:n=320,features=16,seed=40");
+  REQUIRE(d.train.inputs.sizes() == torch::IntArrayRef({320, 16}));
+  for (int i = 0; i < 4; ++i) {
+    CHECK(d.train.inputs[0][i].item<float>() == doctest::Approx(reference::kNotebookX0[i]).epsilon(1e-7));
+  }
+  CHECK(d.train.inputs.to(torch::kFloat64).sum().item<double>() ==
+        doctest::Approx(reference::kNotebookXSum).epsilon(1e-6));
+  for (int i = 0; i < 12; ++i) CHECK(d.train.targets[i].item<int64_t>() == reference::kNotebookTarget12[i]);
+  CHECK(d.train.targets.sum().item<int64_t>() == reference::kNotebookTargetSum);
+  CHECK(d.train.num_classes == 2);
+}
+
+TEST_CASE("CSV files load with a header, a label column and a separator") {
+  test::TempDir dir;
+  std::ofstream(dir / "train.csv") << "f1;label;f2\n0.5;1;2\n1.5;0;3\n2.5;2;4\n";
+  const DatasetSplits d = load_dataset("csv:train=" + (dir / "train.csv") + ",label=1,sep=semicolon");
+  CHECK(d.train.size() == 3);
+  CHECK(d.train.num_classes == 3);
+  CHECK(torch::equal(d.train.targets, torch::tensor({1, 0, 2}, torch::kLong)));
+  CHECK(torch::allclose(d.train.inputs[2], torch::tensor({2.5f, 4.0f})));
+  std::ofstream(dir / "bad.csv") << "1,2\n1,x\n";
+  CHECK_THROWS_WITH_AS(load_dataset("csv:train=" + (dir / "bad.csv")),
+                       doctest::Contains("line 2: not all cells are numbers"), fedra::Error);
+}
+
+TEST_CASE("IDX files load, gzip or not") {
+  test::TempDir dir;
+  // Two 2x2 uint8 images and their labels, uncompressed.
+  const unsigned char images[] = {0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2,
+                                  0, 255, 0, 255, 255, 255, 0, 0};
+  const unsigned char labels[] = {0, 0, 8, 1, 0, 0, 0, 2, 1, 0};
+  std::ofstream(dir / "img", std::ios::binary).write(reinterpret_cast<const char*>(images), sizeof(images));
+  std::ofstream(dir / "lab", std::ios::binary).write(reinterpret_cast<const char*>(labels), sizeof(labels));
+  const DatasetSplits d = load_dataset("idx:train_images=" + (dir / "img") + ",train_labels=" + (dir / "lab"));
+  CHECK(d.train.inputs.sizes() == torch::IntArrayRef({2, 1, 2, 2}));
+  CHECK(d.train.inputs[0][0][0][1].item<float>() == 1.0f);
+  CHECK(d.train.num_classes == 2);
+}
+
+TEST_CASE("bad dataset specs say what is wrong") {
+  CHECK_THROWS_WITH_AS(load_dataset("mnist"), doctest::Contains("unknown dataset 'mnist'"), fedra::Error);
+  CHECK_THROWS_WITH_AS(load_dataset("fmnist:dir=/nonexistent"),
+                       doctest::Contains("install Debian's dataset-fashion-mnist"), fedra::Error);
+  CHECK_THROWS_WITH_AS(load_dataset("fmnist:limt=5"), doctest::Contains("unknown option 'limt'"), fedra::Error);
+}
