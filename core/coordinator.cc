@@ -1,11 +1,11 @@
 #include "core/coordinator.h"
 
-#include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 
 #include <fstream>
 #include <thread>
 
+#include "core/process.h"
 #include "transport/codec.h"
 
 namespace fedra {
@@ -26,17 +26,6 @@ const MetricValue* find_metric(const Metrics& m, const std::string& key) {
 }
 
 }  // namespace
-
-int configure_threads(int threads) {
-  const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(n);
-  static bool interop_set = false;  // may only be set once per process
-  if (!interop_set) {
-    at::set_num_interop_threads(1);
-    interop_set = true;
-  }
-  return n;
-}
 
 Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& registry)
     : config_(std::move(config)) {

@@ -48,7 +48,4 @@ class Coordinator {
   std::unique_ptr<Cohort> cohort_;
 };
 
-// Sets LibTorch's intra-op threads (0: all cores) and one inter-op thread; returns the count.
-int configure_threads(int threads);
-
 }  // namespace fedra

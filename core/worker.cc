@@ -5,7 +5,7 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
-#include "core/coordinator.h"
+#include "core/process.h"
 #include "core/partition.h"
 #include "core/protocol.h"
 #include "transport/tcp/connection.h"

@@ -7,6 +7,7 @@
 #include "apps/fedra/cli.h"
 #include "apps/fedra/simulate.h"
 #include "core/log.h"
+#include "core/process.h"
 #include "strategies/builtin.h"
 #include "transport/codec.h"
 
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string cmd = argv[1];
+  fedra::tune_allocator();
   fedra::StrategyRegistry registry;
   fedra::register_builtin_strategies(registry);
 

@@ -4,6 +4,7 @@
 
 #include "core/model.h"
 #include "core/round_strategy.h"
+#include "core/tensor_checks.h"
 #include "core/training.h"
 
 namespace fedra::fedavg {
@@ -25,34 +26,29 @@ void FedAvgOptions::validate() const {
   FEDRA_REQUIRE(eval_every_ >= 0, "fedavg.eval_every must be >= 0, got {}", eval_every_);
 }
 
-void check_update(const NamedTensors& reference, const NamedTensors& got) {
-  FEDRA_REQUIRE(got.size() == reference.size(), "update has {} tensors, the model has {}",
-                got.size(), reference.size());
-  for (size_t i = 0; i < got.size(); ++i) {
-    const auto& [rname, r] = reference[i];
-    const auto& [gname, g] = got[i];
-    FEDRA_REQUIRE(gname == rname, "update tensor #{} is '{}', the model's is '{}'", i, gname, rname);
-    FEDRA_REQUIRE(g.sizes() == r.sizes() && g.scalar_type() == r.scalar_type(),
-                  "update tensor '{}' is {}, the model's is {}", gname, describe_tensor(g),
-                  describe_tensor(r));
-    if (at::isFloatingType(g.scalar_type()) && g.numel() > 0) {
-      FEDRA_REQUIRE(torch::isfinite(g).all().item<bool>(),
-                    "update tensor '{}' holds NaN or infinite values", gname);
-    }
-  }
-}
-
 void WeightedAverage::add(const NamedTensors& tensors, double weight) {
   FEDRA_REQUIRE(weight > 0 && std::isfinite(weight), "update weight must be > 0, got {}", weight);
+  check_layout(count_ == 0 ? tensors : sum_, tensors);
+  check_finite(tensors);
   torch::NoGradGuard no_grad;
   if (count_ == 0) {
-    check_update(tensors, tensors);
-    sum_.clear();
-    for (const auto& [name, t] : tensors) {
-      sum_.emplace_back(name, at::isFloatingType(t.scalar_type()) ? t.mul(weight) : t.clone());
+    const bool reuse = spare_.size() == tensors.size();
+    if (reuse) check_layout(spare_, tensors);
+    NamedTensors sum;
+    sum.reserve(tensors.size());
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const auto& [name, t] = tensors[i];
+      at::Tensor dst = reuse ? spare_[i].second : at::empty_like(t, at::MemoryFormat::Contiguous);
+      if (at::isFloatingType(t.scalar_type())) {
+        at::mul_out(dst, t, at::scalar_tensor(weight, at::TensorOptions().dtype(at::kDouble)));
+      } else {
+        dst.copy_(t);
+      }
+      sum.emplace_back(name, dst);
     }
+    spare_.clear();
+    sum_ = std::move(sum);
   } else {
-    check_update(sum_, tensors);
     for (size_t i = 0; i < tensors.size(); ++i) {
       if (at::isFloatingType(sum_[i].second.scalar_type())) sum_[i].second.add_(tensors[i].second, weight);
     }
@@ -72,6 +68,14 @@ NamedTensors WeightedAverage::take_average() {
   total_ = 0;
   count_ = 0;
   return out;
+}
+
+void WeightedAverage::recycle(NamedTensors tensors) {
+  for (const auto& [name, t] : tensors) {
+    // Our reference in `tensors` is the only one: no frame, model or caller still reads it.
+    if (t.use_count() != 1 || t.storage().use_count() != 1) return;
+  }
+  spare_ = std::move(tensors);
 }
 
 namespace {
@@ -116,12 +120,16 @@ class FedAvgCoordinator : public RoundStrategy {
     FEDRA_REQUIRE(result.round == round, "{} answered for round {} in round {}", worker.name,
                   result.round, round);
     const double n = result.metric("num_examples");
+    const auto t0 = std::chrono::steady_clock::now();
     try {
-      check_update(global_, result.tensors);
+      check_layout(global_, result.tensors);
       average_.add(result.tensors, n);
     } catch (const Error& e) {
       FEDRA_FAIL("rejected update from {}: {}", worker.name, e.what());
     }
+    accumulate_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    worker_train_s_ = std::max(worker_train_s_, result.metric_or("train_s", 0));
+    worker_load_s_ = std::max(worker_load_s_, result.metric_or("load_s", 0));
     loss_sum_ += result.metric_or("train_loss", 0) * n;
     examples_ += static_cast<int64_t>(n);
   }
@@ -138,8 +146,19 @@ class FedAvgCoordinator : public RoundStrategy {
                  options_.min_results(),
                  failures.empty() ? std::string() : "; failures: " + describe_failures(failures));
     }
+    const auto t0 = std::chrono::steady_clock::now();
+    NamedTensors previous = std::move(global_);
     global_ = average_.take_average();
-    return {{"train_loss", loss}, {"train_examples", examples}};
+    average_.recycle(std::move(previous));
+    const double average_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    Metrics m = {{"train_loss", loss},
+                 {"train_examples", examples},
+                 {"accumulate_s", accumulate_s_},
+                 {"average_s", average_s},
+                 {"worker_load_s_max", worker_load_s_},
+                 {"worker_train_s_max", worker_train_s_}};
+    accumulate_s_ = worker_train_s_ = worker_load_s_ = 0;
+    return m;
   }
 
   Metrics evaluate(uint32_t, RunContext& ctx) override {
@@ -157,6 +176,10 @@ class FedAvgCoordinator : public RoundStrategy {
   WeightedAverage average_;
   double loss_sum_ = 0;
   int64_t examples_ = 0;
+  // Where a round's time goes, reported in metrics.jsonl.
+  double accumulate_s_ = 0;
+  double worker_load_s_ = 0;
+  double worker_train_s_ = 0;
 };
 
 class FedAvgWorker : public WorkerStrategy {
@@ -171,6 +194,7 @@ class FedAvgWorker : public WorkerStrategy {
     FEDRA_REQUIRE(request.kind == kFit, "fedavg worker cannot handle '{}'", request.kind);
     const auto t0 = std::chrono::steady_clock::now();
     load_model_state(*model_, request.tensors);
+    const auto t_loaded = std::chrono::steady_clock::now();
     const OptionMap o("fedavg.fit", request.options);
     TrainOptions t;
     t.epochs = o.get_int("local_epochs", 1);
@@ -186,7 +210,10 @@ class FedAvgWorker : public WorkerStrategy {
     FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data",
                   ctx.name);
     const TrainStats s = train_local(model_, *ctx.data, t);
+    const auto t_trained = std::chrono::steady_clock::now();
     Message reply(kFitResult, request.round);
+    reply.metrics["load_s"] = std::chrono::duration<double>(t_loaded - t0).count();
+    reply.metrics["train_s"] = std::chrono::duration<double>(t_trained - t_loaded).count();
     reply.tensors = model_state(*model_);
     reply.metrics["num_examples"] = static_cast<double>(ctx.data->size());
     reply.metrics["train_loss"] = s.mean_loss;

@@ -69,15 +69,17 @@ class WeightedAverage {
   double total_weight() const { return total_; }
   // The average; the object is empty afterwards.
   NamedTensors take_average();
+  // Offers tensors (the previous global model) whose memory the next sum may reuse, which spares
+  // a fresh model-sized allocation and its page faults every round. Only tensors nothing else
+  // references are kept.
+  void recycle(NamedTensors tensors);
 
  private:
   NamedTensors sum_;
+  NamedTensors spare_;
   double total_ = 0;
   size_t count_ = 0;
 };
-
-// Checks that `got` matches `reference` by name, shape and dtype, and holds finite values.
-void check_update(const NamedTensors& reference, const NamedTensors& got);
 
 StrategyInfo fedavg_strategy();
 

@@ -85,3 +85,22 @@ TEST_CASE("the registry lists fedavg with every option documented and refuses du
   CHECK_THROWS_WITH_AS(registry.get("fedsgd"), doctest::Contains("unknown strategy 'fedsgd'; available: fedavg"),
                        fedra::Error);
 }
+
+TEST_CASE("the average reuses the previous model's memory only when nothing else holds it") {
+  WeightedAverage avg;
+  avg.add(update(1, 1), 1);
+  NamedTensors first = avg.take_average();
+  const void* first_memory = first[0].second.data_ptr();
+  avg.recycle(std::move(first));
+  avg.add(update(2, 2), 1);
+  NamedTensors second = avg.take_average();
+  CHECK(second[0].second.data_ptr() == first_memory);  // reused
+  CHECK(torch::equal(second[0].second, torch::full({2, 3}, 2.0f)));
+
+  NamedTensors held = second;  // a frame still being written would hold a reference like this
+  avg.recycle(std::move(second));
+  avg.add(update(3, 3), 1);
+  NamedTensors third = avg.take_average();
+  CHECK(third[0].second.data_ptr() != held[0].second.data_ptr());  // not overwritten under a reader
+  CHECK(torch::equal(held[0].second, torch::full({2, 3}, 2.0f)));
+}

@@ -1,0 +1,29 @@
+#include "core/process.h"
+
+#include <malloc.h>
+
+#include <algorithm>
+#include <thread>
+
+#include <ATen/Parallel.h>
+
+namespace fedra {
+
+int configure_threads(int threads) {
+  const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(n);
+  static bool interop_set = false;  // LibTorch allows setting it once per process
+  if (!interop_set) {
+    at::set_num_interop_threads(1);
+    interop_set = true;
+  }
+  return n;
+}
+
+void tune_allocator(uint64_t keep_below_bytes) {
+  const auto bytes = static_cast<int>(std::min<uint64_t>(keep_below_bytes, uint64_t{1} << 30));
+  mallopt(M_MMAP_THRESHOLD, bytes);
+  mallopt(M_TRIM_THRESHOLD, bytes);
+}
+
+}  // namespace fedra

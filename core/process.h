@@ -1,0 +1,19 @@
+// Process-wide settings every Fedra process applies once at start-up.
+#pragma once
+
+#include <cstdint>
+
+namespace fedra {
+
+// Sets LibTorch's intra-op threads (0: all cores) and one inter-op thread; returns the count.
+int configure_threads(int threads);
+
+// Keeps model-sized allocations (received frames, running sums, gradients) in the malloc heap
+// instead of fresh mmap()s. glibc serves blocks over 32 MiB with mmap and unmaps them on free,
+// so every round of a 40 MB model paid ~10,000 page faults per buffer: measured on the FedAvg
+// round benchmark, 150 ms per round before, 85-90 ms after (docs/benchmarks.md). The price is
+// that a process keeps its peak heap rather than returning it to the OS; blocks above
+// `keep_below_bytes` still use mmap.
+void tune_allocator(uint64_t keep_below_bytes = uint64_t{1} << 30);
+
+}  // namespace fedra
