@@ -23,20 +23,26 @@ TARGET_S = 0.10
 FLOWER_REPORTED_S = 1.0  # measured by the project on this machine, not re-run here (no PyPI)
 
 
+def fedra_rounds(binary, rounds, extra):
+    with tempfile.TemporaryDirectory() as out:
+        run = subprocess.run([binary, "simulate", "--config", os.path.join(HERE, "fedavg-round.cfg"),
+                              "--fedavg.rounds", str(rounds), "--out", out, "--log-level", "warn"] + extra,
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit("fedra simulate failed:\n" + run.stderr)
+        return [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--fedra", default=os.path.join(ROOT, "build", "fedra"))
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory() as out:
-        run = subprocess.run([args.fedra, "simulate", "--config", os.path.join(HERE, "fedavg-round.cfg"),
-                              "--fedavg.rounds", str(args.rounds), "--out", out, "--log-level", "warn"],
-                             capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit("fedra simulate failed:\n" + run.stderr)
-        rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    rows = fedra_rounds(args.fedra, args.rounds, [])
+    overhead_rows = fedra_rounds(args.fedra, args.rounds, ["--fedavg.local_steps", "0"])
     fedra = [r["fit_s"] for r in rows][2:]
+    overhead = statistics.median(r["fit_s"] for r in overhead_rows[2:])
     parts = {k: statistics.median(r[k] for r in rows[2:])
              for k in ("accumulate_s", "average_s", "worker_load_s_max", "worker_train_s_max")}
     bytes_per_round = (rows[-1]["bytes_up"] + rows[-1]["bytes_down"] -
@@ -56,6 +62,8 @@ def main():
     print(f"    of which: worker load {parts['worker_load_s_max'] * 1e3:.1f} ms, worker train "
           f"{parts['worker_train_s_max'] * 1e3:.1f} ms, coordinator accumulate "
           f"{parts['accumulate_s'] * 1e3:.1f} ms, average {parts['average_s'] * 1e3:.1f} ms")
+    print(f"  fedra round without local training          {overhead * 1e3:8.1f} ms   "
+          f"(local_steps=0: the framework alone)")
     print(f"  python baseline round (median of {len(baseline)})    {b * 1e3:8.1f} ms   "
           f"(np.save serialisation as Flower does, raw TCP instead of gRPC)")
     print(f"ratio baseline/fedra: {b / f:.1f}x faster;  target <= {TARGET_S * 1e3:.0f} ms: "

@@ -57,6 +57,7 @@ struct Cohort::Impl {
   CohortConfig config;
   asio::io_context io;
   std::shared_ptr<tcp::ReceiveBudget> budget;
+  std::shared_ptr<tcp::FrameDumper> dumper;
   std::unique_ptr<tcp::Listener> listener;
   std::optional<asio::signal_set> signals;
   std::map<WorkerId, std::shared_ptr<Member>> members;
@@ -69,6 +70,7 @@ struct Cohort::Impl {
   explicit Impl(CohortConfig c) : config(std::move(c)) {
     config.limits.validate();
     budget = std::make_shared<tcp::ReceiveBudget>(config.receive_budget_bytes);
+    if (!config.dump_frames_dir.empty()) dumper = std::make_shared<tcp::FrameDumper>(config.dump_frames_dir);
     listener = std::make_unique<tcp::Listener>(io, tcp::parse_endpoint(config.listen),
                                                [this](asio::ip::tcp::socket s) { accept(std::move(s)); });
     signals.emplace(io, SIGINT, SIGTERM);
@@ -93,6 +95,7 @@ struct Cohort::Impl {
     auto m = std::make_shared<Member>();
     m->info.id = next_id++;
     m->conn = tcp::Connection::create(std::move(socket), config.limits, budget);
+    m->conn->set_dumper(dumper);
     m->info.address = m->conn->peer();
     members[m->info.id] = m;
     m->handshake_timer.emplace(io);
@@ -148,7 +151,10 @@ struct Cohort::Impl {
       }
       auto on_reply = std::move(m.on_reply);
       clear_pending(m);
+      spdlog::debug("reply '{}' from {} received ({})", env.kind, m.info.name,
+                    transport::format_bytes(frame.size_bytes()));
       on_reply(from_envelope(std::move(env)));
+      spdlog::debug("reply from {} handled", m.info.name);
       return;
     }
     if (env.kind == protocol::kError && env.error) {
@@ -284,9 +290,28 @@ std::vector<WorkerInfo> Cohort::workers() const {
   return out;
 }
 
+uint64_t worker_seed(uint64_t job_seed, uint32_t round, const std::string& worker_name) {
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a, stable across platforms unlike std::hash
+  for (unsigned char c : worker_name) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  uint64_t x = h ^ (job_seed * 0x9E3779B97F4A7C15ULL) ^ (uint64_t{round} << 32);
+  // splitmix64 finaliser: nearby inputs give unrelated seeds.
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ULL;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBULL;
+  return (x ^ (x >> 31)) >> 1;  // 63 bits: seeds travel as options and parse as int64
+}
+
 std::vector<WorkerId> Cohort::sample(double fraction, size_t min_count, uint64_t seed) const {
+  std::vector<WorkerInfo> candidates = workers();
+  std::sort(candidates.begin(), candidates.end(), [](const WorkerInfo& a, const WorkerInfo& b) {
+    return a.name != b.name ? a.name < b.name : a.id < b.id;
+  });
   std::vector<WorkerId> ids;
-  for (const auto& w : workers()) ids.push_back(w.id);
+  for (const auto& w : candidates) ids.push_back(w.id);
   const auto wanted = static_cast<size_t>(std::ceil(fraction * static_cast<double>(ids.size()) - 1e-9));
   const size_t k = std::min(ids.size(), std::max(wanted, min_count));
   std::mt19937_64 rng(seed);
@@ -341,7 +366,10 @@ std::vector<Failure> Cohort::request_all(std::vector<Instruction> instructions, 
       --outstanding;
       failures.push_back(std::move(f));
     };
-    m->conn->send(std::move(*frame));
+    const uint64_t frame_bytes = frame->size_bytes();
+    m->conn->send(std::move(*frame), [name = info.name, frame_bytes]() {
+      spdlog::debug("request to {} written ({})", name, transport::format_bytes(frame_bytes));
+    });
     asked.push_back(m);
     ++outstanding;
   }

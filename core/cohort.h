@@ -69,6 +69,7 @@ struct CohortConfig {
   std::string token;  // required from workers when not empty
   std::chrono::milliseconds handshake_timeout{10000};
   uint64_t receive_budget_bytes = uint64_t{512} << 20;
+  std::string dump_frames_dir;  // if set, every frame is written there (docs/protocol.md)
   Job job;  // sent to every worker in its welcome
 };
 
@@ -86,7 +87,9 @@ class Cohort {
 
   size_t size() const;                     // workers past the handshake
   std::vector<WorkerInfo> workers() const;  // sorted by id
-  // max(min_count, ceil(fraction * size())) workers, at most size(), drawn with `seed`.
+  // max(min_count, ceil(fraction * size())) workers, at most size(), drawn with `seed`. The draw
+  // depends on the workers' names, not on the order they connected in, so a run with the same
+  // worker names and seed picks the same workers.
   std::vector<WorkerId> sample(double fraction, size_t min_count, uint64_t seed) const;
 
   // Serves connections until `n` workers are ready; false if the deadline passes first.
@@ -117,5 +120,9 @@ class Cohort {
 };
 
 std::string describe_failures(const std::vector<Failure>& failures);
+
+// A seed for one worker in one round that does not depend on connection order: FNV-1a of the
+// worker's name mixed with the job seed and the round; below 2^63.
+uint64_t worker_seed(uint64_t job_seed, uint32_t round, const std::string& worker_name);
 
 }  // namespace fedra

@@ -54,8 +54,9 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     ctx.data = &data;
     spdlog::info("worker {}: {} training examples ({} partition, client {}/{})", name, data.size(),
                  config.partition, config.client_index, config.num_clients);
-    channel = tcp::BlockingChannel::connect(tcp::parse_endpoint(config.coordinator), config.limits,
-                                            config.connect_timeout);
+    channel = tcp::BlockingChannel::connect(
+        tcp::parse_endpoint(config.coordinator), config.limits, config.connect_timeout,
+        config.dump_frames_dir.empty() ? nullptr : std::make_shared<tcp::FrameDumper>(config.dump_frames_dir));
     Message hello(protocol::kHello);
     hello.sender = name;
     if (!config.token.empty()) hello.options["token"] = config.token;

@@ -33,6 +33,7 @@ struct WorkerConfig {
   std::chrono::milliseconds connect_timeout{60000};
   std::chrono::milliseconds handshake_timeout{30000};
   transport::Limits limits;
+  std::string dump_frames_dir;  // if set, every frame is written there (docs/protocol.md)
 };
 
 // Returns the process exit code: 0 after a shutdown from the coordinator, 1 on an error, 2 if

@@ -41,7 +41,9 @@ struct Groups {
          "shared secret workers must present; empty: none")
         ("max-frame-bytes", po::value<uint64_t>()->default_value(uint64_t{2} << 30),
          "largest message accepted or sent, in bytes (same on both sides)")
-        ("threads", po::value<int>()->default_value(0), "LibTorch threads for this process; 0: all cores");
+        ("threads", po::value<int>()->default_value(0), "LibTorch threads for this process; 0: all cores")
+        ("dump-frames", po::value<std::string>(),
+         "write every frame this process sends or receives to DIR (for capnp decode; docs/protocol.md)");
     listen.add_options()
         ("listen", po::value<std::string>()->default_value("127.0.0.1:7000"),
          "HOST:PORT to accept workers on (0.0.0.0 for all interfaces; port 0 picks one)")
@@ -225,6 +227,7 @@ CoordinatorConfig coordinator_config(const po::variables_map& vm, const Strategy
                                       : std::string("fmnist");
   if (c.test_data == "none") c.test_data.clear();
   c.threads = vm["threads"].as<int>();
+  if (vm.count("dump-frames")) c.cohort.dump_frames_dir = vm["dump-frames"].as<std::string>();
   if (vm.count("out")) c.out_dir = vm["out"].as<std::string>();
   if (vm.count("port-file")) c.port_file = vm["port-file"].as<std::string>();
   c.resolved_config = resolved(vm);
@@ -254,6 +257,7 @@ WorkerConfig worker_config(const po::variables_map& vm) {
   w.connect_timeout = seconds_option(vm, "connect-timeout");
   w.limits.max_frame_bytes = vm["max-frame-bytes"].as<uint64_t>();
   w.limits.validate();
+  if (vm.count("dump-frames")) w.dump_frames_dir = vm["dump-frames"].as<std::string>();
   return w;
 }
 

@@ -14,8 +14,8 @@ void FedAvgOptions::validate() const {
   FEDRA_REQUIRE(fraction_ > 0 && fraction_ <= 1, "fedavg.fraction must be in (0, 1], got {}", fraction_);
   FEDRA_REQUIRE(min_workers_ >= 1, "fedavg.min_workers must be >= 1, got {}", min_workers_);
   FEDRA_REQUIRE(min_results_ >= 1, "fedavg.min_results must be >= 1, got {}", min_results_);
-  FEDRA_REQUIRE(local_epochs_ >= 1 || local_steps_ >= 1,
-                "fedavg needs local_epochs >= 1 or local_steps >= 1");
+  // Both 0 is allowed: no local training, the worker returns the model it received, which
+  // measures what Fedra itself costs per round (benchmarks/fedavg_round.py).
   FEDRA_REQUIRE(local_epochs_ >= 0 && local_steps_ >= 0, "fedavg local_epochs and local_steps must be >= 0");
   FEDRA_REQUIRE(batch_size_ >= 1, "fedavg.batch_size must be >= 1, got {}", batch_size_);
   FEDRA_REQUIRE(lr_ > 0, "fedavg.lr must be > 0, got {}", lr_);
@@ -24,58 +24,6 @@ void FedAvgOptions::validate() const {
   FEDRA_REQUIRE(weight_decay_ >= 0, "fedavg.weight_decay must be >= 0, got {}", weight_decay_);
   FEDRA_REQUIRE(round_timeout_ > 0, "fedavg.round_timeout must be > 0 seconds, got {}", round_timeout_);
   FEDRA_REQUIRE(eval_every_ >= 0, "fedavg.eval_every must be >= 0, got {}", eval_every_);
-}
-
-void WeightedAverage::add(const NamedTensors& tensors, double weight) {
-  FEDRA_REQUIRE(weight > 0 && std::isfinite(weight), "update weight must be > 0, got {}", weight);
-  check_layout(count_ == 0 ? tensors : sum_, tensors);
-  check_finite(tensors);
-  torch::NoGradGuard no_grad;
-  if (count_ == 0) {
-    const bool reuse = spare_.size() == tensors.size();
-    if (reuse) check_layout(spare_, tensors);
-    NamedTensors sum;
-    sum.reserve(tensors.size());
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      const auto& [name, t] = tensors[i];
-      at::Tensor dst = reuse ? spare_[i].second : at::empty_like(t, at::MemoryFormat::Contiguous);
-      if (at::isFloatingType(t.scalar_type())) {
-        at::mul_out(dst, t, at::scalar_tensor(weight, at::TensorOptions().dtype(at::kDouble)));
-      } else {
-        dst.copy_(t);
-      }
-      sum.emplace_back(name, dst);
-    }
-    spare_.clear();
-    sum_ = std::move(sum);
-  } else {
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      if (at::isFloatingType(sum_[i].second.scalar_type())) sum_[i].second.add_(tensors[i].second, weight);
-    }
-  }
-  total_ += weight;
-  ++count_;
-}
-
-NamedTensors WeightedAverage::take_average() {
-  FEDRA_REQUIRE(count_ > 0, "no updates to average");
-  torch::NoGradGuard no_grad;
-  for (auto& [name, t] : sum_) {
-    if (at::isFloatingType(t.scalar_type())) t.div_(total_);
-  }
-  NamedTensors out = std::move(sum_);
-  sum_.clear();
-  total_ = 0;
-  count_ = 0;
-  return out;
-}
-
-void WeightedAverage::recycle(NamedTensors tensors) {
-  for (const auto& [name, t] : tensors) {
-    // Our reference in `tensors` is the only one: no frame, model or caller still reads it.
-    if (t.use_count() != 1 || t.storage().use_count() != 1) return;
-  }
-  spare_ = std::move(tensors);
 }
 
 namespace {
@@ -110,7 +58,7 @@ class FedAvgCoordinator : public RoundStrategy {
     m.options["optimizer"] = options_.optimizer();
     m.options["momentum"] = format_option_value(options_.momentum());
     m.options["weight_decay"] = format_option_value(options_.weight_decay());
-    m.options["seed"] = std::to_string(job_.seed * 1000003ULL + round * 1009ULL + worker.id);
+    m.options["seed"] = std::to_string(worker_seed(job_.seed, round, worker.name));
     return m;
   }
 

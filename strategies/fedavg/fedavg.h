@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/aggregation.h"
 #include "core/message.h"
 #include "core/options.h"
 #include "core/registry.h"
@@ -46,7 +47,9 @@ struct FedAvgOptions {
     f("min_workers", min_workers_, "least workers sampled per round; the round waits for them");
     f("min_results", min_results_, "least accepted results for a round to update the model");
     f("local_epochs", local_epochs_, "local passes over each worker's data per round");
-    f("local_steps", local_steps_, "cap on local optimiser steps per round; 0 = no cap");
+    f("local_steps", local_steps_,
+      "cap on local optimiser steps per round; 0 = no cap (with local_epochs 0 too: no training, "
+      "to measure the framework alone)");
     f("batch_size", batch_size_, "local mini-batch size");
     f("lr", lr_, "local learning rate");
     f("optimizer", optimizer_, "local optimiser: sgd (with momentum) or adam");
@@ -56,29 +59,6 @@ struct FedAvgOptions {
     f("eval_every", eval_every_, "evaluate on the coordinator's test set every N rounds; 0 = never");
   }
   void validate() const;
-};
-
-// The running weighted sum of FedAvg: memory of one model however many results are added.
-// Floating tensors are averaged with weights; other dtypes (counters) take the first result's.
-class WeightedAverage {
- public:
-  // Throws if `tensors` do not match the names, shapes and dtypes of the first added result, or
-  // hold NaN/Inf, or `weight` <= 0. A rejected call leaves the sum unchanged.
-  void add(const NamedTensors& tensors, double weight);
-  size_t count() const { return count_; }
-  double total_weight() const { return total_; }
-  // The average; the object is empty afterwards.
-  NamedTensors take_average();
-  // Offers tensors (the previous global model) whose memory the next sum may reuse, which spares
-  // a fresh model-sized allocation and its page faults every round. Only tensors nothing else
-  // references are kept.
-  void recycle(NamedTensors tensors);
-
- private:
-  NamedTensors sum_;
-  NamedTensors spare_;
-  double total_ = 0;
-  size_t count_ = 0;
 };
 
 StrategyInfo fedavg_strategy();

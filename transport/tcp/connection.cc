@@ -1,6 +1,8 @@
 #include "transport/tcp/connection.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 namespace fedra::transport::tcp {
@@ -17,6 +19,13 @@ std::string describe(const asio::ip::tcp::socket& socket) {
 void set_nodelay(asio::ip::tcp::socket& socket) {
   asio::error_code ec;
   socket.set_option(asio::ip::tcp::no_delay(true), ec);
+}
+
+constexpr uint64_t kLowWater = uint64_t{1} << 20;
+
+void set_low_water(asio::ip::tcp::socket& socket, uint64_t bytes) {
+  asio::error_code ec;
+  if (socket.is_open()) socket.set_option(asio::socket_base::receive_low_watermark(static_cast<int>(bytes)), ec);
 }
 
 }  // namespace
@@ -48,6 +57,23 @@ Endpoint parse_endpoint(std::string_view text) {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+FrameDumper::FrameDumper(std::string dir) : dir_(std::move(dir)) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir_, ec);
+  FEDRA_REQUIRE(!ec, "cannot create frame dump directory '{}': {}", dir_, ec.message());
+}
+
+void FrameDumper::dump(bool sent, const std::string& peer, const std::vector<ConstBytes>& pieces) {
+  std::string who = peer;
+  for (char& c : who) {
+    if (c == ':' || c == '/' || c == '[' || c == ']') c = '_';
+  }
+  const std::string path = fmt::format("{}/{:06d}-{}-{}.bin", dir_, ++count_, sent ? "sent" : "recv", who);
+  std::ofstream out(path, std::ios::binary);
+  for (const auto& p : pieces) out.write(reinterpret_cast<const char*>(p.data), static_cast<std::streamsize>(p.size));
+  FEDRA_REQUIRE(out.good(), "cannot write frame dump '{}'", path);
+}
 
 void ReceiveBudget::acquire(uint64_t bytes, std::function<void()> start) {
   // First come, first served: a small body does not overtake a large one already waiting.
@@ -154,10 +180,25 @@ void Connection::read_body(FrameHeader header) {
     auto body = allocate_aligned(header.body_bytes);
     auto* dst = body.get();
     const uint64_t n = header.body_bytes;
+    // For a large body, wake up only when kLowWater bytes are waiting instead of every ~64 KiB
+    // segment: ~16x fewer wake-ups and read calls. The mark drops back to 1 byte before the
+    // last kLowWater bytes (else the tail would never wake us) and after the body.
+    const bool large = n >= 4 * kLowWater;
+    if (large) set_low_water(self->socket_, kLowWater);
+    auto until_done = [sock = &self->socket_, n, lowered = !large](const asio::error_code& ec,
+                                                                   size_t done) mutable -> size_t {
+      if (ec || done >= n) return 0;
+      if (!lowered && n - done <= kLowWater) {
+        set_low_water(*sock, 1);
+        lowered = true;
+      }
+      return n - done;
+    };
     asio::async_read(
-        self->socket_, asio::buffer(dst, n),
-        [self, header = std::move(header), body = std::move(body)](const asio::error_code& ec,
-                                                                  size_t got) mutable {
+        self->socket_, asio::buffer(dst, n), until_done,
+        [self, header = std::move(header), body = std::move(body), large](const asio::error_code& ec,
+                                                                         size_t got) mutable {
+          if (large) set_low_water(self->socket_, 1);
           self->read_pending_ = false;
           self->bytes_received_ += got;
           const uint64_t held = header.body_bytes;
@@ -165,6 +206,10 @@ void Connection::read_body(FrameHeader header) {
             self->budget_->release(held);
             if (self->closing_) return self->drain();
             return self->on_read_error(ec, header.table_bytes + got, header.total_bytes());
+          }
+          if (self->dumper_) {
+            self->dumper_->dump(false, self->peer_,
+                                {{self->table_.data(), self->table_.size()}, {body.get(), held}});
           }
           try {
             self->on_frame_(InFrame(std::move(header), std::move(body)));
@@ -212,6 +257,7 @@ void Connection::write_next() {
   writing_ = true;
   std::vector<asio::const_buffer> buffers;
   const auto& pieces = outbox_.front().frame.pieces();
+  if (dumper_) dumper_->dump(true, peer_, pieces);
   buffers.reserve(pieces.size());
   for (const auto& p : pieces) buffers.emplace_back(p.data, p.size);
   asio::async_write(socket_, buffers,
@@ -376,10 +422,12 @@ void Listener::accept_next() {
 
 std::unique_ptr<BlockingChannel> BlockingChannel::connect(const Endpoint& endpoint,
                                                           const Limits& limits,
-                                                          std::chrono::milliseconds timeout) {
+                                                          std::chrono::milliseconds timeout,
+                                                          std::shared_ptr<FrameDumper> dumper) {
   std::unique_ptr<BlockingChannel> ch(new BlockingChannel());
   auto socket = connect_with_retry(ch->io_, endpoint, timeout);
   ch->conn_ = Connection::create(std::move(socket), limits);
+  ch->conn_->set_dumper(std::move(dumper));
   BlockingChannel* raw = ch.get();
   ch->conn_->start([raw](InFrame frame) { raw->inbox_.push_back(std::move(frame)); },
                    [raw](const Error& e) { raw->closed_ = e; });

@@ -62,10 +62,26 @@ class ReceiveBudget {
   std::deque<std::pair<uint64_t, std::function<void()>>> waiting_;
 };
 
+// Writes every frame it is shown to DIR/NNNNNN-{sent,recv}-PEER.bin, byte for byte as on the
+// wire, so that `capnp decode transport/schema/fedra.capnp Envelope < FILE` reads it
+// (--dump-frames). Shared by the connections of one process; single-threaded like them.
+class FrameDumper {
+ public:
+  explicit FrameDumper(std::string dir);
+  void dump(bool sent, const std::string& peer, const std::vector<ConstBytes>& pieces);
+
+ private:
+  std::string dir_;
+  uint64_t count_ = 0;
+};
+
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   using FrameHandler = std::function<void(InFrame)>;
   using CloseHandler = std::function<void(const Error&)>;
+
+  // Shows every frame sent and received to `dumper` (nullptr: none).
+  void set_dumper(std::shared_ptr<FrameDumper> dumper) { dumper_ = std::move(dumper); }
 
   static std::shared_ptr<Connection> create(asio::ip::tcp::socket socket, Limits limits,
                                             std::shared_ptr<ReceiveBudget> budget = nullptr);
@@ -106,6 +122,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   asio::ip::tcp::socket socket_;
   Limits limits_;
   std::shared_ptr<ReceiveBudget> budget_;
+  std::shared_ptr<FrameDumper> dumper_;
   std::string peer_;
   FrameHandler on_frame_;
   CloseHandler on_close_;
@@ -146,7 +163,8 @@ class Listener {
 class BlockingChannel {
  public:
   static std::unique_ptr<BlockingChannel> connect(const Endpoint& endpoint, const Limits& limits,
-                                                  std::chrono::milliseconds timeout);
+                                                  std::chrono::milliseconds timeout,
+                                                  std::shared_ptr<FrameDumper> dumper = nullptr);
   ~BlockingChannel();
 
   // Blocks until the frame is handed to the kernel. Throws Error if the connection closes,
