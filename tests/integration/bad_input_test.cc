@@ -1,7 +1,7 @@
 // Bad input against a running coordinator: real `fedra coordinator` and `fedra worker` processes
 // and a rogue peer (tests/tools/rogue_worker.cc) over loopback TCP. In every case the coordinator
 // names the problem, keeps serving the good workers, and the job completes.
-#include <doctest/doctest.h>
+#include "tests/testing.h"
 
 #include "tests/test_util.h"
 

@@ -1,10 +1,12 @@
 // End-to-end runs of the real binary: `fedra simulate` and a coordinator with workers started
 // separately, as docs/running.md tells a user to do in three terminals.
-#include <doctest/doctest.h>
+#include "tests/testing.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "tests/test_util.h"
+#include "transport/codec.h"
 
 using namespace fedra;
 using namespace fedra::test;
@@ -60,9 +62,13 @@ TEST_CASE("a coordinator and two workers started by hand train together") {
   const std::string port = wait_for_file(dir / "port", std::chrono::seconds(30));
   std::vector<ChildProcess> workers;
   for (int i = 0; i < 2; ++i) {
-    workers.push_back(start_fedra({"worker", "--connect", "127.0.0.1:" + port, "--dataset", "fmnist:limit=4000",
-                                   "--client", std::to_string(i) + "/2", "--threads", "1"},
-                                  dir / ("worker-" + std::to_string(i) + ".log")));
+    std::vector<std::string> args = {"worker", "--connect", "127.0.0.1:" + port, "--dataset", "fmnist:limit=4000",
+                                     "--client", std::to_string(i) + "/2", "--threads", "1"};
+    if (i == 0) {
+      args.push_back("--dump-frames");
+      args.push_back(dir / "frames");
+    }
+    workers.push_back(start_fedra(args, dir / ("worker-" + std::to_string(i) + ".log")));
   }
   const int code = finish(coordinator, std::chrono::seconds(120));
   INFO("coordinator log:\n" << read_file(dir / "coordinator.log"));
@@ -72,6 +78,22 @@ TEST_CASE("a coordinator and two workers started by hand train together") {
   REQUIRE(lines.size() == 2);
   CHECK(lines[1]["test_accuracy"].get<double>() > 0.6);
   CHECK(contains(read_file(dir / "worker-0.log"), "coordinator ended the job: job completed"));
+
+  // --dump-frames wrote every frame worker-0 exchanged: hello, welcome, 2 x (fit, result), shutdown.
+  std::vector<std::string> frames;
+  for (const auto& e : std::filesystem::directory_iterator(dir / "frames")) frames.push_back(e.path().string());
+  std::sort(frames.begin(), frames.end());
+  REQUIRE(frames.size() == 7);
+  std::vector<std::string> kinds;
+  for (const auto& f : frames) {
+    const std::string bytes = read_file(f);
+    const auto* data = reinterpret_cast<const std::byte*>(bytes.data());
+    kinds.push_back(transport::decode(transport::InFrame::from_bytes(data, bytes.size(), {}), {}).kind);
+  }
+  CHECK(kinds == std::vector<std::string>{"hello", "welcome", "fedavg.fit", "fedavg.fit_result", "fedavg.fit",
+                                          "fedavg.fit_result", "shutdown"});
+  CHECK(contains(frames[0], "-sent-"));
+  CHECK(contains(frames[1], "-recv-"));
 }
 
 TEST_CASE("a coordinator without enough workers gives up at its deadline with the reason") {

@@ -1,4 +1,4 @@
-#include <doctest/doctest.h>
+#include "tests/testing.h"
 
 #include <mutex>
 #include <thread>
@@ -202,4 +202,14 @@ TEST_CASE("a reply the strategy rejects becomes that worker's failure") {
   CHECK(cohort.bytes_up() > 0);
   CHECK(cohort.bytes_down() > 0);
   cohort.shutdown("test over", std::chrono::seconds(2));
+}
+
+TEST_CASE("worker seeds depend on name, job seed and round, never on connection order") {
+  CHECK(worker_seed(1, 3, "worker-2") == worker_seed(1, 3, "worker-2"));
+  CHECK(worker_seed(1, 3, "worker-2") != worker_seed(1, 3, "worker-3"));
+  CHECK(worker_seed(1, 3, "worker-2") != worker_seed(1, 4, "worker-2"));
+  CHECK(worker_seed(1, 3, "worker-2") != worker_seed(2, 3, "worker-2"));
+  for (uint32_t r = 0; r < 1000; ++r) {
+    CHECK(worker_seed(7, r, "w") < (uint64_t{1} << 63));  // fits the int64 options parse into
+  }
 }

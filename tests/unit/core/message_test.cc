@@ -1,4 +1,4 @@
-#include <doctest/doctest.h>
+#include "tests/testing.h"
 
 #include <torch/torch.h>
 
@@ -32,7 +32,7 @@ TEST_CASE("tensors of every torch dtype survive the wire unchanged") {
     m.tensors.emplace_back("scalar", torch::ones({}, type));
     const Message got = wire_round_trip(m);
     REQUIRE(got.tensors.size() == 3);
-    CHECK(got.tensor("t").scalar_type() == type);
+    CHECK((got.tensor("t").scalar_type() == type));
     CHECK(torch::equal(got.tensor("t"), t));
     CHECK(got.tensor("empty").sizes() == t.new_empty({0, 3}).sizes());
     CHECK(got.tensor("scalar").dim() == 0);

@@ -1,4 +1,4 @@
-#include <doctest/doctest.h>
+#include "tests/testing.h"
 
 #include "core/options.h"
 

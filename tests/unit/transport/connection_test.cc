@@ -1,4 +1,4 @@
-#include <doctest/doctest.h>
+#include "tests/testing.h"
 
 #include <cstring>
 #include <mutex>
@@ -204,4 +204,30 @@ TEST_CASE("connecting to a port nobody listens on fails with the endpoint named"
   }
   CHECK_THROWS_WITH_AS(connect_with_retry(io, nowhere, std::chrono::milliseconds(300)),
                        doctest::Contains(nowhere.to_string().c_str()), fedra::Error);
+}
+
+TEST_CASE("frames of every size around the low-water-mark thresholds arrive whole, back to back") {
+  Server server([](Connection& c, InFrame f) {
+    Envelope env = decode(f, c.limits());
+    c.send(encode(env, c.limits()));
+  });
+  auto client = BlockingChannel::connect(server.endpoint(), Limits{}, std::chrono::seconds(5));
+  const uint64_t mib = 1 << 20;
+  const std::vector<uint64_t> sizes = {8,           4 * mib - 64, 4 * mib,      4 * mib + 8, 5 * mib + 24,
+                                       mib - 8,     mib,          mib + 8,      9 * mib + 16, 16};
+  auto data = allocate_aligned(10 * mib);
+  for (uint64_t i = 0; i < 10 * mib; ++i) data.get()[i] = static_cast<std::byte>(i * 13 + 5);
+  for (uint64_t n : sizes) {
+    Envelope env;
+    env.kind = "echo";
+    env.tensors.push_back(TensorData{"w", DType::kUInt8, {static_cast<int64_t>(n)}, data.get(), n});
+    client->send(env);
+  }
+  for (uint64_t n : sizes) {
+    CAPTURE(n);
+    Envelope got = client->receive(std::chrono::seconds(10));
+    REQUIRE(got.tensors.size() == 1);
+    CHECK(got.tensors[0].nbytes == n);
+    CHECK(std::memcmp(got.tensors[0].data, data.get(), n) == 0);
+  }
 }

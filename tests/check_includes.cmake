@@ -1,0 +1,15 @@
+# Fails if a test file includes doctest directly instead of tests/testing.h (see that header:
+# glog's CHECK would silently replace doctest's).
+file(GLOB_RECURSE sources "${SOURCE_DIR}/*.cc")
+set(bad "")
+foreach(f ${sources})
+  if(NOT f MATCHES "test_main.cc$" AND NOT f MATCHES "testing.h$")
+    file(STRINGS "${f}" lines REGEX "#include <doctest/doctest.h>")
+    if(lines)
+      list(APPEND bad "${f}")
+    endif()
+  endif()
+endforeach()
+if(bad)
+  message(FATAL_ERROR "include \"tests/testing.h\" instead of <doctest/doctest.h> in: ${bad}")
+endif()
