@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-./scripts/build.sh
+./scripts/build.sh fedra
 exec ./build/fedra simulate --config experiments/fedavg-fmnist.cfg --out runs/fedavg-fmnist "$@"
