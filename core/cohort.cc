@@ -80,7 +80,7 @@ struct Cohort::Impl {
   void wait_signal() {
     signals->async_wait([this](const asio::error_code& ec, int signo) {
       if (ec) return;
-      spdlog::warn("received signal {}: stopping after the current step", signo);
+      spdlog::warn("received signal {}: stopping now (the round in progress is abandoned)", signo);
       stop = true;
       wait_signal();
     });
@@ -252,12 +252,13 @@ struct Cohort::Impl {
     on_fail(Failure{m.info.id, m.info.name, kind, message});
   }
 
-  // Runs the io_context until `done()` or the deadline; false on deadline or stop.
+  // Runs the io_context until `done()` or the deadline; false on deadline, or on stop unless
+  // `even_if_stopping` (shutdown must still deliver its goodbyes after a signal).
   template <class Done>
-  bool run_until(Done done, Deadline deadline) {
+  bool run_until(Done done, Deadline deadline, bool even_if_stopping = false) {
     io.restart();
     while (!done()) {
-      if (stop) return false;
+      if (stop && !even_if_stopping) return false;
       if (Clock::now() >= deadline) return false;
       io.run_one_until(deadline);
     }
@@ -418,7 +419,7 @@ void Cohort::shutdown(const std::string& reason, std::chrono::milliseconds grace
     ++unsent;
     m->conn->send(transport::encode(env, impl_->config.limits), [&unsent]() { --unsent; });
   }
-  impl_->run_until([&] { return unsent == 0; }, Clock::now() + grace);
+  impl_->run_until([&] { return unsent == 0; }, Clock::now() + grace, /*even_if_stopping=*/true);
   for (auto& [id, m] : impl_->members) {
     m->conn->close(Error(ErrorKind::kDisconnected, "job finished"));
   }

@@ -53,6 +53,7 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
           accumulate_fit(round, w, std::move(result));
           ++accepted;  // only reached when accumulate_fit accepted the result
         });
+    if (ctx.stop_requested()) FEDRA_FAIL("interrupted during round {}", round);
     for (const auto& f : failures) {
       spdlog::warn("round {}: worker {} failed ({}): {}", round, f.name, error_kind_name(f.kind),
                    f.message);

@@ -123,6 +123,16 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     try {
       channel->send(out);
     } catch (const Error& e) {
+      // The coordinator may have ended the job while we worked: its shutdown is then waiting.
+      try {
+        Message next = from_envelope(channel->receive(std::chrono::milliseconds(0)));
+        if (next.kind == protocol::kShutdown) {
+          spdlog::info("coordinator ended the job while this worker was busy: {}",
+                       next.option_or("reason", "no reason given"));
+          return 0;
+        }
+      } catch (const Error&) {
+      }
       spdlog::error("cannot reply to the coordinator: {}", e.what());
       return 1;
     }

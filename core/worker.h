@@ -29,7 +29,7 @@ struct WorkerConfig {
   int64_t client_index = 0;  // this worker's part of the partition...
   int64_t num_clients = 1;   // ...of this many; 1: the whole training split
   uint64_t seed = 1;         // partition seed: the same in every worker of a simulation
-  int threads = 0;           // 0: all cores
+  int threads = 1;           // 0: all cores
   std::chrono::milliseconds connect_timeout{60000};
   std::chrono::milliseconds handshake_timeout{30000};
   transport::Limits limits;

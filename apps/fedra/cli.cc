@@ -41,7 +41,11 @@ struct Groups {
          "shared secret workers must present; empty: none")
         ("max-frame-bytes", po::value<uint64_t>()->default_value(uint64_t{2} << 30),
          "largest message accepted or sent, in bytes (same on both sides)")
-        ("threads", po::value<int>()->default_value(0), "LibTorch threads for this process; 0: all cores")
+        ("threads", po::value<int>()->default_value(-1),
+         "LibTorch threads for this process; 0: all cores; default (-1): all cores for a "
+         "coordinator, 1 for a worker, since several workers often share a machine and "
+         "oversubscribed OpenMP threads slow training 10-30x (give a worker with a machine of its "
+         "own --threads 0)")
         ("dump-frames", po::value<std::string>(),
          "write every frame this process sends or receives to DIR (for capnp decode; docs/protocol.md)");
     listen.add_options()
@@ -226,7 +230,7 @@ CoordinatorConfig coordinator_config(const po::variables_map& vm, const Strategy
                 : vm.count("dataset") ? vm["dataset"].as<std::string>()
                                       : std::string("fmnist");
   if (c.test_data == "none") c.test_data.clear();
-  c.threads = vm["threads"].as<int>();
+  c.threads = std::max(0, vm["threads"].as<int>());
   if (vm.count("dump-frames")) c.cohort.dump_frames_dir = vm["dump-frames"].as<std::string>();
   if (vm.count("out")) c.out_dir = vm["out"].as<std::string>();
   if (vm.count("port-file")) c.port_file = vm["port-file"].as<std::string>();
@@ -253,7 +257,7 @@ WorkerConfig worker_config(const po::variables_map& vm) {
   FEDRA_REQUIRE(w.num_clients >= 1 && w.client_index >= 0 && w.client_index < w.num_clients,
                 "--client {}: need 0 <= I < N", client);
   w.seed = vm["seed"].as<uint64_t>();
-  w.threads = vm["threads"].as<int>();
+  w.threads = vm["threads"].as<int>() < 0 ? 1 : vm["threads"].as<int>();
   w.connect_timeout = seconds_option(vm, "connect-timeout");
   w.limits.max_frame_bytes = vm["max-frame-bytes"].as<uint64_t>();
   w.limits.validate();

@@ -3,7 +3,9 @@
 #include "tests/testing.h"
 
 #include <algorithm>
+#include <csignal>
 #include <filesystem>
+#include <thread>
 
 #include "tests/test_util.h"
 #include "transport/codec.h"
@@ -121,4 +123,30 @@ TEST_CASE("bad options are refused before anything starts, naming the option") {
   CHECK(contains(read_file(dir / "e.log"), "--client '3' is not I/N"));
   CHECK(run_fedra({"simulate", "--model", "mlp:784-x"}, dir / "f.log", std::chrono::seconds(60)) == 2);
   CHECK(contains(read_file(dir / "f.log"), "'x' is not a positive layer width"));
+}
+
+TEST_CASE("Ctrl-C stops a simulation at once and loses nothing already recorded") {
+  TempDir dir;
+  const ChildProcess sim = start_fedra({"simulate", "--workers", "3", "--dataset", "fmnist:limit=3000,test_limit=500",
+                                        "--fedavg.rounds", "500", "--out", dir / "out"},
+                                       dir / "simulate.log");
+  // Interrupt once two rounds are on disk.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (read_jsonl(dir / "out/metrics.jsonl").size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(sim.pid, SIGINT);
+  const int code = finish(sim, std::chrono::seconds(60));
+  INFO("log:\n" << read_file(dir / "simulate.log"));
+  CHECK(code == 130);
+  const auto lines = read_jsonl(dir / "out/metrics.jsonl");
+  CHECK(lines.size() >= 2);
+  for (size_t i = 0; i < lines.size(); ++i) CHECK(lines[i]["round"] == static_cast<int64_t>(i + 1));
+  const auto summary = nlohmann::json::parse(read_file(dir / "out/summary.json"));
+  CHECK(summary["status"] == "interrupted");
+  CHECK(summary["rounds_recorded"] == lines.size());
+  for (int i = 0; i < 3; ++i) {
+    CHECK(contains(read_file(dir / ("out/logs/worker-" + std::to_string(i) + ".log")), "coordinator ended the job"));
+  }
+  CHECK_FALSE(contains(read_file(dir / "simulate.log"), "exited with code"));
 }
