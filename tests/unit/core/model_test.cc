@@ -46,24 +46,28 @@ TEST_CASE("loading a state checks names and shapes and names the mismatch") {
   CHECK_THROWS_WITH_AS(build_model("resnet", 1), doctest::Contains("unknown model 'resnet'"), fedra::Error);
 }
 
-TEST_CASE("local training lowers the loss on a learnable task") {
+TEST_CASE("local training lowers the loss on a learnable task, with SGD and with Adam") {
   // Class = sign of the first feature: an MLP learns it in a few epochs.
   torch::manual_seed(3);
   Dataset d;
   d.inputs = torch::randn({512, 8});
   d.targets = (d.inputs.select(1, 0) > 0).to(torch::kLong);
   d.num_classes = 2;
-  auto model = build_model("mlp:8-16-2", 1);
-  const double before = evaluate_model(model, d, "ce").loss;
-  TrainOptions o;
-  o.epochs = 5;
-  o.lr = 0.1;
-  o.momentum = 0.9;
-  const TrainStats s = train_local(model, d, o);
-  const EvalStats after = evaluate_model(model, d, "ce");
-  CHECK(s.steps == 5 * 16);
-  CHECK(after.loss < before * 0.5);
-  CHECK(after.accuracy > 0.9);
-  o.max_steps = 3;
-  CHECK(train_local(model, d, o).steps == 3);
+  for (const char* optimizer : {"sgd", "adam"}) {
+    CAPTURE(optimizer);
+    auto model = build_model("mlp:8-16-2", 1);
+    const double before = evaluate_model(model, d, "ce").loss;
+    TrainOptions o;
+    o.epochs = 5;
+    o.optimizer = optimizer;
+    o.lr = std::string(optimizer) == "adam" ? 0.01 : 0.1;
+    o.momentum = 0.9;
+    const TrainStats s = train_local(model, d, o);
+    const EvalStats after = evaluate_model(model, d, "ce");
+    CHECK(s.steps == 5 * 16);
+    CHECK(after.loss < before * 0.5);
+    CHECK(after.accuracy > 0.9);
+    o.max_steps = 3;
+    CHECK(train_local(model, d, o).steps == 3);
+  }
 }
