@@ -402,11 +402,6 @@ Message Cohort::request(WorkerId worker, Message message, Deadline deadline) {
   return std::move(*reply);
 }
 
-void Cohort::poll() {
-  impl_->io.restart();
-  impl_->io.poll();
-}
-
 void Cohort::shutdown(const std::string& reason, std::chrono::milliseconds grace) {
   size_t unsent = 0;
   Message bye(protocol::kShutdown);
@@ -442,7 +437,6 @@ uint64_t Cohort::bytes_down() const {
 
 uint64_t Cohort::peak_receive_bytes() const { return impl_->budget->peak(); }
 
-void Cohort::request_stop() { impl_->stop = true; }
 bool Cohort::stop_requested() const { return impl_->stop; }
 
 }  // namespace fedra

@@ -9,7 +9,7 @@
 //   });
 //
 // Threading: the Cohort runs its io_context only inside its own calls (request_all, request,
-// wait_for_workers, shutdown, poll), on the caller's thread, so reply handlers run on the
+// wait_for_workers, shutdown), on the caller's thread, so reply handlers run on the
 // strategy's thread with no hand-off and no locks. Between calls nothing is read; peers wait in
 // TCP buffers, and workers that connect meanwhile are handled at the next call.
 //
@@ -100,8 +100,6 @@ class Cohort {
                                    const ReplyHandler& on_reply);
   // One request; throws Error (kind of the failure) if it fails.
   Message request(WorkerId worker, Message message, Deadline deadline);
-  // Handles pending events (connections, handshakes) without waiting.
-  void poll();
   // Tells every worker the job is over, waits up to `grace` for the messages to go out, closes.
   void shutdown(const std::string& reason, std::chrono::milliseconds grace);
 
@@ -110,8 +108,7 @@ class Cohort {
   uint64_t bytes_down() const;  // coordinator -> workers
   uint64_t peak_receive_bytes() const;
 
-  // SIGINT/SIGTERM set this; waiting calls return early.
-  void request_stop();
+  // True once SIGINT or SIGTERM arrived; waiting calls then return early.
   bool stop_requested() const;
 
  private:

@@ -15,13 +15,14 @@
 
 #include "core/message.h"
 #include "core/strategy.h"
+#include "transport/codec.h"
 
 namespace fedra::protocol {
 
 inline constexpr const char* kHello = "hello";
 inline constexpr const char* kWelcome = "welcome";
 inline constexpr const char* kShutdown = "shutdown";
-inline constexpr const char* kError = "error";
+inline constexpr const char* kError = transport::kErrorKind;
 inline constexpr const char* kCoordinatorName = "coordinator";
 
 Message make_welcome(const Job& job, uint64_t worker_id);

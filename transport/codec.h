@@ -34,6 +34,10 @@ namespace fedra::transport {
 // Bumped whenever a peer of the previous version could misread a message.
 inline constexpr uint32_t kProtocolVersion = 1;
 
+// The kind of a message that reports a failure (`error` set): sent before a connection is
+// dropped, or as the reply to a request that failed.
+inline constexpr const char* kErrorKind = "error";
+
 enum class DType : uint8_t {
   kFloat32 = 0,
   kFloat64 = 1,

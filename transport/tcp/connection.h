@@ -34,9 +34,6 @@
 
 namespace fedra::transport::tcp {
 
-// Message kind the transport itself uses to tell a peer why it is being dropped.
-inline constexpr std::string_view kErrorKind = "error";
-
 struct Endpoint {
   std::string host;
   uint16_t port = 0;
@@ -101,7 +98,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
   const Limits& limits() const { return limits_; }
   uint64_t bytes_sent() const { return bytes_sent_; }
   uint64_t bytes_received() const { return bytes_received_; }
-  asio::any_io_executor executor() { return socket_.get_executor(); }
 
  private:
   Connection(asio::ip::tcp::socket socket, Limits limits, std::shared_ptr<ReceiveBudget> budget);
