@@ -36,7 +36,7 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
   strategy_ = info.make_coordinator(job);
   info.make_worker(job);  // the worker half validates the same options now, not on every worker
   if (!config_.test_data.empty()) {
-    test_data_ = load_dataset(config_.test_data);
+    test_data_ = load_dataset(config_.test_data, Splits::kTest);
     if (test_data_.test.size() == 0) {
       spdlog::warn("dataset '{}' has no test split: rounds will not be evaluated",
                    config_.test_data);

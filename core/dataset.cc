@@ -99,7 +99,7 @@ void set_classes(DatasetSplits& s) {
   s.train.num_classes = s.test.num_classes = c;
 }
 
-DatasetSplits load_fmnist(const OptionMap& a) {
+DatasetSplits load_fmnist(const OptionMap& a, bool train, bool test) {
   a.require_known({"dir", "limit", "test_limit"});
   const std::string dir = a.get_string("dir", kFmnistDir);
   FEDRA_REQUIRE(std::filesystem::exists(dir + "/train-images-idx3-ubyte.gz"),
@@ -107,23 +107,29 @@ DatasetSplits load_fmnist(const OptionMap& a) {
                 "(scripts/setup.sh does) or pass fmnist:dir=PATH",
                 dir);
   DatasetSplits s;
-  s.train = idx_split("fmnist", dir + "/train-images-idx3-ubyte.gz",
-                      dir + "/train-labels-idx1-ubyte.gz", a.get_int("limit", 0), true);
-  s.test = idx_split("fmnist", dir + "/t10k-images-idx3-ubyte.gz",
-                     dir + "/t10k-labels-idx1-ubyte.gz", a.get_int("test_limit", 0), true);
+  if (train) {
+    s.train = idx_split("fmnist", dir + "/train-images-idx3-ubyte.gz",
+                        dir + "/train-labels-idx1-ubyte.gz", a.get_int("limit", 0), true);
+  }
+  if (test) {
+    s.test = idx_split("fmnist", dir + "/t10k-images-idx3-ubyte.gz",
+                       dir + "/t10k-labels-idx1-ubyte.gz", a.get_int("test_limit", 0), true);
+  }
   s.train.num_classes = s.test.num_classes = 10;
   return s;
 }
 
-DatasetSplits load_idx(const OptionMap& a) {
+DatasetSplits load_idx(const OptionMap& a, bool train, bool test) {
   a.require_known({"train_images", "train_labels", "test_images", "test_labels", "limit",
                    "test_limit"});
   FEDRA_REQUIRE(a.has("train_images") && a.has("train_labels"),
                 "idx dataset needs train_images=PATH,train_labels=PATH");
   DatasetSplits s;
-  s.train = idx_split("idx", a.get_string("train_images", ""), a.get_string("train_labels", ""),
-                      a.get_int("limit", 0), false);
-  if (a.has("test_images") || a.has("test_labels")) {
+  if (train) {
+    s.train = idx_split("idx", a.get_string("train_images", ""), a.get_string("train_labels", ""),
+                        a.get_int("limit", 0), false);
+  }
+  if (test && (a.has("test_images") || a.has("test_labels"))) {
     FEDRA_REQUIRE(a.has("test_images") && a.has("test_labels"),
                   "idx dataset: give both test_images and test_labels, or neither");
     s.test = idx_split("idx", a.get_string("test_images", ""), a.get_string("test_labels", ""),
@@ -185,7 +191,7 @@ Dataset read_csv(const std::string& path, int64_t label_col, const std::string& 
   return d;
 }
 
-DatasetSplits load_csv(const OptionMap& a) {
+DatasetSplits load_csv(const OptionMap& a, bool train, bool test) {
   a.require_known({"train", "test", "label", "header", "sep", "limit", "test_limit"});
   FEDRA_REQUIRE(a.has("train"), "csv dataset needs train=PATH");
   const std::string sep_name = a.get_string("sep", "comma");
@@ -198,10 +204,10 @@ DatasetSplits load_csv(const OptionMap& a) {
                 "csv header must be auto, true or false, not '{}'", header);
   const int64_t label = a.get_int("label", 0);
   DatasetSplits s;
-  s.train = read_csv(a.get_string("train", ""), label, header, sep, a.get_int("limit", 0));
-  if (a.has("test")) {
+  if (train) s.train = read_csv(a.get_string("train", ""), label, header, sep, a.get_int("limit", 0));
+  if (test && a.has("test")) {
     s.test = read_csv(a.get_string("test", ""), label, header, sep, a.get_int("test_limit", 0));
-    FEDRA_REQUIRE(s.test.inputs.size(1) == s.train.inputs.size(1),
+    FEDRA_REQUIRE(!train || s.test.inputs.size(1) == s.train.inputs.size(1),
                   "csv test file has {} features, the training file {}", s.test.inputs.size(1),
                   s.train.inputs.size(1));
   }
@@ -238,15 +244,19 @@ DatasetSplits load_synthetic(const OptionMap& a) {
 
 }  // namespace
 
-DatasetSplits load_dataset(const std::string& spec_text) {
+DatasetSplits load_dataset(const std::string& spec_text, Splits which) {
   const Spec spec = parse_spec(spec_text, "dataset");
+  const bool train = which != Splits::kTest;
+  const bool test = which != Splits::kTrain;
   DatasetSplits s;
-  if (spec.name == "fmnist") s = load_fmnist(spec.args);
-  else if (spec.name == "idx") s = load_idx(spec.args);
-  else if (spec.name == "csv") s = load_csv(spec.args);
-  else if (spec.name == "synthetic") s = load_synthetic(spec.args);
+  if (spec.name == "fmnist") s = load_fmnist(spec.args, train, test);
+  else if (spec.name == "idx") s = load_idx(spec.args, train, test);
+  else if (spec.name == "csv") s = load_csv(spec.args, train, test);
+  else if (spec.name == "synthetic") s = load_synthetic(spec.args);  // generated, not read
   else FEDRA_FAIL("unknown dataset '{}'; use fmnist, idx:..., csv:... or synthetic:...", spec.name);
-  FEDRA_REQUIRE(s.train.size() > 0, "dataset '{}' has no training examples", spec_text);
+  if (train) FEDRA_REQUIRE(s.train.size() > 0, "dataset '{}' has no training examples", spec_text);
+  if (!train) s.train = Dataset();
+  if (!test) s.test = Dataset();
   return s;
 }
 

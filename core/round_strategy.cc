@@ -1,5 +1,7 @@
 #include "core/round_strategy.h"
 
+#include <map>
+
 #include <spdlog/spdlog.h>
 
 namespace fedra {
@@ -39,11 +41,12 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
     }
 
     const auto t0 = Clock::now();
+    std::map<WorkerId, WorkerInfo> connected;
+    for (WorkerInfo& w : cohort.workers()) connected.emplace(w.id, std::move(w));
     std::vector<Instruction> instructions;
     for (WorkerId id : select_workers(round, cohort, ctx)) {
-      for (const WorkerInfo& w : cohort.workers()) {
-        if (w.id == id) instructions.push_back({id, configure_fit(round, w)});
-      }
+      auto it = connected.find(id);
+      if (it != connected.end()) instructions.push_back({id, configure_fit(round, it->second)});
     }
     const size_t asked = instructions.size();
     size_t accepted = 0;

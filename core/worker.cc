@@ -23,7 +23,7 @@ std::string default_name() {
 }
 
 Dataset load_private_data(const WorkerConfig& c) {
-  DatasetSplits splits = load_dataset(c.dataset);
+  DatasetSplits splits = load_dataset(c.dataset, Splits::kTrain);
   if (c.num_clients <= 1) return std::move(splits.train);
   FEDRA_REQUIRE(c.client_index >= 0 && c.client_index < c.num_clients,
                 "--client {}/{}: the index must be in 0..{}", c.client_index, c.num_clients,

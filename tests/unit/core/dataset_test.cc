@@ -22,6 +22,16 @@ TEST_CASE("Fashion-MNIST loads from Debian's package: 60,000 + 10,000 28x28 imag
   CHECK(d.train.inputs.std().item<double>() == doctest::Approx(1.0).epsilon(0.01));
 }
 
+TEST_CASE("a process reads only the split it asks for") {
+  const DatasetSplits test_only = load_dataset("fmnist", Splits::kTest);
+  CHECK(test_only.train.size() == 0);
+  CHECK(test_only.test.size() == 10000);
+  const DatasetSplits train_only = load_dataset("fmnist:limit=100", Splits::kTrain);
+  CHECK(train_only.train.size() == 100);
+  CHECK(train_only.test.size() == 0);
+  CHECK(load_dataset("synthetic:n=32", Splits::kTest).test.size() == 32);  // its test set is its training set
+}
+
 TEST_CASE("limits take the first examples of each split") {
   const DatasetSplits d = load_dataset("fmnist:limit=100,test_limit=50");
   CHECK(d.train.size() == 100);
