@@ -50,6 +50,8 @@ struct Cohort::Impl {
     std::optional<asio::steady_timer> handshake_timer;
     // At most one request is outstanding per worker.
     uint64_t pending_id = 0;
+    // Shared so that a handler that ends the request (clearing it) is not destroyed mid-call.
+    std::shared_ptr<std::function<void(Message&&)>> on_part;
     std::function<void(Message&&)> on_reply;
     std::function<void(Failure)> on_fail;
   };
@@ -149,6 +151,16 @@ struct Cohort::Impl {
         return fail_pending(m, env.error->kind,
                             fmt::format("worker {} reported: {}", m.info.name, env.error->message));
       }
+      if (env.partial) {
+        if (!m.on_part) {
+          return fail_pending(m, ErrorKind::kFailed,
+                              fmt::format("worker {} sent a partial '{}' to a request that takes "
+                                          "one reply", m.info.name, env.kind));
+        }
+        const auto handler = m.on_part;
+        (*handler)(from_envelope(std::move(env)));
+        return;
+      }
       auto on_reply = std::move(m.on_reply);
       clear_pending(m);
       spdlog::debug("reply '{}' from {} received ({})", env.kind, m.info.name,
@@ -241,6 +253,7 @@ struct Cohort::Impl {
 
   void clear_pending(Member& m) {
     m.pending_id = 0;
+    m.on_part = nullptr;
     m.on_reply = nullptr;
     m.on_fail = nullptr;
   }
@@ -256,9 +269,15 @@ struct Cohort::Impl {
   // `even_if_stopping` (shutdown must still deliver its goodbyes after a signal).
   template <class Done>
   bool run_until(Done done, Deadline deadline, bool even_if_stopping = false) {
+    return run_until_fn(done, [deadline] { return deadline; }, even_if_stopping);
+  }
+
+  template <class Done, class DeadlineFn>
+  bool run_until_fn(Done done, DeadlineFn deadline_fn, bool even_if_stopping = false) {
     io.restart();
     while (!done()) {
       if (stop && !even_if_stopping) return false;
+      const Deadline deadline = deadline_fn();
       if (Clock::now() >= deadline) return false;
       io.run_one_until(deadline);
     }
@@ -328,14 +347,26 @@ bool Cohort::wait_for_workers(size_t n, Deadline deadline) {
 
 std::vector<Failure> Cohort::request_all(std::vector<Instruction> instructions, Deadline deadline,
                                          const ReplyHandler& on_reply) {
+  Exchange handlers;
+  handlers.on_reply = on_reply;
+  handlers.deadline = [deadline] { return deadline; };
+  return exchange(std::move(instructions), handlers);
+}
+
+std::vector<Failure> Cohort::exchange(std::vector<Instruction> instructions, const Exchange& handlers) {
+  FEDRA_ASSERT(handlers.on_reply && handlers.deadline, "an exchange needs on_reply and deadline");
   std::vector<Failure> failures;
   size_t outstanding = 0;
+  auto fail = [&failures, &handlers](Failure f) {
+    failures.push_back(f);
+    if (handlers.on_failure) handlers.on_failure(failures.back());
+  };
   std::vector<std::shared_ptr<Impl::Member>> asked;
   for (auto& ins : instructions) {
     auto it = impl_->members.find(ins.worker);
     if (it == impl_->members.end() || !it->second->ready) {
-      failures.push_back({ins.worker, fmt::format("worker #{}", ins.worker),
-                          ErrorKind::kDisconnected, "not connected"});
+      fail({ins.worker, fmt::format("worker #{}", ins.worker), ErrorKind::kDisconnected,
+            "not connected"});
       continue;
     }
     auto m = it->second;
@@ -348,24 +379,35 @@ std::vector<Failure> Cohort::request_all(std::vector<Instruction> instructions, 
     try {
       frame.emplace(transport::encode(env, impl_->config.limits));
     } catch (const Error& e) {
-      failures.push_back({m->info.id, m->info.name, e.kind(), e.what()});
+      fail({m->info.id, m->info.name, e.kind(), e.what()});
       continue;
     }
     m->pending_id = env.request_id;
     const WorkerInfo info = m->info;
-    m->on_reply = [&failures, &outstanding, &on_reply, info](Message&& reply) {
+    if (handlers.on_part) {
+      Impl* impl = impl_.get();
+      m->on_part = std::make_shared<std::function<void(Message&&)>>([impl, &handlers, info](Message&& part) {
+        try {
+          handlers.on_part(info, std::move(part));
+        } catch (const std::exception& e) {
+          auto member = impl->members.find(info.id);
+          if (member != impl->members.end()) impl->fail_pending(*member->second, ErrorKind::kFailed, e.what());
+        }
+      });
+    }
+    m->on_reply = [&fail, &outstanding, &handlers, info](Message&& reply) {
       --outstanding;
       try {
-        on_reply(info, std::move(reply));
+        handlers.on_reply(info, std::move(reply));
       } catch (const Error& e) {
-        failures.push_back({info.id, info.name, e.kind(), e.what()});
+        fail({info.id, info.name, e.kind(), e.what()});
       } catch (const std::exception& e) {
-        failures.push_back({info.id, info.name, ErrorKind::kFailed, e.what()});
+        fail({info.id, info.name, ErrorKind::kFailed, e.what()});
       }
     };
-    m->on_fail = [&failures, &outstanding](Failure f) {
+    m->on_fail = [&fail, &outstanding](Failure f) {
       --outstanding;
-      failures.push_back(std::move(f));
+      fail(std::move(f));
     };
     const uint64_t frame_bytes = frame->size_bytes();
     m->conn->send(std::move(*frame), [name = info.name, frame_bytes]() {
@@ -374,7 +416,7 @@ std::vector<Failure> Cohort::request_all(std::vector<Instruction> instructions, 
     asked.push_back(m);
     ++outstanding;
   }
-  const bool finished = impl_->run_until([&] { return outstanding == 0; }, deadline);
+  const bool finished = impl_->run_until_fn([&] { return outstanding == 0; }, handlers.deadline);
   if (!finished) {
     const std::string why = impl_->stop
                                 ? std::string("interrupted by a signal")
@@ -386,6 +428,36 @@ std::vector<Failure> Cohort::request_all(std::vector<Instruction> instructions, 
     }
   }
   return failures;
+}
+
+bool Cohort::post(WorkerId worker, const Message& message) {
+  auto it = impl_->members.find(worker);
+  if (it == impl_->members.end()) return false;
+  Impl::Member& m = *it->second;
+  if (m.pending_id == 0 || !m.conn->is_open()) return false;
+  transport::Envelope env = to_envelope(message);
+  env.sender = protocol::kCoordinatorName;
+  env.request_id = m.pending_id;
+  env.partial = true;
+  m.conn->send(transport::encode(env, impl_->config.limits));
+  return true;
+}
+
+void Cohort::cancel(WorkerId worker, const std::string& reason) {
+  auto it = impl_->members.find(worker);
+  if (it == impl_->members.end()) return;
+  Impl::Member& m = *it->second;
+  if (m.pending_id == 0) return;
+  if (m.conn->is_open()) {
+    transport::Envelope env;
+    env.kind = protocol::kError;
+    env.sender = protocol::kCoordinatorName;
+    env.request_id = m.pending_id;
+    env.partial = true;
+    env.error = transport::WireError{ErrorKind::kFailed, reason};
+    m.conn->send(transport::encode(env, impl_->config.limits));
+  }
+  impl_->fail_pending(m, ErrorKind::kFailed, "cancelled by the coordinator: " + reason);
 }
 
 Message Cohort::request(WorkerId worker, Message message, Deadline deadline) {

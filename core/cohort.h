@@ -73,6 +73,20 @@ struct CohortConfig {
   Job job;  // sent to every worker in its welcome
 };
 
+// Handlers of an exchange: a request whose answer may come in several parts, with messages going
+// both ways while it is pending (gradsum's per-step gradients and sums, split learning's
+// micro-batches). All run on the strategy's thread, inside Cohort::exchange.
+struct Exchange {
+  using Handler = std::function<void(const WorkerInfo&, Message&&)>;
+  Handler on_part;   // a partial message (Envelope.partial) of a pending request
+  Handler on_reply;  // the final reply; the worker's request is then over
+  // Called as each failure happens (the same failures are also returned at the end).
+  std::function<void(const Failure&)> on_failure;
+  // Read on every wake-up, so a strategy can push it back as progress is made (a per-step
+  // deadline). Pending requests fail with kOverloaded when it passes.
+  std::function<Deadline()> deadline;
+};
+
 class Cohort {
  public:
   using ReplyHandler = std::function<void(const WorkerInfo&, Message&&)>;
@@ -98,6 +112,19 @@ class Cohort {
   // replied or failed or the deadline passes. Returns the failures, in the order they happened.
   std::vector<Failure> request_all(std::vector<Instruction> instructions, Deadline deadline,
                                    const ReplyHandler& on_reply);
+  // Like request_all, for requests answered in parts: on_part sees each partial message, and
+  // the strategy may post() to the workers while their requests are pending. A throwing
+  // on_part or on_reply fails that worker's request (a Failure), not the exchange. Returns when
+  // every request has replied or failed, or the deadline passes (the rest then fail).
+  std::vector<Failure> exchange(std::vector<Instruction> instructions, const Exchange& handlers);
+  // Sends `message` to `worker` as part of its pending request (Envelope.partial set). Returns
+  // false, sending nothing, if the worker has no request pending. Tensors are referenced, not
+  // copied, until the frame is written: do not modify them before the worker has answered.
+  bool post(WorkerId worker, const Message& message);
+  // Ends the worker's pending request: the worker is sent an error part with `reason` (its
+  // strategy sees the exchange cancelled) and the request fails with kFailed. No-op if none.
+  void cancel(WorkerId worker, const std::string& reason);
+
   // One request; throws Error (kind of the failure) if it fails.
   Message request(WorkerId worker, Message message, Deadline deadline);
   // Tells every worker the job is over, waits up to `grace` for the messages to go out, closes.

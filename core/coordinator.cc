@@ -68,6 +68,8 @@ int Coordinator::run() {
 
   RunContext ctx;
   ctx.job = config_.cohort.job;
+  ctx.dataset = config_.test_data;
+  ctx.out_dir = config_.out_dir;
   ctx.test_set = test_data_.test.size() > 0 ? &test_data_.test : nullptr;
   ctx.threads = config_.threads;
   ctx.wait_timeout = config_.wait_timeout;

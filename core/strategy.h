@@ -48,6 +48,8 @@ using Metrics = std::vector<std::pair<std::string, MetricValue>>;
 
 struct RunContext {
   Job job;
+  std::string dataset;  // the dataset spec of the run (e.g. "synthetic:n=320"), when known
+  std::string out_dir;  // where the run's files go (empty: none); e.g. the final model.bin
   const Dataset* test_set = nullptr;  // the coordinator's evaluation data, if any
   int threads = 1;
   // How long a strategy waits for workers to (re)join when too few are connected.
@@ -59,12 +61,28 @@ struct RunContext {
   std::function<bool()> stop_requested = [] { return false; };
 };
 
+// The worker's side of an exchange (Cohort::exchange): while handle() runs, a strategy can send
+// parts of its answer and receive the coordinator's messages for the same request. Blocking, on
+// the worker's thread; no hand-offs.
+class WorkerLink {
+ public:
+  virtual ~WorkerLink() = default;
+  // Sends one part of the answer to the request being handled (Envelope.partial); returns once
+  // the frame is handed to the kernel, so the caller may then modify the tensors.
+  virtual void send(const Message& part) = 0;
+  // The coordinator's next message for the request being handled. Throws Error if the
+  // coordinator cancels the exchange, moves on to another request, ends the job or goes away,
+  // or if `timeout` passes.
+  virtual Message receive(std::chrono::milliseconds timeout) = 0;
+};
+
 struct WorkerContext {
   Job job;
   std::string name;
   uint64_t worker_id = 0;
   const Dataset* data = nullptr;  // this worker's private training data
   int threads = 1;
+  WorkerLink* link = nullptr;  // set while handle() runs
 };
 
 class CoordinatorStrategy {

@@ -40,6 +40,50 @@ Message error_reply(const Message& request, ErrorKind kind, const std::string& w
   return reply;
 }
 
+// The worker's side of an exchange, over the blocking channel.
+class ChannelLink : public WorkerLink {
+ public:
+  ChannelLink(tcp::BlockingChannel& channel, std::string name) : channel_(channel), name_(std::move(name)) {}
+
+  void begin(uint64_t request_id) { request_id_ = request_id; }
+
+  void send(const Message& part) override {
+    transport::Envelope env = to_envelope(part);
+    env.sender = name_;
+    env.request_id = request_id_;
+    env.partial = true;
+    channel_.send(env);
+  }
+
+  Message receive(std::chrono::milliseconds timeout) override {
+    transport::Envelope env = channel_.receive(timeout);
+    if (env.request_id == request_id_ && env.partial) {
+      if (env.error) {
+        FEDRA_FAIL("the coordinator cancelled the exchange: {}", env.error->message);
+      }
+      return from_envelope(std::move(env));
+    }
+    // Anything else (a shutdown, a new request) ends this exchange; the main loop handles it.
+    const std::string kind = env.kind;
+    stash_ = std::move(env);
+    FEDRA_FAIL("the coordinator moved on ('{}') while request {} was in progress", kind, request_id_);
+  }
+
+  // A message that arrived during an exchange but belongs to the main loop.
+  bool has_stash() const { return stash_.has_value(); }
+  std::optional<transport::Envelope> take_stash() {
+    auto out = std::move(stash_);
+    stash_.reset();
+    return out;
+  }
+
+ private:
+  tcp::BlockingChannel& channel_;
+  std::string name_;
+  uint64_t request_id_ = 0;
+  std::optional<transport::Envelope> stash_;
+};
+
 }  // namespace
 
 int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
@@ -87,15 +131,26 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     return 1;
   }
 
+  ChannelLink link(*channel, name);
+  ctx.link = &link;
   for (;;) {
     transport::Envelope env;
-    try {
-      env = channel->receive();
-    } catch (const Error& e) {
-      spdlog::error("connection to the coordinator lost: {}", e.what());
-      return 1;
+    if (auto stashed = link.take_stash()) {
+      env = std::move(*stashed);
+    } else {
+      try {
+        env = channel->receive();
+      } catch (const Error& e) {
+        spdlog::error("connection to the coordinator lost: {}", e.what());
+        return 1;
+      }
     }
     const uint64_t request_id = env.request_id;
+    if (env.partial) {  // a part of an exchange that already ended here (e.g. after an error)
+      spdlog::debug("discarding a late part '{}' of request {}", env.kind, request_id);
+      continue;
+    }
+    link.begin(request_id);
     Message request = from_envelope(std::move(env));
     if (request.kind == protocol::kShutdown) {
       spdlog::info("coordinator ended the job: {}", request.option_or("reason", "no reason given"));
@@ -116,6 +171,7 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
       spdlog::warn("request '{}' (round {}) failed: {}", request.kind, request.round, e.what());
       reply = error_reply(request, ErrorKind::kFailed, e.what());
     }
+    if (link.has_stash()) continue;  // the coordinator moved on: no one waits for this reply
     reply.sender = name;
     if (reply.round == 0) reply.round = request.round;
     transport::Envelope out = to_envelope(reply);

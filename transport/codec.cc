@@ -160,6 +160,7 @@ OutFrame encode(const Envelope& env, const Limits& limits) {
     root.setStep(env.step);
     root.setSender(env.sender);
     root.setRequestId(env.request_id);
+    root.setPartial(env.partial);
 
     auto orphanage = impl->builder.getOrphanage();
     // Externals become segments; leave room for the root segment and copied-data segments.
@@ -322,6 +323,7 @@ void decode_into(const InFrame& frame, const Limits& limits, Envelope& env) {
     env.step = root.getStep();
     env.sender = root.getSender().cStr();
     env.request_id = root.getRequestId();
+    env.partial = root.getPartial();
 
     std::set<std::string> names;
     for (auto tr : root.getTensors()) {

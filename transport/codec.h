@@ -32,7 +32,7 @@
 namespace fedra::transport {
 
 // Bumped whenever a peer of the previous version could misread a message.
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;  // 2: Envelope.partial (exchanges in parts)
 
 // The kind of a message that reports a failure (`error` set): sent before a connection is
 // dropped, or as the reply to a request that failed.
@@ -97,6 +97,7 @@ struct Envelope {
   uint64_t step = 0;
   std::string sender;
   uint64_t request_id = 0;
+  bool partial = false;  // more messages of this request follow (see fedra.capnp)
   std::vector<TensorData> tensors;
   std::vector<std::pair<std::string, double>> metrics;
   std::vector<std::pair<std::string, std::string>> options;

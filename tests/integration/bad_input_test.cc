@@ -119,7 +119,7 @@ TEST_CASE("a frame over the size cap: refused from its header, the limit named")
 
 TEST_CASE("a wrong protocol version: refused naming both versions") {
   check_scenario({"bad-version", false, {},
-                  {"protocol version mismatch: the worker speaks protocol 99, this coordinator speaks protocol 1"},
+                  {"protocol version mismatch: the worker speaks protocol 99, this coordinator speaks protocol 2"},
                   "coordinator said: protocol version mismatch"});
 }
 

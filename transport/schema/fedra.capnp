@@ -21,6 +21,9 @@ struct Envelope {
   metrics @7 :List(Metric);  # scalar metrics (loss, example counts, timings)
   options @8 :List(Option);  # string options (instructions, configuration)
   error @9 :Error;           # set when the message reports a failure
+  partial @10 :Bool;         # one part of a multi-message exchange: more messages of the same
+                             # request follow (a reply in parts, or coordinator messages sent
+                             # while the request is pending); the final reply has it false
 }
 
 struct Tensor {

@@ -144,7 +144,7 @@ TEST_CASE("refusal messages reach the refused worker") {
   }
   CHECK(old_version.refusal() ==
         "protocol version mismatch: the worker speaks protocol 99, this coordinator speaks "
-        "protocol 1; run the same Fedra release on both sides");
+        "protocol 2; run the same Fedra release on both sides");
   CHECK(intruder.refusal().find("authentication failed") == 0);
   CHECK(cohort.size() == 0);
 }
