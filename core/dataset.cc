@@ -260,6 +260,18 @@ DatasetSplits load_dataset(const std::string& spec_text, Splits which) {
   return s;
 }
 
+void seed_like_synthetic(const std::string& spec_text) {
+  const Spec spec = parse_spec(spec_text, "dataset");
+  FEDRA_REQUIRE(spec.name == "synthetic", "initialising the model after the data's draws needs the "
+                "synthetic dataset (generated from torch's generator), not '{}'", spec_text);
+  const int64_t n = spec.args.get_int("n", 320);
+  const int64_t features = spec.args.get_int("features", 16);
+  const int64_t classes = spec.args.get_int("classes", 2);
+  at::manual_seed(static_cast<uint64_t>(spec.args.get_int("seed", 40)));
+  (void)at::rand({n, features});
+  (void)at::randint(0, classes, {n, 1}, at::kFloat);
+}
+
 Dataset subset(const Dataset& data, const std::vector<int64_t>& indices) {
   Dataset d;
   d.name = data.name;

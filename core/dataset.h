@@ -50,6 +50,11 @@ enum class Splits { kBoth, kTrain, kTest };
 
 DatasetSplits load_dataset(const std::string& spec, Splits which = Splits::kBoth);
 
+// Seeds torch's global generator with a synthetic spec's seed and makes the draws that generating
+// its training split makes, leaving the generator where a script that seeds once, draws x and y,
+// then builds its model would have it (the notebook does). Throws for other datasets.
+void seed_like_synthetic(const std::string& spec);
+
 Dataset subset(const Dataset& data, const std::vector<int64_t>& indices);
 std::vector<int64_t> label_histogram(const Dataset& data);
 

@@ -1,7 +1,10 @@
 #include "core/model.h"
 
+#include <fstream>
+
 #include <torch/torch.h>
 
+#include "core/metrics.h"
 #include "core/options.h"
 
 namespace fedra {
@@ -72,6 +75,10 @@ nn::Sequential lenet5(int64_t classes) {
 
 torch::nn::Sequential build_model(const std::string& spec_text, uint64_t seed) {
   torch::manual_seed(seed);
+  return build_model_unseeded(spec_text);
+}
+
+torch::nn::Sequential build_model_unseeded(const std::string& spec_text) {
   const auto colon = spec_text.find(':');
   const std::string name = spec_text.substr(0, colon);
   if (name == "mlp") {
@@ -120,6 +127,32 @@ void load_model_state(torch::nn::Module& model, const NamedTensors& state) {
   for (auto& b : model.named_buffers()) load(b.key(), b.value());
   FEDRA_REQUIRE(used == state.size(), "model state has {} tensors the model does not have",
                 state.size() - used);
+}
+
+void save_model_file(const std::string& path, const NamedTensors& state) {
+  Message m("model");
+  m.sender = "fedra";
+  m.tensors = state;
+  transport::Limits limits;
+  const std::vector<std::byte> bytes = transport::encode(to_envelope(m), limits).to_bytes();
+  write_file_atomically(path, std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+}
+
+NamedTensors load_model_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  FEDRA_REQUIRE(in.good(), "cannot read model file '{}'", path);
+  std::vector<char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  transport::Limits limits;
+  limits.max_frame_bytes = std::max<uint64_t>(limits.max_frame_bytes, raw.size());
+  try {
+    transport::InFrame frame = transport::InFrame::from_bytes(
+        reinterpret_cast<const std::byte*>(raw.data()), raw.size(), limits);
+    Message m = from_envelope(transport::decode(frame, limits));
+    FEDRA_REQUIRE(m.kind == "model", "holds a '{}' message, not a model", m.kind);
+    return std::move(m.tensors);
+  } catch (const Error& e) {
+    FEDRA_FAIL("model file '{}': {}", path, e.what());
+  }
 }
 
 }  // namespace fedra

@@ -33,4 +33,14 @@ NamedTensors model_state(const torch::nn::Module& model);
 // Copies `state` into the model's parameters and buffers (no autograd history).
 void load_model_state(torch::nn::Module& model, const NamedTensors& state);
 
+// A model file is one wire frame (an Envelope of kind "model" whose tensors are the state), so
+// `capnp decode transport/schema/fedra.capnp Envelope < model.bin` reads it too. Written
+// atomically (temporary file, fsync, rename); errors name the file.
+void save_model_file(const std::string& path, const NamedTensors& state);
+NamedTensors load_model_file(const std::string& path);
+
+// Builds the network from torch's global generator as it stands, without seeding it (for
+// reproducing a script that draws its data and its model from one seeded stream).
+torch::nn::Sequential build_model_unseeded(const std::string& spec);
+
 }  // namespace fedra

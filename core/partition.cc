@@ -126,8 +126,13 @@ Partition partition_dataset(const at::Tensor& targets, int64_t num_classes,
     const int64_t k = spec.args.get_int("k", 2);
     FEDRA_REQUIRE(k >= 1, "shards:k must be >= 1, got {}", k);
     p = shards(labels, num_clients, k, rng);
+  } else if (spec.name == "full") {
+    spec.args.require_known({});
+    std::vector<int64_t> all(static_cast<size_t>(n));
+    std::iota(all.begin(), all.end(), int64_t{0});
+    p.clients.assign(static_cast<size_t>(num_clients), all);
   } else {
-    FEDRA_FAIL("unknown partition '{}'; use iid, dirichlet:alpha=A or shards:k=K", spec.name);
+    FEDRA_FAIL("unknown partition '{}'; use iid, dirichlet:alpha=A, shards:k=K or full", spec.name);
   }
   for (auto& c : p.clients) std::sort(c.begin(), c.end());
   return p;

@@ -10,8 +10,10 @@
 //   shards:k=K                  McMahan et al.'s pathological split: sort by label, cut into
 //                               K x clients shards of equal size, deal K random shards to each
 //                               client, so each holds at most K classes.
-// Every example is assigned to exactly one client; examples left over by shards (fewer than
-// K x clients) are dropped and their number is part of the result.
+//   full                        every client holds the whole dataset (replicated data, as in
+//                               the gradient-summing notebook; not a federated split)
+// Except with full, every example is assigned to exactly one client; examples left over by
+// shards (fewer than K x clients) are dropped and their number is part of the result.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,7 @@
 #include "core/tensor_checks.h"
 
+#include <cstring>
+
 #include <atomic>
 
 #include <ATen/Parallel.h>
@@ -61,6 +63,32 @@ void check_finite(const NamedTensors& got) {
   for (const auto& [name, t] : got) {
     FEDRA_REQUIRE(all_finite(t), "update tensor '{}' holds NaN or infinite values", name);
   }
+}
+
+uint64_t checksum(const std::vector<at::Tensor>& tensors) {
+  // Four independent multiply-xor lanes over 64-bit words (so the loop is not one long
+  // dependency chain), folded at the end; the tail bytes go in one by one.
+  uint64_t lane[4] = {0x9E3779B97F4A7C15ULL, 0xC2B2AE3D27D4EB4FULL, 0x165667B19E3779F9ULL,
+                      0x27D4EB2F165667C5ULL};
+  constexpr uint64_t kMul = 0xFF51AFD7ED558CCDULL;
+  for (const at::Tensor& t : tensors) {
+    FEDRA_REQUIRE(t.device().is_cpu() && t.is_contiguous(), "checksum needs contiguous CPU tensors");
+    const auto* bytes = static_cast<const unsigned char*>(t.data_ptr());
+    const size_t n = t.numel() * t.element_size();
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+      for (int k = 0; k < 4; ++k) {
+        uint64_t w;
+        std::memcpy(&w, bytes + i + 8 * k, 8);
+        lane[k] = (lane[k] ^ w) * kMul;
+      }
+    }
+    for (; i < n; ++i) lane[0] = (lane[0] ^ bytes[i]) * kMul;
+    lane[1] ^= n;  // tensor boundaries count
+  }
+  uint64_t h = lane[0];
+  for (int k = 1; k < 4; ++k) h = (h ^ (lane[k] + (h << 6) + (h >> 2))) * kMul;
+  return h ^ (h >> 33);
 }
 
 }  // namespace fedra

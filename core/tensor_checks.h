@@ -16,4 +16,8 @@ void check_layout(const NamedTensors& reference, const NamedTensors& got);
 // Throws Error naming the first floating tensor holding NaN or Inf.
 void check_finite(const NamedTensors& got);
 
+// A 64-bit hash of the tensors' bytes, in order (contiguous CPU tensors): equal bits give equal
+// checksums, so replicas that must be identical can compare one number (gradsum's sync check).
+uint64_t checksum(const std::vector<at::Tensor>& tensors);
+
 }  // namespace fedra

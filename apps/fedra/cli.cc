@@ -78,7 +78,7 @@ struct Groups {
         ("dataset", po::value<std::string>()->default_value("fmnist"),
          "fmnist[:limit=N], idx:..., csv:..., synthetic:... (docs/data.md)")
         ("partition", po::value<std::string>()->default_value("iid"),
-         "iid, dirichlet:alpha=A or shards:k=K");
+         "iid, dirichlet:alpha=A, shards:k=K or full (every worker holds all data)");
     simulate.add_options()
         ("workers", po::value<int64_t>()->default_value(10), "worker processes to start")
         ("worker-threads", po::value<int>()->default_value(0),

@@ -1,0 +1,113 @@
+#include "core/optimizer.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+
+#include "transport/error.h"
+
+namespace fedra {
+
+void OptimizerConfig::validate() const {
+  FEDRA_REQUIRE(name == "sgd" || name == "adam", "unknown optimizer '{}'; use sgd or adam", name);
+  FEDRA_REQUIRE(lr > 0, "lr must be > 0, got {}", lr);
+  FEDRA_REQUIRE(momentum >= 0 && momentum < 1, "momentum must be in [0, 1), got {}", momentum);
+  FEDRA_REQUIRE(weight_decay >= 0, "weight_decay must be >= 0, got {}", weight_decay);
+  FEDRA_REQUIRE(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1 && eps > 0,
+                "Adam needs 0 <= beta1, beta2 < 1 and eps > 0");
+}
+
+ParamOptimizer::ParamOptimizer(OptimizerConfig config, std::vector<std::string> names,
+                               std::vector<at::Tensor> params)
+    : config_(std::move(config)), names_(std::move(names)), params_(std::move(params)) {
+  config_.validate();
+  FEDRA_ASSERT(names_.size() == params_.size(), "{} names for {} parameters", names_.size(), params_.size());
+  buf_.resize(params_.size());
+  buf2_.resize(params_.size());
+  steps_.assign(params_.size(), 0);
+}
+
+void ParamOptimizer::step(size_t i, const at::Tensor& grad_in) {
+  FEDRA_ASSERT(i < params_.size(), "parameter {} of {}", i, params_.size());
+  at::Tensor& p = params_[i];
+  FEDRA_REQUIRE(grad_in.sizes() == p.sizes() && grad_in.scalar_type() == p.scalar_type(),
+                "gradient for '{}' is {} but the parameter is {}", names_[i], describe_tensor(grad_in),
+                describe_tensor(p));
+  at::NoGradGuard no_grad;
+  at::Tensor g = grad_in;
+  if (config_.weight_decay != 0) g = g.add(p, config_.weight_decay);
+  if (config_.name == "sgd") {
+    if (config_.momentum != 0) {
+      if (!buf_[i].defined()) {
+        buf_[i] = g.clone();
+      } else {
+        buf_[i].mul_(config_.momentum).add_(g);
+      }
+      g = buf_[i];
+    }
+    p.add_(g, -config_.lr);
+    return;
+  }
+  if (!buf_[i].defined()) {
+    buf_[i] = at::zeros_like(p);
+    buf2_[i] = at::zeros_like(p);
+  }
+  const int64_t t = ++steps_[i];
+  const double bias1 = 1 - std::pow(config_.beta1, static_cast<double>(t));
+  const double bias2 = 1 - std::pow(config_.beta2, static_cast<double>(t));
+  buf_[i].mul_(config_.beta1).add_(g, 1 - config_.beta1);
+  buf2_[i].mul_(config_.beta2).addcmul_(g, g, 1 - config_.beta2);
+  at::Tensor denom = (buf2_[i].sqrt() / std::sqrt(bias2)).add_(config_.eps);
+  p.addcdiv_(buf_[i], denom, -config_.lr / bias1);
+}
+
+NamedTensors ParamOptimizer::state() const {
+  NamedTensors out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!buf_[i].defined()) continue;
+    if (config_.name == "sgd") {
+      out.emplace_back(names_[i] + ".momentum", buf_[i].clone());
+    } else {
+      out.emplace_back(names_[i] + ".exp_avg", buf_[i].clone());
+      out.emplace_back(names_[i] + ".exp_avg_sq", buf2_[i].clone());
+      out.emplace_back(names_[i] + ".step", at::tensor({steps_[i]}, at::kLong));
+    }
+  }
+  return out;
+}
+
+void ParamOptimizer::load_state(const NamedTensors& state) {
+  std::map<std::string, const at::Tensor*> by_name;
+  for (const auto& [n, t] : state) by_name[n] = &t;
+  size_t used = 0;
+  auto take = [&](const std::string& name, const at::Tensor& like) -> at::Tensor {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) return {};
+    ++used;
+    FEDRA_REQUIRE(it->second->sizes() == like.sizes() && it->second->scalar_type() == like.scalar_type(),
+                  "optimizer state '{}' is {} but the parameter is {}", name,
+                  describe_tensor(*it->second), describe_tensor(like));
+    return it->second->clone();
+  };
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (config_.name == "sgd") {
+      buf_[i] = take(names_[i] + ".momentum", params_[i]);
+      continue;
+    }
+    buf_[i] = take(names_[i] + ".exp_avg", params_[i]);
+    buf2_[i] = take(names_[i] + ".exp_avg_sq", params_[i]);
+    FEDRA_REQUIRE(buf_[i].defined() == buf2_[i].defined(), "optimizer state for '{}' is incomplete", names_[i]);
+    steps_[i] = 0;
+    auto it = by_name.find(names_[i] + ".step");
+    if (it != by_name.end()) {
+      FEDRA_REQUIRE(it->second->numel() == 1 && it->second->scalar_type() == at::kLong,
+                    "optimizer state '{}.step' must be one int64", names_[i]);
+      steps_[i] = it->second->item<int64_t>();
+      ++used;
+    }
+  }
+  FEDRA_REQUIRE(used == state.size(), "optimizer state has {} tensors this optimizer does not use",
+                state.size() - used);
+}
+
+}  // namespace fedra
