@@ -1,11 +1,13 @@
 #include "strategies/builtin.h"
 
 #include "strategies/fedavg/fedavg.h"
+#include "strategies/gradsum/gradsum.h"
 
 namespace fedra {
 
 void register_builtin_strategies(StrategyRegistry& registry) {
   registry.add(fedavg::fedavg_strategy());
+  registry.add(gradsum::gradsum_strategy());
 }
 
 }  // namespace fedra
