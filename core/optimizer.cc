@@ -61,6 +61,48 @@ void ParamOptimizer::step(size_t i, const at::Tensor& grad_in) {
   p.addcdiv_(buf_[i], denom, -config_.lr / bias1);
 }
 
+void ParamOptimizer::begin_step() { ++step_count_; }
+
+void ParamOptimizer::update(size_t i, int64_t offset, const at::Tensor& grad_in) {
+  FEDRA_ASSERT(i < params_.size(), "parameter {} of {}", i, params_.size());
+  at::Tensor flat = params_[i].view({-1});
+  const int64_t n = grad_in.numel();
+  FEDRA_REQUIRE(grad_in.dim() == 1 && offset >= 0 && offset + n <= flat.numel() &&
+                    grad_in.scalar_type() == flat.scalar_type(),
+                "gradient slice [{}, {}) of '{}' ({}) does not fit the parameter {}", offset,
+                offset + n, names_[i], describe_tensor(grad_in), describe_tensor(params_[i]));
+  at::NoGradGuard no_grad;
+  at::Tensor p = flat.narrow(0, offset, n);
+  at::Tensor g = grad_in;
+  if (config_.weight_decay != 0) g = g.add(p, config_.weight_decay);
+  if (config_.name == "sgd") {
+    if (config_.momentum != 0) {
+      // A zero buffer times momentum plus g is exactly g: the same bits as torch's first step.
+      if (!buf_[i].defined()) buf_[i] = at::zeros_like(params_[i]);
+      at::Tensor b = buf_[i].view({-1}).narrow(0, offset, n);
+      b.mul_(config_.momentum).add_(g);
+      g = b;
+    }
+    p.add_(g, -config_.lr);
+    return;
+  }
+  if (!buf_[i].defined()) {
+    buf_[i] = at::zeros_like(params_[i]);
+    buf2_[i] = at::zeros_like(params_[i]);
+  }
+  // One step count per begin_step(): every slice of a step uses the same bias correction.
+  steps_[i] = step_count_;
+  const auto t = static_cast<double>(step_count_);
+  const double bias1 = 1 - std::pow(config_.beta1, t);
+  const double bias2 = 1 - std::pow(config_.beta2, t);
+  at::Tensor m = buf_[i].view({-1}).narrow(0, offset, n);
+  at::Tensor v = buf2_[i].view({-1}).narrow(0, offset, n);
+  m.mul_(config_.beta1).add_(g, 1 - config_.beta1);
+  v.mul_(config_.beta2).addcmul_(g, g, 1 - config_.beta2);
+  at::Tensor denom = (v.sqrt() / std::sqrt(bias2)).add_(config_.eps);
+  p.addcdiv_(m, denom, -config_.lr / bias1);
+}
+
 NamedTensors ParamOptimizer::state() const {
   NamedTensors out;
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -103,6 +145,7 @@ void ParamOptimizer::load_state(const NamedTensors& state) {
       FEDRA_REQUIRE(it->second->numel() == 1 && it->second->scalar_type() == at::kLong,
                     "optimizer state '{}.step' must be one int64", names_[i]);
       steps_[i] = it->second->item<int64_t>();
+      step_count_ = std::max(step_count_, steps_[i]);
       ++used;
     }
   }

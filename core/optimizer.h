@@ -41,6 +41,13 @@ class ParamOptimizer {
   // Applies one update to parameter i with gradient `grad` (same shape, float).
   void step(size_t i, const at::Tensor& grad);
 
+  // Streaming form: begin_step() once per optimiser step, then update() any number of disjoint
+  // slices of the flattened parameters, in any order; together they make the same step as step()
+  // on every parameter (the rules are elementwise). `grad` holds elements [offset, offset+n)
+  // of parameter i flattened.
+  void begin_step();
+  void update(size_t i, int64_t offset, const at::Tensor& grad);
+
   NamedTensors state() const;  // copies
   // Loads state written by state() of an optimiser over the same parameters; throws naming a
   // missing or mismatched tensor.
@@ -56,6 +63,7 @@ class ParamOptimizer {
   std::vector<at::Tensor> buf_;      // SGD momentum, Adam exp_avg
   std::vector<at::Tensor> buf2_;     // Adam exp_avg_sq
   std::vector<int64_t> steps_;       // Adam step count
+  int64_t step_count_ = 0;           // begin_step() calls
 };
 
 }  // namespace fedra

@@ -32,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,7 @@ struct GradSumOptions {
   FEDRA_ARG(std::string, init) = "seed";
   FEDRA_ARG(int64_t, init_skip) = 0;
   FEDRA_ARG(std::string, inject) = "none";
+  FEDRA_ARG(bool, exchange_only) = false;
 
   template <class F>
   void visit(F&& f) {
@@ -103,16 +105,36 @@ struct GradSumOptions {
     f("inject", inject_,
       "fault injection for tests: none, exit:STEP (the last worker dies mid-step) or "
       "desync:STEP (the last worker perturbs its weights)");
+    f("exchange_only", exchange_only_,
+      "benchmark the exchange alone: workers skip forward and backward and send a constant "
+      "gradient; everything else (buckets, sum, optimiser, updates, checks) runs as usual");
   }
   void validate() const;
 };
 
 StrategyInfo gradsum_strategy();
 
-// Parameter indices per bucket: filled from the last parameter back (backward's order), each
-// bucket closed once it holds at least `bucket_bytes`. Both halves compute the same plan.
-std::vector<std::vector<size_t>> plan_buckets(const std::vector<at::Tensor>& params,
-                                              uint64_t bucket_bytes);
+// A slice of one parameter, flattened: elements [offset, offset + count) of parameter `param`.
+// On the wire it is a 1-D tensor named "NAME@OFFSET".
+struct Piece {
+  size_t param = 0;
+  int64_t offset = 0;
+  int64_t count = 0;
+  bool operator==(const Piece& o) const {
+    return param == o.param && offset == o.offset && count == o.count;
+  }
+  friend std::ostream& operator<<(std::ostream& os, const Piece& p) {
+    return os << "{param " << p.param << ", offset " << p.offset << ", count " << p.count << "}";
+  }
+};
+
+// The buckets: parameters taken from the last back (the order backward produces gradients),
+// each cut into pieces of at most `bucket_bytes` (a multiple of 64 bytes), the pieces packed in
+// order into buckets closed once they hold at least `bucket_bytes`. A large layer thus streams
+// as several buckets, so summing one overlaps the transfer of the next. Both halves compute the
+// same plan from the same model and option.
+std::vector<std::vector<Piece>> plan_buckets(const std::vector<at::Tensor>& params,
+                                             uint64_t bucket_bytes);
 
 // Rows of a worker's data used at `step` (begin, end; empty when begin == end), for
 // batches=sequential and batches=notebook.

@@ -27,6 +27,9 @@ void compare_with_torch(const OptimizerConfig& c, int steps) {
         a, torch::optim::AdamOptions(c.lr).weight_decay(c.weight_decay));
   }
   ParamOptimizer mine(c, {"w", "b"}, b);
+  // A third copy stepped slice by slice, as gradsum's buckets arrive.
+  std::vector<at::Tensor> s3 = {b[0].clone(), b[1].clone()};
+  ParamOptimizer sliced(c, {"w", "b"}, s3);
   for (int s = 0; s < steps; ++s) {
     std::vector<at::Tensor> grads = {torch::randn({4, 3}), torch::randn({3})};
     for (size_t i = 0; i < a.size(); ++i) a[i].mutable_grad() = grads[i].clone();
@@ -34,8 +37,15 @@ void compare_with_torch(const OptimizerConfig& c, int steps) {
     // In reverse order, as buckets arrive: the order of parameters must not matter.
     mine.step(1, grads[1]);
     mine.step(0, grads[0]);
+    sliced.begin_step();
+    sliced.update(1, 0, grads[1]);
+    sliced.update(0, 5, grads[0].view({-1}).narrow(0, 5, 7));
+    sliced.update(0, 0, grads[0].view({-1}).narrow(0, 0, 5));
   }
-  for (size_t i = 0; i < a.size(); ++i) CHECK(torch::equal(a[i].detach(), b[i]));
+  for (size_t i = 0; i < a.size(); ++i) {
+    CHECK(torch::equal(a[i].detach(), b[i]));
+    CHECK(torch::equal(a[i].detach(), s3[i]));
+  }
 }
 
 }  // namespace

@@ -8,16 +8,40 @@
 using namespace fedra;
 using namespace fedra::gradsum;
 
-TEST_CASE("buckets fill from the last parameter back and close at the size limit") {
-  // 4 parameters of 400, 40, 4000 and 40 bytes.
+TEST_CASE("buckets take parameters from the last back, cut large ones, cover every element once") {
+  // Parameters of 400, 40, 4000 and 40 bytes.
   std::vector<at::Tensor> params = {at::zeros({100}), at::zeros({10}), at::zeros({1000}), at::zeros({10})};
-  auto b = plan_buckets(params, 1000);
-  REQUIRE(b.size() == 2);
-  CHECK(b[0] == std::vector<size_t>{3, 2});
-  CHECK(b[1] == std::vector<size_t>{1, 0});
-  // One huge bucket holds everything; a tiny limit gives one parameter per bucket.
-  CHECK(plan_buckets(params, 1 << 20).size() == 1);
-  CHECK(plan_buckets(params, 1).size() == 4);
+  for (uint64_t limit : {uint64_t{1}, uint64_t{64}, uint64_t{1000}, uint64_t{1} << 20}) {
+    INFO("bucket bytes " << limit);
+    const auto buckets = plan_buckets(params, limit);
+    std::vector<int64_t> next(params.size(), 0);  // next uncovered element of each parameter
+    size_t expected_param = params.size() - 1;
+    for (const auto& bucket : buckets) {
+      REQUIRE(!bucket.empty());
+      uint64_t bytes = 0;
+      for (const Piece& p : bucket) {
+        if (p.param != expected_param) {  // moved on to the previous parameter
+          CHECK(next[expected_param] == params[expected_param].numel());
+          CHECK(p.param + 1 == expected_param);
+          expected_param = p.param;
+        }
+        CHECK(p.offset == next[p.param]);
+        CHECK(p.count > 0);
+        CHECK(p.count * 4 <= static_cast<int64_t>(std::max<uint64_t>(limit, 64)));
+        next[p.param] += p.count;
+        bytes += static_cast<uint64_t>(p.count) * 4;
+      }
+      CHECK(bytes < 2 * std::max<uint64_t>(limit, 64));
+    }
+    for (size_t i = 0; i < params.size(); ++i) CHECK(next[i] == params[i].numel());
+  }
+  // A limit above the model's size gives one bucket of whole parameters, last first.
+  const auto one = plan_buckets(params, 1 << 20);
+  REQUIRE(one.size() == 1);
+  CHECK(one[0] == std::vector<Piece>{{3, 0, 10}, {2, 0, 1000}, {1, 0, 10}, {0, 0, 100}});
+  // Pieces are whole 64-byte lines (16 floats) except a parameter's tail.
+  const auto fine = plan_buckets(params, 100);
+  CHECK(fine[0][1] == Piece{2, 0, 16});
 }
 
 TEST_CASE("batch rows: sequential wraps by epoch, notebook reproduces Python's slicing") {
