@@ -27,53 +27,33 @@ ParamOptimizer::ParamOptimizer(OptimizerConfig config, std::vector<std::string> 
   steps_.assign(params_.size(), 0);
 }
 
-void ParamOptimizer::step(size_t i, const at::Tensor& grad_in) {
+void ParamOptimizer::step(size_t i, const at::Tensor& grad) {
   FEDRA_ASSERT(i < params_.size(), "parameter {} of {}", i, params_.size());
-  at::Tensor& p = params_[i];
-  FEDRA_REQUIRE(grad_in.sizes() == p.sizes() && grad_in.scalar_type() == p.scalar_type(),
-                "gradient for '{}' is {} but the parameter is {}", names_[i], describe_tensor(grad_in),
-                describe_tensor(p));
-  at::NoGradGuard no_grad;
-  at::Tensor g = grad_in;
-  if (config_.weight_decay != 0) g = g.add(p, config_.weight_decay);
-  if (config_.name == "sgd") {
-    if (config_.momentum != 0) {
-      if (!buf_[i].defined()) {
-        buf_[i] = g.clone();
-      } else {
-        buf_[i].mul_(config_.momentum).add_(g);
-      }
-      g = buf_[i];
-    }
-    p.add_(g, -config_.lr);
-    return;
-  }
-  if (!buf_[i].defined()) {
-    buf_[i] = at::zeros_like(p);
-    buf2_[i] = at::zeros_like(p);
-  }
-  const int64_t t = ++steps_[i];
-  const double bias1 = 1 - std::pow(config_.beta1, static_cast<double>(t));
-  const double bias2 = 1 - std::pow(config_.beta2, static_cast<double>(t));
-  buf_[i].mul_(config_.beta1).add_(g, 1 - config_.beta1);
-  buf2_[i].mul_(config_.beta2).addcmul_(g, g, 1 - config_.beta2);
-  at::Tensor denom = (buf2_[i].sqrt() / std::sqrt(bias2)).add_(config_.eps);
-  p.addcdiv_(buf_[i], denom, -config_.lr / bias1);
+  FEDRA_REQUIRE(grad.sizes() == params_[i].sizes() && grad.scalar_type() == params_[i].scalar_type(),
+                "gradient for '{}' is {} but the parameter is {}", names_[i], describe_tensor(grad),
+                describe_tensor(params_[i]));
+  apply(i, 0, grad.reshape({-1}), ++steps_[i]);
 }
 
 void ParamOptimizer::begin_step() { ++step_count_; }
 
-void ParamOptimizer::update(size_t i, int64_t offset, const at::Tensor& grad_in) {
+void ParamOptimizer::update(size_t i, int64_t offset, const at::Tensor& grad) {
   FEDRA_ASSERT(i < params_.size(), "parameter {} of {}", i, params_.size());
-  at::Tensor flat = params_[i].view({-1});
-  const int64_t n = grad_in.numel();
-  FEDRA_REQUIRE(grad_in.dim() == 1 && offset >= 0 && offset + n <= flat.numel() &&
-                    grad_in.scalar_type() == flat.scalar_type(),
+  const int64_t n = grad.numel();
+  FEDRA_REQUIRE(grad.dim() == 1 && offset >= 0 && offset + n <= params_[i].numel() &&
+                    grad.scalar_type() == params_[i].scalar_type(),
                 "gradient slice [{}, {}) of '{}' ({}) does not fit the parameter {}", offset,
-                offset + n, names_[i], describe_tensor(grad_in), describe_tensor(params_[i]));
+                offset + n, names_[i], describe_tensor(grad), describe_tensor(params_[i]));
+  // One step count per begin_step(): every slice of a step uses the same bias correction.
+  steps_[i] = step_count_;
+  apply(i, offset, grad, step_count_);
+}
+
+void ParamOptimizer::apply(size_t i, int64_t offset, const at::Tensor& grad, int64_t t) {
   at::NoGradGuard no_grad;
-  at::Tensor p = flat.narrow(0, offset, n);
-  at::Tensor g = grad_in;
+  const int64_t n = grad.numel();
+  at::Tensor p = params_[i].view({-1}).narrow(0, offset, n);
+  at::Tensor g = grad;
   if (config_.weight_decay != 0) g = g.add(p, config_.weight_decay);
   if (config_.name == "sgd") {
     if (config_.momentum != 0) {
@@ -90,11 +70,8 @@ void ParamOptimizer::update(size_t i, int64_t offset, const at::Tensor& grad_in)
     buf_[i] = at::zeros_like(params_[i]);
     buf2_[i] = at::zeros_like(params_[i]);
   }
-  // One step count per begin_step(): every slice of a step uses the same bias correction.
-  steps_[i] = step_count_;
-  const auto t = static_cast<double>(step_count_);
-  const double bias1 = 1 - std::pow(config_.beta1, t);
-  const double bias2 = 1 - std::pow(config_.beta2, t);
+  const double bias1 = 1 - std::pow(config_.beta1, static_cast<double>(t));
+  const double bias2 = 1 - std::pow(config_.beta2, static_cast<double>(t));
   at::Tensor m = buf_[i].view({-1}).narrow(0, offset, n);
   at::Tensor v = buf2_[i].view({-1}).narrow(0, offset, n);
   m.mul_(config_.beta1).add_(g, 1 - config_.beta1);

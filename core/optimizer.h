@@ -57,6 +57,9 @@ class ParamOptimizer {
   const OptimizerConfig& config() const { return config_; }
 
  private:
+  // The update rules, on elements [offset, offset + grad.numel()) of parameter i, Adam step t.
+  void apply(size_t i, int64_t offset, const at::Tensor& grad, int64_t t);
+
   OptimizerConfig config_;
   std::vector<std::string> names_;
   std::vector<at::Tensor> params_;

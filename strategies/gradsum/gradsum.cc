@@ -512,7 +512,6 @@ class GradSumWorker : public WorkerStrategy {
     examples_ = x.size(0);
     std::fill(ready_.begin(), ready_.end(), 0);
     for (auto& g : pending_) g = at::Tensor();
-    sent_ = 0;
     first_sent_ = false;
     for (auto& p : model_->parameters()) p.mutable_grad() = at::Tensor();
     at::Tensor loss = compute_loss(model_->forward(x), y, job_.loss);
@@ -566,7 +565,6 @@ class GradSumWorker : public WorkerStrategy {
       std::_Exit(3);
     }
     first_sent_ = true;
-    ++sent_;
   }
 
   void receive_update(int64_t step, std::chrono::milliseconds timeout) {
@@ -616,7 +614,6 @@ class GradSumWorker : public WorkerStrategy {
   double loss_ = 0;
   bool in_backward_ = false;
   bool first_sent_ = false;
-  size_t sent_ = 0;
   std::vector<at::Tensor> pending_;
   std::vector<size_t> ready_;
   std::vector<std::vector<std::string>> piece_names_;
