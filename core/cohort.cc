@@ -67,6 +67,7 @@ struct Cohort::Impl {
   uint64_t next_request = 1;
   uint64_t closed_bytes_up = 0;
   uint64_t closed_bytes_down = 0;
+  std::map<std::string, std::pair<uint64_t, uint64_t>> closed_by_name;  // ready workers' (up, down)
   bool stop = false;
 
   explicit Impl(CohortConfig c) : config(std::move(c)) {
@@ -229,6 +230,11 @@ struct Cohort::Impl {
     auto m = it->second;
     closed_bytes_up += m->conn->bytes_received();
     closed_bytes_down += m->conn->bytes_sent();
+    if (m->ready) {
+      auto& b = closed_by_name[m->info.name];
+      b.first += m->conn->bytes_received();
+      b.second += m->conn->bytes_sent();
+    }
     members.erase(it);
     if (m->handshake_timer) m->handshake_timer->cancel();
     if (!m->ready) {
@@ -505,6 +511,19 @@ uint64_t Cohort::bytes_down() const {
   uint64_t n = impl_->closed_bytes_down;
   for (const auto& [id, m] : impl_->members) n += m->conn->bytes_sent();
   return n;
+}
+
+std::vector<WorkerBytes> Cohort::bytes_by_worker() const {
+  auto by_name = impl_->closed_by_name;
+  for (const auto& [id, m] : impl_->members) {
+    if (!m->ready) continue;
+    auto& b = by_name[m->info.name];
+    b.first += m->conn->bytes_received();
+    b.second += m->conn->bytes_sent();
+  }
+  std::vector<WorkerBytes> out;
+  for (const auto& [name, b] : by_name) out.push_back({name, b.first, b.second});
+  return out;
 }
 
 uint64_t Cohort::peak_receive_bytes() const { return impl_->budget->peak(); }

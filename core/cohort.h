@@ -63,6 +63,12 @@ struct Failure {
   std::string message;
 };
 
+struct WorkerBytes {
+  std::string name;
+  uint64_t up = 0;    // worker -> coordinator
+  uint64_t down = 0;  // coordinator -> worker
+};
+
 struct CohortConfig {
   std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free port
   transport::Limits limits;
@@ -133,6 +139,8 @@ class Cohort {
   // Cumulative frame bytes, over every connection ever made (handshakes included).
   uint64_t bytes_up() const;    // workers -> coordinator
   uint64_t bytes_down() const;  // coordinator -> workers
+  // The same per worker name (every worker that completed the handshake), sorted by name.
+  std::vector<WorkerBytes> bytes_by_worker() const;
   uint64_t peak_receive_bytes() const;
 
   // True once SIGINT or SIGTERM arrived; waiting calls then return early.

@@ -81,6 +81,10 @@ int Coordinator::run() {
     full.insert(full.end(), line.begin(), line.end());
     full.emplace_back("bytes_up", static_cast<int64_t>(cohort_->bytes_up()));
     full.emplace_back("bytes_down", static_cast<int64_t>(cohort_->bytes_down()));
+    for (const auto& b : cohort_->bytes_by_worker()) {
+      full.emplace_back("bytes_up." + b.name, static_cast<int64_t>(b.up));
+      full.emplace_back("bytes_down." + b.name, static_cast<int64_t>(b.down));
+    }
     full.emplace_back("elapsed_s", elapsed());
     recorder_->record_round(full);
     std::string scores;

@@ -1,7 +1,9 @@
 #include "core/model.h"
 
+#include <algorithm>
 #include <fstream>
 
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 
 #include "core/metrics.h"
@@ -78,7 +80,8 @@ torch::nn::Sequential build_model(const std::string& spec_text, uint64_t seed) {
   return build_model_unseeded(spec_text);
 }
 
-torch::nn::Sequential build_model_unseeded(const std::string& spec_text) {
+torch::nn::Sequential build_model_unseeded(const std::string& full_spec) {
+  const std::string spec_text = parse_model_spec(full_spec).network;
   const auto colon = spec_text.find(':');
   const std::string name = spec_text.substr(0, colon);
   if (name == "mlp") {
@@ -92,6 +95,91 @@ torch::nn::Sequential build_model_unseeded(const std::string& spec_text) {
   if (name == "cnn") return mcmahan_cnn(classes);
   if (name == "lenet5") return lenet5(classes);
   FEDRA_FAIL("unknown model '{}'; use mlp:IN-H1-...-OUT, cnn or lenet5", spec_text);
+}
+
+ModelSpec parse_model_spec(const std::string& text) {
+  ModelSpec spec;
+  const auto colon = text.find(':');
+  if (colon == std::string::npos) {
+    spec.network = text;
+    return spec;
+  }
+  std::vector<std::string> kept;
+  size_t at = colon + 1;
+  while (at <= text.size()) {
+    const size_t comma = text.find(',', at);
+    const std::string item = text.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    if (item.rfind("cut=", 0) == 0) {
+      spec.cut = item.substr(4);
+      FEDRA_REQUIRE(!spec.cut.empty(), "model '{}': cut= needs a layer name, e.g. cut=pool1", text);
+    } else if (item.rfind("head=", 0) == 0) {
+      spec.head = item.substr(5);
+      FEDRA_REQUIRE(!spec.head.empty(), "model '{}': head= needs a layer name, e.g. head=fc2", text);
+    } else {
+      kept.push_back(item);
+    }
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  spec.network = text.substr(0, colon);
+  if (!kept.empty()) spec.network += ":" + fmt::format("{}", fmt::join(kept, ","));
+  return spec;
+}
+
+std::vector<std::string> layer_names(const torch::nn::Sequential& model) {
+  std::vector<std::string> names;
+  for (const auto& child : model->named_children()) names.push_back(child.key());
+  return names;
+}
+
+SplitModel split_model(const std::string& spec_text, uint64_t seed, bool with_head) {
+  const ModelSpec spec = parse_model_spec(spec_text);
+  SplitModel m;
+  m.full = build_model(spec.network, seed);
+  const std::vector<std::string> names = layer_names(m.full);
+  const std::string listing = fmt::format("{}", fmt::join(names, ", "));
+  FEDRA_REQUIRE(!spec.cut.empty(),
+                "split learning needs a cut in the model spec, e.g. '{}:cut={}' (the layers of '{}' "
+                "are {})",
+                spec.network, names.front(), spec.network, listing);
+  auto index_of = [&](const std::string& layer, const char* what) {
+    const auto it = std::find(names.begin(), names.end(), layer);
+    FEDRA_REQUIRE(it != names.end(), "model '{}': no layer '{}' for {}; its layers are {}", spec_text, layer,
+                  what, listing);
+    return static_cast<size_t>(it - names.begin());
+  };
+  const size_t cut = index_of(spec.cut, "cut=");
+  size_t head = names.size();
+  if (with_head) {
+    if (!spec.head.empty()) {
+      head = index_of(spec.head, "head=");
+    } else {
+      // The last layer with parameters, and what follows it.
+      size_t i = 0, last = names.size();
+      for (const auto& child : m.full->named_children()) {
+        if (!child.value()->parameters().empty()) last = i;
+        ++i;
+      }
+      head = last;
+    }
+  } else {
+    FEDRA_REQUIRE(spec.head.empty(), "model '{}' names a head, which only the U-shaped variant "
+                  "(split.labels=worker) uses", spec_text);
+  }
+  FEDRA_REQUIRE(cut + 1 < head,
+                "model '{}': nothing is left above the cut after '{}'{} (layers: {})", spec_text,
+                spec.cut, with_head ? fmt::format(" and below the head at '{}'", names[std::min(head, names.size() - 1)]) : "",
+                listing);
+  m.bottom = torch::nn::Sequential();
+  m.top = torch::nn::Sequential();
+  if (with_head) m.head = torch::nn::Sequential();
+  size_t i = 0;
+  for (const auto& any : *m.full) {
+    torch::nn::Sequential& part = i <= cut ? m.bottom : (i < head ? m.top : m.head);
+    part->push_back(names[i], any);
+    ++i;
+  }
+  return m;
 }
 
 int64_t count_parameters(const torch::nn::Module& model) {

@@ -6,6 +6,11 @@
 //                        - pool - fc512 - fc10 (1,663,370 weights)
 //   lenet5               LeNet-5 for 28x28x1 inputs (61,706 weights)
 //   cnn:classes=C, lenet5:classes=C  set the output width (default 10)
+// Split learning cuts the network between named layers, given in the same spec:
+//   cnn:cut=pool1               conv1, relu1, pool1 below the cut; the rest above
+//   cnn:cut=pool1,head=fc2      the U-shaped variant: fc2 on (the head) also stays below
+//   mlp:784-256-10,cut=relu1    for mlp, after the widths
+// Every other use of the spec ignores cut and head: it is the same network.
 // Layers have stable names (conv1, fc1, ...), which become the tensor names on the wire.
 // Models output logits; the loss (core/training.h) applies softmax or sigmoid.
 //
@@ -38,6 +43,27 @@ void load_model_state(torch::nn::Module& model, const NamedTensors& state);
 // atomically (temporary file, fsync, rename); errors name the file.
 void save_model_file(const std::string& path, const NamedTensors& state);
 NamedTensors load_model_file(const std::string& path);
+
+struct ModelSpec {
+  std::string network;  // the spec without cut= and head=
+  std::string cut;      // the last layer below the cut (empty: none given)
+  std::string head;     // the first layer of the worker-side head (empty: none given)
+};
+ModelSpec parse_model_spec(const std::string& text);
+
+// The network cut in two (or three) consecutive parts sharing the modules of `full`, so their
+// parameters are exactly the whole network's, initialised as build_model(spec, seed) would.
+// Parameter names are the whole network's ("conv1.weight" in bottom, "fc1.weight" in top).
+struct SplitModel {
+  torch::nn::Sequential full{nullptr};
+  torch::nn::Sequential bottom{nullptr};  // input .. cut
+  torch::nn::Sequential top{nullptr};     // after the cut .. before the head (or the end)
+  torch::nn::Sequential head{nullptr};    // with_head: the head .. the end
+};
+// with_head: the U-shaped variant; without head= in the spec the head is the last layer that
+// has parameters. Errors name the layers the network has.
+SplitModel split_model(const std::string& spec, uint64_t seed, bool with_head);
+std::vector<std::string> layer_names(const torch::nn::Sequential& model);
 
 // Builds the network from torch's global generator as it stands, without seeding it (for
 // reproducing a script that draws its data and its model from one seeded stream).

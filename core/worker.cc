@@ -105,8 +105,10 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     hello.sender = name;
     if (!config.token.empty()) hello.options["token"] = config.token;
     hello.metrics["num_examples"] = static_cast<double>(data.size());
-    const auto hist = label_histogram(data);
-    hello.tensors.emplace_back("label_histogram", at::tensor(hist, at::kLong));
+    if (!config.private_labels) {
+      const auto hist = label_histogram(data);
+      hello.tensors.emplace_back("label_histogram", at::tensor(hist, at::kLong));
+    }
     channel->send(to_envelope(hello));
   } catch (const Error& e) {
     spdlog::error("{}", e.what());

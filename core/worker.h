@@ -34,6 +34,9 @@ struct WorkerConfig {
   std::chrono::milliseconds handshake_timeout{30000};
   transport::Limits limits;
   std::string dump_frames_dir;  // if set, every frame is written there (docs/protocol.md)
+  // Leave the label histogram out of the hello, so nothing about the labels leaves the process
+  // (split learning's U-shaped variant keeps labels private).
+  bool private_labels = false;
 };
 
 // Returns the process exit code: 0 after a shutdown from the coordinator, 1 on an error, 2 if

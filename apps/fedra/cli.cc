@@ -19,6 +19,7 @@ struct Groups {
   po::options_description worker{"Worker"};
   po::options_description data{"Data"};
   po::options_description simulate{"Simulation"};
+  po::options_description train{"Training in one process"};
   std::vector<po::options_description> strategies;
 
   explicit Groups(const StrategyRegistry& registry) {
@@ -78,11 +79,24 @@ struct Groups {
         ("dataset", po::value<std::string>()->default_value("fmnist"),
          "fmnist[:limit=N], idx:..., csv:..., synthetic:... (docs/data.md)")
         ("partition", po::value<std::string>()->default_value("iid"),
-         "iid, dirichlet:alpha=A, shards:k=K or full (every worker holds all data)");
+         "iid, dirichlet:alpha=A, shards:k=K or full (every worker holds all data)")
+        ("private-labels", po::bool_switch(),
+         "workers leave the label histogram out of their hello, so nothing about the labels "
+         "leaves a worker (for split.labels=worker)");
     simulate.add_options()
         ("workers", po::value<int64_t>()->default_value(10), "worker processes to start")
         ("worker-threads", po::value<int>()->default_value(0),
          "LibTorch threads per worker; 0: cores / workers, at least 1");
+    train.add_options()
+        ("epochs", po::value<int64_t>()->default_value(1), "passes over the training data")
+        ("batch-size", po::value<int64_t>()->default_value(32), "mini-batch size")
+        ("batches", po::value<std::string>()->default_value("shuffle"),
+         "shuffle (seeded by --seed) or sequential")
+        ("lr", po::value<double>()->default_value(0.05), "learning rate")
+        ("optimizer", po::value<std::string>()->default_value("sgd"), "sgd (with momentum) or adam")
+        ("momentum", po::value<double>()->default_value(0.0), "SGD momentum")
+        ("weight-decay", po::value<double>()->default_value(0.0), "L2 weight decay")
+        ("max-steps", po::value<int64_t>()->default_value(0), "stop after this many steps (0 = no cap)");
     for (const auto& s : registry.list()) {
       po::options_description g(s.name + " options (--" + s.name + ".NAME, or [" + s.name +
                                 "] in a config file)");
@@ -107,8 +121,11 @@ struct Groups {
       case Command::kSimulate:
         d.add(job).add(seed).add(data).add(simulate).add(coordinator).add(output).add(network);
         break;
+      case Command::kTrain:
+        d.add(job).add(seed).add(data).add(train).add(output).add(network);
+        break;
     }
-    if (c != Command::kWorker) {
+    if (c != Command::kWorker && c != Command::kTrain) {
       for (const auto& g : strategies) d.add(g);
     }
     return d;
@@ -117,7 +134,7 @@ struct Groups {
   po::options_description everything() const {
     po::options_description d;
     d.add(generic).add(job).add(seed).add(network).add(listen).add(coordinator).add(output);
-    d.add(worker).add(data).add(simulate);
+    d.add(worker).add(data).add(simulate).add(train);
     for (const auto& g : strategies) d.add(g);
     return d;
   }
@@ -128,6 +145,7 @@ const char* command_name(Command c) {
     case Command::kCoordinator: return "coordinator";
     case Command::kWorker: return "worker";
     case Command::kSimulate: return "simulate";
+    case Command::kTrain: return "train";
   }
   return "?";
 }
@@ -144,6 +162,10 @@ const char* command_usage(Command c) {
       return "Usage: fedra simulate --config FILE [--workers N] [--out DIR] [options]\n"
              "Starts a coordinator and N worker processes on loopback: the same bytes on the\n"
              "same wire as a deployment across machines.\n";
+    case Command::kTrain:
+      return "Usage: fedra train [--config FILE] [--model SPEC] [--dataset SPEC] [--epochs N] [options]\n"
+             "Trains the whole model in this one process: the centralised baseline that\n"
+             "distributed runs are compared with (same model specs, data, seed and metrics files).\n";
   }
   return "";
 }
@@ -262,6 +284,7 @@ WorkerConfig worker_config(const po::variables_map& vm) {
   w.limits.max_frame_bytes = vm["max-frame-bytes"].as<uint64_t>();
   w.limits.validate();
   if (vm.count("dump-frames")) w.dump_frames_dir = vm["dump-frames"].as<std::string>();
+  w.private_labels = vm["private-labels"].as<bool>();
   return w;
 }
 

@@ -22,7 +22,7 @@ namespace fedra::cli {
 
 namespace po = boost::program_options;
 
-enum class Command { kCoordinator, kWorker, kSimulate };
+enum class Command { kCoordinator, kWorker, kSimulate, kTrain };
 
 struct Parsed {
   po::variables_map vm;

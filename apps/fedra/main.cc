@@ -6,6 +6,7 @@
 
 #include "apps/fedra/cli.h"
 #include "apps/fedra/simulate.h"
+#include "apps/fedra/train.h"
 #include "core/log.h"
 #include "core/process.h"
 #include "strategies/builtin.h"
@@ -20,6 +21,7 @@ constexpr const char* kUsage =
     "  simulate      run a coordinator and N workers on this machine (loopback TCP)\n"
     "  coordinator   accept workers and drive the training job\n"
     "  worker        hold private data and train for a coordinator\n"
+    "  train         train the whole model in one process (the centralised baseline)\n"
     "  strategies    list the training strategies this binary can run\n"
     "  version       print the Fedra and protocol versions\n"
     "\n"
@@ -57,6 +59,7 @@ int main(int argc, char** argv) {
   if (cmd == "coordinator") command = Command::kCoordinator;
   else if (cmd == "worker") command = Command::kWorker;
   else if (cmd == "simulate") command = Command::kSimulate;
+  else if (cmd == "train") command = Command::kTrain;
   else {
     std::cerr << "fedra: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
@@ -84,6 +87,9 @@ int main(int argc, char** argv) {
       case Command::kSimulate:
         fedra::init_logging("coordinator", level);
         return fedra::cli::run_simulation(vm, registry, level);
+      case Command::kTrain:
+        fedra::init_logging("train", level);
+        return fedra::cli::run_training(vm);
     }
   } catch (const fedra::Error& e) {
     std::cerr << "fedra " << cmd << ": " << e.what() << "\n";

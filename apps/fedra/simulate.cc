@@ -60,6 +60,7 @@ int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry
         "--max-frame-bytes", std::to_string(config.cohort.limits.max_frame_bytes),
         "--log-level", log_level,
         "--connect-timeout", "30"};
+    if (vm["private-labels"].as<bool>()) argv.push_back("--private-labels");
     if (!config.cohort.token.empty()) {
       argv.push_back("--token");
       argv.push_back(config.cohort.token);

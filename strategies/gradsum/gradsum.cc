@@ -7,10 +7,10 @@
 #include <map>
 #include <optional>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include "core/batching.h"
 #include "core/cohort.h"
 #include "core/model.h"
 #include "core/optimizer.h"
@@ -431,6 +431,7 @@ class GradSumWorker : public WorkerStrategy {
     const OptionMap opts(kRun, request.options);
     rank_ = opts.get_int("rank", 0);
     world_ = opts.get_int("world", 1);
+    if (!batches_) batches_.emplace(o_.batches(), o_.batch_size(), job_.seed, ctx.name, rank_);
     const int64_t first = static_cast<int64_t>(request.step);
     const int64_t count = opts.get_int("steps", 0);
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(o_.step_timeout() * 1000));
@@ -449,7 +450,7 @@ class GradSumWorker : public WorkerStrategy {
     double compute_s = 0, wait_s = 0;
     for (int64_t s = first; s < first + count; ++s) {
       const auto t0 = Clock::now();
-      compute_and_send(s, *ctx.data, ctx.name);
+      compute_and_send(s, *ctx.data);
       const auto t1 = Clock::now();
       receive_update(s, timeout);
       const auto t2 = Clock::now();
@@ -475,27 +476,7 @@ class GradSumWorker : public WorkerStrategy {
   }
 
  private:
-  std::pair<at::Tensor, at::Tensor> batch(int64_t step, const Dataset& data, const std::string& name) {
-    const int64_t n = data.size();
-    const int64_t bs = o_.batch_size();
-    if (o_.batches() != "shuffle") {
-      const auto [begin, end] = batch_rows(o_.batches(), step, rank_, bs, n);
-      return {data.inputs.narrow(0, begin, end - begin), data.targets.narrow(0, begin, end - begin)};
-    }
-    const int64_t per_epoch = (n + bs - 1) / bs;
-    const int64_t epoch = step / per_epoch;
-    if (epoch != perm_epoch_ || !perm_.defined()) {
-      auto gen = at::make_generator<at::CPUGeneratorImpl>(
-          worker_seed(job_.seed, static_cast<uint32_t>(epoch), name));
-      perm_ = at::randperm(n, gen, at::kLong);
-      perm_epoch_ = epoch;
-    }
-    const int64_t begin = (step % per_epoch) * bs;
-    const at::Tensor idx = perm_.narrow(0, begin, std::min(bs, n - begin));
-    return {data.inputs.index_select(0, idx), data.targets.index_select(0, idx)};
-  }
-
-  void compute_and_send(int64_t step, const Dataset& data, const std::string& name) {
+  void compute_and_send(int64_t step, const Dataset& data) {
     if (o_.exchange_only()) {
       step_ = step;
       examples_ = 0;
@@ -507,7 +488,7 @@ class GradSumWorker : public WorkerStrategy {
       for (size_t b = 0; b < layout_.buckets.size(); ++b) send_bucket(b);
       return;
     }
-    auto [x, y] = batch(step, data, name);
+    auto [x, y] = batches_->batch(data, step);
     step_ = step;
     examples_ = x.size(0);
     std::fill(ready_.begin(), ready_.end(), 0);
@@ -606,8 +587,7 @@ class GradSumWorker : public WorkerStrategy {
   std::optional<ParamOptimizer> optimizer_;
   WorkerLink* link_ = nullptr;
   int64_t rank_ = 0, world_ = 1;
-  at::Tensor perm_;
-  int64_t perm_epoch_ = -1;
+  std::optional<BatchOrder> batches_;
   // The step in progress, for the backward hooks.
   int64_t step_ = 0;
   int64_t examples_ = 0;
@@ -631,8 +611,7 @@ void GradSumOptions::validate() const {
   FEDRA_REQUIRE(reduce_ == "sum" || reduce_ == "mean", "gradsum.reduce must be sum or mean, got '{}'", reduce_);
   FEDRA_REQUIRE(sync_ == "params" || sync_ == "gradient", "gradsum.sync must be params or gradient, got '{}'", sync_);
   FEDRA_REQUIRE(bucket_kb_ >= 1, "gradsum.bucket_kb must be >= 1, got {}", bucket_kb_);
-  FEDRA_REQUIRE(batches_ == "shuffle" || batches_ == "sequential" || batches_ == "notebook",
-                "gradsum.batches must be shuffle, sequential or notebook, got '{}'", batches_);
+  check_batches_mode(batches_, "gradsum.batches");
   FEDRA_REQUIRE(check_every_ >= 0, "gradsum.check_every must be >= 0, got {}", check_every_);
   FEDRA_REQUIRE(on_failure_ == "fail" || on_failure_ == "continue",
                 "gradsum.on_failure must be fail or continue, got '{}'", on_failure_);
@@ -668,21 +647,6 @@ std::vector<std::vector<Piece>> plan_buckets(const std::vector<at::Tensor>& para
   }
   if (!current.empty()) buckets.push_back(std::move(current));
   return buckets;
-}
-
-std::pair<int64_t, int64_t> batch_rows(const std::string& batches, int64_t step, int64_t rank,
-                                       int64_t batch_size, int64_t n) {
-  if (batches == "notebook") {
-    // Python's x[start:end] with start = (i+r)*B % n and end = (i+r+1)*B % n: when end wraps
-    // to a smaller value the slice is empty (the notebook steps on an empty batch then).
-    const int64_t start = ((step + rank) * batch_size) % n;
-    const int64_t end = ((step + rank + 1) * batch_size) % n;
-    return {start, std::max(start, end)};
-  }
-  FEDRA_REQUIRE(batches == "sequential", "batch_rows: unknown batches mode '{}'", batches);
-  const int64_t per_epoch = (n + batch_size - 1) / batch_size;
-  const int64_t begin = (step % per_epoch) * batch_size;
-  return {begin, std::min(n, begin + batch_size)};
 }
 
 StrategyInfo gradsum_strategy() {

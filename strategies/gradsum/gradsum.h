@@ -136,9 +136,4 @@ struct Piece {
 std::vector<std::vector<Piece>> plan_buckets(const std::vector<at::Tensor>& params,
                                              uint64_t bucket_bytes);
 
-// Rows of a worker's data used at `step` (begin, end; empty when begin == end), for
-// batches=sequential and batches=notebook.
-std::pair<int64_t, int64_t> batch_rows(const std::string& batches, int64_t step, int64_t rank,
-                                       int64_t batch_size, int64_t n);
-
 }  // namespace fedra::gradsum

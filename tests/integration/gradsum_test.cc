@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "core/batching.h"
 #include "core/dataset.h"
 #include "core/model.h"
 #include "core/partition.h"
@@ -36,7 +37,7 @@ NamedTensors train_in_one_process(int64_t workers, double lr, double momentum) {
     std::vector<at::Tensor> xs, ys;
     for (int64_t k = 0; k < workers; ++k) {
       const auto& d = parts[static_cast<size_t>(k)];
-      const auto [b, e] = gradsum::batch_rows("sequential", s, k, kBatch, d.size());
+      const auto [b, e] = batch_rows("sequential", s, k, kBatch, d.size());
       xs.push_back(d.inputs.narrow(0, b, e - b));
       ys.push_back(d.targets.narrow(0, b, e - b));
     }

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include "core/batching.h"
 #include "core/options.h"
 #include "strategies/gradsum/gradsum.h"
 

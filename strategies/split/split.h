@@ -1,0 +1,113 @@
+// Split learning: the bottom of the network and the raw data stay on the worker, the rest runs
+// on the coordinator, and backpropagation crosses the network at the cut.
+//
+// The cut is part of the model spec ("cnn:cut=pool1", core/model.h); both halves build the whole
+// network from the job's seed and keep their part, so a split run starts from exactly the
+// weights a one-process run starts from.
+//
+// Per step (labels=coordinator):
+//   worker       x, y = its batch; a = bottom(x)            -- "split.act" {act, labels} -->
+//   coordinator  loss = L(top(a), y); backward to a; step the top optimiser
+//                                                            <-- "split.grad" {grad} --
+//   worker       a.backward(grad); step the bottom optimiser
+// U-shaped (labels=worker): the head (the last layers) and the labels stay on the worker too;
+// three messages per step plus the cut gradient:
+//   worker -- act --> coordinator: o = middle(a) -- out --> worker: loss = L(head(o), y),
+//   backward to o, step the head -- outgrad {dL/do, loss} --> coordinator: backward middle,
+//   step it -- grad {dL/da} --> worker: backward bottom, step it.
+//
+// Schedules (several workers):
+//   sequential  workers take turns, one local epoch each per round; the bottom (and head)
+//               weights pass from one to the next through the coordinator (Singh et al.'s
+//               "split learning with weight passing")
+//   parallel    SplitFed: every worker runs at once with its own copy of the bottom; the
+//               coordinator's top serves their activations in arrival order; at the end of the
+//               round the workers' bottoms are averaged (weighted by examples) and sent out
+//
+// Pipelining (pipeline=D): a worker keeps up to D micro-batches in flight, sending the next
+// activations before the gradient of the previous ones is back, so the network round trip and
+// the coordinator's work overlap the worker's. The price is staleness: the activation of step
+// s+k is computed with bottom weights that lack the updates of steps s..s+k-1 (at most D-1
+// updates old), and in the U-shaped variant the same holds for the middle's output. When a
+// part's weights changed between a micro-batch's forward and its backward, the forward is
+// recomputed with the current weights before backward (the gradient is then taken at the
+// current weights, applied to the error signal of the stale activation). pipeline=1 is exact
+// sequential training: with one worker it equals training the whole network in one process.
+//
+// The coordinator holds the whole network's weights only in the sense split learning allows:
+// the client-side weights it relays between workers (and averages, for parallel), which it also
+// uses to evaluate the model and write model.bin. Raw inputs never leave the worker; in the
+// U-shaped variant neither do labels (tests/integration/split_test.cc inspects every frame).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/options.h"
+#include "core/registry.h"
+
+namespace fedra::split {
+
+inline constexpr const char* kRun = "split.run";          // coordinator -> worker: a turn
+inline constexpr const char* kAct = "split.act";          // worker -> coordinator: cut activations
+inline constexpr const char* kOut = "split.out";          // U-shaped: the middle's output
+inline constexpr const char* kOutGrad = "split.outgrad";  // U-shaped: its gradient, and the loss
+inline constexpr const char* kGrad = "split.grad";        // coordinator -> worker: cut gradient
+inline constexpr const char* kDone = "split.done";        // worker -> coordinator: end of turn
+
+struct SplitOptions {
+  FEDRA_ARG(std::string, labels) = "coordinator";
+  FEDRA_ARG(std::string, schedule) = "sequential";
+  FEDRA_ARG(int64_t, epochs) = 1;
+  FEDRA_ARG(int64_t, max_steps) = 0;
+  FEDRA_ARG(int64_t, batch_size) = 32;
+  FEDRA_ARG(std::string, batches) = "shuffle";
+  FEDRA_ARG(double, lr) = 0.05;
+  FEDRA_ARG(std::string, optimizer) = "sgd";
+  FEDRA_ARG(double, momentum) = 0.0;
+  FEDRA_ARG(double, weight_decay) = 0.0;
+  FEDRA_ARG(int64_t, pipeline) = 1;
+  FEDRA_ARG(std::string, on_failure) = "fail";
+  FEDRA_ARG(int64_t, min_workers) = 1;
+  FEDRA_ARG(double, step_timeout) = 60;
+  FEDRA_ARG(int64_t, eval_every) = 1;
+  FEDRA_ARG(int64_t, inject_exit) = -1;
+  FEDRA_ARG(bool, exchange_only) = false;
+
+  template <class F>
+  void visit(F&& f) {
+    f("labels", labels_,
+      "coordinator (labels travel with the activations) or worker (U-shaped: the head and the "
+      "labels stay on the worker)");
+    f("schedule", schedule_,
+      "sequential (workers take turns, bottom weights passed on) or parallel (SplitFed: all at "
+      "once, bottoms averaged each round)");
+    f("epochs", epochs_, "rounds; each is one pass over every worker's data");
+    f("max_steps", max_steps_, "cap on the steps of one worker's turn (0 = a whole local epoch)");
+    f("batch_size", batch_size_, "mini-batch size");
+    f("batches", batches_, "shuffle (seeded per worker and epoch) or sequential");
+    f("lr", lr_, "learning rate (every part's optimiser)");
+    f("optimizer", optimizer_, "sgd (with momentum) or adam");
+    f("momentum", momentum_, "SGD momentum");
+    f("weight_decay", weight_decay_, "L2 weight decay");
+    f("pipeline", pipeline_,
+      "micro-batches a worker keeps in flight; 1 = none (exact), more overlaps the round trip "
+      "with compute at the cost of staleness (docs/strategies.md)");
+    f("on_failure", on_failure_, "fail (stop the run) or continue (go on without the worker)");
+    f("min_workers", min_workers_, "least workers a round needs");
+    f("step_timeout", step_timeout_, "seconds a step may wait for a worker before failing it");
+    f("eval_every", eval_every_, "evaluate on the coordinator's test set every N rounds; 0 = never");
+    f("inject_exit", inject_exit_,
+      "fault injection for tests: the last worker (by name) dies right after sending the "
+      "activations of this step; -1 = never");
+    f("exchange_only", exchange_only_,
+      "benchmark the round trip alone: the worker sends its first batch's activations every "
+      "step without computing, the coordinator answers with a constant gradient of the same "
+      "shape without computing (labels=coordinator only)");
+  }
+  void validate() const;
+};
+
+StrategyInfo split_strategy();
+
+}  // namespace fedra::split
