@@ -71,3 +71,48 @@ TEST_CASE("local training lowers the loss on a learnable task, with SGD and with
     CHECK(train_local(model, d, o).steps == 3);
   }
 }
+
+TEST_CASE("model specs carry a cut for split learning; other uses see the same network") {
+  const ModelSpec s = parse_model_spec("cnn:classes=7,cut=pool1,head=fc2");
+  CHECK(s.network == "cnn:classes=7");
+  CHECK(s.cut == "pool1");
+  CHECK(s.head == "fc2");
+  CHECK(parse_model_spec("mlp:784-256-10,cut=relu1").network == "mlp:784-256-10");
+  CHECK(parse_model_spec("lenet5").network == "lenet5");
+  // build_model ignores the cut: same parameters, same values.
+  auto a = build_model("mlp:8-4-2,cut=relu1", 3);
+  auto b = build_model("mlp:8-4-2", 3);
+  CHECK(torch::equal(a->named_parameters()["fc1.weight"], b->named_parameters()["fc1.weight"]));
+  CHECK_THROWS_WITH_AS(parse_model_spec("cnn:cut="), doctest::Contains("cut= needs a layer name"), Error);
+}
+
+TEST_CASE("split_model cuts the seeded network into parts that share its modules") {
+  SplitModel m = split_model("cnn:cut=pool1", 5, false);
+  CHECK(layer_names(m.bottom) == std::vector<std::string>{"conv1", "relu1", "pool1"});
+  CHECK(layer_names(m.top).front() == "conv2");
+  CHECK(!m.head);
+  CHECK(count_parameters(*m.bottom) + count_parameters(*m.top) == 1663370);
+  // Same initial weights as the whole network built from the seed.
+  auto whole = build_model("cnn", 5);
+  CHECK(torch::equal(m.bottom->named_parameters()["conv1.weight"], whole->named_parameters()["conv1.weight"]));
+  CHECK(torch::equal(m.top->named_parameters()["fc2.bias"], whole->named_parameters()["fc2.bias"]));
+  // The parts compose to the whole.
+  const at::Tensor x = torch::randn({2, 1, 28, 28});
+  CHECK(torch::allclose(m.top->forward(m.bottom->forward(x)), whole->forward(x)));
+
+  const SplitModel u = split_model("cnn:cut=pool1", 5, true);  // U-shaped: default head = fc2
+  CHECK(layer_names(u.head) == std::vector<std::string>{"fc2"});
+  CHECK(layer_names(u.top).back() == "relu3");
+  CHECK(layer_names(split_model("lenet5:cut=pool2,head=fc2", 1, true).head) ==
+        std::vector<std::string>{"fc2", "relu4", "fc3"});
+
+  CHECK_THROWS_WITH_AS(split_model("cnn", 1, false), doctest::Contains("needs a cut"), Error);
+  CHECK_THROWS_WITH_AS(split_model("cnn:cut=fc9", 1, false),
+                       doctest::Contains("no layer 'fc9' for cut=; its layers are conv1, relu1, pool1"), Error);
+  CHECK_THROWS_WITH_AS(split_model("cnn:cut=fc2", 1, false), doctest::Contains("nothing is left above the cut"),
+                       Error);
+  CHECK_THROWS_WITH_AS(split_model("cnn:cut=relu3", 1, true), doctest::Contains("nothing is left above the cut"),
+                       Error);
+  CHECK_THROWS_WITH_AS(split_model("cnn:cut=pool1,head=fc2", 1, false), doctest::Contains("only the U-shaped"),
+                       Error);
+}
