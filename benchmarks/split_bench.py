@@ -16,7 +16,8 @@
       mlp:784-1024-512-10,cut=relu1   a cut that halves the work
       cnn:cut=pool1                   McMahan's CNN: the bottom holds ~5% of the work, so the
                                       coordinator's one thread bounds it (shown for honesty)
-Ratios: (a) peer time / Fedra time; (b) split throughput / one-process throughput.
+Ratios: (a) peer time / Fedra time; (b) split throughput / one-process throughput, medians of 3
+interleaved repetitions (1 with --quick).
 """
 import argparse
 import json
@@ -72,18 +73,25 @@ def main():
     print(f"  {'model':32s} {'mode':12s} {'examples/s':>11s} {'ratio':>7s}")
     cases = [("mlp:784-1024-512-10,cut=relu1", 300 if a.quick else 0, [1, 2, 4]),
              ("cnn:cut=pool1", 60 if a.quick else 200, [1, 4])]
+    reps = 1 if a.quick else 3
     for model, max_steps, depths in cases:
-        cap = ["--max-steps", str(max_steps)] if max_steps else []
-        one = fedra_rows(a.fedra, "train", ["--dataset", "fmnist", "--model", model, "--batch-size", "64"] + cap)[-1]
-        base = one["examples_per_s"]
-        print(f"  {model:32s} {'one process':12s} {base:11.0f} {'1.00x':>7s}")
+        # Interleaved repetitions, medians: the 2-thread one-process run is the noisiest.
+        one, split = [], {d: [] for d in depths}
+        for _ in range(reps):
+            cap = ["--max-steps", str(max_steps)] if max_steps else []
+            one.append(fedra_rows(a.fedra, "train", ["--dataset", "fmnist", "--model", model, "--batch-size", "64"]
+                                  + cap)[-1]["examples_per_s"])
+            for d in depths:
+                cap = ["--split.max_steps", str(max_steps)] if max_steps else []
+                r = fedra_rows(a.fedra, "simulate", ["--dataset", "fmnist", "--model", model, "--split.batch_size",
+                                                     "64", "--split.pipeline", str(d)] + cap)[-1]
+                split[d].append(r["train_examples"] / r["fit_s"])
+        base = statistics.median(one)
+        print(f"  {model:32s} {'one process':12s} {base:11.0f} {'1.00x':>7s}   (runs: {', '.join(f'{v:.0f}' for v in one)})")
         for d in depths:
-            cap = ["--split.max_steps", str(max_steps)] if max_steps else []
-            r = fedra_rows(a.fedra, "simulate", ["--dataset", "fmnist", "--model", model, "--split.batch_size", "64",
-                                                 "--split.pipeline", str(d)] + cap)[-1]
-            eps = r["train_examples"] / r["fit_s"]
-            print(f"  {model:32s} {'pipeline ' + str(d):12s} {eps:11.0f} {eps / base:6.2f}x")
-
+            eps = statistics.median(split[d])
+            print(f"  {model:32s} {'pipeline ' + str(d):12s} {eps:11.0f} {eps / base:6.2f}x"
+                  f"   (runs: {', '.join(f'{v:.0f}' for v in split[d])})")
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,8 @@ struct Groups {
         ("strategy", po::value<std::string>()->default_value("fedavg"),
          "training scheme; `fedra strategies` lists them")
         ("model", po::value<std::string>()->default_value("mlp:784-200-200-10"),
-         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5")
+         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5; split learning adds the cut, e.g. "
+         "cnn:cut=pool1 (docs/strategies.md)")
         ("loss", po::value<std::string>()->default_value("ce"), "ce (cross-entropy) or bce (binary)");
     seed.add_options()
         ("seed", po::value<uint64_t>()->default_value(1),
