@@ -20,6 +20,7 @@ struct Groups {
   po::options_description data{"Data"};
   po::options_description simulate{"Simulation"};
   po::options_description train{"Training in one process"};
+  po::options_description train_model{"Model and data"};  // train's subset of job + data
   std::vector<po::options_description> strategies;
 
   explicit Groups(const StrategyRegistry& registry) {
@@ -88,12 +89,18 @@ struct Groups {
         ("workers", po::value<int64_t>()->default_value(10), "worker processes to start")
         ("worker-threads", po::value<int>()->default_value(0),
          "LibTorch threads per worker; 0: cores / workers, at least 1");
+    train_model.add_options()
+        ("model", po::value<std::string>()->default_value("mlp:784-200-200-10"),
+         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5 (a cut= is ignored)")
+        ("loss", po::value<std::string>()->default_value("ce"), "ce (cross-entropy) or bce (binary)")
+        ("dataset", po::value<std::string>()->default_value("fmnist"),
+         "fmnist[:limit=N], idx:..., csv:..., synthetic:... (docs/data.md); the whole training split");
     train.add_options()
         ("epochs", po::value<int64_t>()->default_value(1), "passes over the training data")
         ("batch-size", po::value<int64_t>()->default_value(32), "mini-batch size")
         ("batches", po::value<std::string>()->default_value("shuffle"),
          "shuffle (seeded by --seed) or sequential")
-        ("lr", po::value<double>()->default_value(0.05), "learning rate")
+        ("lr", po::value<double>()->default_value(0.05, "0.05"), "learning rate")
         ("optimizer", po::value<std::string>()->default_value("sgd"), "sgd (with momentum) or adam")
         ("momentum", po::value<double>()->default_value(0.0), "SGD momentum")
         ("weight-decay", po::value<double>()->default_value(0.0), "L2 weight decay")
@@ -123,7 +130,7 @@ struct Groups {
         d.add(job).add(seed).add(data).add(simulate).add(coordinator).add(output).add(network);
         break;
       case Command::kTrain:
-        d.add(job).add(seed).add(data).add(train).add(output).add(network);
+        d.add(train_model).add(seed).add(train).add(output).add(network);
         break;
     }
     if (c != Command::kWorker && c != Command::kTrain) {

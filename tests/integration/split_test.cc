@@ -122,6 +122,27 @@ TEST_CASE("split with one worker ends with the weights of the whole model traine
   }
 }
 
+TEST_CASE("fedra train is the same one-process training, with metrics per epoch") {
+  TempDir dir;
+  const std::string model = "mlp:16-64-32-1,cut=relu1";  // the cut is ignored
+  const NamedTensors want = train_in_one_process(model, 1, 2, 0.1, 0.9);
+  const int code = run_fedra({"train", "--model", model, "--dataset", kData, "--loss", "bce", "--seed",
+                              std::to_string(kSeed), "--epochs", "2", "--batch-size", std::to_string(kBatch),
+                              "--batches", "sequential", "--lr", "0.1", "--momentum", "0.9", "--threads", "1",
+                              "--out", dir / "out"},
+                             dir / "log", std::chrono::seconds(60));
+  INFO(read_file(dir / "log"));
+  REQUIRE(code == 0);
+  CHECK(max_diff(load_model_file(dir / "out/model.bin"), want) < 2e-6);
+  const auto lines = read_jsonl(dir / "out/metrics.jsonl");
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[1]["epoch"] == 2);
+  CHECK(lines[1]["steps"] == 32);
+  CHECK(lines[1]["examples_per_s"].get<double>() > 0);
+  CHECK(lines[1]["test_accuracy"].get<double>() > 0.5);
+  CHECK(contains(read_file(dir / "out/summary.json"), "\"status\": \"completed\""));
+}
+
 TEST_CASE("sequential split over two workers equals one process taking their epochs in turn") {
   TempDir dir;
   const std::string model = "mlp:16-64-32-1,cut=relu2";  // two weighted layers below the cut
