@@ -31,6 +31,18 @@ struct OptimizerConfig {
   double beta2 = 0.999;
   double eps = 1e-8;
   void validate() const;
+
+  // From any options struct with optimizer(), lr(), momentum() and weight_decay() (the
+  // strategies' FEDRA_ARG options); Adam's betas and eps keep their defaults.
+  template <class Options>
+  static OptimizerConfig from(const Options& o) {
+    OptimizerConfig c;
+    c.name = o.optimizer();
+    c.lr = o.lr();
+    c.momentum = o.momentum();
+    c.weight_decay = o.weight_decay();
+    return c;
+  }
 };
 
 class ParamOptimizer {

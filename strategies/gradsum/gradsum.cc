@@ -41,14 +41,6 @@ Injection parse_injection(const std::string& text) {
   return {what, step};
 }
 
-OptimizerConfig optimizer_config(const GradSumOptions& o) {
-  OptimizerConfig c;
-  c.name = o.optimizer();
-  c.lr = o.lr();
-  c.momentum = o.momentum();
-  c.weight_decay = o.weight_decay();
-  return c;
-}
 
 struct Layout {
   std::vector<std::string> names;
@@ -139,7 +131,7 @@ class GradSumCoordinator : public CoordinatorStrategy {
       model_ = build_model(job_.model, job_.seed);
     }
     layout_ = layout_of(*model_, static_cast<uint64_t>(o_.bucket_kb()) << 10);
-    optimizer_.emplace(optimizer_config(o_), layout_.names, layout_.params);
+    optimizer_.emplace(OptimizerConfig::from(o_), layout_.names, layout_.params);
     for (const auto& bucket : layout_.buckets) {
       NamedTensors ref;
       for (const Piece& p : bucket) ref.emplace_back(layout_.piece_name(p), layout_.slice(p));
@@ -443,7 +435,7 @@ class GradSumWorker : public WorkerStrategy {
     }
     load_model_state(*model_, params);
     if (o_.sync() == "gradient") {
-      optimizer_.emplace(optimizer_config(o_), layout_.names, layout_.params);
+      optimizer_.emplace(OptimizerConfig::from(o_), layout_.names, layout_.params);
       optimizer_->load_state(opt_state);
     }
 
@@ -607,7 +599,7 @@ void GradSumOptions::validate() const {
   FEDRA_REQUIRE(steps_ > 0 || epochs_ >= 1, "gradsum needs steps > 0 or epochs >= 1");
   FEDRA_REQUIRE(steps_per_round_ >= 1, "gradsum.steps_per_round must be >= 1, got {}", steps_per_round_);
   FEDRA_REQUIRE(batch_size_ >= 1, "gradsum.batch_size must be >= 1, got {}", batch_size_);
-  optimizer_config(*this).validate();
+  OptimizerConfig::from(*this).validate();
   FEDRA_REQUIRE(reduce_ == "sum" || reduce_ == "mean", "gradsum.reduce must be sum or mean, got '{}'", reduce_);
   FEDRA_REQUIRE(sync_ == "params" || sync_ == "gradient", "gradsum.sync must be params or gradient, got '{}'", sync_);
   FEDRA_REQUIRE(bucket_kb_ >= 1, "gradsum.bucket_kb must be >= 1, got {}", bucket_kb_);

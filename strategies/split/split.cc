@@ -26,14 +26,6 @@ namespace {
 
 using Seconds = std::chrono::duration<double>;
 
-OptimizerConfig optimizer_config(const SplitOptions& o) {
-  OptimizerConfig c;
-  c.name = o.optimizer();
-  c.lr = o.lr();
-  c.momentum = o.momentum();
-  c.weight_decay = o.weight_decay();
-  return c;
-}
 
 // One part of the network with its own optimiser. `updates` counts optimiser steps, so a saved
 // forward pass can tell whether the weights changed under it (then its graph is stale).
@@ -138,7 +130,7 @@ class SplitCoordinator : public CoordinatorStrategy {
 
   void run(Cohort& cohort, RunContext& ctx) override {
     model_ = split_model(job_.model, job_.seed, ushaped_);
-    top_.init(model_.top, optimizer_config(o_));
+    top_.init(model_.top, OptimizerConfig::from(o_));
     relay_ = clone_state(model_state(*model_.bottom));
     if (ushaped_) {
       for (auto& nt : clone_state(model_state(*model_.head))) relay_.push_back(std::move(nt));
@@ -457,8 +449,8 @@ class SplitWorker : public WorkerStrategy {
     check_loss_name(job.loss);
     ushaped_ = o_.labels() == "worker";
     SplitModel m = split_model(job.model, job.seed, ushaped_);
-    bottom_.init(m.bottom, optimizer_config(o_));
-    if (ushaped_) head_.init(m.head, optimizer_config(o_));
+    bottom_.init(m.bottom, OptimizerConfig::from(o_));
+    if (ushaped_) head_.init(m.head, OptimizerConfig::from(o_));
   }
 
   Message handle(const Message& request, WorkerContext& ctx) override {
@@ -621,7 +613,7 @@ void SplitOptions::validate() const {
   FEDRA_REQUIRE(batch_size_ >= 1, "split.batch_size must be >= 1, got {}", batch_size_);
   FEDRA_REQUIRE(batches_ == "shuffle" || batches_ == "sequential",
                 "split.batches must be shuffle or sequential, got '{}'", batches_);
-  optimizer_config(*this).validate();
+  OptimizerConfig::from(*this).validate();
   FEDRA_REQUIRE(pipeline_ >= 1, "split.pipeline must be >= 1 (micro-batches in flight), got {}", pipeline_);
   FEDRA_REQUIRE(on_failure_ == "fail" || on_failure_ == "continue",
                 "split.on_failure must be fail or continue, got '{}'", on_failure_);
