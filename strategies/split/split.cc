@@ -491,7 +491,12 @@ class SplitWorker : public WorkerStrategy {
       f.version = bottom_.updates;
       Message act(kAct);
       act.step = static_cast<uint64_t>(s);
-      act.tensors.emplace_back("act", f.act.detach());
+      if (last && s == o_.inject_bad_shape()) {
+        spdlog::warn("inject_bad_shape={}: sending activations one feature short", s);
+        act.tensors.emplace_back("act", f.act.detach().narrow(1, 0, f.act.size(1) - 1));
+      } else {
+        act.tensors.emplace_back("act", f.act.detach());
+      }
       if (!ushaped_) act.tensors.emplace_back("labels", f.y);
       examples_ += f.x.size(0);
       compute_s_ += Seconds(Clock::now() - t0).count();
@@ -622,6 +627,7 @@ void SplitOptions::validate() const {
   FEDRA_REQUIRE(eval_every_ >= 0, "split.eval_every must be >= 0, got {}", eval_every_);
   FEDRA_REQUIRE(!exchange_only_ || labels_ == "coordinator", "split.exchange_only needs labels=coordinator");
   FEDRA_REQUIRE(inject_exit_ >= -1, "split.inject_exit must be a step or -1, got {}", inject_exit_);
+  FEDRA_REQUIRE(inject_bad_shape_ >= -1, "split.inject_bad_shape must be a step or -1, got {}", inject_bad_shape_);
 }
 
 StrategyInfo split_strategy() {

@@ -72,6 +72,7 @@ struct SplitOptions {
   FEDRA_ARG(double, step_timeout) = 60;
   FEDRA_ARG(int64_t, eval_every) = 1;
   FEDRA_ARG(int64_t, inject_exit) = -1;
+  FEDRA_ARG(int64_t, inject_bad_shape) = -1;
   FEDRA_ARG(bool, exchange_only) = false;
 
   template <class F>
@@ -100,6 +101,9 @@ struct SplitOptions {
     f("inject_exit", inject_exit_,
       "fault injection for tests: the last worker (by name) dies right after sending the "
       "activations of this step; -1 = never");
+    f("inject_bad_shape", inject_bad_shape_,
+      "fault injection for tests: the last worker sends activations one feature short at this "
+      "step; -1 = never");
     f("exchange_only", exchange_only_,
       "benchmark the round trip alone: the worker sends its first batch's activations every "
       "step without computing, the coordinator answers with a constant gradient of the same "

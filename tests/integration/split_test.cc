@@ -243,6 +243,35 @@ TEST_CASE("a worker dying mid-turn fails the round with its name, or is skipped 
   }
 }
 
+TEST_CASE("activations of the wrong shape are refused with what was sent, and the others go on") {
+  TempDir dir;
+  const std::vector<std::string> base = {
+      "simulate", "--strategy", "split", "--workers", "2", "--dataset", kData, "--model",
+      "mlp:16-64-32-1,cut=relu1", "--loss", "bce", "--seed", "3", "--split.epochs", "2",
+      "--split.batch_size", "8", "--split.inject_bad_shape", "3", "--threads", "1", "--worker-threads", "1"};
+  SUBCASE("fail") {
+    auto args = base;
+    args.insert(args.end(), {"--out", dir / "fail"});
+    const int code = run_fedra(args, dir / "fail.log", std::chrono::seconds(120));
+    const std::string log = read_file(dir / "fail.log");
+    INFO(log);
+    CHECK(code == 1);
+    CHECK(contains(log, "activations float32[8,63] from worker-1 do not fit the top of 'mlp:16-64-32-1,cut=relu1'"));
+  }
+  SUBCASE("continue") {
+    auto args = base;
+    args.insert(args.end(), {"--split.on_failure", "continue", "--split.schedule", "parallel", "--out", dir / "cont"});
+    const int code = run_fedra(args, dir / "cont.log", std::chrono::seconds(120));
+    INFO(read_file(dir / "cont.log"));
+    CHECK(code == 0);
+    const auto lines = read_jsonl(dir / "cont/metrics.jsonl");
+    REQUIRE(lines.size() == 2);
+    CHECK(lines[0]["workers_failed"] == 1);
+    CHECK(lines[0]["workers_ok"] == 1);
+    CHECK(contains(lines[0]["failures"].get<std::string>(), "float32[8,63]"));
+  }
+}
+
 namespace {
 
 // Every frame a worker sent, decoded, with its raw bytes.
