@@ -1,6 +1,7 @@
 #include "core/model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 
 #include <fmt/ranges.h>
@@ -73,7 +74,46 @@ nn::Sequential lenet5(int64_t classes) {
   return seq;
 }
 
+nn::Sequential psnet(int64_t classes) {
+  // PSL.md's reference net: Conv(5x5, 1->40) -> Conv(5x5, 40->3C) -> SL(48C, C, 24) ->
+  // SL(24C, C, 15) -> SL(15C, C, 1), sigmoid activations, 2x2 average pooling after each conv.
+  // Tower t owns conv2 channels 3t..3t+2 (the 48 flattened features block t of sl1 reads) and
+  // block t of every separable layer; conv1 is shared.
+  nn::Sequential seq;
+  seq->push_back("conv1", nn::Conv2d(nn::Conv2dOptions(1, 40, 5)));
+  seq->push_back("sig1", nn::Sigmoid());
+  seq->push_back("pool1", nn::AvgPool2d(2));
+  seq->push_back("conv2", nn::Conv2d(nn::Conv2dOptions(40, 3 * classes, 5)));
+  seq->push_back("sig2", nn::Sigmoid());
+  seq->push_back("pool2", nn::AvgPool2d(2));
+  seq->push_back("flatten", nn::Flatten());
+  seq->push_back("sl1", SeparableLinear(48 * classes, classes, 24));
+  seq->push_back("sig3", nn::Sigmoid());
+  seq->push_back("sl2", SeparableLinear(24 * classes, classes, 15));
+  seq->push_back("sig4", nn::Sigmoid());
+  seq->push_back("sl3", SeparableLinear(15 * classes, classes, 1));
+  return seq;
+}
+
 }  // namespace
+
+SeparableLinearImpl::SeparableLinearImpl(int64_t in, int64_t blocks, int64_t out_per_block)
+    : in_(in), blocks_(blocks), out_(out_per_block) {
+  FEDRA_REQUIRE(blocks >= 1 && in % blocks == 0 && out_per_block >= 1,
+                "separable layer: {} inputs do not split into {} blocks", in, blocks);
+  // Each block initialised like nn::Linear(in / blocks, out): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in / blocks));
+  weight = register_parameter("weight", torch::empty({blocks, out_per_block, in / blocks}).uniform_(-bound, bound));
+  bias = register_parameter("bias", torch::empty({blocks, out_per_block}).uniform_(-bound, bound));
+}
+
+at::Tensor SeparableLinearImpl::forward(const at::Tensor& x) {
+  FEDRA_REQUIRE(x.dim() == 2 && x.size(1) == in_, "separable layer expects [batch, {}], got {}", in_,
+                describe_tensor(x));
+  // [B, N, in/N] x [N, k, in/N] -> [B, N, k]: block b sees only chunk b.
+  const at::Tensor y = torch::einsum("bnc,nkc->bnk", {x.view({x.size(0), blocks_, in_ / blocks_}), weight}) + bias;
+  return y.reshape({x.size(0), blocks_ * out_});
+}
 
 torch::nn::Sequential build_model(const std::string& spec_text, uint64_t seed) {
   torch::manual_seed(seed);
@@ -94,7 +134,8 @@ torch::nn::Sequential build_model_unseeded(const std::string& full_spec) {
   FEDRA_REQUIRE(classes >= 1, "model '{}': classes must be >= 1", spec_text);
   if (name == "cnn") return mcmahan_cnn(classes);
   if (name == "lenet5") return lenet5(classes);
-  FEDRA_FAIL("unknown model '{}'; use mlp:IN-H1-...-OUT, cnn or lenet5", spec_text);
+  if (name == "psnet") return psnet(classes);
+  FEDRA_FAIL("unknown model '{}'; use mlp:IN-H1-...-OUT, cnn, lenet5 or psnet", spec_text);
 }
 
 ModelSpec parse_model_spec(const std::string& text) {

@@ -5,7 +5,9 @@
 //   cnn                  McMahan et al.'s CNN for 28x28x1 inputs: conv5x5x32 - pool - conv5x5x64
 //                        - pool - fc512 - fc10 (1,663,370 weights)
 //   lenet5               LeNet-5 for 28x28x1 inputs (61,706 weights)
-//   cnn:classes=C, lenet5:classes=C  set the output width (default 10)
+//   psnet                PSL.md's partially separable net for 28x28x1 inputs: shared convs, then
+//                        one tower of separable layers per class (46,740 weights for 10 classes)
+//   cnn:classes=C, lenet5:classes=C, psnet:classes=C  set the output width (default 10)
 // Split learning cuts the network between named layers, given in the same spec:
 //   cnn:cut=pool1               conv1, relu1, pool1 below the cut; the rest above
 //   cnn:cut=pool1,head=fc2      the U-shaped variant: fc2 on (the head) also stays below
@@ -22,11 +24,27 @@
 #include <string>
 
 #include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
 #include <torch/nn/modules/container/sequential.h>
 
 #include "core/message.h"
 
 namespace fedra {
+
+// A block-diagonal dense layer: the input is cut into `blocks` contiguous chunks, block b maps
+// chunk b to `out_per_block` outputs, the outputs are concatenated (PSL.md's separable layer).
+// weight is [blocks, out_per_block, in / blocks] and bias [blocks, out_per_block], so block b's
+// weights are row b of each.
+class SeparableLinearImpl : public torch::nn::Module {
+ public:
+  SeparableLinearImpl(int64_t in, int64_t blocks, int64_t out_per_block);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight, bias;
+
+ private:
+  int64_t in_, blocks_, out_;
+};
+TORCH_MODULE(SeparableLinear);
 
 // Seeds torch's global generator with `seed`, then builds the network.
 torch::nn::Sequential build_model(const std::string& spec, uint64_t seed);

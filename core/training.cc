@@ -7,7 +7,8 @@
 namespace fedra {
 
 void check_loss_name(const std::string& loss) {
-  FEDRA_REQUIRE(loss == "ce" || loss == "bce", "unknown loss '{}'; use ce or bce", loss);
+  FEDRA_REQUIRE(loss == "ce" || loss == "bce" || loss == "psl" || loss == "psl2",
+                "unknown loss '{}'; use ce, bce, psl or psl2", loss);
 }
 
 void check_optimizer_name(const std::string& optimizer) {
@@ -23,8 +24,22 @@ at::Tensor compute_loss(const at::Tensor& logits, const at::Tensor& targets, con
                   describe_tensor(logits));
     return torch::binary_cross_entropy_with_logits(logits, targets.to(logits.dtype()).reshape({-1, 1}));
   }
+  if (loss == "psl" || loss == "psl2") {
+    FEDRA_REQUIRE(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0),
+                  "loss {} needs scores [batch, classes] and class targets, got {} and {}", loss,
+                  describe_tensor(logits), describe_tensor(targets));
+    return psl_loss(logits, targets, loss == "psl2");
+  }
   check_loss_name(loss);
   return {};
+}
+
+at::Tensor psl_loss(const at::Tensor& scores, const at::Tensor& targets, bool squared) {
+  // exp(p * (s_j - s_y)) for every j, the j == y terms (exp(0) = 1) masked out, not subtracted.
+  const at::Tensor sy = scores.gather(1, targets.reshape({-1, 1}));
+  at::Tensor terms = ((scores - sy) * (squared ? 2.0 : 1.0)).exp();
+  terms = terms.masked_fill(torch::one_hot(targets, scores.size(1)).to(at::kBool), 0.0);
+  return terms.sum() / static_cast<double>(std::max<int64_t>(1, scores.size(0)));
 }
 
 namespace {

@@ -2,7 +2,8 @@
 //
 // Losses by name: "ce" (softmax cross-entropy over logits, int64 class targets) and "bce"
 // (sigmoid binary cross-entropy, for one-output models with 0/1 targets; the same value as
-// PyTorch's Sigmoid + BCELoss, computed stably from logits).
+// PyTorch's Sigmoid + BCELoss, computed stably from logits), "psl" and "psl2" (the partially
+// separable element loss of PSL.md and its squared variant, for class-score models).
 //
 // train_local() makes a fresh optimiser each call (FedAvg's convention: optimiser state does not
 // cross rounds), shuffles with a generator seeded from options.seed, and runs `epochs` passes or
@@ -46,6 +47,9 @@ struct EvalStats {
 void check_loss_name(const std::string& loss);
 void check_optimizer_name(const std::string& optimizer);
 at::Tensor compute_loss(const at::Tensor& logits, const at::Tensor& targets, const std::string& loss);
+// The partially separable loss (docs/strategies.md#psl): mean over the batch of
+// sum_{j != y} exp(s_j - s_y) ("psl"), or of exp(2 (s_j - s_y)) ("psl2", squared = true).
+at::Tensor psl_loss(const at::Tensor& scores, const at::Tensor& targets, bool squared);
 
 TrainStats train_local(torch::nn::Sequential& model, const Dataset& data, const TrainOptions& options);
 EvalStats evaluate_model(torch::nn::Sequential& model, const Dataset& data, const std::string& loss,
