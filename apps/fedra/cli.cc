@@ -33,9 +33,10 @@ struct Groups {
         ("strategy", po::value<std::string>()->default_value("fedavg"),
          "training scheme; `fedra strategies` lists them")
         ("model", po::value<std::string>()->default_value("mlp:784-200-200-10"),
-         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5; split learning adds the cut, e.g. "
+         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5, psnet; split learning adds the cut, e.g. "
          "cnn:cut=pool1 (docs/strategies.md)")
-        ("loss", po::value<std::string>()->default_value("ce"), "ce (cross-entropy) or bce (binary)");
+        ("loss", po::value<std::string>()->default_value("ce"),
+         "ce (cross-entropy), bce (binary), psl or psl2 (the partially separable loss)");
     seed.add_options()
         ("seed", po::value<uint64_t>()->default_value(1),
          "seed for model initialisation, worker sampling, local shuffling and the data partition");
@@ -91,8 +92,9 @@ struct Groups {
          "LibTorch threads per worker; 0: cores / workers, at least 1");
     train_model.add_options()
         ("model", po::value<std::string>()->default_value("mlp:784-200-200-10"),
-         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5 (a cut= is ignored)")
-        ("loss", po::value<std::string>()->default_value("ce"), "ce (cross-entropy) or bce (binary)")
+         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5, psnet (a cut= is ignored)")
+        ("loss", po::value<std::string>()->default_value("ce"),
+         "ce (cross-entropy), bce (binary), psl or psl2 (the partially separable loss)")
         ("dataset", po::value<std::string>()->default_value("fmnist"),
          "fmnist[:limit=N], idx:..., csv:..., synthetic:... (docs/data.md); the whole training split");
     train.add_options()
