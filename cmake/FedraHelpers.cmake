@@ -8,9 +8,10 @@ function(fedra_set_warnings target)
   endif()
 endfunction()
 
-# fedra_add_library(NAME ALIAS SOURCES...): one static library per top-level folder.
+# fedra_add_library(NAME ALIAS SOURCES...): one shared library per top-level folder (shared, so
+# that plugins and the host share one copy of every type and registry).
 function(fedra_add_library name alias)
-  add_library(${name} STATIC ${ARGN})
+  add_library(${name} SHARED ${ARGN})
   add_library(${alias} ALIAS ${name})
   target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
   fedra_set_warnings(${name})

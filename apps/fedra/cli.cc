@@ -4,6 +4,8 @@
 #include <sstream>
 #include <thread>
 
+#include <fmt/ranges.h>
+
 namespace fedra::cli {
 
 namespace {
@@ -27,6 +29,8 @@ struct Groups {
     generic.add_options()
         ("help,h", "show this help")
         ("config", po::value<std::string>(), "read options from this INI file (command line wins)")
+        ("plugin", po::value<std::vector<std::string>>()->composing(),
+         "load strategies from this shared library (repeatable; command line only; docs/plugins.md)")
         ("log-level", po::value<std::string>()->default_value("info"),
          "trace, debug, info, warn or error");
     job.add_options()
@@ -186,6 +190,7 @@ std::string any_to_string(const boost::any& v) {
   if (const auto* i = boost::any_cast<int64_t>(&v)) return std::to_string(*i);
   if (const auto* u = boost::any_cast<uint64_t>(&v)) return std::to_string(*u);
   if (const auto* d = boost::any_cast<double>(&v)) return fmt::format("{}", *d);
+  if (const auto* l = boost::any_cast<std::vector<std::string>>(&v)) return fmt::format("{}", fmt::join(*l, ","));
   return "?";
 }
 

@@ -7,6 +7,7 @@
 #include "apps/fedra/cli.h"
 #include "apps/fedra/simulate.h"
 #include "apps/fedra/train.h"
+#include "core/plugin.h"
 #include "core/log.h"
 #include "core/process.h"
 #include "strategies/builtin.h"
@@ -48,6 +49,12 @@ int main(int argc, char** argv) {
   fedra::tune_allocator();
   fedra::StrategyRegistry registry;
   fedra::register_builtin_strategies(registry);
+  try {
+    for (const auto& path : fedra::plugin_arguments(argc, argv)) fedra::load_plugin(path, registry);
+  } catch (const fedra::Error& e) {
+    std::cerr << "fedra " << cmd << ": " << e.what() << "\n";
+    return 2;
+  }
 
   if (cmd == "strategies") return list_strategies(registry);
   if (cmd == "version") {

@@ -61,6 +61,12 @@ int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry
         "--log-level", log_level,
         "--connect-timeout", "30"};
     if (vm["private-labels"].as<bool>()) argv.push_back("--private-labels");
+    if (vm.count("plugin")) {
+      for (const auto& p : vm["plugin"].as<std::vector<std::string>>()) {
+        argv.push_back("--plugin");
+        argv.push_back(std::filesystem::absolute(p).string());
+      }
+    }
     if (!config.cohort.token.empty()) {
       argv.push_back("--token");
       argv.push_back(config.cohort.token);
