@@ -206,6 +206,7 @@ class SplitCoordinator : public CoordinatorStrategy {
   std::vector<Failure> run_exchange(Cohort& cohort, uint32_t round, const std::vector<WorkerInfo>& workers) {
     turns_.clear();
     std::vector<Instruction> instructions;
+    const WorkerId last = last_worker_id(cohort);
     for (const auto& w : workers) {
       Turn t;
       t.name = w.name;
@@ -217,7 +218,7 @@ class SplitCoordinator : public CoordinatorStrategy {
       m.step = static_cast<uint64_t>(t.first);
       m.tensors = relay_;
       m.options["steps"] = std::to_string(t.count);
-      m.options["last"] = w.id == last_worker_id(cohort) ? "1" : "0";
+      m.options["last"] = w.id == last ? "1" : "0";
       instructions.push_back({w.id, std::move(m)});
       turns_[w.id] = std::move(t);
     }
