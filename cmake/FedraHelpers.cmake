@@ -13,7 +13,8 @@ endfunction()
 function(fedra_add_library name alias)
   add_library(${name} SHARED ${ARGN})
   add_library(${alias} ALIAS ${name})
-  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_include_directories(${name} PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>
+                                            $<INSTALL_INTERFACE:include/fedra>)
   fedra_set_warnings(${name})
 endfunction()
 
