@@ -15,8 +15,17 @@ bash -euo pipefail -c "$steps" > "$tmp/steps.log" 2>&1 || { cat "$tmp/steps.log"
 grep -q '^fedmedian ' "$tmp/steps.log" || { cat "$tmp/steps.log"; echo "FAIL: fedra strategies did not list fedmedian"; exit 1; }
 [ -f "$PREFIX/include/fedra/core/plugin.h" ] || { echo "FAIL: public header not installed"; exit 1; }
 [ ! -e "$PREFIX/include/fedra/core/worker.h" ] || { echo "FAIL: an internal header was installed"; exit 1; }
-lines=$(wc -l < "$OUT/metrics.jsonl")
-[ "$lines" -eq 3 ] || { echo "FAIL: expected 3 rounds in metrics.jsonl, got $lines"; exit 1; }
-acc=$(tail -1 "$OUT/metrics.jsonl" | grep -o '"test_accuracy":[0-9.]*' | cut -d: -f2)
-awk -v a="$acc" 'BEGIN { exit !(a > 0.6) }' || { echo "FAIL: test accuracy $acc"; exit 1; }
-echo "PASS: plugin built against the installed SDK, listed, trained 3 rounds (test accuracy $acc)"
+accuracy() {  # final test accuracy of a run directory, after checking it has 3 rounds
+  local lines
+  lines=$(wc -l < "$1/metrics.jsonl")
+  [ "$lines" -eq 3 ] || { echo "FAIL: expected 3 rounds in $1/metrics.jsonl, got $lines" >&2; exit 1; }
+  tail -1 "$1/metrics.jsonl" | grep -o '"test_accuracy":[0-9.e-]*' | cut -d: -f2
+}
+clean=$(accuracy "$OUT/clean")
+median=$(accuracy "$OUT/poisoned-median")
+mean=$(accuracy "$OUT/poisoned-mean")
+awk -v a="$clean" 'BEGIN { exit !(a > 0.7) }' || { echo "FAIL: clean fedmedian test accuracy $clean"; exit 1; }
+awk -v a="$median" 'BEGIN { exit !(a > 0.7) }' || { echo "FAIL: poisoned, median: test accuracy $median"; exit 1; }
+awk -v a="$mean" 'BEGIN { exit !(a < 0.4) }' || { echo "FAIL: poisoned, mean: test accuracy $mean (expected wrecked)"; exit 1; }
+echo "PASS: plugin built against the installed SDK and listed; test accuracy after 3 rounds: clean $clean," \
+     "worker-3 poisoned: median $median, FedAvg's mean $mean"
