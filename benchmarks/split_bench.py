@@ -14,7 +14,7 @@
     coordinator (1 thread) against `fedra train` of the same network in one process with 2
     threads, same batch size; examples per second of training (evaluation excluded).
       mlp:784-1024-512-10,cut=relu1   a cut that halves the work
-      cnn:cut=pool1                   McMahan's CNN: the bottom holds ~5% of the work, so the
+      cnn:cut=pool1                   McMahan's CNN: the bottom takes ~8 ms of a ~35 ms step, so the
                                       coordinator's one thread bounds it (shown for honesty)
 Ratios: (a) peer time / Fedra time; (b) split throughput / one-process throughput, medians of 3
 interleaved repetitions (1 with --quick).

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include <ATen/ATen.h>
+#include <torch/torch.h>
 
 #include "transport/error.h"
 
@@ -128,6 +129,37 @@ void ParamOptimizer::load_state(const NamedTensors& state) {
   }
   FEDRA_REQUIRE(used == state.size(), "optimizer state has {} tensors this optimizer does not use",
                 state.size() - used);
+}
+
+namespace {
+
+std::vector<std::string> parameter_names(const torch::nn::Module& module) {
+  std::vector<std::string> names;
+  for (const auto& p : module.named_parameters()) names.push_back(p.key());
+  return names;
+}
+
+std::vector<at::Tensor> detached_parameters(const torch::nn::Module& module) {
+  std::vector<at::Tensor> params;
+  for (const auto& p : module.parameters()) params.push_back(p.detach());
+  return params;
+}
+
+}  // namespace
+
+ModuleOptimizer::ModuleOptimizer(torch::nn::Module& module, const OptimizerConfig& config)
+    : live_(module.parameters()), opt_(config, parameter_names(module), detached_parameters(module)) {}
+
+void ModuleOptimizer::zero_grad() {
+  for (auto& p : live_) p.mutable_grad() = at::Tensor();
+}
+
+void ModuleOptimizer::step() {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < live_.size(); ++i) {
+    if (live_[i].grad().defined()) opt_.step(i, live_[i].grad());
+  }
+  ++updates_;
 }
 
 }  // namespace fedra

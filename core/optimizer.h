@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
 
 #include "core/message.h"
 
@@ -79,6 +80,23 @@ class ParamOptimizer {
   std::vector<at::Tensor> buf2_;     // Adam exp_avg_sq
   std::vector<int64_t> steps_;       // Adam step count
   int64_t step_count_ = 0;           // begin_step() calls
+};
+
+// A module's parameters with one ParamOptimizer over them, stepping from their .grad: what a
+// training loop on a whole module (fedra train, each part of a split network) needs.
+class ModuleOptimizer {
+ public:
+  ModuleOptimizer(torch::nn::Module& module, const OptimizerConfig& config);
+  void zero_grad();  // drops every parameter's .grad
+  // Applies each parameter's .grad (those without one are left alone) and counts the update.
+  void step();
+  // Steps taken so far: a saved forward pass can tell whether the weights changed under it.
+  uint64_t updates() const { return updates_; }
+
+ private:
+  std::vector<at::Tensor> live_;  // the module's parameters (they carry .grad)
+  ParamOptimizer opt_;
+  uint64_t updates_ = 0;
 };
 
 }  // namespace fedra

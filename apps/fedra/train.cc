@@ -54,14 +54,7 @@ int run_training(const boost::program_options::variables_map& vm) {
   DatasetSplits data = load_dataset(dataset);
   FEDRA_REQUIRE(data.train.size() > 0, "dataset '{}' has no training examples", dataset);
   torch::nn::Sequential model = build_model(spec, seed);
-  std::vector<std::string> names;
-  std::vector<at::Tensor> live, params;
-  for (const auto& p : model->named_parameters()) {
-    names.push_back(p.key());
-    live.push_back(p.value());
-    params.push_back(p.value().detach());
-  }
-  ParamOptimizer opt(oc, names, params);
+  ModuleOptimizer opt(*model, oc);
   BatchOrder order(batches, batch, seed, "central");
   RunRecorder recorder(out_dir);
   spdlog::info("training {} ({} weights) on {} ({} examples) in one process, {} thread(s), {} epoch(s)",
@@ -82,16 +75,11 @@ int run_training(const boost::program_options::variables_map& vm) {
     double loss_sum = 0, correct = 0, examples = 0;
     for (int64_t s = 0; s < steps && !g_stop; ++s, ++step) {
       auto [x, y] = order.batch(data.train, (epoch - 1) * per_epoch + s);
-      for (auto& p : live) p.mutable_grad() = at::Tensor();
+      opt.zero_grad();
       at::Tensor logits = model->forward(x);
       at::Tensor l = compute_loss(logits, y, loss);
       l.backward();
-      {
-        torch::NoGradGuard no_grad;
-        for (size_t i = 0; i < live.size(); ++i) {
-          if (live[i].grad().defined()) opt.step(i, live[i].grad());
-        }
-      }
+      opt.step();
       const auto n = static_cast<double>(x.size(0));
       loss_sum += l.item<double>() * n;
       if (loss == "ce") correct += logits.argmax(1).eq(y).sum().item<double>();

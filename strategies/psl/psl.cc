@@ -113,10 +113,13 @@ class PslCoordinator : public CoordinatorStrategy {
       part.name = workers[k].name;
       part.share = shares[k];
       part.map = sub_network_map(*model_, classes_, part.share.towers);
+      part.towers_text = join_ints(part.share.towers);
+      part.pairs_text = pairs_text(part.share);
       const int64_t n = sub_network_size(*model_, part.map);
       spdlog::info("psl: {} owns {} pair(s) over {} tower(s) [{}]: {} of {} weights ({:.1f}%)", part.name,
                    part.share.pairs.size(), part.share.towers.size(), join_ints(part.share.towers), n,
                    total_weights, 100.0 * static_cast<double>(n) / static_cast<double>(total_weights));
+      part_of_[part.id] = parts_.size();
       parts_.push_back(std::move(part));
     }
 
@@ -167,6 +170,7 @@ class PslCoordinator : public CoordinatorStrategy {
     std::string name;
     Share share;
     std::vector<SubParam> map;
+    std::string towers_text, pairs_text;  // the share as the step options carry it
   };
 
   // One step: sub-network weights out, partial gradients back, scatter-added, one optimiser step.
@@ -187,18 +191,16 @@ class PslCoordinator : public CoordinatorStrategy {
         m.tensors.emplace_back("y", local);
         m.options["batch"] = std::to_string(x.size(0));
       }
-      m.options["towers"] = join_ints(part.share.towers);
-      m.options["pairs"] = pairs_text(part.share);
+      m.options["towers"] = part.towers_text;
+      m.options["pairs"] = part.pairs_text;
       instructions.push_back({part.id, std::move(m)});
     }
     std::vector<at::Tensor> grads;
     for (const auto& p : params_) grads.push_back(at::zeros_like(p));
     double loss = 0;
-    std::map<WorkerId, const Part*> by_id;
-    for (const auto& part : parts_) by_id[part.id] = &part;
     const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(o_.step_timeout() * 1000));
     const auto failures = cohort.request_all(std::move(instructions), deadline, [&](const WorkerInfo& w, Message&& r) {
-      const Part& part = *by_id.at(w.id);
+      const Part& part = parts_[part_of_.at(w.id)];
       FEDRA_REQUIRE(r.kind == kGrad, "expected '{}' from {}, got '{}'", kGrad, w.name, r.kind);
       FEDRA_REQUIRE(r.tensors.size() == part.map.size(), "{} sent {} gradients for a sub-network of {} tensors",
                     w.name, r.tensors.size(), part.map.size());
@@ -235,6 +237,7 @@ class PslCoordinator : public CoordinatorStrategy {
   Dataset train_;
   std::optional<BatchOrder> batches_;
   std::vector<Part> parts_;
+  std::map<WorkerId, size_t> part_of_;  // worker -> its index in parts_
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -27,35 +27,18 @@ namespace {
 using Seconds = std::chrono::duration<double>;
 
 
-// One part of the network with its own optimiser. `updates` counts optimiser steps, so a saved
-// forward pass can tell whether the weights changed under it (then its graph is stale).
+// One part of the network with its own optimiser.
 struct Part {
   torch::nn::Sequential net{nullptr};
-  std::vector<at::Tensor> live;  // the module's parameters (they carry .grad)
-  std::optional<ParamOptimizer> opt;
-  uint64_t updates = 0;
+  std::optional<ModuleOptimizer> opt;
 
   void init(torch::nn::Sequential n, const OptimizerConfig& config) {
     net = std::move(n);
-    std::vector<std::string> names;
-    std::vector<at::Tensor> params;
-    for (const auto& p : net->named_parameters()) {
-      names.push_back(p.key());
-      live.push_back(p.value());
-      params.push_back(p.value().detach());
-    }
-    opt.emplace(config, std::move(names), std::move(params));
+    opt.emplace(*net, config);
   }
-  void zero_grad() {
-    for (auto& p : live) p.mutable_grad() = at::Tensor();
-  }
-  void step() {
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < live.size(); ++i) {
-      if (live[i].grad().defined()) opt->step(i, live[i].grad());
-    }
-    ++updates;
-  }
+  void zero_grad() { opt->zero_grad(); }
+  void step() { opt->step(); }
+  uint64_t updates() const { return opt->updates(); }
 };
 
 // The entries of `state` that `module` has, in the module's order.
@@ -86,7 +69,7 @@ template <class Recompute>
 bool backward_through(Part& part, at::Tensor& output, uint64_t version, const at::Tensor& grad,
                       bool& graphs_break, Recompute&& recompute) {
   part.zero_grad();
-  if (version != part.updates) {
+  if (version != part.updates()) {
     if (!graphs_break) {
       try {
         output.backward(grad);
@@ -342,7 +325,6 @@ class SplitCoordinator : public CoordinatorStrategy {
               [&] {
                 logits = top_.net->forward(a);
                 loss = compute_loss(logits, y, job_.loss);
-                return 0;
               });
       top_.zero_grad();
       loss.backward();
@@ -357,7 +339,7 @@ class SplitCoordinator : public CoordinatorStrategy {
       at::Tensor out = guarded(fmt::format("activations {} from {} do not fit the middle of '{}'",
                                            describe_tensor(act), w.name, job_.model),
                                [&] { return top_.net->forward(a); });
-      t.pending[t.next_act] = {a, out, top_.updates};
+      t.pending[t.next_act] = {a, out, top_.updates()};
       reply.tensors.emplace_back("out", out.detach());
     }
     stats_.top_s += Seconds(Clock::now() - c0).count();
@@ -489,7 +471,7 @@ class SplitWorker : public WorkerStrategy {
         std::tie(f.x, f.y) = batches_->batch(*ctx.data, s);
         f.act = bottom_.net->forward(f.x);
       }
-      f.version = bottom_.updates;
+      f.version = bottom_.updates();
       Message act(kAct);
       act.step = static_cast<uint64_t>(s);
       if (last && s == o_.inject_bad_shape()) {
