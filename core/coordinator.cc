@@ -85,6 +85,7 @@ int Coordinator::run() {
       full.emplace_back("bytes_up." + b.name, static_cast<int64_t>(b.up));
       full.emplace_back("bytes_down." + b.name, static_cast<int64_t>(b.down));
     }
+    full.emplace_back("peak_rss_bytes", static_cast<int64_t>(peak_rss_bytes()));
     full.emplace_back("elapsed_s", elapsed());
     recorder_->record_round(full);
     std::string scores;
@@ -125,6 +126,7 @@ int Coordinator::run() {
   summary.bytes_up = cohort_->bytes_up();
   summary.bytes_down = cohort_->bytes_down();
   summary.peak_receive_bytes = cohort_->peak_receive_bytes();
+  summary.peak_rss_bytes = peak_rss_bytes();
   try {
     recorder_->write_summary(summary);
   } catch (const std::exception& e) {

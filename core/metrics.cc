@@ -100,6 +100,7 @@ void RunRecorder::write_summary(const RunSummary& s) {
   j["bytes_up"] = s.bytes_up;
   j["bytes_down"] = s.bytes_down;
   j["peak_receive_bytes"] = s.peak_receive_bytes;
+  j["peak_rss_bytes"] = s.peak_rss_bytes;
   j["workers"] = s.workers;
   j["config"] = s.config;
   write_file_atomically(out_dir_ + "/summary.json", j.dump(2) + "\n");

@@ -25,6 +25,7 @@ struct RunSummary {
   uint64_t bytes_up = 0;
   uint64_t bytes_down = 0;
   uint64_t peak_receive_bytes = 0;
+  uint64_t peak_rss_bytes = 0;
   std::vector<std::string> workers;
   std::map<std::string, std::string> config;
 };

@@ -1,6 +1,7 @@
 #include "core/process.h"
 
 #include <malloc.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <thread>
@@ -24,6 +25,12 @@ void tune_allocator(uint64_t keep_below_bytes) {
   const auto bytes = static_cast<int>(std::min<uint64_t>(keep_below_bytes, uint64_t{1} << 30));
   mallopt(M_MMAP_THRESHOLD, bytes);
   mallopt(M_TRIM_THRESHOLD, bytes);
+}
+
+uint64_t peak_rss_bytes() {
+  struct rusage usage {};
+  if (getrusage(RUSAGE_SELF, &usage) != 0) return 0;
+  return static_cast<uint64_t>(usage.ru_maxrss) * 1024;  // Linux reports kilobytes
 }
 
 }  // namespace fedra

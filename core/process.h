@@ -16,4 +16,8 @@ int configure_threads(int threads);
 // `keep_below_bytes` still use mmap.
 void tune_allocator(uint64_t keep_below_bytes = uint64_t{1} << 30);
 
+// This process's peak resident set size so far, in bytes (getrusage's ru_maxrss): what
+// summary.json and every metrics line report as the coordinator's peak memory.
+uint64_t peak_rss_bytes();
+
 }  // namespace fedra

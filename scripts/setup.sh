@@ -11,11 +11,13 @@ packages=(
   libcapnp-dev capnproto
   libasio-dev libboost-program-options-dev
   libfmt-dev libspdlog-dev nlohmann-json3-dev zlib1g-dev
-  doctest-dev
+  doctest-dev libbenchmark-dev
   # data: Fashion-MNIST as gzip IDX files under /usr/share/datasets/fashion-mnist
   dataset-fashion-mnist
   # reference values and peer baselines in benchmarks (Debian's PyTorch)
   python3 python3-torch
+  # the benchmark suite's plots (PNG via cairo, SVG) and a font to label them with
+  gnuplot-nox fonts-dejavu-core
 )
 
 sudo=""

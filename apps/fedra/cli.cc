@@ -219,7 +219,7 @@ Parsed parse(Command command, int argc, const char* const argv[], const Strategy
     }
     po::notify(p.vm);
   } catch (const po::error& e) {
-    FEDRA_FAIL("fedra {}: {}; see `fedra {} --help`", cmd, e.what(), cmd);
+    FEDRA_FAIL("{}; see `fedra {} --help`", e.what(), cmd);
   }
   p.help = p.vm.count("help") != 0;
   return p;

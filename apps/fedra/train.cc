@@ -111,6 +111,7 @@ int run_training(const boost::program_options::variables_map& vm) {
     }
     line.emplace_back("bytes_up", int64_t{0});
     line.emplace_back("bytes_down", int64_t{0});
+    line.emplace_back("peak_rss_bytes", static_cast<int64_t>(peak_rss_bytes()));
     line.emplace_back("elapsed_s", Seconds(Clock::now() - t_start).count());
     recorder.record_round(line);
     spdlog::info("epoch {}/{}{}  train_loss {:.4f}  {:.1f} s ({:.0f} examples/s)", epoch, epochs, score,
@@ -118,6 +119,7 @@ int run_training(const boost::program_options::variables_map& vm) {
   }
   if (g_stop) summary.status = "interrupted";
   summary.elapsed_s = Seconds(Clock::now() - t_start).count();
+  summary.peak_rss_bytes = peak_rss_bytes();
   if (!out_dir.empty()) {
     save_model_file(out_dir + "/model.bin", model_state(*model));
     recorder.write_summary(summary);

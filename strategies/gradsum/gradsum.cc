@@ -88,9 +88,10 @@ class GradSumCoordinator : public CoordinatorStrategy {
     for (const auto& w : cohort.workers()) max_examples = std::max(max_examples, w.num_examples);
     const int64_t per_epoch = std::max<int64_t>(1, (max_examples + o_.batch_size() - 1) / o_.batch_size());
     total_steps_ = o_.steps() > 0 ? o_.steps() : o_.epochs() * per_epoch;
-    const int64_t rounds = (total_steps_ + o_.steps_per_round() - 1) / o_.steps_per_round();
+    const int64_t per_round = o_.steps_per_round() > 0 ? o_.steps_per_round() : per_epoch;
+    const int64_t rounds = (total_steps_ + per_round - 1) / per_round;
     spdlog::info("gradsum: {} steps in {} rounds of up to {}; {} bucket(s) of <= {} KiB; sync={}, "
-                 "reduce={}", total_steps_, rounds, o_.steps_per_round(), layout_.buckets.size(),
+                 "reduce={}", total_steps_, rounds, per_round, layout_.buckets.size(),
                  o_.bucket_kb(), o_.sync(), o_.reduce());
 
     int64_t step = 0;
@@ -100,13 +101,14 @@ class GradSumCoordinator : public CoordinatorStrategy {
         FEDRA_THROW(ErrorKind::kOverloaded, "round {}: only {} of {} workers connected within {} s",
                     round, cohort.size(), o_.min_workers(), wait.count() / 1000.0);
       }
-      const int64_t count = std::min(o_.steps_per_round(), total_steps_ - step);
+      const int64_t count = std::min(per_round, total_steps_ - step);
       const auto t0 = Clock::now();
       Metrics line = run_round(cohort, round, step, count);
       const double fit_s = Seconds(Clock::now() - t0).count();
       step += count;
       line.emplace_back("fit_s", fit_s);
       line.emplace_back("step_ms", 1000.0 * fit_s / static_cast<double>(count));
+      line.emplace_back("epoch", static_cast<double>(step) / static_cast<double>(per_epoch));
       const bool last = step >= total_steps_;
       if (ctx.test_set != nullptr && o_.eval_every() > 0 &&
           (round % static_cast<uint32_t>(o_.eval_every()) == 0 || last)) {
@@ -597,7 +599,8 @@ class GradSumWorker : public WorkerStrategy {
 void GradSumOptions::validate() const {
   FEDRA_REQUIRE(steps_ >= 0, "gradsum.steps must be >= 0, got {}", steps_);
   FEDRA_REQUIRE(steps_ > 0 || epochs_ >= 1, "gradsum needs steps > 0 or epochs >= 1");
-  FEDRA_REQUIRE(steps_per_round_ >= 1, "gradsum.steps_per_round must be >= 1, got {}", steps_per_round_);
+  FEDRA_REQUIRE(steps_per_round_ >= 0, "gradsum.steps_per_round must be >= 0 (0: one round per epoch), got {}",
+                steps_per_round_);
   FEDRA_REQUIRE(batch_size_ >= 1, "gradsum.batch_size must be >= 1, got {}", batch_size_);
   OptimizerConfig::from(*this).validate();
   FEDRA_REQUIRE(reduce_ == "sum" || reduce_ == "mean", "gradsum.reduce must be sum or mean, got '{}'", reduce_);

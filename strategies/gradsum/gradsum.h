@@ -78,7 +78,8 @@ struct GradSumOptions {
     f("steps", steps_, "optimiser steps to run; 0 = use epochs");
     f("epochs", epochs_, "passes over the largest worker's data (when steps is 0)");
     f("steps_per_round", steps_per_round_,
-      "steps per round: one metrics line, evaluation and chance for workers to join per round");
+      "steps per round: one metrics line, evaluation and chance for workers to join per round; "
+      "0 = one round per epoch");
     f("batch_size", batch_size_, "mini-batch size per worker per step");
     f("lr", lr_, "learning rate");
     f("optimizer", optimizer_, "sgd (with momentum) or adam");

@@ -129,13 +129,15 @@ class PslCoordinator : public CoordinatorStrategy {
       for (const auto& w : workers) n = std::max(n, w.num_examples);
     }
     const int64_t total = o_.steps() > 0 ? o_.steps() : o_.epochs() * steps_per_epoch(n, o_.batch_size());
-    const auto rounds = static_cast<uint32_t>((total + o_.steps_per_round() - 1) / o_.steps_per_round());
+    const int64_t per_epoch = std::max<int64_t>(1, steps_per_epoch(n, o_.batch_size()));
+    const int64_t per_round = o_.steps_per_round() > 0 ? o_.steps_per_round() : per_epoch;
+    const auto rounds = static_cast<uint32_t>((total + per_round - 1) / per_round);
     int64_t step = 0;
     for (uint32_t round = 1; step < total; ++round) {
       if (ctx.stop_requested()) FEDRA_FAIL("interrupted");
       const auto t0 = Clock::now();
       const uint64_t up0 = cohort.bytes_up(), down0 = cohort.bytes_down();
-      const int64_t count = std::min(o_.steps_per_round(), total - step);
+      const int64_t count = std::min(per_round, total - step);
       double loss_sum = 0;
       for (int64_t s = 0; s < count; ++s, ++step) loss_sum += run_step(cohort, round, step);
       const double fit_s = Seconds(Clock::now() - t0).count();
@@ -151,7 +153,7 @@ class PslCoordinator : public CoordinatorStrategy {
       line.emplace_back("step_ms", 1000 * fit_s / static_cast<double>(count));
       line.emplace_back("bytes_per_step", static_cast<double>(cohort.bytes_up() - up0 + cohort.bytes_down() - down0) /
                                               static_cast<double>(count));
-      line.emplace_back("epoch", static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, steps_per_epoch(n, o_.batch_size()))));
+      line.emplace_back("epoch", static_cast<double>(step) / static_cast<double>(per_epoch));
       const bool last = step >= total;
       if (ctx.test_set != nullptr && o_.eval_every() > 0 &&
           (round % static_cast<uint32_t>(o_.eval_every()) == 0 || last)) {
@@ -429,7 +431,8 @@ at::Tensor element_loss(const at::Tensor& scores, const at::Tensor& local_target
 void PslOptions::validate() const {
   FEDRA_REQUIRE(epochs_ >= 1, "psl.epochs must be >= 1, got {}", epochs_);
   FEDRA_REQUIRE(steps_ >= 0, "psl.steps must be >= 0, got {}", steps_);
-  FEDRA_REQUIRE(steps_per_round_ >= 1, "psl.steps_per_round must be >= 1, got {}", steps_per_round_);
+  FEDRA_REQUIRE(steps_per_round_ >= 0, "psl.steps_per_round must be >= 0 (0: one round per epoch), got {}",
+                steps_per_round_);
   FEDRA_REQUIRE(batch_size_ >= 1, "psl.batch_size must be >= 1, got {}", batch_size_);
   FEDRA_REQUIRE(batches_ == "shuffle" || batches_ == "sequential", "psl.batches must be shuffle or sequential, got '{}'",
                 batches_);

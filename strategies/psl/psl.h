@@ -88,7 +88,8 @@ struct PslOptions {
   void visit(F&& f) {
     f("epochs", epochs_, "passes over the training data (when steps is 0)");
     f("steps", steps_, "optimiser steps to run; 0 = use epochs");
-    f("steps_per_round", steps_per_round_, "steps per round: one metrics line and evaluation per round");
+    f("steps_per_round", steps_per_round_,
+      "steps per round: one metrics line and evaluation per round; 0 = one round per epoch");
     f("batch_size", batch_size_, "mini-batch size (data=worker: per worker)");
     f("batches", batches_, "shuffle (seeded) or sequential");
     f("data", data_,

@@ -464,9 +464,14 @@ class SplitWorker : public WorkerStrategy {
           fixed_act_ = bottom_.net->forward(f.x).contiguous();
           fixed_y_ = f.y;
         }
-        f.x = fixed_act_;
-        f.y = fixed_y_;
-        f.act = fixed_act_;
+        // The step's real batch size (the last batch of an epoch is short), so the bytes on the
+        // wire are those of a training run.
+        const int64_t n = ctx.data->size();
+        const int64_t b = o_.batch_size();
+        const int64_t rows = std::min({fixed_act_.size(0), b, n - (s % steps_per_epoch(n, b)) * b});
+        f.x = fixed_act_.slice(0, 0, rows);
+        f.y = fixed_y_.slice(0, 0, rows);
+        f.act = f.x;
       } else {
         std::tie(f.x, f.y) = batches_->batch(*ctx.data, s);
         f.act = bottom_.net->forward(f.x);

@@ -25,7 +25,7 @@ TEST_CASE("fedra simulate runs the default experiment's config and writes the do
   REQUIRE(code == 0);
   const auto lines = read_jsonl(dir / "out/metrics.jsonl");
   REQUIRE(lines.size() == 3);
-  int64_t last_up = 0;
+  int64_t last_up = 0, last_rss = 0;
   for (size_t i = 0; i < lines.size(); ++i) {
     const auto& l = lines[i];
     CHECK(l["strategy"] == "fedavg");
@@ -38,7 +38,10 @@ TEST_CASE("fedra simulate runs the default experiment's config and writes the do
     CHECK(l["bytes_up"].get<int64_t>() > last_up);
     CHECK(l["bytes_down"].get<int64_t>() > 0);
     CHECK(l["elapsed_s"].get<double>() > 0);
+    // The coordinator's running peak RSS: a LibTorch process holding the test set is tens of MB.
+    CHECK(l["peak_rss_bytes"].get<int64_t>() >= std::max<int64_t>(last_rss, 20'000'000));
     last_up = l["bytes_up"].get<int64_t>();
+    last_rss = l["peak_rss_bytes"].get<int64_t>();
   }
   // Three 2NN models (199,210 float32 = 797 KB each) go up every round, plus framing.
   CHECK(lines[0]["bytes_up"].get<int64_t>() > 3 * 796840);
@@ -46,6 +49,7 @@ TEST_CASE("fedra simulate runs the default experiment's config and writes the do
   const auto summary = nlohmann::json::parse(read_file(dir / "out/summary.json"));
   CHECK(summary["status"] == "completed");
   CHECK(summary["final"]["round"] == 3);
+  CHECK(summary["peak_rss_bytes"].get<int64_t>() >= last_rss);
   CHECK(summary["config"]["model"] == "mlp:784-200-200-10");
   CHECK(summary["config"]["fedavg.rounds"] == "3");
   CHECK(summary["config"]["fedavg.local_epochs"] == "2");  // from the config file
