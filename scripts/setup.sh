@@ -16,6 +16,8 @@ packages=(
   dataset-fashion-mnist
   # reference values and peer baselines in benchmarks (Debian's PyTorch)
   python3 python3-torch
+  # the frame fuzzer (tests/fuzz): clang with libFuzzer and the sanitizers
+  clang libclang-rt-14-dev
   # the benchmark suite's plots (PNG via cairo, SVG) and a font to label them with
   gnuplot-nox fonts-dejavu-core
 )

@@ -325,6 +325,19 @@ void decode_into(const InFrame& frame, const Limits& limits, Envelope& env) {
     env.request_id = root.getRequestId();
     env.partial = root.getPartial();
 
+    // Cap'n Proto lets several pointers name the same bytes, and a list of empty structs costs
+    // no bytes at all. Fedra's encoder writes neither, so `decoded` counts a lower bound of what
+    // each part took on the wire (8 bytes per list element or pointer, plus its contents) and
+    // a frame whose parts add up to more than the frame is refused before anything is copied:
+    // a few hundred bytes could otherwise make the receiver build and hold up to
+    // --max-frame-bytes of tensors or options (found by tests/fuzz).
+    uint64_t decoded = env.kind.size() + env.sender.size();
+    auto check_decoded = [&](const char* what) {
+      FEDRA_REQUIRE(decoded <= frame.size_bytes(),
+                    "malformed frame of {} bytes: its contents (up to '{}') add up to {} bytes, more than "
+                    "the frame holds; parts of it overlap, which Fedra's encoder never writes",
+                    frame.size_bytes(), what, decoded);
+    };
     std::set<std::string> names;
     for (auto tr : root.getTensors()) {
       TensorData t;
@@ -334,13 +347,18 @@ void decode_into(const InFrame& frame, const Limits& limits, Envelope& env) {
                     "tensor '{}' has dtype code {}, unknown to this Fedra (protocol {})", t.name,
                     code, kProtocolVersion);
       t.dtype = static_cast<DType>(code);
-      for (int64_t d : tr.getShape()) t.shape.push_back(d);
+      const auto shape = tr.getShape();
+      decoded += 8 + t.name.size() + 8 * shape.size();
+      check_decoded(t.name.c_str());
+      for (int64_t d : shape) t.shape.push_back(d);
       FEDRA_REQUIRE(!t.name.empty(), "a tensor in message '{}' has an empty name", env.kind);
       FEDRA_REQUIRE(names.insert(t.name).second, "tensor name '{}' appears twice in message '{}'",
                     t.name, env.kind);
       auto chunks = tr.getChunks();
       uint64_t received = 0;
       for (auto c : chunks) received += c.size();
+      decoded += 8 * chunks.size() + received;
+      check_decoded(t.name.c_str());
       const uint64_t expected = t.numel() * dtype_size(t.dtype);
       FEDRA_REQUIRE(received == expected,
                     "tensor '{}' in message '{}' has {} bytes but {}{} needs {}", t.name, env.kind,
@@ -360,8 +378,16 @@ void decode_into(const InFrame& frame, const Limits& limits, Envelope& env) {
       }
       env.tensors.push_back(std::move(t));
     }
-    for (auto m : root.getMetrics()) env.metrics.emplace_back(m.getName().cStr(), m.getValue());
-    for (auto o : root.getOptions()) env.options.emplace_back(o.getKey().cStr(), o.getValue().cStr());
+    for (auto m : root.getMetrics()) {
+      decoded += 16 + m.getName().size();
+      check_decoded("metrics");
+      env.metrics.emplace_back(m.getName().cStr(), m.getValue());
+    }
+    for (auto o : root.getOptions()) {
+      decoded += 16 + o.getKey().size() + o.getValue().size();
+      check_decoded("options");
+      env.options.emplace_back(o.getKey().cStr(), o.getValue().cStr());
+    }
     if (root.hasError()) {
       auto e = root.getError();
       const auto kind = static_cast<int>(e.getKind());

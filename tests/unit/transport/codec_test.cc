@@ -283,6 +283,25 @@ TEST_CASE("random and mutated bytes never crash the decoder: every failure is a 
   MESSAGE("mutated frames: " << decoded << " of 5000 still decoded, the rest were refused");
 }
 
+TEST_CASE("a small frame whose parts overlap is refused before it can expand (found by tests/fuzz)") {
+  // 176 bytes from the fuzzer: a list of empty option structs costs nothing on the wire, so the
+  // frame decoded into a message that takes over 1 MiB to encode again.
+  const uint8_t raw[] = {
+      0, 0, 0, 0, 21, 0, 0, 0, 0, 0, 0, 0, 4, 0, 6, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 21, 0, 0, 0, 50, 0, 0, 0, 21, 0, 0, 0, 10, 0, 0,
+      0, 21, 0, 0, 0, 7, 0, 0, 0, 21, 0, 0, 0, 7, 0, 0, 0, 21, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+      0, 0, 0, 114, 114, 111, 114, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 3, 0, 0, 0, 0,
+      0, 1, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+      0, 0, 0, 0, 0, 0, 0, 21, 0, 0, 0, 50, 0, 0, 0, 1, 101, 100, 0, 0, 0};
+  static_assert(sizeof(raw) == 176);
+  for (uint64_t max_frame : {uint64_t{1} << 20, Limits{}.max_frame_bytes}) {
+    Limits limits;
+    limits.max_frame_bytes = max_frame;
+    const InFrame frame = InFrame::from_bytes(reinterpret_cast<const std::byte*>(raw), sizeof(raw), limits);
+    CHECK_THROWS_WITH_AS(decode(frame, limits), doctest::Contains("more than the frame holds"), fedra::Error);
+  }
+}
+
 TEST_CASE("capnp decode reads a dumped frame with the project schema, as docs/protocol.md says") {
   fedra::test::TempDir dir;
   auto data = pattern(16, 10);
