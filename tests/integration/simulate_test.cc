@@ -102,6 +102,74 @@ TEST_CASE("a coordinator and two workers started by hand train together") {
   CHECK(contains(frames[1], "-recv-"));
 }
 
+namespace {
+
+// Three workers started by hand; worker-2 is killed with SIGKILL during round 2 and started
+// again (same name, same data) right away. Returns the coordinator's metrics lines.
+std::vector<nlohmann::json> kill_and_rejoin(const TempDir& dir, int min_results) {
+  const ChildProcess coordinator = start_fedra(
+      {"coordinator", "--listen", "127.0.0.1:0", "--port-file", dir / "port", "--min-workers", "3",
+       "--test-data", "fmnist:test_limit=500", "--fedavg.rounds", "7", "--fedavg.local_epochs", "100", "--fedavg.local_steps", "1500",
+       "--fedavg.min_results", std::to_string(min_results), "--out", dir / "out", "--threads", "1"},
+      dir / "coordinator.log");
+  const std::string port = wait_for_file(dir / "port", std::chrono::seconds(30));
+  auto start_worker = [&](int i, const std::string& log) {
+    return start_fedra({"worker", "--connect", "127.0.0.1:" + port, "--dataset", "fmnist:limit=3000", "--client",
+                        std::to_string(i) + "/3", "--name", "worker-" + std::to_string(i), "--threads", "1"},
+                       dir / log);
+  };
+  std::vector<ChildProcess> workers;
+  for (int i = 0; i < 3; ++i) workers.push_back(start_worker(i, "worker-" + std::to_string(i) + ".log"));
+  // Round 1 recorded means round 2 has just been sent out; its local training takes seconds.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!contains(read_file(dir / "out/metrics.jsonl"), "\n") && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  kill_child(workers[2]);
+  const ChildProcess again = start_worker(2, "worker-2-again.log");
+  const int code = finish(coordinator, std::chrono::seconds(300));
+  INFO("coordinator log:\n" << read_file(dir / "coordinator.log"));
+  CHECK(code == 0);
+  CHECK(finish(workers[0], std::chrono::seconds(30)) == 0);
+  CHECK(finish(workers[1], std::chrono::seconds(30)) == 0);
+  CHECK(finish(again, std::chrono::seconds(30)) == 0);
+  return read_jsonl(dir / "out/metrics.jsonl");
+}
+
+}  // namespace
+
+TEST_CASE("a worker killed mid-round: the round completes with the others, and it rejoins a later round") {
+  TempDir dir;
+  const auto lines = kill_and_rejoin(dir, 2);
+  REQUIRE(lines.size() == 7);  // no round lost, none repeated
+  for (size_t i = 0; i < lines.size(); ++i) {
+    CHECK(lines[i]["round"] == static_cast<int64_t>(i + 1));
+    CHECK(lines[i]["status"] == "ok");
+  }
+  CHECK(lines[0]["workers_ok"] == 3);
+  CHECK(lines[1]["workers_ok"] == 2);
+  CHECK(lines[1]["workers_failed"] == 1);
+  CHECK(lines[6]["workers_ok"] == 3);  // worker-2, restarted, is back
+  CHECK(contains(read_file(dir / "coordinator.log"), "worker worker-2 failed"));
+  CHECK(lines[6]["test_accuracy"].get<double>() > 0.7);
+}
+
+TEST_CASE("a worker killed mid-round with min_results unmet: the round fails with the reason, training goes on") {
+  TempDir dir;
+  const auto lines = kill_and_rejoin(dir, 3);
+  REQUIRE(lines.size() == 7);
+  CHECK(lines[0]["status"] == "ok");
+  CHECK(lines[1]["status"] == "failed");
+  const std::string reason = lines[1]["reason"].get<std::string>();
+  INFO("reason: " << reason);
+  CHECK(contains(reason, "round 2: 2 result(s) accepted, min_results is 3"));
+  CHECK(contains(reason, "worker-2"));
+  CHECK(lines[6]["status"] == "ok");
+  CHECK(lines[6]["workers_ok"] == 3);
+  CHECK(lines[6]["test_accuracy"].get<double>() > 0.7);
+}
+
 TEST_CASE("a coordinator without enough workers gives up at its deadline with the reason") {
   TempDir dir;
   const int code = run_fedra({"coordinator", "--listen", "127.0.0.1:0", "--min-workers", "2",
