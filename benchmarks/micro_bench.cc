@@ -16,6 +16,8 @@
 //                         and the average taken; bytes = the four updates read
 // At the end a table gives each benchmark's throughput and its ratio to memcpy (warm and fresh)
 // of the same size. Ratios far above 1 mean the step does not touch the payload at all.
+#include <unistd.h>
+
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -161,6 +163,8 @@ BENCHMARK(BM_aggregation_fedavg4)->Apply(sizes);
 // The console output as usual, and each run's bytes/s kept for the ratio table.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
+  explicit RatioReporter(OutputOptions options) : ConsoleReporter(options) {}
+
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& r : runs) {
@@ -169,7 +173,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
       const bool use = (r.run_type == Run::RT_Iteration && r.aggregate_name.empty()) || r.aggregate_name == "median";
       const auto it = r.counters.find("bytes_per_second");
       if (!use || it == r.counters.end()) continue;
-      rates_[r.run_name.function_name][r.run_name.args] = it->second.value;
+      rates_[r.run_name.function_name][std::stoll(r.run_name.args)] = it->second.value;
     }
   }
 
@@ -195,7 +199,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
   }
 
  private:
-  std::map<std::string, std::map<std::string, double>> rates_;
+  std::map<std::string, std::map<int64_t, double>> rates_;  // function -> payload bytes -> bytes/s
 };
 
 }  // namespace
@@ -205,7 +209,9 @@ int main(int argc, char** argv) {
   at::set_num_threads(1);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  RatioReporter reporter;
+  // Colour only on a terminal: the table is often piped into a file or a test.
+  RatioReporter reporter(isatty(STDOUT_FILENO) ? benchmark::ConsoleReporter::OO_ColorTabular
+                                               : benchmark::ConsoleReporter::OO_Tabular);
   benchmark::RunSpecifiedBenchmarks(&reporter);
   reporter.print_ratios(std::cout);
   benchmark::Shutdown();

@@ -25,7 +25,7 @@ A second experiment redraws Singh et al.'s split-vs-federated communication figu
 epoch against the number of workers K, measured for FedAvg and split (forward and backward only,
 no arithmetic: the bytes do not depend on it) beside the closed forms.
 
-Output (DIR, default runs/bench-PROFILE-STAMP; docs/benchmarks.md#the-suite describes it):
+Output (DIR, default runs/bench-PROFILE-STAMP; docs/benchmarks.md, "The suite" describes it):
   results.csv          one row per run (rewritten after every run, so an interrupted suite keeps
                        what it finished)
   curves.csv           every evaluation of every run: epoch, accuracy, seconds, bytes
@@ -55,7 +55,7 @@ PROFILES = {
     # dataset, epochs of data, workers, target accuracy, and the crossover experiment's data and Ks
     "quick": dict(dataset="fmnist:limit=10000", epochs=4, workers=5, target=0.80,
                   crossover_dataset="fmnist:limit=6000", crossover_k=[1, 2, 4, 8, 16, 32]),
-    "full": dict(dataset="fmnist", epochs=5, workers=5, target=0.87,
+    "full": dict(dataset="fmnist", epochs=3, workers=5, target=0.87,
                  crossover_dataset="fmnist", crossover_k=[1, 2, 4, 8, 16]),
 }
 BUILTIN = ["fedavg", "gradsum", "split", "split-u", "psl", "train"]
@@ -445,7 +445,8 @@ def plot(suite):
                    "unset arrow", "unset label",
                    f"set arrow 1 from {k_here},graph 0 to {k_here},graph 1 nohead dt 3 lc rgb '#7570b3'",
                    f"set label 1 sprintf('measured setting: split sends less for K > %.1f', {k_here}) "
-                   f"at {k_here * 1.1},graph 0.05 font ',9' tc rgb '#7570b3'",
+                   + (f"at {k_here / 1.1},graph 0.05 right" if k_here > kmax ** 0.6 else f"at {k_here * 1.1},graph 0.05")
+                   + " font ',9' tc rgb '#7570b3'",
                    "set samples 400",
                    "plot " + ", \\\n     ".join(plots_),
                    "unset output", "unset arrow", "unset label"]
@@ -491,8 +492,7 @@ def fmt_mb(b):
 def report(suite, plots, started, wall):
     a = suite.a
     version = subprocess.run([a.fedra, "version"], capture_output=True, text=True).stdout.strip()
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = getattr(a, "commit", "unknown")  # as the suite started
     L = [f"# Fedra benchmark suite: {a.profile_label}", "",
          f"- Command: `{a.command_line}`",
          f"- Started {started:%Y-%m-%d %H:%M}, took {wall / 60:.1f} min; {version.splitlines()[0] if version else 'fedra'}, "
@@ -674,9 +674,12 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     started = datetime.datetime.now()
     t0 = time.time()
+    a.commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
+                              text=True).stdout.strip() or "unknown"
     settings = {k: v for k, v in vars(a).items() if k not in ("names", "set", "mode") or k == "mode"}
     settings["set"] = a.set
     settings["started"] = started.isoformat()
+    settings["commit"] = a.commit
     write_json(os.path.join(a.out, "suite.json"), settings)
     jobs = []
     for s in a.strategies:
