@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <mutex>
 
 #include <fmt/ranges.h>
 #include <torch/torch.h>
@@ -116,6 +117,10 @@ at::Tensor SeparableLinearImpl::forward(const at::Tensor& x) {
 }
 
 torch::nn::Sequential build_model(const std::string& spec_text, uint64_t seed) {
+  // Seeding and drawing from torch's global generator must not interleave with another thread's
+  // build: a process hosting virtual clients builds models on many threads at once.
+  static std::mutex build_mutex;
+  std::lock_guard<std::mutex> lock(build_mutex);
   torch::manual_seed(seed);
   return build_model_unseeded(spec_text);
 }

@@ -16,6 +16,10 @@ int configure_threads(int threads);
 // `keep_below_bytes` still use mmap.
 void tune_allocator(uint64_t keep_below_bytes = uint64_t{1} << 30);
 
+// Raises the soft limit on open files to the hard limit: a coordinator of 1,000 clients holds
+// 1,000 sockets, and Debian's default soft limit is 1,024.
+void raise_open_file_limit();
+
 // This process's peak resident set size so far, in bytes (getrusage's ru_maxrss): what
 // summary.json and every metrics line report as the coordinator's peak memory.
 uint64_t peak_rss_bytes();

@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <thread>
+#include <vector>
+
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
@@ -90,11 +93,11 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
   const std::string name = config.name.empty() ? default_name() : config.name;
   WorkerContext ctx;
   ctx.name = name;
-  ctx.threads = configure_threads(config.threads);
+  ctx.threads = config.set_threads ? configure_threads(config.threads) : at::get_num_threads();
   Dataset data;
   std::unique_ptr<tcp::BlockingChannel> channel;
   try {
-    data = load_private_data(config);
+    data = config.data ? *config.data : load_private_data(config);
     ctx.data = &data;
     spdlog::info("worker {}: {} training examples ({} partition, client {}/{})", name, data.size(),
                  config.partition, config.client_index, config.num_clients);
@@ -195,6 +198,65 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
       return 1;
     }
   }
+}
+
+int run_virtual_clients(const WorkerConfig& config, int64_t count, const StrategyRegistry& registry) {
+  FEDRA_REQUIRE(count >= 1, "--virtual-clients must be >= 1, got {}", count);
+  FEDRA_REQUIRE(config.client_index >= 0 && config.client_index + count <= config.num_clients,
+                "--client {}/{} with --virtual-clients {}: clients {}..{} do not exist (0..{})", config.client_index,
+                config.num_clients, count, config.client_index, config.client_index + count - 1,
+                config.num_clients - 1);
+  configure_threads(config.threads);
+  std::vector<std::shared_ptr<const Dataset>> parts;
+  try {
+    DatasetSplits splits = load_dataset(config.dataset, Splits::kTrain);
+    const Partition p = partition_dataset(splits.train.targets, splits.train.num_classes, config.partition,
+                                          config.num_clients, config.seed);
+    for (int64_t i = 0; i < count; ++i) {
+      parts.push_back(std::make_shared<const Dataset>(
+          subset(splits.train, p.clients[static_cast<size_t>(config.client_index + i)])));
+    }
+  } catch (const Error& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  const std::string base = config.name.empty() ? "worker" : config.name;
+  spdlog::info("hosting {} virtual clients ({}-{} .. {}-{} of {}), {} training examples in all", count, base,
+               config.client_index, base, config.client_index + count - 1, config.num_clients,
+               [&] {
+                 int64_t n = 0;
+                 for (const auto& d : parts) n += d->size();
+                 return n;
+               }());
+  std::vector<int> codes(static_cast<size_t>(count), 0);
+  std::vector<std::thread> threads;
+  threads.reserve(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) {
+    WorkerConfig c = config;
+    c.client_index = config.client_index + i;
+    c.name = fmt::format("{}-{}", base, c.client_index);
+    c.data = parts[static_cast<size_t>(i)];
+    c.set_threads = false;
+    threads.emplace_back([c = std::move(c), &codes, &registry, i] {
+      try {
+        codes[static_cast<size_t>(i)] = run_worker(c, registry);
+      } catch (const std::exception& e) {
+        spdlog::error("virtual client {}: {}", c.name, e.what());
+        codes[static_cast<size_t>(i)] = 1;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  int64_t failed = 0;
+  int first = 0;
+  for (int code : codes) {
+    if (code != 0) {
+      ++failed;
+      if (first == 0) first = code;
+    }
+  }
+  if (failed > 0) spdlog::warn("{} of {} virtual clients ended abnormally", failed, count);
+  return first;
 }
 
 }  // namespace fedra

@@ -13,8 +13,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 
+#include "core/dataset.h"
 #include "core/registry.h"
 #include "transport/codec.h"
 
@@ -37,10 +39,24 @@ struct WorkerConfig {
   // Leave the label histogram out of the hello, so nothing about the labels leaves the process
   // (split learning's U-shaped variant keeps labels private).
   bool private_labels = false;
+  // Set by run_virtual_clients: this client's training data, already loaded and partitioned
+  // (`dataset` and `partition` are then not read), and LibTorch's threads left as the host set them.
+  std::shared_ptr<const Dataset> data;
+  bool set_threads = true;
 };
 
 // Returns the process exit code: 0 after a shutdown from the coordinator, 1 on an error, 2 if
 // the coordinator refused the worker.
 int run_worker(const WorkerConfig& config, const StrategyRegistry& registry);
+
+// Hosts `count` virtual clients in this one process: clients client_index ..
+// client_index + count - 1 of num_clients, each with its own connection, its own name
+// (NAME-i, or worker-i) and its own part of the partition, exactly as that many separate
+// `fedra worker --client i/N` processes would have. The dataset is loaded and partitioned once;
+// every client runs run_worker on a thread of its own and sleeps in its socket until the
+// coordinator asks something of it, so a process can hold hundreds of clients of which a few
+// train at a time (FedAvg's `fraction`). LibTorch gets `threads` intra-op threads, shared.
+// Returns 0 if every client ended with 0, otherwise the first other exit code.
+int run_virtual_clients(const WorkerConfig& config, int64_t count, const StrategyRegistry& registry);
 
 }  // namespace fedra

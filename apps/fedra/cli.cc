@@ -80,6 +80,9 @@ struct Groups {
         ("name", po::value<std::string>(), "worker name in logs and metrics; default: host-pid")
         ("client", po::value<std::string>()->default_value("0/1"),
          "I/N: hold part I (from 0) of the dataset partitioned N ways; 0/1: all of it")
+        ("virtual-clients", po::value<int64_t>()->default_value(1),
+         "host this many clients in this process, I .. I+K-1 of --client I/N, each with its own "
+         "connection, name (NAME-i, default worker-i) and part of the data")
         ("connect-timeout", po::value<double>()->default_value(60),
          "seconds to keep retrying the connection");
     data.add_options()
@@ -92,6 +95,9 @@ struct Groups {
          "leaves a worker (for split.labels=worker)");
     simulate.add_options()
         ("workers", po::value<int64_t>()->default_value(10), "worker processes to start")
+        ("clients", po::value<int64_t>()->default_value(0),
+         "clients in all, spread over the --workers processes as virtual clients (each its own "
+         "connection and data partition); 0: one per process")
         ("worker-threads", po::value<int>()->default_value(0),
          "LibTorch threads per worker; 0: cores / workers, at least 1");
     train_model.add_options()

@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
   }
   const std::string cmd = argv[1];
   fedra::tune_allocator();
+  fedra::raise_open_file_limit();
   fedra::StrategyRegistry registry;
   fedra::register_builtin_strategies(registry);
   try {
@@ -89,6 +90,8 @@ int main(int argc, char** argv) {
       case Command::kWorker: {
         const auto config = fedra::cli::worker_config(vm);
         fedra::init_logging(config.name.empty() ? "worker" : config.name, level);
+        const int64_t virtual_clients = vm["virtual-clients"].as<int64_t>();
+        if (virtual_clients > 1) return fedra::run_virtual_clients(config, virtual_clients, registry);
         return fedra::run_worker(config, registry);
       }
       case Command::kSimulate:

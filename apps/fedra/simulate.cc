@@ -26,9 +26,12 @@ int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry
                    const std::string& log_level) {
   const int64_t workers = vm["workers"].as<int64_t>();
   FEDRA_REQUIRE(workers >= 1 && workers <= 1000, "--workers must be between 1 and 1000, got {}", workers);
+  const int64_t clients = vm["clients"].as<int64_t>() > 0 ? vm["clients"].as<int64_t>() : workers;
+  FEDRA_REQUIRE(clients >= workers && clients <= 100000,
+                "--clients must be between --workers ({}) and 100000, got {}", workers, clients);
   CoordinatorConfig config = coordinator_config(vm, registry);
   config.cohort.listen = "127.0.0.1:0";
-  if (!vm.count("min-workers")) config.min_workers = static_cast<size_t>(workers);
+  if (!vm.count("min-workers")) config.min_workers = static_cast<size_t>(clients);
   if (config.out_dir.empty()) config.out_dir = default_out_dir(config.cohort.job.strategy);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   int worker_threads = vm["worker-threads"].as<int>();
@@ -41,20 +44,30 @@ int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry
   const std::string address = coordinator.local_address();
   const std::string log_dir = config.out_dir + "/logs";
   std::filesystem::create_directories(log_dir);
-  spdlog::info("starting {} workers ({} LibTorch thread(s) each); their logs are in {}/", workers,
-               worker_threads, log_dir);
+  if (clients > workers) {
+    spdlog::info("starting {} worker processes hosting {} clients ({} LibTorch thread(s) each); their logs are "
+                 "in {}/", workers, clients, worker_threads, log_dir);
+  } else {
+    spdlog::info("starting {} workers ({} LibTorch thread(s) each); their logs are in {}/", workers,
+                 worker_threads, log_dir);
+  }
 
   const std::string self = self_executable();
   std::vector<ChildProcess> children;
   for (int64_t i = 0; i < workers; ++i) {
-    const std::string name = fmt::format("worker-{}", i);
+    // Process i hosts clients [first, first + count); with one client each it is worker-i.
+    const int64_t first = i * clients / workers;
+    const int64_t count = (i + 1) * clients / workers - first;
+    const std::string name = count == 1 ? fmt::format("worker-{}", first)
+                                        : fmt::format("workers-{}-{}", first, first + count - 1);
     std::vector<std::string> argv = {
         self, "worker",
         "--connect", address,
-        "--name", name,
+        "--name", count == 1 ? name : "worker",
+        "--virtual-clients", std::to_string(count),
         "--dataset", vm["dataset"].as<std::string>(),
         "--partition", vm["partition"].as<std::string>(),
-        "--client", fmt::format("{}/{}", i, workers),
+        "--client", fmt::format("{}/{}", first, clients),
         "--seed", std::to_string(vm["seed"].as<uint64_t>()),
         "--threads", std::to_string(worker_threads),
         "--max-frame-bytes", std::to_string(config.cohort.limits.max_frame_bytes),
@@ -87,7 +100,7 @@ int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry
     }
     if (*status != 0) {
       ++failed_workers;
-      spdlog::warn("worker-{} exited with code {}; see {}", i, *status, children[i].log_path);
+      spdlog::warn("worker process {} exited with code {}; see {}", i, *status, children[i].log_path);
     }
   }
   if (code == 0 && failed_workers > 0) {

@@ -170,6 +170,40 @@ TEST_CASE("a worker killed mid-round with min_results unmet: the round fails wit
   CHECK(lines[6]["test_accuracy"].get<double>() > 0.7);
 }
 
+TEST_CASE("1,000 virtual clients in two processes, 10 sampled per round: coordinator memory stays O(model)") {
+  auto run = [](int clients) {
+    TempDir dir;
+    const int code = run_fedra({"simulate", "--workers", "2", "--clients", std::to_string(clients), "--fedavg.fraction",
+                                std::to_string(10.0 / clients), "--fedavg.rounds", "3", "--test-data",
+                                "fmnist:test_limit=2000", "--out", dir / "out"},
+                               dir / "simulate.log", std::chrono::seconds(300));
+    INFO("log:\n" << read_file(dir / "simulate.log"));
+    REQUIRE(code == 0);
+    const auto summary = nlohmann::json::parse(read_file(dir / "out/summary.json"));
+    CHECK(summary["workers"].size() == static_cast<size_t>(clients));  // every client connected on its own
+    const auto lines = read_jsonl(dir / "out/metrics.jsonl");
+    REQUIRE(lines.size() == 3);
+    for (const auto& l : lines) {
+      CHECK(l["workers_asked"] == 10);
+      CHECK(l["workers_ok"] == 10);
+    }
+    CHECK(lines[2]["test_accuracy"].get<double>() > 0.4);
+    return summary["peak_rss_bytes"].get<double>();
+  };
+  const double rss10 = run(10);
+  const double rss1000 = run(1000);
+  MESSAGE("coordinator peak RSS: 10 clients " << rss10 / 1e6 << " MB, 1000 clients " << rss1000 / 1e6 << " MB");
+  CHECK(rss1000 < rss10 + 50e6);  // 990 more connections, label histograms and byte counters: well under 50 MB
+}
+
+TEST_CASE("a worker asked to host clients that do not exist is refused, naming them") {
+  TempDir dir;
+  const int code = run_fedra({"worker", "--client", "990/1000", "--virtual-clients", "20", "--connect-timeout", "1"},
+                             dir / "worker.log", std::chrono::seconds(60));
+  CHECK(code == 2);
+  CHECK(contains(read_file(dir / "worker.log"), "clients 990..1009 do not exist (0..999)"));
+}
+
 TEST_CASE("a coordinator without enough workers gives up at its deadline with the reason") {
   TempDir dir;
   const int code = run_fedra({"coordinator", "--listen", "127.0.0.1:0", "--min-workers", "2",
