@@ -370,6 +370,7 @@ void decode_into(const InFrame& frame, const Limits& limits, Envelope& env) {
         auto joined = allocate_aligned(received);
         uint64_t off = 0;
         for (auto c : chunks) {
+          if (c.size() == 0) continue;  // an empty chunk's data pointer is null (found by tests/fuzz)
           std::memcpy(joined.get() + off, c.begin(), c.size());
           off += c.size();
         }

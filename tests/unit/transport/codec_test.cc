@@ -216,6 +216,31 @@ TEST_CASE("decode refuses a tensor whose byte count does not match, keeping the 
   CHECK(partial.request_id == 7);
 }
 
+TEST_CASE("a tensor in several chunks, some of them empty, is joined (found by tests/fuzz)") {
+  capnp::MallocMessageBuilder b;
+  auto root = b.initRoot<wire::Envelope>();
+  root.setVersion(kProtocolVersion);
+  root.setKind("fedavg.fit_result");
+  auto t = root.initTensors(1)[0];
+  t.setName("w");
+  t.setDtype(wire::DType::FLOAT32);
+  t.initShape(1).set(0, 2);
+  auto chunks = t.initChunks(3);  // 0 bytes, 8 bytes, 0 bytes
+  auto middle = chunks.init(1, 8);
+  const float values[2] = {1.5f, -2.0f};
+  std::memcpy(middle.begin(), values, 8);
+  const auto flat = capnp::messageToFlatArray(b);
+  const auto bytes = flat.asBytes();
+  const Envelope out = decode(
+      InFrame::from_bytes(reinterpret_cast<const std::byte*>(bytes.begin()), bytes.size(), Limits{}), Limits{});
+  REQUIRE(out.tensors.size() == 1);
+  REQUIRE(out.tensors[0].nbytes == 8);
+  float got[2];
+  std::memcpy(got, out.tensors[0].data, 8);
+  CHECK(got[0] == 1.5f);
+  CHECK(got[1] == -2.0f);
+}
+
 TEST_CASE("decode refuses an unknown dtype code") {
   const auto bytes = raw_frame(42, {2}, 8);
   const InFrame frame = InFrame::from_bytes(bytes.data(), bytes.size(), Limits{});
