@@ -2,9 +2,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "core/model.h"
 #include "core/process.h"
 #include "transport/codec.h"
 
@@ -42,7 +47,44 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
                    config_.test_data);
     }
   }
-  recorder_ = std::make_unique<RunRecorder>(config_.out_dir);
+  if (config_.resume) {
+    FEDRA_REQUIRE(!config_.out_dir.empty(), "--resume needs the run's directory");
+    FEDRA_REQUIRE(strategy_->resumable(),
+                  "strategy '{}' keeps no checkpoints, so it cannot resume (fedavg does; see docs/running.md)",
+                  job.strategy);
+    const std::string state_path = config_.out_dir + "/checkpoint/state.json";
+    std::ifstream in(state_path);
+    FEDRA_REQUIRE(in.good(), "cannot resume: '{}' does not exist (no round of that run completed, or it was "
+                  "not a run of a strategy that checkpoints)", state_path);
+    nlohmann::json state;
+    try {
+      state = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      FEDRA_FAIL("cannot resume: '{}' is not valid JSON: {}", state_path, e.what());
+    }
+    for (const auto& [key, want] : {std::pair<std::string, std::string>{"strategy", job.strategy},
+                                    {"model", job.model}, {"seed", std::to_string(job.seed)}}) {
+      const std::string had = state.value(key, std::string());
+      FEDRA_REQUIRE(had == want, "cannot resume: the checkpoint's {} is '{}', this run's is '{}'", key, had, want);
+    }
+    std::vector<std::string> changed;
+    if (state.contains("config") && state["config"].is_object()) {
+      const auto now = checkpoint_config();
+      for (const auto& [key, value] : now.items()) {
+        const std::string before = state["config"].value(key, std::string("(unset)"));
+        if (before != value.get<std::string>() && key != "out" && key != "resume" && key != "log-level") {
+          changed.push_back(fmt::format("{} {} -> {}", key, before, value.get<std::string>()));
+        }
+      }
+    }
+    if (!changed.empty()) {
+      spdlog::warn("resuming with options that differ from the checkpointed run: {}", fmt::join(changed, ", "));
+    }
+    resume_round_ = state.value("round", 0u);
+    resume_state_ = load_model_file(config_.out_dir + "/checkpoint/" + state.value("state_file", std::string()));
+    spdlog::info("resuming {} from its checkpoint after round {}", config_.out_dir, resume_round_);
+  }
+  recorder_ = std::make_unique<RunRecorder>(config_.out_dir, config_.resume ? int64_t{resume_round_} : -1);
   cohort_ = std::make_unique<Cohort>(config_.cohort);
   if (!config_.port_file.empty()) {
     const std::string addr = cohort_->local_address();
@@ -53,6 +95,13 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
 }
 
 Coordinator::~Coordinator() = default;
+
+nlohmann::ordered_json Coordinator::checkpoint_config() const {
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : config_.resolved_config) j[k] = v;
+  for (const auto& [k, v] : config_.cohort.job.options.values()) j[config_.cohort.job.strategy + "." + k] = v;
+  return j;
+}
 
 std::string Coordinator::local_address() const { return cohort_->local_address(); }
 
@@ -74,6 +123,33 @@ int Coordinator::run() {
   ctx.threads = config_.threads;
   ctx.wait_timeout = config_.wait_timeout;
   ctx.stop_requested = [this] { return cohort_->stop_requested(); };
+  ctx.resume_round = resume_round_;
+  ctx.resume_state = std::move(resume_state_);
+  if (!config_.out_dir.empty() && strategy_->resumable()) {
+    // The state goes to a file of its round first, then state.json names it (both written
+    // atomically: temporary file, fsync, rename), then older state files go. A crash at any
+    // point leaves a state.json that names a complete file.
+    ctx.checkpoint = [this](uint32_t round, const NamedTensors& state) {
+      const std::string dir = config_.out_dir + "/checkpoint";
+      std::error_code ec;
+      std::filesystem::create_directories(dir, ec);
+      FEDRA_REQUIRE(!ec, "cannot create '{}': {}", dir, ec.message());
+      const std::string file = fmt::format("round-{}.bin", round);
+      save_model_file(dir + "/" + file, state);
+      nlohmann::ordered_json j;
+      j["round"] = round;
+      j["state_file"] = file;
+      j["strategy"] = config_.cohort.job.strategy;
+      j["model"] = config_.cohort.job.model;
+      j["seed"] = std::to_string(config_.cohort.job.seed);
+      j["config"] = checkpoint_config();
+      write_file_atomically(dir + "/state.json", j.dump(2) + "\n");
+      for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.rfind("round-", 0) == 0 && name != file) std::filesystem::remove(e.path(), ec);
+      }
+    };
+  }
   ctx.report_round = [&](uint32_t round, uint32_t total, Metrics line) {
     Metrics full;
     full.emplace_back("strategy", ctx.job.strategy);

@@ -14,6 +14,8 @@
 #include <memory>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "core/cohort.h"
 #include "core/metrics.h"
 #include "core/registry.h"
@@ -28,6 +30,9 @@ struct CoordinatorConfig {
   int threads = 0;        // LibTorch intra-op threads; 0: all cores
   std::string out_dir;    // metrics.jsonl and summary.json; empty: none
   std::string port_file;  // if set, the bound port is written here once listening
+  // Continue the run in out_dir from its last checkpoint (OUT/checkpoint/state.json): the
+  // strategy's state and round are restored and metrics.jsonl keeps the rounds before it.
+  bool resume = false;
   std::map<std::string, std::string> resolved_config;  // recorded in summary.json
 };
 
@@ -45,6 +50,10 @@ class Coordinator {
   std::unique_ptr<CoordinatorStrategy> strategy_;
   DatasetSplits test_data_;
   std::unique_ptr<RunRecorder> recorder_;
+  // Every resolved option, as recorded with each checkpoint and compared on --resume.
+  nlohmann::ordered_json checkpoint_config() const;
+  uint32_t resume_round_ = 0;
+  NamedTensors resume_state_;
   std::unique_ptr<Cohort> cohort_;
 };
 

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -52,13 +53,38 @@ void write_file_atomically(const std::string& path, const std::string& text) {
                 path, std::strerror(errno));
 }
 
-RunRecorder::RunRecorder(std::string out_dir) : out_dir_(std::move(out_dir)) {
+RunRecorder::RunRecorder(std::string out_dir, int64_t keep_rounds) : out_dir_(std::move(out_dir)) {
   if (out_dir_.empty()) return;
   std::error_code ec;
   std::filesystem::create_directories(out_dir_, ec);
   FEDRA_REQUIRE(!ec, "cannot create output directory '{}': {}", out_dir_, ec.message());
   const std::string path = out_dir_ + "/metrics.jsonl";
-  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+  if (keep_rounds >= 0) {
+    std::ifstream in(path);
+    std::string line, kept;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      nlohmann::ordered_json j;
+      try {
+        j = nlohmann::ordered_json::parse(line);
+      } catch (const nlohmann::json::exception&) {
+        break;  // a line cut short by the crash: nothing after it was recorded
+      }
+      if (j.value("round", int64_t{0}) > keep_rounds) break;
+      Metrics m;
+      for (const auto& [k, v] : j.items()) {
+        if (v.is_number_integer()) m.emplace_back(k, v.get<int64_t>());
+        else if (v.is_number()) m.emplace_back(k, v.get<double>());
+        else if (v.is_string()) m.emplace_back(k, v.get<std::string>());
+      }
+      rounds_.push_back(std::move(m));
+      kept += line + "\n";
+    }
+    write_file_atomically(path, kept);
+    flags = O_WRONLY | O_APPEND | O_CLOEXEC;
+  }
+  fd_ = ::open(path.c_str(), flags, 0644);
   FEDRA_REQUIRE(fd_ >= 0, "cannot create '{}': {} (is the directory writable?)", path,
                 std::strerror(errno));
 }

@@ -33,7 +33,9 @@ struct RunSummary {
 class RunRecorder {
  public:
   // Creates `out_dir` if needed and truncates metrics.jsonl; empty `out_dir` records nothing.
-  explicit RunRecorder(std::string out_dir);
+  // With keep_rounds >= 0 (resuming), metrics.jsonl keeps its lines of rounds 1..keep_rounds
+  // (rewritten atomically, later lines dropped: those rounds run again) and is appended to.
+  explicit RunRecorder(std::string out_dir, int64_t keep_rounds = -1);
   ~RunRecorder();
 
   void record_round(const Metrics& line);

@@ -26,7 +26,14 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
   initialize(ctx);
   const RoundConfig cfg = round_config();
   const auto total = static_cast<uint32_t>(cfg.rounds);
-  for (uint32_t round = 1; round <= total; ++round) {
+  if (ctx.resume_round > 0) {
+    FEDRA_REQUIRE(resumable(), "this strategy keeps no checkpoints, so it cannot resume");
+    FEDRA_REQUIRE(ctx.resume_round <= total, "the checkpoint is of round {}, but the job has {} rounds",
+                  ctx.resume_round, total);
+    restore(std::move(ctx.resume_state));
+    spdlog::info("resuming after round {} of {}", ctx.resume_round, total);
+  }
+  for (uint32_t round = ctx.resume_round + 1; round <= total; ++round) {
     if (ctx.stop_requested()) FEDRA_FAIL("interrupted before round {}", round);
     const auto needed = static_cast<size_t>(cfg.min_workers);
     if (cohort.size() < needed) {
@@ -92,6 +99,7 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
     line.emplace_back("fit_s", fit_s);
     line.emplace_back("eval_s", eval_s);
     ctx.report_round(round, total, std::move(line));
+    if (resumable() && ctx.checkpoint) ctx.checkpoint(round, checkpoint_state());
   }
 }
 

@@ -11,7 +11,9 @@
 //                   with the failures as explicit input; throwing fails the round (the model
 //                   stays as it was and the reason is recorded)
 //   evaluate        optional server-side evaluation of the current model
-// Each round ends with one metrics line (ctx.report_round). If fewer than min_workers are
+// Each round ends with one metrics line (ctx.report_round) and, for a resumable() subclass, a
+// checkpoint (ctx.checkpoint); with ctx.resume_round > 0 the loop restores the saved state and
+// continues with the next round. If fewer than min_workers are
 // connected the loop waits for them up to ctx.wait_timeout, then fails the run.
 #pragma once
 
@@ -49,6 +51,11 @@ class RoundStrategy : public CoordinatorStrategy {
     (void)ctx;
     return {};
   }
+  // Checkpoint and resume: a subclass that returns true from resumable() hands its whole state
+  // to checkpoint_state() after every round (for FedAvg, the global model: worker sampling and
+  // local seeds follow from the job seed and the round) and takes it back in restore().
+  virtual NamedTensors checkpoint_state() const { return {}; }
+  virtual void restore(NamedTensors state) { (void)state; }
 };
 
 }  // namespace fedra

@@ -59,6 +59,12 @@ struct RunContext {
   std::function<void(uint32_t round, uint32_t total_rounds, Metrics)> report_round;
   // True once the user asked the coordinator to stop (SIGINT/SIGTERM).
   std::function<bool()> stop_requested = [] { return false; };
+  // Checkpoints (strategies that say resumable()): called after every round with the state to
+  // keep; the runtime writes it atomically under OUT/checkpoint/. Unset when there is no --out.
+  std::function<void(uint32_t round, const NamedTensors& state)> checkpoint;
+  // With --resume: the last checkpointed round (0: a fresh start) and the state saved with it.
+  uint32_t resume_round = 0;
+  NamedTensors resume_state;
 };
 
 // The worker's side of an exchange (Cohort::exchange): while handle() runs, a strategy can send
@@ -89,6 +95,8 @@ class CoordinatorStrategy {
  public:
   virtual ~CoordinatorStrategy() = default;
   virtual void run(Cohort& cohort, RunContext& ctx) = 0;
+  // True if run() checkpoints through ctx.checkpoint and continues from ctx.resume_round.
+  virtual bool resumable() const { return false; }
 };
 
 class WorkerStrategy {

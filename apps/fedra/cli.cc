@@ -74,7 +74,10 @@ struct Groups {
          "fmnist; 'none' to skip evaluation");
     output.add_options()
         ("out", po::value<std::string>(),
-         "directory for metrics.jsonl and summary.json (docs/outputs.md)");
+         "directory for metrics.jsonl and summary.json (docs/outputs.md)")
+        ("resume", po::value<std::string>(),
+         "continue the run in this directory from its last checkpoint (fedavg writes one after "
+         "every round); give the same options as the first time");
     worker.add_options()
         ("connect", po::value<std::string>()->default_value("127.0.0.1:7000"), "coordinator HOST:PORT")
         ("name", po::value<std::string>(), "worker name in logs and metrics; default: host-pid")
@@ -276,6 +279,13 @@ CoordinatorConfig coordinator_config(const po::variables_map& vm, const Strategy
   c.threads = std::max(0, vm["threads"].as<int>());
   if (vm.count("dump-frames")) c.cohort.dump_frames_dir = vm["dump-frames"].as<std::string>();
   if (vm.count("out")) c.out_dir = vm["out"].as<std::string>();
+  if (vm.count("resume")) {
+    const std::string dir = vm["resume"].as<std::string>();
+    FEDRA_REQUIRE(c.out_dir.empty() || std::filesystem::path(c.out_dir) == std::filesystem::path(dir),
+                  "--resume {} continues that run in place; --out {} names another directory", dir, c.out_dir);
+    c.out_dir = dir;
+    c.resume = true;
+  }
   if (vm.count("port-file")) c.port_file = vm["port-file"].as<std::string>();
   c.resolved_config = resolved(vm);
   return c;

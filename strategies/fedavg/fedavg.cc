@@ -48,6 +48,13 @@ class FedAvgCoordinator : public RoundStrategy {
     return c;
   }
 
+  bool resumable() const override { return true; }
+  NamedTensors checkpoint_state() const override { return global_; }
+  void restore(NamedTensors state) override {
+    check_layout(global_, state);  // the checkpoint must be of this model
+    global_ = std::move(state);
+  }
+
   Message configure_fit(uint32_t round, const WorkerInfo& worker) override {
     Message m(kFit, round);
     m.tensors = global_;  // shared, not copied: the frames reference this memory

@@ -204,6 +204,61 @@ TEST_CASE("a worker asked to host clients that do not exist is refused, naming t
   CHECK(contains(read_file(dir / "worker.log"), "clients 990..1009 do not exist (0..999)"));
 }
 
+TEST_CASE("a coordinator SIGKILLed mid-run resumes from its checkpoint: no round lost or repeated") {
+  TempDir dir;
+  const std::vector<std::string> options = {"simulate", "--workers", "3", "--dataset", "fmnist:limit=3000",
+                                            "--test-data", "fmnist:test_limit=1000", "--fedavg.rounds", "6",
+                                            "--fedavg.local_epochs", "3"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = options;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  REQUIRE(run_fedra(with({"--out", dir / "reference"}), dir / "reference.log", std::chrono::seconds(300)) == 0);
+
+  const ChildProcess first = start_fedra(with({"--out", dir / "run"}), dir / "first.log");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  auto recorded = [&] {
+    const std::string text = read_file(dir / "run/metrics.jsonl");
+    return std::count(text.begin(), text.end(), '\n');
+  };
+  while (recorded() < 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill_child(first);  // SIGKILL: no summary, no goodbye; its workers see the connection drop
+  const auto state = nlohmann::json::parse(read_file(dir / "run/checkpoint/state.json"));
+  const int64_t checkpointed = state["round"].get<int64_t>();
+  MESSAGE("killed after round " << checkpointed << " was checkpointed; metrics.jsonl had "
+                                << read_jsonl(dir / "run/metrics.jsonl").size() << " lines");
+  CHECK(checkpointed >= 2);
+  CHECK(checkpointed < 6);
+
+  const int code = run_fedra(with({"--resume", dir / "run"}), dir / "resume.log", std::chrono::seconds(300));
+  INFO("resume log:\n" << read_file(dir / "resume.log"));
+  REQUIRE(code == 0);
+  CHECK(contains(read_file(dir / "resume.log"), fmt::format("checkpoint after round {}", checkpointed)));
+  const auto lines = read_jsonl(dir / "run/metrics.jsonl");
+  const auto reference = read_jsonl(dir / "reference/metrics.jsonl");
+  REQUIRE(lines.size() == 6);
+  for (size_t i = 0; i < lines.size(); ++i) CHECK(lines[i]["round"] == static_cast<int64_t>(i + 1));
+  // Worker sampling and local seeds follow from the job seed and the round, so the resumed run
+  // is the uninterrupted one, round for round.
+  for (size_t i = 0; i < lines.size(); ++i) {
+    CHECK(lines[i]["test_accuracy"].get<double>() == doctest::Approx(reference[i]["test_accuracy"].get<double>()).epsilon(0.01));
+  }
+  CHECK(nlohmann::json::parse(read_file(dir / "run/summary.json"))["status"] == "completed");
+  CHECK(nlohmann::json::parse(read_file(dir / "run/checkpoint/state.json"))["round"] == 6);
+}
+
+TEST_CASE("--resume is refused clearly: no checkpoint there, or a strategy that keeps none") {
+  TempDir dir;
+  CHECK(run_fedra({"simulate", "--workers", "1", "--resume", dir / "nothing"}, dir / "a.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "a.log"), "cannot resume: '" + (dir / "nothing") + "/checkpoint/state.json' does not exist"));
+  CHECK(run_fedra({"simulate", "--workers", "1", "--strategy", "gradsum", "--resume", dir / "nothing"}, dir / "b.log",
+                  std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "b.log"), "strategy 'gradsum' keeps no checkpoints, so it cannot resume"));
+}
+
 TEST_CASE("a coordinator without enough workers gives up at its deadline with the reason") {
   TempDir dir;
   const int code = run_fedra({"coordinator", "--listen", "127.0.0.1:0", "--min-workers", "2",
