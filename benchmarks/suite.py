@@ -65,6 +65,8 @@ PARTITIONS = ["iid", "dirichlet:alpha=0.3", "shards:k=2"]
 CNN_WEIGHTS = 1_663_370
 BOTTOM_WEIGHTS = 832  # conv1: 32 x 1 x 5 x 5 + 32
 CUT_FLOATS = 32 * 14 * 14  # pool1's output per example
+# In bytes (float32), as the closed forms use them: N (the model), q (the cut per example), ηN.
+N_BYTES, Q_BYTES, ETA_N_BYTES = CNN_WEIGHTS * 4, CUT_FLOATS * 4, BOTTOM_WEIGHTS * 4
 
 COLOURS = {"fedavg": "#1b9e77", "gradsum": "#d95f02", "split": "#7570b3", "split-u": "#e7298a",
            "psl": "#66a61e", "train": "#000000"}
@@ -292,10 +294,7 @@ class Suite:
                 # The second epoch alone: the steady state, handshakes excluded.
                 measured = (lines[-1]["bytes_up"] + lines[-1]["bytes_down"] -
                             lines[-2]["bytes_up"] - lines[-2]["bytes_down"])
-                N = CNN_WEIGHTS * 4
-                q = CUT_FLOATS * 4
-                eta_n = BOTTOM_WEIGHTS * 4
-                form = 2 * N * K if strategy == "fedavg" else 2 * p * q + 2 * eta_n * K
+                form = 2 * N_BYTES * K if strategy == "fedavg" else 2 * p * Q_BYTES + 2 * ETA_N_BYTES * K
                 self.crossover.append(dict(strategy=strategy, K=K, p=p, measured_bytes=measured,
                                            closed_form_bytes=form, ratio=measured / form,
                                            wall_s=round(time.time() - t0, 2)))
@@ -402,8 +401,7 @@ def plot(suite):
 
     if suite.crossover:
         p = suite.crossover[0]["p"]
-        N, q, eta_n = CNN_WEIGHTS * 4, CUT_FLOATS * 4, BOTTOM_WEIGHTS * 4  # bytes
-        eta = BOTTOM_WEIGHTS / CNN_WEIGHTS
+        N, q, eta_n = N_BYTES, Q_BYTES, ETA_N_BYTES
 
         def k_star(examples, handovers):  # K beyond which split learning sends fewer bytes
             return 2 * examples * q / (2 * N - handovers * eta_n)

@@ -69,11 +69,10 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
     }
     std::vector<std::string> changed;
     if (state.contains("config") && state["config"].is_object()) {
-      const auto now = checkpoint_config();
-      for (const auto& [key, value] : now.items()) {
+      for (const auto& [key, value] : all_options()) {
         const std::string before = state["config"].value(key, std::string("(unset)"));
-        if (before != value.get<std::string>() && key != "out" && key != "resume" && key != "log-level") {
-          changed.push_back(fmt::format("{} {} -> {}", key, before, value.get<std::string>()));
+        if (before != value && key != "out" && key != "resume" && key != "log-level") {
+          changed.push_back(fmt::format("{} {} -> {}", key, before, value));
         }
       }
     }
@@ -96,11 +95,10 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
 
 Coordinator::~Coordinator() = default;
 
-nlohmann::ordered_json Coordinator::checkpoint_config() const {
-  nlohmann::ordered_json j = nlohmann::ordered_json::object();
-  for (const auto& [k, v] : config_.resolved_config) j[k] = v;
-  for (const auto& [k, v] : config_.cohort.job.options.values()) j[config_.cohort.job.strategy + "." + k] = v;
-  return j;
+std::map<std::string, std::string> Coordinator::all_options() const {
+  std::map<std::string, std::string> all = config_.resolved_config;
+  for (const auto& [k, v] : config_.cohort.job.options.values()) all.emplace(config_.cohort.job.strategy + "." + k, v);
+  return all;
 }
 
 std::string Coordinator::local_address() const { return cohort_->local_address(); }
@@ -110,10 +108,7 @@ int Coordinator::run() {
   auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   RunSummary summary;
   summary.strategy = config_.cohort.job.strategy;
-  summary.config = config_.resolved_config;
-  for (const auto& [k, v] : config_.cohort.job.options.values()) {
-    summary.config.emplace(config_.cohort.job.strategy + "." + k, v);
-  }
+  summary.config = all_options();
 
   RunContext ctx;
   ctx.job = config_.cohort.job;
@@ -142,7 +137,7 @@ int Coordinator::run() {
       j["strategy"] = config_.cohort.job.strategy;
       j["model"] = config_.cohort.job.model;
       j["seed"] = std::to_string(config_.cohort.job.seed);
-      j["config"] = checkpoint_config();
+      j["config"] = all_options();
       write_file_atomically(dir + "/state.json", j.dump(2) + "\n");
       for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
         const std::string name = e.path().filename().string();

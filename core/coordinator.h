@@ -14,8 +14,6 @@
 #include <memory>
 #include <string>
 
-#include <nlohmann/json.hpp>
-
 #include "core/cohort.h"
 #include "core/metrics.h"
 #include "core/registry.h"
@@ -50,8 +48,9 @@ class Coordinator {
   std::unique_ptr<CoordinatorStrategy> strategy_;
   DatasetSplits test_data_;
   std::unique_ptr<RunRecorder> recorder_;
-  // Every resolved option, as recorded with each checkpoint and compared on --resume.
-  nlohmann::ordered_json checkpoint_config() const;
+  // Every resolved option, strategy options as STRATEGY.NAME: summary.json's config, recorded
+  // with each checkpoint and compared on --resume.
+  std::map<std::string, std::string> all_options() const;
   uint32_t resume_round_ = 0;
   NamedTensors resume_state_;
   std::unique_ptr<Cohort> cohort_;

@@ -25,15 +25,21 @@ std::string default_name() {
   return fmt::format("{}-{}", host, ::getpid());
 }
 
-Dataset load_private_data(const WorkerConfig& c) {
+// The training data of clients client_index .. client_index + count - 1: the dataset loaded and
+// partitioned once, whatever the count.
+std::vector<Dataset> load_private_data(const WorkerConfig& c, int64_t count = 1) {
   DatasetSplits splits = load_dataset(c.dataset, Splits::kTrain);
-  if (c.num_clients <= 1) return std::move(splits.train);
+  if (c.num_clients <= 1) return {std::move(splits.train)};
   FEDRA_REQUIRE(c.client_index >= 0 && c.client_index < c.num_clients,
                 "--client {}/{}: the index must be in 0..{}", c.client_index, c.num_clients,
                 c.num_clients - 1);
   Partition p = partition_dataset(splits.train.targets, splits.train.num_classes, c.partition,
                                   c.num_clients, c.seed);
-  return subset(splits.train, p.clients[static_cast<size_t>(c.client_index)]);
+  std::vector<Dataset> parts;
+  for (int64_t i = 0; i < count; ++i) {
+    parts.push_back(subset(splits.train, p.clients[static_cast<size_t>(c.client_index + i)]));
+  }
+  return parts;
 }
 
 Message error_reply(const Message& request, ErrorKind kind, const std::string& what) {
@@ -97,7 +103,7 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
   Dataset data;
   std::unique_ptr<tcp::BlockingChannel> channel;
   try {
-    data = config.data ? *config.data : load_private_data(config);
+    data = config.data ? *config.data : std::move(load_private_data(config).front());
     ctx.data = &data;
     spdlog::info("worker {}: {} training examples ({} partition, client {}/{})", name, data.size(),
                  config.partition, config.client_index, config.num_clients);
@@ -209,13 +215,7 @@ int run_virtual_clients(const WorkerConfig& config, int64_t count, const Strateg
   configure_threads(config.threads);
   std::vector<std::shared_ptr<const Dataset>> parts;
   try {
-    DatasetSplits splits = load_dataset(config.dataset, Splits::kTrain);
-    const Partition p = partition_dataset(splits.train.targets, splits.train.num_classes, config.partition,
-                                          config.num_clients, config.seed);
-    for (int64_t i = 0; i < count; ++i) {
-      parts.push_back(std::make_shared<const Dataset>(
-          subset(splits.train, p.clients[static_cast<size_t>(config.client_index + i)])));
-    }
+    for (Dataset& d : load_private_data(config, count)) parts.push_back(std::make_shared<const Dataset>(std::move(d)));
   } catch (const Error& e) {
     spdlog::error("{}", e.what());
     return 1;

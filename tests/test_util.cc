@@ -1,5 +1,7 @@
 #include "tests/test_util.h"
 
+#include <algorithm>
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -75,6 +77,16 @@ std::string wait_for_file(const std::string& path, std::chrono::seconds timeout)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   FEDRA_FAIL("'{}' did not appear within {} s", path, timeout.count());
+}
+
+void wait_for_lines(const std::string& path, size_t lines, std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const std::string s = read_file(path);
+    if (static_cast<size_t>(std::count(s.begin(), s.end(), '\n')) >= lines) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  FEDRA_FAIL("'{}' did not reach {} lines within {} s", path, lines, timeout.count());
 }
 
 }  // namespace fedra::test

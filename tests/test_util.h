@@ -38,5 +38,8 @@ ChildProcess start_fedra(const std::vector<std::string>& args, const std::string
 int finish(const ChildProcess& child, std::chrono::seconds timeout);
 // Waits until `path` exists and is non-empty (a --port-file), or throws after `timeout`.
 std::string wait_for_file(const std::string& path, std::chrono::seconds timeout);
+// Waits until `path` (a metrics.jsonl being written) holds at least `lines` complete lines, or
+// throws after `timeout`.
+void wait_for_lines(const std::string& path, size_t lines, std::chrono::seconds timeout);
 
 }  // namespace fedra::test

@@ -121,10 +121,7 @@ std::vector<nlohmann::json> kill_and_rejoin(const TempDir& dir, int min_results)
   std::vector<ChildProcess> workers;
   for (int i = 0; i < 3; ++i) workers.push_back(start_worker(i, "worker-" + std::to_string(i) + ".log"));
   // Round 1 recorded means round 2 has just been sent out; its local training takes seconds.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (!contains(read_file(dir / "out/metrics.jsonl"), "\n") && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  wait_for_lines(dir / "out/metrics.jsonl", 1, std::chrono::seconds(120));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   kill_child(workers[2]);
   const ChildProcess again = start_worker(2, "worker-2-again.log");
@@ -217,14 +214,7 @@ TEST_CASE("a coordinator SIGKILLed mid-run resumes from its checkpoint: no round
   REQUIRE(run_fedra(with({"--out", dir / "reference"}), dir / "reference.log", std::chrono::seconds(300)) == 0);
 
   const ChildProcess first = start_fedra(with({"--out", dir / "run"}), dir / "first.log");
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  auto recorded = [&] {
-    const std::string text = read_file(dir / "run/metrics.jsonl");
-    return std::count(text.begin(), text.end(), '\n');
-  };
-  while (recorded() < 3 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  wait_for_lines(dir / "run/metrics.jsonl", 3, std::chrono::seconds(120));
   kill_child(first);  // SIGKILL: no summary, no goodbye; its workers see the connection drop
   const auto state = nlohmann::json::parse(read_file(dir / "run/checkpoint/state.json"));
   const int64_t checkpointed = state["round"].get<int64_t>();
