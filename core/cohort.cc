@@ -11,6 +11,7 @@
 
 #include "core/protocol.h"
 #include "transport/tcp/connection.h"
+#include "transport/tcp/tls.h"
 
 namespace fedra {
 
@@ -74,7 +75,21 @@ struct Cohort::Impl {
     config.limits.validate();
     budget = std::make_shared<tcp::ReceiveBudget>(config.receive_budget_bytes);
     if (!config.dump_frames_dir.empty()) dumper = std::make_shared<tcp::FrameDumper>(config.dump_frames_dir);
-    listener = std::make_unique<tcp::Listener>(io, tcp::parse_endpoint(config.listen),
+    const tcp::Endpoint endpoint = tcp::parse_endpoint(config.listen);
+    FEDRA_REQUIRE(config.tls || config.insecure || tcp::is_loopback_host(endpoint.host),
+                  "refusing to listen on {} without TLS: anyone who can reach it could join, and "
+                  "the model and every update would cross the network in clear text. Give "
+                  "--tls-cert and --tls-key (and --tls-ca for mutual TLS; `fedra certs` makes a "
+                  "test set), or --insecure on a network you trust",
+                  config.listen);
+    if (config.tls) {
+      spdlog::info("{}", config.tls->describe());
+    } else if (!tcp::is_loopback_host(endpoint.host)) {
+      spdlog::warn("listening on {} without TLS (--insecure): traffic is readable and any host "
+                   "that can reach the port may join{}", config.listen,
+                   config.token.empty() ? " (and there is no --token)" : "");
+    }
+    listener = std::make_unique<tcp::Listener>(io, endpoint,
                                                [this](asio::ip::tcp::socket s) { accept(std::move(s)); });
     signals.emplace(io, SIGINT, SIGTERM);
     wait_signal();
@@ -97,7 +112,7 @@ struct Cohort::Impl {
   void accept(asio::ip::tcp::socket socket) {
     auto m = std::make_shared<Member>();
     m->info.id = next_id++;
-    m->conn = tcp::Connection::create(std::move(socket), config.limits, budget);
+    m->conn = tcp::Connection::create(std::move(socket), config.limits, budget, config.tls);
     m->conn->set_dumper(dumper);
     m->info.address = m->conn->peer();
     members[m->info.id] = m;
@@ -203,6 +218,7 @@ struct Cohort::Impl {
                              "coordinator's (check --token on both sides)"));
     }
     m.info.name = hi.sender.empty() ? fmt::format("worker-{}", m.info.id) : hi.sender;
+    m.info.certificate = m.conn->peer_certificate();
     m.info.num_examples = static_cast<int64_t>(hi.metric_or("num_examples", 0));
     for (const auto& [name, t] : hi.tensors) {
       if (name != "label_histogram") continue;
@@ -216,8 +232,11 @@ struct Cohort::Impl {
     m.handshake_timer->cancel();
     Message welcome = protocol::make_welcome(config.job, m.info.id);
     m.conn->send(transport::encode(to_envelope(welcome), config.limits));
-    spdlog::info("worker {} joined from {} ({} examples{}); {} connected", m.info.name,
-                 m.info.address, m.info.num_examples,
+    spdlog::info("worker {} joined from {}{} ({} examples{}); {} connected", m.info.name,
+                 m.info.address,
+                 m.info.certificate.empty() ? std::string()
+                                            : fmt::format(" with certificate '{}'", m.info.certificate),
+                 m.info.num_examples,
                  m.info.label_histogram.empty()
                      ? std::string()
                      : fmt::format(", labels {}", fmt::join(m.info.label_histogram, "/")),

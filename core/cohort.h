@@ -37,6 +37,7 @@ namespace fedra {
 
 namespace transport::tcp {
 struct Endpoint;
+class TlsContext;
 }
 
 using WorkerId = uint64_t;
@@ -47,6 +48,7 @@ struct WorkerInfo {
   WorkerId id = 0;
   std::string name;
   std::string address;
+  std::string certificate;  // subject of the TLS certificate it presented ("" if none)
   int64_t num_examples = 0;
   std::vector<int64_t> label_histogram;
 };
@@ -73,6 +75,10 @@ struct CohortConfig {
   std::string listen = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free port
   transport::Limits limits;
   std::string token;  // required from workers when not empty
+  // TLS in the server role (transport/tcp/tls.h); null: plain TCP, which is refused on a
+  // non-loopback listen address unless `insecure`.
+  std::shared_ptr<transport::tcp::TlsContext> tls;
+  bool insecure = false;
   std::chrono::milliseconds handshake_timeout{10000};
   uint64_t receive_budget_bytes = uint64_t{512} << 20;
   std::string dump_frames_dir;  // if set, every frame is written there (docs/protocol.md)

@@ -109,7 +109,8 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
                  config.partition, config.client_index, config.num_clients);
     channel = tcp::BlockingChannel::connect(
         tcp::parse_endpoint(config.coordinator), config.limits, config.connect_timeout,
-        config.dump_frames_dir.empty() ? nullptr : std::make_shared<tcp::FrameDumper>(config.dump_frames_dir));
+        config.dump_frames_dir.empty() ? nullptr : std::make_shared<tcp::FrameDumper>(config.dump_frames_dir),
+        config.tls);
     Message hello(protocol::kHello);
     hello.sender = name;
     if (!config.token.empty()) hello.options["token"] = config.token;
@@ -138,7 +139,15 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     spdlog::info("joined {} as worker #{}: strategy {}, model {}", channel->peer(), ctx.worker_id,
                  ctx.job.strategy, ctx.job.model);
   } catch (const Error& e) {
-    spdlog::error("handshake with {} failed: {}", config.coordinator, e.what());
+    const std::string what = e.what();
+    if (what.rfind("TLS handshake", 0) == 0) {
+      spdlog::error("{}", what);
+    } else {
+      spdlog::error("handshake with {} failed: {}{}", config.coordinator, what,
+                    !config.tls && e.kind() == ErrorKind::kDisconnected
+                        ? " (before welcoming this worker: if the coordinator requires TLS, give --tls-ca)"
+                        : "");
+    }
     return 1;
   }
 

@@ -22,6 +22,10 @@
 
 namespace fedra {
 
+namespace transport::tcp {
+class TlsContext;
+}
+
 struct WorkerConfig {
   std::string coordinator = "127.0.0.1:7000";  // HOST:PORT
   std::string name;                            // default: hostname-pid
@@ -36,6 +40,8 @@ struct WorkerConfig {
   std::chrono::milliseconds handshake_timeout{30000};
   transport::Limits limits;
   std::string dump_frames_dir;  // if set, every frame is written there (docs/protocol.md)
+  // TLS in the client role (transport/tcp/tls.h); null: plain TCP. Shared by virtual clients.
+  std::shared_ptr<transport::tcp::TlsContext> tls;
   // Leave the label histogram out of the hello, so nothing about the labels leaves the process
   // (split learning's U-shaped variant keeps labels private).
   bool private_labels = false;

@@ -11,6 +11,7 @@ packages=(
   libcapnp-dev capnproto
   libasio-dev libboost-program-options-dev
   libfmt-dev libspdlog-dev nlohmann-json3-dev zlib1g-dev
+  libssl-dev
   doctest-dev libbenchmark-dev
   # data: Fashion-MNIST as gzip IDX files under /usr/share/datasets/fashion-mnist
   dataset-fashion-mnist

@@ -6,6 +6,8 @@
 
 #include <fmt/ranges.h>
 
+#include "transport/tcp/tls.h"
+
 namespace fedra::cli {
 
 namespace {
@@ -15,6 +17,10 @@ struct Groups {
   po::options_description job{"Job (the coordinator sends it to every worker)"};
   po::options_description seed{"Reproducibility"};
   po::options_description network{"Network and resources"};
+  po::options_description security{"Security (docs/security.md)"};
+  po::options_description coordinator_security{"Coordinator security"};
+  po::options_description worker_security{"Worker security"};
+  po::options_description certs{"Certificates"};
   po::options_description listen{"Listening"};
   po::options_description coordinator{"Coordinator"};
   po::options_description output{"Output"};
@@ -56,6 +62,33 @@ struct Groups {
          "own --threads 0)")
         ("dump-frames", po::value<std::string>(),
          "write every frame this process sends or receives to DIR (for capnp decode; docs/protocol.md)");
+    security.add_options()
+        ("tls-cert", po::value<std::string>(),
+         "this side's certificate (PEM). Coordinator: turns TLS on (with --tls-key). Worker: "
+         "presented to the coordinator for mutual TLS")
+        ("tls-key", po::value<std::string>(), "the private key (PEM) of --tls-cert")
+        ("tls-ca", po::value<std::string>(),
+         "CA certificate (PEM) the peer's certificate must be signed by. Coordinator: every worker "
+         "must present one (mutual TLS). Worker: turns TLS on and checks the coordinator's "
+         "certificate, including its name");
+    coordinator_security.add_options()
+        ("insecure", po::bool_switch(),
+         "allow plain TCP on a non-loopback --listen address (refused without it: the model and "
+         "updates would cross the network readable, and anyone who can reach the port could join)");
+    worker_security.add_options()
+        ("tls-server-name", po::value<std::string>(),
+         "name the coordinator's certificate must carry; default: the host in --connect");
+    certs.add_options()
+        ("out", po::value<std::string>()->default_value("certs"),
+         "directory to write to; a CA already there (ca.pem + ca.key) signs the new certificates")
+        ("hosts", po::value<std::string>()->default_value("127.0.0.1,localhost"),
+         "comma-separated IPs and DNS names the coordinator is reached by (its certificate's "
+         "names); empty: no coordinator certificate")
+        ("workers", po::value<int64_t>()->default_value(0),
+         "make worker certificates worker-0 .. worker-N-1")
+        ("names", po::value<std::string>()->default_value(""),
+         "comma-separated names of further worker certificates (NAME.pem, NAME.key)")
+        ("days", po::value<int>()->default_value(30), "validity in days");
     listen.add_options()
         ("listen", po::value<std::string>()->default_value("127.0.0.1:7000"),
          "HOST:PORT to accept workers on (0.0.0.0 for all interfaces; port 0 picks one)")
@@ -102,7 +135,9 @@ struct Groups {
          "clients in all, spread over the --workers processes as virtual clients (each its own "
          "connection and data partition); 0: one per process")
         ("worker-threads", po::value<int>()->default_value(0),
-         "LibTorch threads per worker; 0: cores / workers, at least 1");
+         "LibTorch threads per worker; 0: cores / workers, at least 1")
+        ("tls", po::bool_switch(),
+         "mutual TLS on every connection, with a throwaway CA and certificates made in OUT/certs");
     train_model.add_options()
         ("model", po::value<std::string>()->default_value("mlp:784-200-200-10"),
          "model spec: mlp:IN-H1-...-OUT, cnn, lenet5, psnet (a cut= is ignored)")
@@ -137,9 +172,13 @@ struct Groups {
     switch (c) {
       case Command::kCoordinator:
         d.add(job).add(seed).add(listen).add(coordinator).add(output).add(network);
+        d.add(security).add(coordinator_security);
         break;
       case Command::kWorker:
-        d.add(worker).add(data).add(seed).add(network);
+        d.add(worker).add(data).add(seed).add(network).add(security).add(worker_security);
+        break;
+      case Command::kCerts:
+        d.add(certs);
         break;
       case Command::kSimulate:
         d.add(job).add(seed).add(data).add(simulate).add(coordinator).add(output).add(network);
@@ -148,7 +187,7 @@ struct Groups {
         d.add(train_model).add(seed).add(train).add(output).add(network);
         break;
     }
-    if (c != Command::kWorker && c != Command::kTrain) {
+    if (c != Command::kWorker && c != Command::kTrain && c != Command::kCerts) {
       for (const auto& g : strategies) d.add(g);
     }
     return d;
@@ -157,6 +196,7 @@ struct Groups {
   po::options_description everything() const {
     po::options_description d;
     d.add(generic).add(job).add(seed).add(network).add(listen).add(coordinator).add(output);
+    d.add(security).add(coordinator_security).add(worker_security);
     d.add(worker).add(data).add(simulate).add(train);
     for (const auto& g : strategies) d.add(g);
     return d;
@@ -169,6 +209,7 @@ const char* command_name(Command c) {
     case Command::kWorker: return "worker";
     case Command::kSimulate: return "simulate";
     case Command::kTrain: return "train";
+    case Command::kCerts: return "certs";
   }
   return "?";
 }
@@ -189,6 +230,11 @@ const char* command_usage(Command c) {
       return "Usage: fedra train [--config FILE] [--model SPEC] [--dataset SPEC] [--epochs N] [options]\n"
              "Trains the whole model in this one process: the centralised baseline that\n"
              "distributed runs are compared with (same model specs, data, seed and metrics files).\n";
+    case Command::kCerts:
+      return "Usage: fedra certs [--out DIR] [--hosts IP,NAME,...] [--workers N] [--names A,B,...]\n"
+             "Makes a test CA (DIR/ca.pem, ca.key), a coordinator certificate for --hosts and\n"
+             "worker certificates, for --tls-cert/--tls-key/--tls-ca. For trials and tests: a\n"
+             "deployment's certificates come from the parties' own CA (docs/security.md).\n";
   }
   return "";
 }
@@ -287,6 +333,17 @@ CoordinatorConfig coordinator_config(const po::variables_map& vm, const Strategy
     c.resume = true;
   }
   if (vm.count("port-file")) c.port_file = vm["port-file"].as<std::string>();
+  if (vm.count("tls-cert") || vm.count("tls-key") || vm.count("tls-ca")) {
+    FEDRA_REQUIRE(vm.count("tls-cert") && vm.count("tls-key"),
+                  "the coordinator needs --tls-cert and --tls-key for TLS (--tls-ca alone only "
+                  "says which CA signs the workers' certificates)");
+    transport::tcp::TlsConfig tls;
+    tls.cert_file = vm["tls-cert"].as<std::string>();
+    tls.key_file = vm["tls-key"].as<std::string>();
+    if (vm.count("tls-ca")) tls.ca_file = vm["tls-ca"].as<std::string>();
+    c.cohort.tls = std::make_shared<transport::tcp::TlsContext>(transport::tcp::TlsRole::kServer, tls);
+  }
+  c.cohort.insecure = vm.count("insecure") && vm["insecure"].as<bool>();
   c.resolved_config = resolved(vm);
   return c;
 }
@@ -316,7 +373,51 @@ WorkerConfig worker_config(const po::variables_map& vm) {
   w.limits.validate();
   if (vm.count("dump-frames")) w.dump_frames_dir = vm["dump-frames"].as<std::string>();
   w.private_labels = vm["private-labels"].as<bool>();
+  if (vm.count("tls-cert") || vm.count("tls-key") || vm.count("tls-ca") || vm.count("tls-server-name")) {
+    FEDRA_REQUIRE(vm.count("tls-ca"),
+                  "a worker needs --tls-ca for TLS: the CA that signed the coordinator's certificate "
+                  "(a worker never connects to a coordinator it cannot verify)");
+    transport::tcp::TlsConfig tls;
+    tls.ca_file = vm["tls-ca"].as<std::string>();
+    if (vm.count("tls-cert")) tls.cert_file = vm["tls-cert"].as<std::string>();
+    if (vm.count("tls-key")) tls.key_file = vm["tls-key"].as<std::string>();
+    if (vm.count("tls-server-name")) tls.server_name = vm["tls-server-name"].as<std::string>();
+    w.tls = std::make_shared<transport::tcp::TlsContext>(transport::tcp::TlsRole::kClient, tls);
+  }
   return w;
+}
+
+namespace {
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+}  // namespace
+
+int run_certs(const po::variables_map& vm) {
+  transport::tcp::PkiRequest req;
+  req.dir = vm["out"].as<std::string>();
+  req.hosts = split_list(vm["hosts"].as<std::string>());
+  if (vm["hosts"].defaulted() && std::filesystem::exists(req.dir + "/coordinator.pem")) {
+    fmt::print("keeping {}/coordinator.pem (give --hosts to make another in a new directory)\n", req.dir);
+    req.hosts.clear();
+  }
+  const int64_t n = vm["workers"].as<int64_t>();
+  FEDRA_REQUIRE(n >= 0 && n <= 100000, "--workers must be between 0 and 100000, got {}", n);
+  for (int64_t i = 0; i < n; ++i) req.workers.push_back(fmt::format("worker-{}", i));
+  for (const auto& name : split_list(vm["names"].as<std::string>())) req.workers.push_back(name);
+  req.days = vm["days"].as<int>();
+  const auto written = transport::tcp::make_test_pki(req);
+  for (const auto& f : written) fmt::print("wrote {}\n", f);
+  if (written.empty()) fmt::print("nothing to write (no --hosts, --workers or --names)\n");
+  return 0;
 }
 
 }  // namespace fedra::cli

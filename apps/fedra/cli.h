@@ -22,7 +22,7 @@ namespace fedra::cli {
 
 namespace po = boost::program_options;
 
-enum class Command { kCoordinator, kWorker, kSimulate, kTrain };
+enum class Command { kCoordinator, kWorker, kSimulate, kTrain, kCerts };
 
 struct Parsed {
   po::variables_map vm;
@@ -40,5 +40,8 @@ std::map<std::string, std::string> resolved(const po::variables_map& vm);
 
 CoordinatorConfig coordinator_config(const po::variables_map& vm, const StrategyRegistry& registry);
 WorkerConfig worker_config(const po::variables_map& vm);
+
+// `fedra certs`: writes a test CA and certificates (transport/tcp/tls.h); returns the exit code.
+int run_certs(const po::variables_map& vm);
 
 }  // namespace fedra::cli

@@ -23,6 +23,7 @@ constexpr const char* kUsage =
     "  coordinator   accept workers and drive the training job\n"
     "  worker        hold private data and train for a coordinator\n"
     "  train         train the whole model in one process (the centralised baseline)\n"
+    "  certs         make a test CA and TLS certificates (docs/security.md)\n"
     "  strategies    list the training strategies this binary can run\n"
     "  version       print the Fedra and protocol versions\n"
     "\n"
@@ -68,6 +69,7 @@ int main(int argc, char** argv) {
   else if (cmd == "worker") command = Command::kWorker;
   else if (cmd == "simulate") command = Command::kSimulate;
   else if (cmd == "train") command = Command::kTrain;
+  else if (cmd == "certs") command = Command::kCerts;
   else {
     std::cerr << "fedra: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
@@ -100,6 +102,8 @@ int main(int argc, char** argv) {
       case Command::kTrain:
         fedra::init_logging("train", level);
         return fedra::cli::run_training(vm);
+      case Command::kCerts:
+        return fedra::cli::run_certs(vm);
     }
   } catch (const fedra::Error& e) {
     std::cerr << "fedra " << cmd << ": " << e.what() << "\n";

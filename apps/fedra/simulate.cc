@@ -8,6 +8,7 @@
 
 #include "apps/fedra/cli.h"
 #include "core/subprocess.h"
+#include "transport/tcp/tls.h"
 
 namespace fedra::cli {
 
@@ -39,6 +40,32 @@ int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry
   config.resolved_config["worker-threads"] = std::to_string(worker_threads);
   config.resolved_config["out"] = config.out_dir;
 
+  // Process i hosts clients [first(i), first(i + 1)); with one client each it is worker-i.
+  auto first = [&](int64_t i) { return i * clients / workers; };
+  std::vector<std::string> names;
+  for (int64_t i = 0; i < workers; ++i) {
+    const int64_t count = first(i + 1) - first(i);
+    names.push_back(count == 1 ? fmt::format("worker-{}", first(i))
+                               : fmt::format("workers-{}-{}", first(i), first(i) + count - 1));
+  }
+  const bool tls = vm["tls"].as<bool>();
+  const std::string cert_dir = config.out_dir + "/certs";
+  if (tls) {
+    // Throwaway: a new CA per run (a resumed run gets new certificates too).
+    std::filesystem::remove_all(cert_dir);
+    transport::tcp::PkiRequest pki;
+    pki.dir = cert_dir;
+    pki.hosts = {"127.0.0.1"};
+    pki.workers = names;
+    pki.days = 2;
+    transport::tcp::make_test_pki(pki);
+    transport::tcp::TlsConfig server;
+    server.cert_file = cert_dir + "/coordinator.pem";
+    server.key_file = cert_dir + "/coordinator.key";
+    server.ca_file = cert_dir + "/ca.pem";
+    config.cohort.tls = std::make_shared<transport::tcp::TlsContext>(transport::tcp::TlsRole::kServer, server);
+  }
+
   // The coordinator binds before any worker starts, so workers connect on the first try.
   Coordinator coordinator(config, registry);
   const std::string address = coordinator.local_address();
@@ -55,11 +82,8 @@ int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry
   const std::string self = self_executable();
   std::vector<ChildProcess> children;
   for (int64_t i = 0; i < workers; ++i) {
-    // Process i hosts clients [first, first + count); with one client each it is worker-i.
-    const int64_t first = i * clients / workers;
-    const int64_t count = (i + 1) * clients / workers - first;
-    const std::string name = count == 1 ? fmt::format("worker-{}", first)
-                                        : fmt::format("workers-{}-{}", first, first + count - 1);
+    const int64_t count = first(i + 1) - first(i);
+    const std::string& name = names[static_cast<size_t>(i)];
     std::vector<std::string> argv = {
         self, "worker",
         "--connect", address,
@@ -67,13 +91,21 @@ int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry
         "--virtual-clients", std::to_string(count),
         "--dataset", vm["dataset"].as<std::string>(),
         "--partition", vm["partition"].as<std::string>(),
-        "--client", fmt::format("{}/{}", first, clients),
+        "--client", fmt::format("{}/{}", first(i), clients),
         "--seed", std::to_string(vm["seed"].as<uint64_t>()),
         "--threads", std::to_string(worker_threads),
         "--max-frame-bytes", std::to_string(config.cohort.limits.max_frame_bytes),
         "--log-level", log_level,
         "--connect-timeout", "30"};
     if (vm["private-labels"].as<bool>()) argv.push_back("--private-labels");
+    if (tls) {
+      for (const auto& [option, file] : {std::pair<std::string, std::string>{"--tls-ca", "ca.pem"},
+                                         {"--tls-cert", name + ".pem"},
+                                         {"--tls-key", name + ".key"}}) {
+        argv.push_back(option);
+        argv.push_back(cert_dir + "/" + file);
+      }
+    }
     if (vm.count("plugin")) {
       for (const auto& p : vm["plugin"].as<std::vector<std::string>>()) {
         argv.push_back("--plugin");

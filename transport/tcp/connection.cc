@@ -5,6 +5,10 @@
 #include <fstream>
 #include <thread>
 
+#include <openssl/ssl.h>
+
+#include "transport/tcp/tls.h"
+
 namespace fedra::transport::tcp {
 
 namespace {
@@ -99,19 +103,66 @@ void ReceiveBudget::release(uint64_t bytes) {
 
 // ---------------------------------------------------------------------------------------------
 
+struct Connection::Tls {
+  Tls(asio::ip::tcp::socket& socket, std::shared_ptr<TlsContext> c)
+      : context(std::move(c)), stream(socket, context->native()) {}
+  std::shared_ptr<TlsContext> context;
+  asio::ssl::stream<asio::ip::tcp::socket&> stream;
+  std::string host;            // client: the name the server's certificate must carry
+  std::string verify_failure;  // why the peer's certificate was refused, if it was
+  bool ready = false;          // handshake done
+};
+
 std::shared_ptr<Connection> Connection::create(asio::ip::tcp::socket socket, Limits limits,
-                                               std::shared_ptr<ReceiveBudget> budget) {
+                                               std::shared_ptr<ReceiveBudget> budget,
+                                               std::shared_ptr<TlsContext> tls,
+                                               const std::string& expected_host) {
   return std::shared_ptr<Connection>(
-      new Connection(std::move(socket), limits, std::move(budget)));
+      new Connection(std::move(socket), limits, std::move(budget), std::move(tls), expected_host));
 }
 
 Connection::Connection(asio::ip::tcp::socket socket, Limits limits,
-                       std::shared_ptr<ReceiveBudget> budget)
+                       std::shared_ptr<ReceiveBudget> budget, std::shared_ptr<TlsContext> tls,
+                       const std::string& expected_host)
     : socket_(std::move(socket)), limits_(limits), budget_(std::move(budget)) {
   limits_.validate();
   if (!budget_) budget_ = std::make_shared<ReceiveBudget>(limits_.max_frame_bytes);
   peer_ = describe(socket_);
   set_nodelay(socket_);
+  if (tls) {
+    tls_ = std::make_unique<Tls>(socket_, std::move(tls));
+    const TlsRole role = tls_->context->role();
+    if (role == TlsRole::kClient) {
+      tls_->host = tls_->context->server_name().empty() ? expected_host : tls_->context->server_name();
+      asio::error_code ec;
+      asio::ip::make_address(tls_->host, ec);
+      if (ec && !tls_->host.empty()) SSL_set_tlsext_host_name(tls_->stream.native_handle(), tls_->host.c_str());
+    }
+    Tls* state = tls_.get();  // owned by this connection, which outlives its stream
+    tls_->stream.set_verify_callback([state, role](bool preverified, asio::ssl::verify_context& ctx) {
+      return verify_certificate(preverified, ctx, role, state->host, &state->verify_failure);
+    });
+  }
+}
+
+bool Connection::ready() const { return !tls_ || tls_->ready; }
+
+std::string Connection::peer_certificate() const {
+  if (!tls_ || !tls_->ready) return {};
+  X509* cert = SSL_get1_peer_certificate(tls_->stream.native_handle());
+  if (!cert) return {};
+  std::string subject = certificate_subject(cert);
+  X509_free(cert);
+  return subject;
+}
+
+template <class F>
+void Connection::with_stream(F&& f) {
+  if (tls_) {
+    f(tls_->stream);
+  } else {
+    f(socket_);
+  }
 }
 
 Connection::~Connection() {
@@ -122,6 +173,25 @@ Connection::~Connection() {
 void Connection::start(FrameHandler on_frame, CloseHandler on_close) {
   on_frame_ = std::move(on_frame);
   on_close_ = std::move(on_close);
+  if (!tls_) return read_header();
+  writing_ = true;  // frames sent before the handshake completes wait in the outbox
+  const auto type = tls_->context->role() == TlsRole::kServer ? asio::ssl::stream_base::server
+                                                               : asio::ssl::stream_base::client;
+  tls_->stream.async_handshake(type, [self = shared_from_this()](const asio::error_code& ec) {
+    self->on_handshake(ec);
+  });
+}
+
+void Connection::on_handshake(const asio::error_code& ec) {
+  if (!open_ || closing_) return;
+  if (ec) {
+    if (ec == asio::error::operation_aborted) return;
+    return close(Error(ErrorKind::kFailed,
+                       describe_tls_error(ec, tls_->context->role(), peer_, tls_->verify_failure)));
+  }
+  tls_->ready = true;
+  writing_ = false;
+  if (!outbox_.empty()) write_next();
   read_header();
 }
 
@@ -129,8 +199,7 @@ void Connection::read_header() {
   if (closing_) return drain();
   table_.resize(8);
   read_pending_ = true;
-  asio::async_read(socket_, asio::buffer(table_.data(), 8),
-                   [self = shared_from_this()](const asio::error_code& ec, size_t n) {
+  auto on_read = [self = shared_from_this()](const asio::error_code& ec, size_t n) {
                      self->read_pending_ = false;
                      self->bytes_received_ += n;
                      if (self->closing_) return self->drain();
@@ -139,10 +208,20 @@ void Connection::read_header() {
                      try {
                        table_bytes = frame_table_bytes(self->table_.data(), self->limits_);
                      } catch (const Error& e) {
+                       const auto* b = self->table_.data();
+                       if (!self->tls_ && b[0] == std::byte{0x16} && b[1] == std::byte{0x03}) {
+                         // A TLS record header (handshake, version 3.x) where a frame should be.
+                         return self->protocol_error(Error(
+                             ErrorKind::kFailed,
+                             "the peer started a TLS handshake, but this side does not speak TLS: "
+                             "start the coordinator with --tls-cert and --tls-key, or connect "
+                             "without --tls-ca"));
+                       }
                        return self->protocol_error(e);
                      }
                      self->read_table(table_bytes);
-                   });
+                   };
+  with_stream([&](auto& stream) { asio::async_read(stream, asio::buffer(table_.data(), 8), std::move(on_read)); });
 }
 
 void Connection::read_table(uint64_t table_bytes) {
@@ -156,15 +235,17 @@ void Connection::read_table(uint64_t table_bytes) {
   if (table_bytes == 8) return parse();
   table_.resize(table_bytes);
   read_pending_ = true;
-  asio::async_read(socket_, asio::buffer(table_.data() + 8, table_bytes - 8),
-                   [self = shared_from_this(), parse, table_bytes](const asio::error_code& ec,
-                                                                   size_t n) {
+  auto on_read = [self = shared_from_this(), parse, table_bytes](const asio::error_code& ec,
+                                                                 size_t n) {
                      self->read_pending_ = false;
                      self->bytes_received_ += n;
                      if (self->closing_) return self->drain();
                      if (ec) return self->on_read_error(ec, 8 + n, table_bytes);
                      parse();
-                   });
+                   };
+  with_stream([&](auto& stream) {
+    asio::async_read(stream, asio::buffer(table_.data() + 8, table_bytes - 8), std::move(on_read));
+  });
 }
 
 void Connection::read_body(FrameHeader header) {
@@ -183,7 +264,8 @@ void Connection::read_body(FrameHeader header) {
     // For a large body, wake up only when kLowWater bytes are waiting instead of every ~64 KiB
     // segment: ~16x fewer wake-ups and read calls. The mark drops back to 1 byte before the
     // last kLowWater bytes (else the tail would never wake us) and after the body.
-    const bool large = n >= 4 * kLowWater;
+    // (Not under TLS: the SSL stream reads its own small records whatever the mark.)
+    const bool large = n >= 4 * kLowWater && !self->tls_;
     if (large) set_low_water(self->socket_, kLowWater);
     auto until_done = [sock = &self->socket_, n, lowered = !large](const asio::error_code& ec,
                                                                    size_t done) mutable -> size_t {
@@ -194,10 +276,8 @@ void Connection::read_body(FrameHeader header) {
       }
       return n - done;
     };
-    asio::async_read(
-        self->socket_, asio::buffer(dst, n), until_done,
-        [self, header = std::move(header), body = std::move(body), large](const asio::error_code& ec,
-                                                                         size_t got) mutable {
+    auto on_read = [self, header = std::move(header), body = std::move(body), large](
+                       const asio::error_code& ec, size_t got) mutable {
           if (large) set_low_water(self->socket_, 1);
           self->read_pending_ = false;
           self->bytes_received_ += got;
@@ -221,13 +301,22 @@ void Connection::read_body(FrameHeader header) {
           }
           self->budget_->release(held);
           if (self->open_ || self->closing_) self->read_header();
-        });
+        };
+    self->with_stream([&](auto& stream) {
+      asio::async_read(stream, asio::buffer(dst, n), until_done, std::move(on_read));
+    });
   });
 }
 
 void Connection::on_read_error(const asio::error_code& ec, uint64_t got, uint64_t wanted) {
   if (ec == asio::error::operation_aborted || !open_) return;
-  if (ec == asio::error::eof || ec == asio::error::connection_reset) {
+  if (tls_ && ec.category() == asio::error::get_ssl_category() && ec != asio::ssl::error::stream_truncated) {
+    // An alert from the peer (e.g. TLS 1.3 servers refuse a client certificate after the
+    // client's side of the handshake is done) or a corrupt record.
+    return close(Error(ErrorKind::kFailed, describe_tls_error(ec, tls_->context->role(), peer_, tls_->verify_failure)));
+  }
+  if (ec == asio::error::eof || ec == asio::error::connection_reset ||
+      ec == asio::ssl::error::stream_truncated) {
     if (got == 0 && wanted == 8) {
       return close(Error(ErrorKind::kDisconnected,
                          fmt::format("{} closed the connection", peer_)));
@@ -260,8 +349,7 @@ void Connection::write_next() {
   if (dumper_) dumper_->dump(true, peer_, pieces);
   buffers.reserve(pieces.size());
   for (const auto& p : pieces) buffers.emplace_back(p.data, p.size);
-  asio::async_write(socket_, buffers,
-                    [self = shared_from_this()](const asio::error_code& ec, size_t n) {
+  auto on_written = [self = shared_from_this()](const asio::error_code& ec, size_t n) {
                       self->bytes_sent_ += n;
                       if (ec) {
                         self->writing_ = false;
@@ -283,11 +371,13 @@ void Connection::write_next() {
                       }
                       if (done) done();
                       self->write_next();
-                    });
+                    };
+  with_stream([&](auto& stream) { asio::async_write(stream, buffers, std::move(on_written)); });
 }
 
 void Connection::send_error_and_close(const Error& error) {
   if (!open_) return;
+  if (tls_ && !tls_->ready) return close(error);  // nothing can be said before the handshake
   Envelope env;
   env.kind = std::string(kErrorKind);
   env.error = WireError{error.kind(), error.what()};
@@ -423,14 +513,29 @@ void Listener::accept_next() {
 std::unique_ptr<BlockingChannel> BlockingChannel::connect(const Endpoint& endpoint,
                                                           const Limits& limits,
                                                           std::chrono::milliseconds timeout,
-                                                          std::shared_ptr<FrameDumper> dumper) {
+                                                          std::shared_ptr<FrameDumper> dumper,
+                                                          std::shared_ptr<TlsContext> tls) {
   std::unique_ptr<BlockingChannel> ch(new BlockingChannel());
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   auto socket = connect_with_retry(ch->io_, endpoint, timeout);
-  ch->conn_ = Connection::create(std::move(socket), limits);
+  const bool use_tls = tls != nullptr;
+  ch->conn_ = Connection::create(std::move(socket), limits, nullptr, std::move(tls), endpoint.host);
   ch->conn_->set_dumper(std::move(dumper));
   BlockingChannel* raw = ch.get();
   ch->conn_->start([raw](InFrame frame) { raw->inbox_.push_back(std::move(frame)); },
                    [raw](const Error& e) { raw->closed_ = e; });
+  if (use_tls) {
+    ch->io_.restart();
+    while (!ch->conn_->ready() && !ch->closed_ && std::chrono::steady_clock::now() < deadline) {
+      ch->io_.run_one_until(deadline);
+      if (ch->io_.stopped()) ch->io_.restart();
+    }
+    if (ch->closed_) throw *ch->closed_;
+    if (!ch->conn_->ready()) {
+      FEDRA_THROW(ErrorKind::kOverloaded, "TLS handshake with {} did not finish within {} s",
+                  endpoint.to_string(), timeout.count() / 1000.0);
+    }
+  }
   return ch;
 }
 

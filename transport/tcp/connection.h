@@ -15,6 +15,10 @@
 // so a coordinator that consumes each frame in its handler holds O(budget) bytes of incoming
 // frames, however many workers send at once; the rest wait in kernel buffers.
 //
+// TLS: with a TlsContext the connection runs over an SSL stream on the same socket. start()
+// first runs the handshake (server or client, per the context); frames sent meanwhile wait, and
+// a failed handshake closes the connection with a fedra::Error that says why (tls.h).
+//
 // Errors: a malformed or over-limit frame is answered with an "error" envelope naming the
 // problem, then the connection closes. The CloseHandler runs exactly once, with the reason.
 #pragma once
@@ -72,6 +76,8 @@ class FrameDumper {
   uint64_t count_ = 0;
 };
 
+class TlsContext;
+
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   using FrameHandler = std::function<void(InFrame)>;
@@ -80,8 +86,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Shows every frame sent and received to `dumper` (nullptr: none).
   void set_dumper(std::shared_ptr<FrameDumper> dumper) { dumper_ = std::move(dumper); }
 
+  // With `tls`, the connection speaks TLS in the context's role; a client checks that the
+  // server's certificate carries `expected_host` (the context's server_name wins if set).
   static std::shared_ptr<Connection> create(asio::ip::tcp::socket socket, Limits limits,
-                                            std::shared_ptr<ReceiveBudget> budget = nullptr);
+                                            std::shared_ptr<ReceiveBudget> budget = nullptr,
+                                            std::shared_ptr<TlsContext> tls = nullptr,
+                                            const std::string& expected_host = {});
   ~Connection();
 
   // Starts the read loop. Handlers are called on the io_context thread.
@@ -94,13 +104,24 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void close(const Error& reason);
 
   bool is_open() const { return open_; }
+  // False while a TLS handshake is in progress; true for plain TCP.
+  bool ready() const;
+  bool uses_tls() const { return tls_ != nullptr; }
+  // The subject of the certificate the peer presented ("" without TLS or without one).
+  std::string peer_certificate() const;
   const std::string& peer() const { return peer_; }
   const Limits& limits() const { return limits_; }
   uint64_t bytes_sent() const { return bytes_sent_; }
   uint64_t bytes_received() const { return bytes_received_; }
 
  private:
-  Connection(asio::ip::tcp::socket socket, Limits limits, std::shared_ptr<ReceiveBudget> budget);
+  struct Tls;
+  Connection(asio::ip::tcp::socket socket, Limits limits, std::shared_ptr<ReceiveBudget> budget,
+             std::shared_ptr<TlsContext> tls, const std::string& expected_host);
+  // Calls f with the stream frames travel on: the SSL stream, or the socket itself.
+  template <class F>
+  void with_stream(F&& f);
+  void on_handshake(const asio::error_code& ec);
   void read_header();
   void read_table(uint64_t table_bytes);
   void read_body(FrameHeader header);
@@ -116,6 +137,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   };
 
   asio::ip::tcp::socket socket_;
+  std::unique_ptr<Tls> tls_;
   Limits limits_;
   std::shared_ptr<ReceiveBudget> budget_;
   std::shared_ptr<FrameDumper> dumper_;
@@ -158,9 +180,11 @@ class Listener {
 // and runs it only inside send() and receive(), on the calling thread.
 class BlockingChannel {
  public:
+  // With `tls`, also completes the TLS handshake within `timeout` (throws Error saying why not).
   static std::unique_ptr<BlockingChannel> connect(const Endpoint& endpoint, const Limits& limits,
                                                   std::chrono::milliseconds timeout,
-                                                  std::shared_ptr<FrameDumper> dumper = nullptr);
+                                                  std::shared_ptr<FrameDumper> dumper = nullptr,
+                                                  std::shared_ptr<TlsContext> tls = nullptr);
   ~BlockingChannel();
 
   // Blocks until the frame is handed to the kernel. Throws Error if the connection closes,
