@@ -124,21 +124,31 @@ int Coordinator::run() {
     // The state goes to a file of its round first, then state.json names it (both written
     // atomically: temporary file, fsync, rename), then older state files go. A crash at any
     // point leaves a state.json that names a complete file.
-    ctx.checkpoint = [this](uint32_t round, const NamedTensors& state) {
+    ctx.checkpoint = [this, last = resume_round_](uint32_t round, const NamedTensors& state) mutable {
       const std::string dir = config_.out_dir + "/checkpoint";
-      std::error_code ec;
-      std::filesystem::create_directories(dir, ec);
-      FEDRA_REQUIRE(!ec, "cannot create '{}': {}", dir, ec.message());
       const std::string file = fmt::format("round-{}.bin", round);
-      save_model_file(dir + "/" + file, state);
-      nlohmann::ordered_json j;
-      j["round"] = round;
-      j["state_file"] = file;
-      j["strategy"] = config_.cohort.job.strategy;
-      j["model"] = config_.cohort.job.model;
-      j["seed"] = std::to_string(config_.cohort.job.seed);
-      j["config"] = all_options();
-      write_file_atomically(dir + "/state.json", j.dump(2) + "\n");
+      std::error_code ec;
+      try {
+        std::filesystem::create_directories(dir, ec);
+        FEDRA_REQUIRE(!ec, "cannot create '{}': {}", dir, ec.message());
+        save_model_file(dir + "/" + file, state);
+        nlohmann::ordered_json j;
+        j["round"] = round;
+        j["state_file"] = file;
+        j["strategy"] = config_.cohort.job.strategy;
+        j["model"] = config_.cohort.job.model;
+        j["seed"] = std::to_string(config_.cohort.job.seed);
+        j["config"] = all_options();
+        write_file_atomically(dir + "/state.json", j.dump(2) + "\n");
+      } catch (const Error& e) {
+        // A full disk or an unwritable directory: say what is still safe and how to go on.
+        std::filesystem::remove(dir + "/" + file, ec);  // not named by state.json: only takes room
+        FEDRA_THROW(e.kind(), "the checkpoint of round {} failed: {}; {}", round, e.what(),
+                    last > 0 ? fmt::format("the checkpoint of round {} is intact: make room, then continue "
+                                           "with --resume {}", last, config_.out_dir)
+                             : std::string("no checkpoint was written yet"));
+      }
+      last = round;
       for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
         const std::string name = e.path().filename().string();
         if (name.rfind("round-", 0) == 0 && name != file) std::filesystem::remove(e.path(), ec);

@@ -2,9 +2,14 @@
 // separately, as docs/running.md tells a user to do in three terminals.
 #include "tests/testing.h"
 
+#include <sys/mount.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "tests/test_util.h"
@@ -238,6 +243,56 @@ TEST_CASE("a coordinator SIGKILLed mid-run resumes from its checkpoint: no round
   }
   CHECK(nlohmann::json::parse(read_file(dir / "run/summary.json"))["status"] == "completed");
   CHECK(nlohmann::json::parse(read_file(dir / "run/checkpoint/state.json"))["round"] == 6);
+}
+
+TEST_CASE("a full disk: the run stops naming the file and the reason, the last checkpoint stays whole, and it resumes") {
+  TempDir dir;
+  const std::string disk = dir / "disk";
+  std::filesystem::create_directories(disk);
+  // A 160 KiB file system: round 1's checkpoint (a 100 KB model) fits, round 2's does not.
+  if (::mount("tmpfs", disk.c_str(), "tmpfs", 0, "size=160k") != 0) {
+    MESSAGE("skipped: cannot mount a small tmpfs here (" << std::strerror(errno) << "); needs root");
+    return;
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{disk};
+  const std::vector<std::string> options = {"simulate", "--workers", "2", "--model", "mlp:784-32-10",
+                                            "--dataset", "fmnist:limit=1000", "--test-data", "fmnist:test_limit=500",
+                                            "--fedavg.rounds", "4", "--fedavg.local_steps", "5"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = options;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  const std::string run = disk + "/run";
+  CHECK(run_fedra(with({"--out", run}), dir / "full.log", std::chrono::seconds(120)) == 1);
+  const std::string log = read_file(dir / "full.log");
+  INFO(log);
+  CHECK(contains(log, "the checkpoint of round 2 failed: cannot write '" + run + "/checkpoint/round-2.bin.tmp': "
+                      "No space left on device; the checkpoint of round 1 is intact: make room, then continue "
+                      "with --resume " + run));
+  const auto state = nlohmann::json::parse(read_file(run + "/checkpoint/state.json"));
+  CHECK(state["round"] == 1);
+  CHECK(std::filesystem::file_size(run + "/checkpoint/round-1.bin") > 100000);
+  std::vector<std::string> left;
+  for (const auto& e : std::filesystem::directory_iterator(run + "/checkpoint")) left.push_back(e.path().filename());
+  std::sort(left.begin(), left.end());
+  CHECK(left == std::vector<std::string>{"round-1.bin", "state.json"});  // no half-written files
+  CHECK(nlohmann::json::parse(read_file(run + "/summary.json"))["status"] == "failed");
+
+  // "Make room": move the run to a roomy disk and continue it there.
+  std::filesystem::copy(run, dir / "moved", std::filesystem::copy_options::recursive);
+  REQUIRE(run_fedra(with({"--resume", dir / "moved"}), dir / "resume.log", std::chrono::seconds(120)) == 0);
+  const auto lines = read_jsonl(dir / "moved/metrics.jsonl");
+  REQUIRE(lines.size() == 4);
+  for (size_t i = 0; i < lines.size(); ++i) CHECK(lines[i]["round"] == static_cast<int64_t>(i + 1));
+
+  // An output directory that cannot be made is refused before anything starts.
+  std::ofstream(dir / "a-file") << "x";
+  CHECK(run_fedra(with({"--out", dir / "a-file/run"}), dir / "notdir.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "notdir.log"), "cannot create output directory '" + (dir / "a-file/run") + "': Not a directory"));
 }
 
 TEST_CASE("--resume is refused clearly: no checkpoint there, or a strategy that keeps none") {
