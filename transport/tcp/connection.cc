@@ -313,7 +313,8 @@ void Connection::on_read_error(const asio::error_code& ec, uint64_t got, uint64_
   if (tls_ && ec.category() == asio::error::get_ssl_category() && ec != asio::ssl::error::stream_truncated) {
     // An alert from the peer (e.g. TLS 1.3 servers refuse a client certificate after the
     // client's side of the handshake is done) or a corrupt record.
-    return close(Error(ErrorKind::kFailed, describe_tls_error(ec, tls_->context->role(), peer_, tls_->verify_failure)));
+    return close(Error(ErrorKind::kFailed, describe_tls_error(ec, tls_->context->role(), peer_, tls_->verify_failure,
+                                                              /*in_handshake=*/bytes_received_ == 0)));
   }
   if (ec == asio::error::eof || ec == asio::error::connection_reset ||
       ec == asio::ssl::error::stream_truncated) {

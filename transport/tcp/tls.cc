@@ -185,7 +185,7 @@ bool verify_certificate(bool preverified, asio::ssl::verify_context& ctx, TlsRol
 }
 
 std::string describe_tls_error(const asio::error_code& ec, TlsRole role, const std::string& peer,
-                               const std::string& verify_failure) {
+                               const std::string& verify_failure, bool in_handshake) {
   if (!verify_failure.empty()) return fmt::format("TLS handshake with {} failed: {}", peer, verify_failure);
   std::string reason = ec.message();
   std::string hint;
@@ -212,6 +212,7 @@ std::string describe_tls_error(const asio::error_code& ec, TlsRole role, const s
                ? " (is the coordinator speaking TLS, and does it accept this worker's certificate?)"
                : "";
   }
+  if (!in_handshake) return fmt::format("TLS error on the connection with {}: {}{}", peer, reason, hint);
   return fmt::format("TLS handshake with {} failed: {}{}", peer, reason, hint);
 }
 
@@ -307,7 +308,7 @@ void write_pem(const std::string& path, mode_t mode, WriteFn write) {
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, mode);
   FEDRA_REQUIRE(fd >= 0, "cannot write '{}': {}", tmp, std::strerror(errno));
-  ::fchmod(fd, mode);  // the umask may have widened nothing, but an older file may exist
+  ::fchmod(fd, mode);  // a leftover .tmp keeps its old mode through O_CREAT; and the umask applies
   FILE* f = ::fdopen(fd, "w");
   FEDRA_REQUIRE(f, "cannot write '{}': {}", tmp, std::strerror(errno));
   const bool ok = write(f) == 1;

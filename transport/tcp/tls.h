@@ -54,8 +54,11 @@ class TlsContext {
 
 // Words for a failed TLS handshake or read: `verify_failure` is what the verify callback recorded
 // (empty if none), `peer` the address. Adds a hint when the peer does not speak TLS at all.
+// `in_handshake` is false for an error on an established session (a corrupt record). A TLS 1.3
+// client learns that its certificate was refused only at its first read: that still counts as
+// the handshake, since no frame has arrived yet.
 std::string describe_tls_error(const asio::error_code& ec, TlsRole role, const std::string& peer,
-                               const std::string& verify_failure);
+                               const std::string& verify_failure, bool in_handshake = true);
 
 // Checks a certificate in the chain as it is verified, recording why it failed in *failure
 // (client: also that the leaf carries `host`). For ssl::stream::set_verify_callback.
