@@ -17,6 +17,8 @@ packages=(
   dataset-fashion-mnist
   # reference values and peer baselines in benchmarks (Debian's PyTorch)
   python3 python3-torch
+  # network namespaces for benchmarks/slow_network.py (ip netns)
+  iproute2
   # the frame fuzzer (tests/fuzz): clang with libFuzzer and the sanitizers
   clang libclang-rt-14-dev
   # the benchmark suite's plots (PNG via cairo, SVG) and a font to label them with
