@@ -39,19 +39,12 @@ class TunLink:
         self.names = (f"{prefix}-a", f"{prefix}-b")
         self.stats = {"forwarded": [0, 0], "dropped": [0, 0]}
         self._stop = False
-        for ns in self.names:
-            _ip("netns", "del", ns, check=False)
-            _ip("netns", "add", ns)
         self.fds = []
-        for i, ns in enumerate(self.names):
-            dev = f"fl{os.getpid() % 10000}{i}"
-            fd = os.open("/dev/net/tun", os.O_RDWR)
-            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", dev.encode(), IFF_TUN | IFF_NO_PI))
-            self.fds.append(fd)
-            _ip("link", "set", dev, "netns", ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", ns, "addr", "add", self.ADDRESSES[i], "peer", self.ADDRESSES[1 - i], "dev", dev)
-            _ip("-n", ns, "link", "set", dev, "mtu", str(mtu), "up")
+        try:
+            self._build(mtu)
+        except BaseException:
+            self.close()  # no namespace outlives a failed start (it would pin a mount)
+            raise
         # Four forwarding threads share the GIL; at the default 5 ms switch interval a packet
         # could wait that long for its turn (measured: a 9.6 ms connect on the clean link).
         sys.setswitchinterval(0.0002)
@@ -62,6 +55,20 @@ class TunLink:
             sub_rng = random.Random(rng.random())
             threading.Thread(target=self._read, args=(direction, queue, cond, sub_rng), daemon=True).start()
             threading.Thread(target=self._write, args=(direction, queue, cond), daemon=True).start()
+
+    def _build(self, mtu):
+        for ns in self.names:
+            _ip("netns", "del", ns, check=False)
+            _ip("netns", "add", ns)
+        for i, ns in enumerate(self.names):
+            dev = f"fl{os.getpid() % 10000}{i}"
+            fd = os.open("/dev/net/tun", os.O_RDWR)
+            self.fds.append(fd)
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", dev.encode(), IFF_TUN | IFF_NO_PI))
+            _ip("link", "set", dev, "netns", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "addr", "add", self.ADDRESSES[i], "peer", self.ADDRESSES[1 - i], "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "mtu", str(mtu), "up")
 
     def ns_exec(self, i):
         return ["ip", "netns", "exec", self.names[i]]
