@@ -131,6 +131,18 @@ std::vector<std::string> coordinator_args(const Pki& p, const TempDir& dir, int 
   return args;
 }
 
+struct Running {
+  ChildProcess coordinator;
+  std::string port;
+};
+
+Running start_coordinator(const Pki& p, const TempDir& dir, int workers, bool tls) {
+  Running r;
+  r.coordinator = start_fedra(coordinator_args(p, dir, workers, tls), dir / "coordinator.log");
+  r.port = wait_for_file(dir / "port", std::chrono::seconds(30));
+  return r;
+}
+
 std::vector<std::string> worker_args(const std::string& port, const std::string& name, const std::string& token) {
   return {"worker", "--connect", "127.0.0.1:" + port, "--name", name, "--token", token,
           "--dataset", "fmnist:limit=600", "--threads", "1", "--connect-timeout", "20"};
@@ -175,8 +187,7 @@ TEST_CASE("mutual TLS: good workers train; a wrong certificate, no certificate, 
   Pki pki;
   make_pki(pki);
   TempDir dir;
-  const ChildProcess coordinator = start_fedra(coordinator_args(pki, dir, 2, true), dir / "coordinator.log");
-  const std::string port = wait_for_file(dir / "port", std::chrono::seconds(30));
+  const auto [coordinator, port] = start_coordinator(pki, dir, 2, true);
 
   struct Intruder {
     std::string name;
@@ -251,8 +262,7 @@ TEST_CASE("a worker refuses a coordinator whose certificate its CA did not sign,
   Pki pki;
   make_pki(pki);
   TempDir dir;
-  const ChildProcess coordinator = start_fedra(coordinator_args(pki, dir, 1, true), dir / "coordinator.log");
-  const std::string port = wait_for_file(dir / "port", std::chrono::seconds(30));
+  const auto [coordinator, port] = start_coordinator(pki, dir, 1, true);
   const auto base = worker_args(port, "good-0", kToken);
   CHECK(run_fedra(with_tls(base, pki.dir / "rogue/ca.pem", pki.cert("good-0"), pki.key("good-0")),
                   dir / "wrong-ca.log", std::chrono::seconds(60)) == 1);
@@ -280,8 +290,7 @@ TEST_CASE("on the wire: without TLS a relay reads the token and the model; with 
   for (const bool tls : {false, true}) {
     CAPTURE(tls);
     TempDir dir;
-    const ChildProcess coordinator = start_fedra(coordinator_args(pki, dir, 1, tls), dir / "coordinator.log");
-    const std::string port = wait_for_file(dir / "port", std::chrono::seconds(30));
+    const auto [coordinator, port] = start_coordinator(pki, dir, 1, tls);
     Relay relay(static_cast<uint16_t>(std::stoi(port)));
     auto args = worker_args(std::to_string(relay.port()), "good-0", kToken);
     if (tls) args = with_tls(args, pki.ca, pki.cert("good-0"), pki.key("good-0"));

@@ -55,19 +55,15 @@ TlsContext::TlsContext(TlsRole role, const TlsConfig& config)
   SSL_CTX* native = ctx_.native_handle();
   SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
   ctx_.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::single_dh_use);
-  if (role == TlsRole::kServer) {
-    require_file(config.cert_file, "--tls-cert");
-    require_file(config.key_file, "--tls-key");
-  } else {
-    require_file(config.ca_file, "--tls-ca");
+  // A server always presents a certificate; a client only for mutual TLS, and it always needs
+  // the CA to check the server by. Each file is checked once, where it is loaded.
+  if (role == TlsRole::kClient) {
     FEDRA_REQUIRE(config.cert_file.empty() == config.key_file.empty(),
                   "give --tls-cert and --tls-key together (the worker's certificate and its key)");
-    if (!config.cert_file.empty()) {
-      require_file(config.cert_file, "--tls-cert");
-      require_file(config.key_file, "--tls-key");
-    }
   }
-  if (!config.cert_file.empty()) {
+  if (role == TlsRole::kServer || !config.cert_file.empty()) {
+    require_file(config.cert_file, "--tls-cert");
+    require_file(config.key_file, "--tls-key");
     FEDRA_REQUIRE(SSL_CTX_use_certificate_chain_file(native, config.cert_file.c_str()) == 1,
                   "--tls-cert '{}' is not a PEM certificate: {}", config.cert_file, openssl_reason());
     if (SSL_CTX_use_PrivateKey_file(native, config.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
@@ -81,7 +77,7 @@ TlsContext::TlsContext(TlsRole role, const TlsConfig& config)
                   "--tls-key '{}' does not belong to --tls-cert '{}': {}", config.key_file,
                   config.cert_file, openssl_reason());
   }
-  if (!config.ca_file.empty()) {
+  if (role == TlsRole::kClient || !config.ca_file.empty()) {
     require_file(config.ca_file, "--tls-ca");
     FEDRA_REQUIRE(SSL_CTX_load_verify_locations(native, config.ca_file.c_str(), nullptr) == 1,
                   "--tls-ca '{}' holds no PEM CA certificate: {}", config.ca_file, openssl_reason());
