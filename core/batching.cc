@@ -10,8 +10,8 @@
 namespace fedra {
 
 void check_batches_mode(const std::string& mode, const std::string& option_name) {
-  FEDRA_REQUIRE(mode == "shuffle" || mode == "sequential" || mode == "notebook",
-                "{} must be shuffle, sequential or notebook, got '{}'", option_name, mode);
+  FEDRA_REQUIRE(mode == "shuffle" || mode == "sequential" || mode == "notebook" || mode == "notebook-pipeline",
+                "{} must be shuffle, sequential, notebook or notebook-pipeline, got '{}'", option_name, mode);
 }
 
 std::pair<int64_t, int64_t> batch_rows(const std::string& mode, int64_t step, int64_t rank,
@@ -21,6 +21,14 @@ std::pair<int64_t, int64_t> batch_rows(const std::string& mode, int64_t step, in
     // to a smaller value the slice is empty (the notebook steps on an empty batch then).
     const int64_t start = ((step + rank) * batch_size) % n;
     const int64_t end = ((step + rank + 1) * batch_size) % n;
+    return {start, std::max(start, end)};
+  }
+  if (mode == "notebook-pipeline") {
+    // The pipeline cell's variant: when the end wraps to 0 it sets end = -1, so the slice runs
+    // to the last row but one.
+    const int64_t start = (step * batch_size) % n;
+    int64_t end = ((step + 1) * batch_size) % n;
+    if (end == 0) end = n - 1;
     return {start, std::max(start, end)};
   }
   FEDRA_REQUIRE(mode == "sequential", "batch_rows: unknown batches mode '{}'", mode);

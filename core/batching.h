@@ -8,6 +8,8 @@
 //               an epoch is short
 //   notebook    the seed notebook's slicing: worker r at step s takes rows [(s+r)B mod n,
 //               (s+r+1)B mod n), empty when the end wraps
+//   notebook-pipeline  the notebook's pipeline cell: rows [sB mod n, (s+1)B mod n), the end
+//               taken as n - 1 when it wraps to 0 (its `end = -1`)
 #pragma once
 
 #include <cstdint>

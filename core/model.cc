@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <mutex>
 
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include "core/dataset.h"
 #include "core/metrics.h"
 #include "core/options.h"
 
@@ -287,6 +289,75 @@ NamedTensors load_model_file(const std::string& path) {
   } catch (const Error& e) {
     FEDRA_FAIL("model file '{}': {}", path, e.what());
   }
+}
+
+namespace {
+
+struct SkipItem {
+  std::string spec;
+  int64_t times = 1;
+};
+
+std::vector<SkipItem> parse_skip(const std::string& skip, const std::string& model_spec, const std::string& prefix) {
+  std::vector<SkipItem> items;
+  if (skip.empty()) return items;
+  if (skip.find_first_not_of("0123456789") == std::string::npos) {
+    items.push_back({model_spec, std::stoll(skip)});
+    return items;
+  }
+  size_t at = 0;
+  while (at < skip.size()) {
+    const size_t space = skip.find(' ', at);
+    const std::string item = skip.substr(at, space == std::string::npos ? std::string::npos : space - at);
+    at = space == std::string::npos ? skip.size() : space + 1;
+    if (item.empty()) continue;
+    SkipItem s{item, 1};
+    const auto star = item.rfind('*');
+    if (star != std::string::npos) {
+      const std::string count = item.substr(star + 1);
+      FEDRA_REQUIRE(!count.empty() && count.find_first_not_of("0123456789") == std::string::npos,
+                    "{}init_skip: '{}' should be SPEC or SPEC*COUNT", prefix, item);
+      s.spec = item.substr(0, star);
+      s.times = std::stoll(count);
+    }
+    if (s.spec.rfind("linear:", 0) == 0) {
+      const std::string dims = s.spec.substr(7);
+      int64_t in = 0, out = 0;
+      char tail[16] = {0};
+      const int n = std::sscanf(dims.c_str(), "%ld-%ld%15s", &in, &out, tail);
+      FEDRA_REQUIRE((n == 2 || (n == 3 && std::string(tail) == ":nobias")) && in > 0 && out > 0,
+                    "{}init_skip: '{}' should be linear:IN-OUT or linear:IN-OUT:nobias", prefix, s.spec);
+    }
+    items.push_back(s);
+  }
+  return items;
+}
+
+}  // namespace
+
+void check_initial_model_options(const std::string& init, const std::string& skip, const std::string& prefix) {
+  FEDRA_REQUIRE(init == "seed" || init == "after-data", "{}init must be seed or after-data, got '{}'", prefix, init);
+  parse_skip(skip, "mlp:1-1", prefix);
+  FEDRA_REQUIRE(skip.empty() || init == "after-data", "{}init_skip only applies with init=after-data", prefix);
+}
+
+torch::nn::Sequential build_initial_model(const std::string& spec, uint64_t seed, const std::string& init,
+                                          const std::string& skip, const std::string& dataset) {
+  check_initial_model_options(init, skip, "");
+  if (init == "seed") return build_model(spec, seed);
+  seed_like_synthetic(dataset);
+  for (const SkipItem& item : parse_skip(skip, spec, "")) {
+    for (int64_t k = 0; k < item.times; ++k) {
+      if (item.spec.rfind("linear:", 0) == 0) {
+        int64_t in = 0, out = 0;
+        std::sscanf(item.spec.c_str() + 7, "%ld-%ld", &in, &out);
+        torch::nn::Linear discard(torch::nn::LinearOptions(in, out).bias(item.spec.find(":nobias") == std::string::npos));
+      } else {
+        build_model_unseeded(item.spec);
+      }
+    }
+  }
+  return build_model_unseeded(spec);
 }
 
 }  // namespace fedra

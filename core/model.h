@@ -87,4 +87,17 @@ std::vector<std::string> layer_names(const torch::nn::Sequential& model);
 // reproducing a script that draws its data and its model from one seeded stream).
 torch::nn::Sequential build_model_unseeded(const std::string& spec);
 
+// The initial model of a step-driven strategy (tensor, pipeline):
+//   init = "seed"        build_model(spec, seed)
+//   init = "after-data"  torch's generator continues after the synthetic dataset's draws (as a
+//                        script that draws data and model from one seeded stream), first
+//                        discarding what `skip` names, then builds the model.
+// `skip` is empty, a count N (build and discard N models of `spec`), or space-separated items
+// SPEC[*K]: a model spec, or linear:IN-OUT[:nobias] for one torch Linear layer, each built K
+// times and discarded (the notebook's throwaway layers draw from the generator too).
+torch::nn::Sequential build_initial_model(const std::string& spec, uint64_t seed, const std::string& init,
+                                          const std::string& skip, const std::string& dataset);
+// Checks `init` and the syntax of `skip` without drawing anything (options' validate()).
+void check_initial_model_options(const std::string& init, const std::string& skip, const std::string& prefix);
+
 }  // namespace fedra
