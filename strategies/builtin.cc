@@ -3,7 +3,9 @@
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/gradsum/gradsum.h"
 #include "strategies/psl/psl.h"
+#include "strategies/pipeline/pipeline.h"
 #include "strategies/split/split.h"
+#include "strategies/tensor/tensor.h"
 
 namespace fedra {
 
@@ -12,6 +14,8 @@ void register_builtin_strategies(StrategyRegistry& registry) {
   registry.add(gradsum::gradsum_strategy());
   registry.add(split::split_strategy());
   registry.add(psl::psl_strategy());
+  registry.add(tensor::tensor_strategy());
+  registry.add(pipeline::pipeline_strategy());
 }
 
 }  // namespace fedra

@@ -1,0 +1,109 @@
+// Pipeline parallelism: the network cut into N consecutive stages on N workers, micro-batches
+// in flight, each stage alternating one forward and one backward (1F1B).
+//
+// Stage 0 draws micro-batch k from its data, runs its layers and sends the activations (with the
+// targets) up; stage s runs its layers on them and sends its own up; the last stage computes the
+// loss, backpropagates and sends the gradient of its input down; each stage backpropagates that
+// through its layers and takes an optimiser step on its own parameters, micro-batch by
+// micro-batch (PipeDream's asynchronous 1F1B: no flush between micro-batches). The seed
+// notebook's two-stage cell is this with in_flight = 3.
+//
+// Schedule. Stage s < N-1 first runs W_s = max(1, in_flight - s) forwards, then alternates one
+// backward (the oldest micro-batch) and one forward; the last stage runs each micro-batch's
+// forward and backward back to back. in_flight = 1 is plain sequential training; in_flight = N
+// is PipeDream's; stage 0's forward of micro-batch k then sees the updates of micro-batches up
+// to k - in_flight only (staleness in_flight - 1).
+//
+// Weight stashing (stash=true). A stage keeps a copy of its weights from each in-flight
+// micro-batch's forward and uses it for that micro-batch's backward, so the gradient is the
+// gradient of the forward that produced the loss; the update is applied to the current weights.
+// Without it the backward recomputes the stage's forward with the current weights. Either way a
+// stage keeps only the input of each micro-batch in flight and recomputes its forward for the
+// backward (activation recomputation); the last stage needs neither.
+//
+// Messages go through the coordinator: "pipeline.act" from stage s is relayed to s + 1,
+// "pipeline.grad" from s to s - 1, each checked on the way (step, shapes, finite values).
+// Rounds. A round is one exchange of steps_per_round micro-batches; the pipeline drains at its
+// end, every stage returns its parameters ("pipeline.done"; the last stage adds its per-step
+// losses) and the coordinator evaluates the whole model, appends OUT/losses.csv and writes
+// model.bin at the end. A stage lost mid-round fails the round.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/nn/modules/container/sequential.h>
+
+#include "core/options.h"
+#include "core/registry.h"
+
+namespace fedra::pipeline {
+
+inline constexpr const char* kRun = "pipeline.run";
+inline constexpr const char* kAct = "pipeline.act";
+inline constexpr const char* kGrad = "pipeline.grad";
+inline constexpr const char* kDone = "pipeline.done";
+
+struct PipelineOptions {
+  FEDRA_ARG(int64_t, stages) = 2;
+  FEDRA_ARG(std::string, cuts) = "";
+  FEDRA_ARG(int64_t, in_flight) = 0;
+  FEDRA_ARG(bool, stash) = true;
+  FEDRA_ARG(int64_t, steps) = 0;
+  FEDRA_ARG(int64_t, epochs) = 1;
+  FEDRA_ARG(int64_t, steps_per_round) = 0;
+  FEDRA_ARG(int64_t, batch_size) = 32;
+  FEDRA_ARG(double, lr) = 0.05;
+  FEDRA_ARG(std::string, optimizer) = "sgd";
+  FEDRA_ARG(double, momentum) = 0.0;
+  FEDRA_ARG(double, weight_decay) = 0.0;
+  FEDRA_ARG(std::string, batches) = "shuffle";
+  FEDRA_ARG(double, step_timeout) = 60;
+  FEDRA_ARG(int64_t, eval_every) = 1;
+  FEDRA_ARG(std::string, init) = "seed";
+  FEDRA_ARG(std::string, init_skip) = "";
+
+  template <class F>
+  void visit(F&& f) {
+    f("stages", stages_, "pipeline stages, one per worker (the first N connected, by name)");
+    f("cuts", cuts_,
+      "the last layer of each stage but the last, comma-separated (e.g. relu1,relu2); empty: "
+      "balanced by parameter count");
+    f("in_flight", in_flight_,
+      "micro-batches stage 0 runs forward before its first backward; 1 = sequential training, "
+      "0 = the number of stages (PipeDream)");
+    f("stash", stash_, "weight stashing: each backward uses the weights of its own forward");
+    f("steps", steps_, "micro-batches to train on; 0 = use epochs");
+    f("epochs", epochs_, "passes over stage 0's data (when steps is 0)");
+    f("steps_per_round", steps_per_round_,
+      "micro-batches per round (the pipeline drains, the model is evaluated); 0 = one round per epoch");
+    f("batch_size", batch_size_, "micro-batch size");
+    f("lr", lr_, "learning rate");
+    f("optimizer", optimizer_, "sgd (with momentum) or adam; each stage steps its own parameters");
+    f("momentum", momentum_, "SGD momentum");
+    f("weight_decay", weight_decay_, "L2 weight decay");
+    f("batches", batches_, "shuffle, sequential, notebook or notebook-pipeline (core/batching.h)");
+    f("step_timeout", step_timeout_, "seconds a stage may wait for a message before failing the round");
+    f("eval_every", eval_every_, "evaluate on the coordinator's test set every N rounds; 0 = never");
+    f("init", init_, "model initialisation: seed (from --seed) or after-data (as in the notebook)");
+    f("init_skip", init_skip_,
+      "with after-data: what to draw and discard first: N models, or items like "
+      "'mlp:16-8-1*3 linear:16-4 linear:4-1:nobias' (core/model.h)");
+  }
+  void validate() const;
+  int64_t effective_in_flight() const { return in_flight_ > 0 ? in_flight_ : stages_; }
+};
+
+StrategyInfo pipeline_strategy();
+
+// The network's layers in `stages` consecutive Sequentials sharing `full`'s modules (parameter
+// names stay the whole network's). `cuts` names the last layer of each stage but the last; empty:
+// cuts before layers with parameters, balancing parameter counts. Throws naming the layers.
+std::vector<torch::nn::Sequential> cut_stages(const torch::nn::Sequential& full, int64_t stages,
+                                              const std::string& cuts);
+
+// How many forwards stage `stage` of `stages` runs before its first backward.
+int64_t warmup_forwards(int64_t stage, int64_t stages, int64_t in_flight);
+
+}  // namespace fedra::pipeline
