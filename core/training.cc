@@ -106,7 +106,14 @@ EvalStats evaluate_model(torch::nn::Sequential& model, const Dataset& data, cons
     const int64_t end = std::min(data.size(), begin + batch_size);
     at::Tensor x = data.inputs.slice(0, begin, end);
     at::Tensor y = data.targets.slice(0, begin, end);
-    at::Tensor logits = model->forward(x);
+    at::Tensor logits;
+    try {
+      logits = model->forward(x);
+    } catch (const c10::Error& e) {
+      model->train();
+      FEDRA_FAIL("cannot evaluate the model on the test set: its examples are {} and the model rejects them ({}); "
+                 "give test data that fits the model (--test-data)", describe_tensor(x), e.what_without_backtrace());
+    }
     loss_sum += compute_loss(logits, y, loss).item<double>() * static_cast<double>(end - begin);
     right += correct(logits, y, loss);
     s.examples += end - begin;

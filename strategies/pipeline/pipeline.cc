@@ -50,6 +50,17 @@ class PipelineCoordinator : public CoordinatorStrategy {
   }
 
   void run(Cohort& cohort, RunContext& ctx) override {
+    try {
+      train(cohort, ctx);
+    } catch (const Error& e) {
+      if (completed_ == 0 || ctx.out_dir.empty()) throw;
+      save_model_file(ctx.out_dir + "/model.bin", model_state(*model_));
+      FEDRA_THROW(e.kind(), "{}; model.bin holds the model after round {}", e.what(), completed_);
+    }
+  }
+
+ private:
+  void train(Cohort& cohort, RunContext& ctx) {
     model_ = build_initial_model(job_.model, job_.seed, o_.init(), o_.init_skip(), ctx.dataset);
     stages_ = cut_stages(model_, o_.stages(), o_.cuts());
     const auto n = static_cast<size_t>(o_.stages());
@@ -89,11 +100,11 @@ class PipelineCoordinator : public CoordinatorStrategy {
         line.emplace_back("test_loss", s.loss);
       }
       ctx.report_round(round, static_cast<uint32_t>(rounds), std::move(line));
+      completed_ = round;
     }
     if (!ctx.out_dir.empty()) save_model_file(ctx.out_dir + "/model.bin", model_state(*model_));
   }
 
- private:
   static std::vector<WorkerInfo> pick(const Cohort& cohort, size_t n) {
     auto workers = cohort.workers();
     std::sort(workers.begin(), workers.end(), [](const WorkerInfo& a, const WorkerInfo& b) { return a.name < b.name; });
@@ -182,8 +193,8 @@ class PipelineCoordinator : public CoordinatorStrategy {
     at::set_num_threads(threads);
     if (!abort_reason.empty() || !failures.empty()) {
       FEDRA_FAIL("pipeline round {} failed: {}; a stage's weights live on its worker only, so the round cannot go "
-                 "on without it (the model of round {} is kept)", round,
-                 abort_reason.empty() ? describe_failures(failures) : abort_reason, round - 1);
+                 "on without it", round,
+                 abort_reason.empty() ? describe_failures(failures) : abort_reason);
     }
 
     std::vector<std::string> busy;
@@ -229,6 +240,7 @@ class PipelineCoordinator : public CoordinatorStrategy {
   }
 
   Job job_;
+  uint32_t completed_ = 0;  // rounds recorded
   PipelineOptions o_;
   torch::nn::Sequential model_{nullptr};
   std::vector<torch::nn::Sequential> stages_;

@@ -40,6 +40,17 @@ class TensorCoordinator : public CoordinatorStrategy {
   }
 
   void run(Cohort& cohort, RunContext& ctx) override {
+    try {
+      train(cohort, ctx);
+    } catch (const Error& e) {
+      if (completed_ == 0 || ctx.out_dir.empty()) throw;
+      save_model_file(ctx.out_dir + "/model.bin", model_state(*model_));
+      FEDRA_THROW(e.kind(), "{}; model.bin holds the model after round {}", e.what(), completed_);
+    }
+  }
+
+ private:
+  void train(Cohort& cohort, RunContext& ctx) {
     model_ = build_initial_model(job_.model, job_.seed, o_.init(), o_.init_skip(), ctx.dataset);
     plan_ = plan_shards(model_, o_.workers());
     const auto world = static_cast<size_t>(o_.workers());
@@ -80,11 +91,11 @@ class TensorCoordinator : public CoordinatorStrategy {
         line.emplace_back("test_loss", s.loss);
       }
       ctx.report_round(round, static_cast<uint32_t>(rounds), std::move(line));
+      completed_ = round;
     }
     if (!ctx.out_dir.empty()) save_model_file(ctx.out_dir + "/model.bin", model_state(*model_));
   }
 
- private:
   static std::vector<WorkerInfo> pick(const Cohort& cohort, size_t n) {
     auto workers = cohort.workers();
     std::sort(workers.begin(), workers.end(), [](const WorkerInfo& a, const WorkerInfo& b) { return a.name < b.name; });
@@ -198,8 +209,8 @@ class TensorCoordinator : public CoordinatorStrategy {
     at::set_num_threads(threads);
     if (!abort_reason.empty() || !failures.empty()) {
       FEDRA_FAIL("tensor round {} failed: {}; every worker holds a slice of every layer, so the round cannot go "
-                 "on without it (the model of round {} is kept)", round,
-                 abort_reason.empty() ? describe_failures(failures) : abort_reason, round - 1);
+                 "on without it", round,
+                 abort_reason.empty() ? describe_failures(failures) : abort_reason);
     }
 
     std::vector<NamedTensors> shards(world);
@@ -241,6 +252,7 @@ class TensorCoordinator : public CoordinatorStrategy {
   }
 
   Job job_;
+  uint32_t completed_ = 0;  // rounds recorded
   TensorOptions o_;
   torch::nn::Sequential model_{nullptr};
   ShardPlan plan_;

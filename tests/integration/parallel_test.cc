@@ -232,3 +232,42 @@ TEST_CASE("tensor and pipeline refuse models they cannot split, saying why") {
   CHECK(cut_code != 0);
   CHECK(contains(cut, "pipeline.cuts: the model has no layer 'relu7'; its layers are flatten, fc1, relu1, fc2"));
 }
+
+TEST_CASE("a worker killed mid-round fails the round with its name and stage; the last round's model is kept") {
+  for (const std::string strategy : {"tensor", "pipeline"}) {
+    INFO(strategy);
+    TempDir dir;
+    const std::string data = "synthetic:n=512,features=16,classes=2,seed=3";
+    const ChildProcess coordinator = start_fedra(
+        {"coordinator", "--listen", "127.0.0.1:0", "--port-file", dir / "port", "--strategy", strategy, "--model",
+         "mlp:16-128-1", "--loss", "bce", "--min-workers", "2", "--" + strategy + ".steps", "1000000",
+         "--" + strategy + ".steps_per_round", "500", "--test-data", data, "--out", dir / "out", "--threads", "1", "--wait-timeout", "5"},
+        dir / "coordinator.log");
+    const std::string port = wait_for_file(dir / "port", std::chrono::seconds(30));
+    std::vector<ChildProcess> workers;
+    for (int i = 0; i < 2; ++i) {
+      workers.push_back(start_fedra({"worker", "--connect", "127.0.0.1:" + port, "--dataset", data, "--name",
+                                     "worker-" + std::to_string(i), "--threads", "1"},
+                                    dir / ("worker-" + std::to_string(i) + ".log")));
+    }
+    wait_for_lines(dir / "out/metrics.jsonl", 2, std::chrono::seconds(120));
+    kill_child(workers[1]);
+    const int code = finish(coordinator, std::chrono::seconds(60));
+    const std::string log = read_file(dir / "coordinator.log");
+    INFO("coordinator log:\n" << log);
+    CHECK(code == 1);
+    const std::string who = strategy == "tensor" ? "worker-1 (rank 1) failed" : "worker-1 (stage 1) failed";
+    // Killed mid-round (a round takes ~100 ms, the gap between rounds ~1 ms): the round fails
+    // naming the worker; killed between rounds, the next round's wait for 2 workers times out.
+    const bool named = contains(log, strategy + " round ") && contains(log, who);
+    CHECK((named || contains(log, "only 1 of 2 workers connected within 5 s")));
+    const auto lines = read_jsonl(dir / "out/metrics.jsonl");
+    REQUIRE(lines.size() >= 2);
+    CHECK(contains(log, fmt::format("model.bin holds the model after round {}", lines.size())));
+    const NamedTensors kept = load_model_file(dir / "out/model.bin");
+    CHECK(kept.size() == 4);
+    CHECK(nlohmann::json::parse(read_file(dir / "out/summary.json"))["status"] == "failed");
+    // The surviving worker is told and leaves; it does not hang.
+    CHECK(finish(workers[0], std::chrono::seconds(30)) != -1);
+  }
+}
