@@ -18,7 +18,7 @@
 #include "core/optimizer.h"
 #include "core/tensor_checks.h"
 #include "core/training.h"
-#include "strategies/losses.h"
+#include "strategies/model_parallel.h"
 
 namespace fedra::pipeline {
 
@@ -43,80 +43,29 @@ std::string describe_stages(const std::vector<torch::nn::Sequential>& stages) {
 // ---------------------------------------------------------------------------------------------
 // Coordinator
 
-class PipelineCoordinator : public CoordinatorStrategy {
+class PipelineCoordinator : public ModelParallelCoordinator {
  public:
-  explicit PipelineCoordinator(const Job& job) : job_(job), o_(parse_options<PipelineOptions>(job.options)) {
-    check_loss_name(job.loss);
-  }
-
-  void run(Cohort& cohort, RunContext& ctx) override {
-    try {
-      train(cohort, ctx);
-    } catch (const Error& e) {
-      if (completed_ == 0 || ctx.out_dir.empty()) throw;
-      save_model_file(ctx.out_dir + "/model.bin", model_state(*model_));
-      FEDRA_THROW(e.kind(), "{}; model.bin holds the model after round {}", e.what(), completed_);
-    }
-  }
+  explicit PipelineCoordinator(const Job& job)
+      : PipelineCoordinator(job, parse_options<PipelineOptions>(job.options)) {}
 
  private:
-  void train(Cohort& cohort, RunContext& ctx) {
+  PipelineCoordinator(const Job& job, const PipelineOptions& o)
+      : ModelParallelCoordinator(job, RoundPlan::from(o, "pipeline", "stage", o.stages())), o_(o) {}
+
+  void prepare(const RunContext& ctx) override {
     model_ = build_initial_model(job_.model, job_.seed, o_.init(), o_.init_skip(), ctx.dataset);
     stages_ = cut_stages(model_, o_.stages(), o_.cuts());
-    const auto n = static_cast<size_t>(o_.stages());
-    const auto wait = ctx.wait_timeout;
-    if (!cohort.wait_for_workers(n, Clock::now() + wait)) {
-      FEDRA_THROW(ErrorKind::kOverloaded, "pipeline needs {} workers (pipeline.stages); {} connected within {} s", n,
-                  cohort.size(), wait.count() / 1000.0);
-    }
-    const int64_t per_epoch = std::max<int64_t>(1, steps_per_epoch(pick(cohort, n)[0].num_examples, o_.batch_size()));
-    const int64_t total = o_.steps() > 0 ? o_.steps() : o_.epochs() * per_epoch;
-    const int64_t per_round = o_.steps_per_round() > 0 ? o_.steps_per_round() : per_epoch;
-    const int64_t rounds = (total + per_round - 1) / per_round;
-    spdlog::info("pipeline: {} stages {}; {} micro-batches of {} in flight, weight stashing {}; {} micro-batches in {} "
-                 "rounds of up to {}", n, describe_stages(stages_), o_.effective_in_flight(), o_.batch_size(),
-                 o_.stash() ? "on" : "off", total, rounds, per_round);
-    opt_state_.assign(n, {});
-
-    int64_t step = 0;
-    for (uint32_t round = 1; step < total; ++round) {
-      if (ctx.stop_requested()) FEDRA_FAIL("interrupted");
-      if (!cohort.wait_for_workers(n, Clock::now() + wait)) {
-        FEDRA_THROW(ErrorKind::kOverloaded, "round {}: only {} of {} workers connected within {} s", round,
-                    cohort.size(), n, wait.count() / 1000.0);
-      }
-      const int64_t count = std::min(per_round, total - step);
-      const auto t0 = Clock::now();
-      Metrics line = run_round(cohort, ctx, round, step, count);
-      const double fit_s = Seconds(Clock::now() - t0).count();
-      step += count;
-      line.emplace_back("fit_s", fit_s);
-      line.emplace_back("step_ms", 1000.0 * fit_s / static_cast<double>(count));
-      line.emplace_back("epoch", static_cast<double>(step) / static_cast<double>(per_epoch));
-      if (ctx.test_set != nullptr && o_.eval_every() > 0 &&
-          (round % static_cast<uint32_t>(o_.eval_every()) == 0 || step >= total)) {
-        const EvalStats s = evaluate_model(model_, *ctx.test_set, job_.loss);
-        line.emplace_back("test_accuracy", s.accuracy);
-        line.emplace_back("test_loss", s.loss);
-      }
-      ctx.report_round(round, static_cast<uint32_t>(rounds), std::move(line));
-      completed_ = round;
-    }
-    if (!ctx.out_dir.empty()) save_model_file(ctx.out_dir + "/model.bin", model_state(*model_));
   }
 
-  static std::vector<WorkerInfo> pick(const Cohort& cohort, size_t n) {
-    auto workers = cohort.workers();
-    std::sort(workers.begin(), workers.end(), [](const WorkerInfo& a, const WorkerInfo& b) { return a.name < b.name; });
-    workers.resize(std::min(n, workers.size()));
-    return workers;
+  std::string describe(int64_t steps, int64_t rounds, int64_t per_round) const override {
+    return fmt::format("pipeline: {} stages {}; {} micro-batches of {} in flight, weight stashing {}; {} micro-batches "
+                       "in {} rounds of up to {}", stages_.size(), describe_stages(stages_), o_.effective_in_flight(),
+                       o_.batch_size(), o_.stash() ? "on" : "off", steps, rounds, per_round);
   }
 
-  Metrics run_round(Cohort& cohort, const RunContext& ctx, uint32_t round, int64_t first, int64_t count) {
-    const auto n = static_cast<size_t>(o_.stages());
-    const auto ranked = pick(cohort, n);
-    std::map<WorkerId, size_t> stage_of;
-    for (size_t s = 0; s < n; ++s) stage_of[ranked[s].id] = s;
+  Metrics run_round(Cohort& cohort, const RunContext& ctx, uint32_t round, int64_t first, int64_t count,
+                    const std::vector<WorkerInfo>& ranked) override {
+    const size_t n = ranked.size();
     std::vector<NamedTensors> expected(n);
     std::vector<Instruction> instructions;
     for (size_t s = 0; s < n; ++s) {
@@ -140,18 +89,9 @@ class PipelineCoordinator : public CoordinatorStrategy {
       FEDRA_REQUIRE(shape == cut_shape[cut], "{} sent {} {} for micro-batch {}; the cut after stage {} carries "
                     "[batch, {}]", w.name, what, describe_tensor(t), step, cut, fmt::join(cut_shape[cut], ", "));
     };
-    std::vector<std::optional<Message>> done(n);
-    std::string abort_reason;
-    const auto step_timeout = std::chrono::milliseconds(static_cast<int64_t>(o_.step_timeout() * 1000));
-    auto last_progress = Clock::now();
     const int64_t end = first + count;
     int64_t relayed = 0;
-
-    Exchange ex;
-    ex.deadline = [&] { return last_progress + step_timeout; };
-    ex.on_part = [&](const WorkerInfo& w, Message&& m) {
-      const size_t s = stage_of.at(w.id);
-      last_progress = Clock::now();
+    auto on_part = [&](size_t s, const WorkerInfo& w, Message&& m) {
       const auto step = static_cast<int64_t>(m.step);
       FEDRA_REQUIRE(step >= first && step < end, "{} (stage {}) sent '{}' for micro-batch {}, outside this round's "
                     "{}..{}", w.name, s, m.kind, step, first, end - 1);
@@ -174,37 +114,13 @@ class PipelineCoordinator : public CoordinatorStrategy {
       }
       ++relayed;
     };
-    ex.on_reply = [&](const WorkerInfo& w, Message&& m) {
-      FEDRA_REQUIRE(m.kind == kDone, "expected '{}' from {}, got '{}'", kDone, w.name, m.kind);
-      last_progress = Clock::now();
-      done[stage_of.at(w.id)] = std::move(m);
-    };
-    ex.on_failure = [&](const Failure& f) {
-      if (!abort_reason.empty()) return;
-      const auto it = stage_of.find(f.worker);
-      abort_reason = fmt::format("{} (stage {}) failed: {}", f.name, it == stage_of.end() ? 0 : it->second, f.message);
-      for (size_t s = 0; s < n; ++s) {
-        if (ranked[s].id != f.worker) cohort.cancel(ranked[s].id, "pipeline round failed: " + abort_reason);
-      }
-    };
-    const int threads = at::get_num_threads();
-    at::set_num_threads(1);
-    const auto failures = cohort.exchange(std::move(instructions), ex);
-    at::set_num_threads(threads);
-    if (!abort_reason.empty() || !failures.empty()) {
-      FEDRA_FAIL("pipeline round {} failed: {}; a stage's weights live on its worker only, so the round cannot go "
-                 "on without it", round,
-                 abort_reason.empty() ? describe_failures(failures) : abort_reason);
-    }
+    const std::vector<Message> done =
+        exchange(cohort, round, ranked, std::move(instructions), kDone, on_part,
+                 "a stage's weights live on its worker only, so the round cannot go on without it");
 
     std::vector<std::string> busy;
     for (size_t s = 0; s < n; ++s) {
-      FEDRA_ASSERT(done[s].has_value(), "stage {} finished without a reply", s);
-      NamedTensors params, opt;
-      for (auto& [name, t] : done[s]->tensors) {
-        if (name.rfind("opt/", 0) == 0) opt.emplace_back(name.substr(4), t);
-        else if (name != "loss" && name != "examples") params.emplace_back(name, t);
-      }
+      auto [params, opt] = split_reply(done[s]);
       try {
         check_layout(expected[s], params);
         check_finite(params);
@@ -214,37 +130,18 @@ class PipelineCoordinator : public CoordinatorStrategy {
       }
       load_model_state(*stages_[s], params);
       opt_state_[s] = std::move(opt);
-      const double compute = done[s]->metric_or("compute_s", 0), wait = done[s]->metric_or("wait_s", 0);
+      const double compute = done[s].metric_or("compute_s", 0), wait = done[s].metric_or("wait_s", 0);
       busy.push_back(fmt::format("{:.2f}", compute + wait > 0 ? compute / (compute + wait) : 0.0));
     }
-    const Message& last = *done[n - 1];
-    const at::Tensor loss = last.tensors.empty() ? at::Tensor() : last.tensor("loss");
-    const at::Tensor examples = last.tensor("examples");
-    check_losses(loss, examples, count, ranked[n - 1].name);
-    append_losses(ctx.out_dir, round, first, loss, examples);
-    const auto [first_loss, mean_loss] = loss_summary(loss, examples);
-    Metrics line;
-    line.emplace_back("status", std::string("ok"));
-    line.emplace_back("first_step", first);
-    line.emplace_back("steps", count);
-    line.emplace_back("train_loss", first_loss);
-    line.emplace_back("train_loss_mean", mean_loss);
-    line.emplace_back("train_examples", examples.sum().item<int64_t>());
-    line.emplace_back("workers_asked", static_cast<int64_t>(n));
-    line.emplace_back("workers_ok", static_cast<int64_t>(n));
-    line.emplace_back("workers_failed", int64_t{0});
+    Metrics line = loss_metrics(ctx, round, first, count, done[n - 1], ranked[n - 1].name);
     line.emplace_back("in_flight", o_.effective_in_flight());
     line.emplace_back("messages_relayed", relayed);
     line.emplace_back("stage_busy", fmt::format("{}", fmt::join(busy, ",")));
     return line;
   }
 
-  Job job_;
-  uint32_t completed_ = 0;  // rounds recorded
   PipelineOptions o_;
-  torch::nn::Sequential model_{nullptr};
   std::vector<torch::nn::Sequential> stages_;
-  std::vector<NamedTensors> opt_state_;  // per stage, between rounds
 };
 
 // ---------------------------------------------------------------------------------------------

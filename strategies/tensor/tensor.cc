@@ -16,7 +16,7 @@
 #include "core/optimizer.h"
 #include "core/tensor_checks.h"
 #include "core/training.h"
-#include "strategies/losses.h"
+#include "strategies/model_parallel.h"
 
 namespace fedra::tensor {
 
@@ -33,74 +33,23 @@ std::pair<int64_t, int64_t> even_range(int64_t size, int64_t world, int64_t rank
 // ---------------------------------------------------------------------------------------------
 // Coordinator
 
-class TensorCoordinator : public CoordinatorStrategy {
+class TensorCoordinator : public ModelParallelCoordinator {
  public:
-  explicit TensorCoordinator(const Job& job) : job_(job), o_(parse_options<TensorOptions>(job.options)) {
-    check_loss_name(job.loss);
-  }
-
-  void run(Cohort& cohort, RunContext& ctx) override {
-    try {
-      train(cohort, ctx);
-    } catch (const Error& e) {
-      if (completed_ == 0 || ctx.out_dir.empty()) throw;
-      save_model_file(ctx.out_dir + "/model.bin", model_state(*model_));
-      FEDRA_THROW(e.kind(), "{}; model.bin holds the model after round {}", e.what(), completed_);
-    }
-  }
+  explicit TensorCoordinator(const Job& job)
+      : TensorCoordinator(job, parse_options<TensorOptions>(job.options)) {}
 
  private:
-  void train(Cohort& cohort, RunContext& ctx) {
-    model_ = build_initial_model(job_.model, job_.seed, o_.init(), o_.init_skip(), ctx.dataset);
-    plan_ = plan_shards(model_, o_.workers());
-    const auto world = static_cast<size_t>(o_.workers());
-    const auto wait = ctx.wait_timeout;
-    if (!cohort.wait_for_workers(world, Clock::now() + wait)) {
-      FEDRA_THROW(ErrorKind::kOverloaded, "tensor needs {} workers (tensor.workers); {} connected within {} s",
-                  world, cohort.size(), wait.count() / 1000.0);
-    }
-    const auto ranked = pick(cohort, world);
-    const int64_t per_epoch = std::max<int64_t>(1, steps_per_epoch(ranked[0].num_examples, o_.batch_size()));
-    const int64_t total = o_.steps() > 0 ? o_.steps() : o_.epochs() * per_epoch;
-    const int64_t per_round = o_.steps_per_round() > 0 ? o_.steps_per_round() : per_epoch;
-    const int64_t rounds = (total + per_round - 1) / per_round;
-    spdlog::info("tensor: {} layers split {} ways; {} steps in {} rounds of up to {}", plan_.layers.size(),
-                 world, total, rounds, per_round);
-    opt_state_.assign(world, {});
+  TensorCoordinator(const Job& job, const TensorOptions& o)
+      : ModelParallelCoordinator(job, RoundPlan::from(o, "tensor", "rank", o.workers())), o_(o) {}
 
-    int64_t step = 0;
-    for (uint32_t round = 1; step < total; ++round) {
-      if (ctx.stop_requested()) FEDRA_FAIL("interrupted");
-      if (!cohort.wait_for_workers(world, Clock::now() + wait)) {
-        FEDRA_THROW(ErrorKind::kOverloaded, "round {}: only {} of {} workers connected within {} s", round,
-                    cohort.size(), world, wait.count() / 1000.0);
-      }
-      const int64_t count = std::min(per_round, total - step);
-      const auto t0 = Clock::now();
-      Metrics line = run_round(cohort, ctx, round, step, count);
-      const double fit_s = Seconds(Clock::now() - t0).count();
-      step += count;
-      line.emplace_back("fit_s", fit_s);
-      line.emplace_back("step_ms", 1000.0 * fit_s / static_cast<double>(count));
-      line.emplace_back("epoch", static_cast<double>(step) / static_cast<double>(per_epoch));
-      const bool last = step >= total;
-      if (ctx.test_set != nullptr && o_.eval_every() > 0 &&
-          (round % static_cast<uint32_t>(o_.eval_every()) == 0 || last)) {
-        const EvalStats s = evaluate_model(model_, *ctx.test_set, job_.loss);
-        line.emplace_back("test_accuracy", s.accuracy);
-        line.emplace_back("test_loss", s.loss);
-      }
-      ctx.report_round(round, static_cast<uint32_t>(rounds), std::move(line));
-      completed_ = round;
-    }
-    if (!ctx.out_dir.empty()) save_model_file(ctx.out_dir + "/model.bin", model_state(*model_));
+  void prepare(const RunContext& ctx) override {
+    model_ = build_initial_model(job_.model, job_.seed, o_.init(), o_.init_skip(), ctx.dataset);
+    shards_ = plan_shards(model_, o_.workers());
   }
 
-  static std::vector<WorkerInfo> pick(const Cohort& cohort, size_t n) {
-    auto workers = cohort.workers();
-    std::sort(workers.begin(), workers.end(), [](const WorkerInfo& a, const WorkerInfo& b) { return a.name < b.name; });
-    workers.resize(std::min(n, workers.size()));
-    return workers;
+  std::string describe(int64_t steps, int64_t rounds, int64_t per_round) const override {
+    return fmt::format("tensor: {} layers split {} ways; {} steps in {} rounds of up to {}", shards_.layers.size(),
+                       shards_.world, steps, rounds, per_round);
   }
 
   struct Collective {
@@ -109,16 +58,14 @@ class TensorCoordinator : public CoordinatorStrategy {
     size_t count = 0;
   };
 
-  Metrics run_round(Cohort& cohort, const RunContext& ctx, uint32_t round, int64_t first, int64_t count) {
-    const auto world = static_cast<size_t>(o_.workers());
-    const auto ranked = pick(cohort, world);
-    std::map<WorkerId, size_t> rank;
-    for (size_t r = 0; r < ranked.size(); ++r) rank[ranked[r].id] = r;
+  Metrics run_round(Cohort& cohort, const RunContext& ctx, uint32_t round, int64_t first, int64_t count,
+                    const std::vector<WorkerInfo>& ranked) override {
+    const size_t world = ranked.size();
     const NamedTensors full = model_state(*model_);
     std::vector<NamedTensors> expected(world);
     std::vector<Instruction> instructions;
     for (size_t r = 0; r < world; ++r) {
-      expected[r] = shard_of(plan_, full, static_cast<int64_t>(r));
+      expected[r] = shard_of(shards_, full, static_cast<int64_t>(r));
       Message m(kRun, round);
       m.step = static_cast<uint64_t>(first);
       m.tensors = expected[r];
@@ -130,17 +77,8 @@ class TensorCoordinator : public CoordinatorStrategy {
     }
 
     std::map<std::pair<int64_t, int64_t>, Collective> pending;
-    std::vector<std::optional<Message>> done(world);
-    std::string abort_reason;
-    const auto step_timeout = std::chrono::milliseconds(static_cast<int64_t>(o_.step_timeout() * 1000));
-    auto last_progress = Clock::now();
     const int64_t end = first + count;
-
-    Exchange ex;
-    ex.deadline = [&] { return last_progress + step_timeout; };
-    ex.on_part = [&](const WorkerInfo& w, Message&& m) {
-      const size_t r = rank.at(w.id);
-      last_progress = Clock::now();
+    auto on_part = [&](size_t r, const WorkerInfo& w, Message&& m) {
       const auto step = static_cast<int64_t>(m.step);
       FEDRA_REQUIRE(step >= first && step < end, "{} sent '{}' for step {}, outside this round's steps {}..{}",
                     w.name, m.kind, step, first, end - 1);
@@ -190,37 +128,13 @@ class TensorCoordinator : public CoordinatorStrategy {
       for (size_t k = 0; k < world; ++k) cohort.post(ranked[k].id, res);
       pending.erase({step, op});
     };
-    ex.on_reply = [&](const WorkerInfo& w, Message&& m) {
-      FEDRA_REQUIRE(m.kind == kDone, "expected '{}' from {}, got '{}'", kDone, w.name, m.kind);
-      last_progress = Clock::now();
-      done[rank.at(w.id)] = std::move(m);
-    };
-    ex.on_failure = [&](const Failure& f) {
-      if (!abort_reason.empty()) return;
-      const auto it = rank.find(f.worker);
-      abort_reason = fmt::format("{} (rank {}) failed: {}", f.name, it == rank.end() ? 0 : it->second, f.message);
-      for (size_t k = 0; k < world; ++k) {
-        if (ranked[k].id != f.worker) cohort.cancel(ranked[k].id, "tensor round failed: " + abort_reason);
-      }
-    };
-    const int threads = at::get_num_threads();
-    at::set_num_threads(1);
-    const auto failures = cohort.exchange(std::move(instructions), ex);
-    at::set_num_threads(threads);
-    if (!abort_reason.empty() || !failures.empty()) {
-      FEDRA_FAIL("tensor round {} failed: {}; every worker holds a slice of every layer, so the round cannot go "
-                 "on without it", round,
-                 abort_reason.empty() ? describe_failures(failures) : abort_reason);
-    }
+    const std::vector<Message> done =
+        exchange(cohort, round, ranked, std::move(instructions), kDone, on_part,
+                 "every worker holds a slice of every layer, so the round cannot go on without it");
 
     std::vector<NamedTensors> shards(world);
     for (size_t r = 0; r < world; ++r) {
-      FEDRA_ASSERT(done[r].has_value(), "rank {} finished without a reply", r);
-      NamedTensors params, opt;
-      for (auto& [name, t] : done[r]->tensors) {
-        if (name.rfind("opt/", 0) == 0) opt.emplace_back(name.substr(4), t);
-        else if (name != "loss" && name != "examples") params.emplace_back(name, t);
-      }
+      auto [params, opt] = split_reply(done[r]);
       try {
         check_layout(expected[r], params);
         check_finite(params);
@@ -230,33 +144,15 @@ class TensorCoordinator : public CoordinatorStrategy {
       shards[r] = std::move(params);
       opt_state_[r] = std::move(opt);
     }
-    load_model_state(*model_, assemble(plan_, shards));
-    const at::Tensor loss = done[0]->tensor("loss");
-    const at::Tensor examples = done[0]->tensor("examples");
-    check_losses(loss, examples, count, ranked[0].name);
-    append_losses(ctx.out_dir, round, first, loss, examples);
-    const auto [first_loss, mean_loss] = loss_summary(loss, examples);
-    Metrics line;
-    line.emplace_back("status", std::string("ok"));
-    line.emplace_back("first_step", first);
-    line.emplace_back("steps", count);
-    line.emplace_back("train_loss", first_loss);
-    line.emplace_back("train_loss_mean", mean_loss);
-    line.emplace_back("train_examples", examples.sum().item<int64_t>());
-    line.emplace_back("workers_asked", static_cast<int64_t>(world));
-    line.emplace_back("workers_ok", static_cast<int64_t>(world));
-    line.emplace_back("workers_failed", int64_t{0});
-    line.emplace_back("worker_compute_ms", done[0]->metric_or("compute_ms", 0));
-    line.emplace_back("worker_wait_ms", done[0]->metric_or("wait_ms", 0));
+    load_model_state(*model_, assemble(shards_, shards));
+    Metrics line = loss_metrics(ctx, round, first, count, done[0], ranked[0].name);
+    line.emplace_back("worker_compute_ms", done[0].metric_or("compute_ms", 0));
+    line.emplace_back("worker_wait_ms", done[0].metric_or("wait_ms", 0));
     return line;
   }
 
-  Job job_;
-  uint32_t completed_ = 0;  // rounds recorded
   TensorOptions o_;
-  torch::nn::Sequential model_{nullptr};
-  ShardPlan plan_;
-  std::vector<NamedTensors> opt_state_;  // per rank, between rounds
+  ShardPlan shards_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -381,9 +277,12 @@ class TensorWorker : public WorkerStrategy {
     link_->send(m);
     Message res = await(kResult, step, op_++);
     const at::Tensor& out = res.tensor("t");
-    FEDRA_REQUIRE(out.dim() == 2 && out.size(0) == t.size(0) && (kind != std::string(kGather) || out.size(1) >= t.size(1)) &&
-                      (kind != std::string(kReduce) || out.sizes() == t.sizes()),
-                  "tensor worker: the result of step {} is {}, the part sent {}", step, describe_tensor(out), describe_tensor(t));
+    // A sum has the part's shape; a gather the whole last layer's width.
+    const int64_t width = kind == std::string(kGather) ? plan_.out.back() : t.size(1);
+    FEDRA_REQUIRE(out.dim() == 2 && out.size(0) == t.size(0) && out.size(1) == width &&
+                      out.scalar_type() == at::kFloat,
+                  "tensor worker: the result of step {} is {}; the part sent was {}, the result should have {} "
+                  "columns", step, describe_tensor(out), describe_tensor(t), width);
     return out;
   }
 
