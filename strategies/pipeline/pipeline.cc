@@ -317,6 +317,10 @@ class PipelineWorker : public WorkerStrategy {
       torch::NoGradGuard no_grad;
       out = run_stage(input, step);
     }
+    if (step == o_.inject_bad_shape() && stage_ == 0 && out.dim() == 2 && out.size(1) > 1) {
+      spdlog::warn("inject_bad_shape: sending micro-batch {}'s activations one column short", step);
+      out = out.narrow(1, 0, out.size(1) - 1);
+    }
     send(kAct, step, {{"act", out.contiguous()}, {"target", target}});
     saved_.emplace(step, std::move(saved));
   }

@@ -63,6 +63,7 @@ struct PipelineOptions {
   FEDRA_ARG(int64_t, eval_every) = 1;
   FEDRA_ARG(std::string, init) = "seed";
   FEDRA_ARG(std::string, init_skip) = "";
+  FEDRA_ARG(int64_t, inject_bad_shape) = -1;
 
   template <class F>
   void visit(F&& f) {
@@ -90,6 +91,8 @@ struct PipelineOptions {
     f("init_skip", init_skip_,
       "with after-data: what to draw and discard first: N models, or items like "
       "'mlp:16-8-1*3 linear:16-4 linear:4-1:nobias' (core/model.h)");
+    f("inject_bad_shape", inject_bad_shape_,
+      "fault injection for tests: stage 0 sends micro-batch K's activations one column short; -1 = never");
   }
   void validate() const;
   int64_t effective_in_flight() const { return in_flight_ > 0 ? in_flight_ : stages_; }

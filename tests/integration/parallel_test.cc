@@ -207,7 +207,7 @@ TEST_CASE("the notebook's tensor-parallel and pipeline runs land on its printed 
   }
 }
 
-TEST_CASE("tensor and pipeline refuse models they cannot split, saying why") {
+TEST_CASE("tensor and pipeline refuse models they cannot split and activations of the wrong shape, saying why") {
   TempDir dir;
   auto run = [&](const std::string& name, const std::vector<std::string>& args) {
     std::vector<std::string> all = {"simulate", "--dataset", "synthetic:n=64,features=16,classes=2,seed=1",
@@ -226,6 +226,15 @@ TEST_CASE("tensor and pipeline refuse models they cannot split, saying why") {
   INFO(deep);
   CHECK(deep_code != 0);
   CHECK(contains(deep, "pipeline: 3 stages need 3 layers with weights; this model has 2 (flatten, fc1, relu1, fc2)"));
+  // A stage sending activations of the wrong shape: the coordinator refuses to relay them and
+  // fails the round, naming the worker, the tensor and the shape the cut carries.
+  const auto [shape_code, shape] = run("shape", {"--strategy", "pipeline", "--workers", "2", "--model", "mlp:16-12-1",
+                                                 "--pipeline.steps", "20", "--pipeline.steps_per_round", "20", "--pipeline.inject_bad_shape", "5",
+                                                 "--pipeline.batch_size", "16"});
+  INFO(shape);
+  CHECK(shape_code == 1);
+  CHECK(contains(shape, "pipeline round 1 failed: worker-0 (stage 0) failed: worker-0 sent activations "
+                        "float32[16,11] for micro-batch 5; the cut after stage 0 carries [batch, 12]"));
   const auto [cut_code, cut] = run("cut", {"--strategy", "pipeline", "--workers", "2", "--model", "mlp:16-8-1",
                                            "--pipeline.cuts", "relu7"});
   INFO(cut);
