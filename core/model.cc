@@ -294,8 +294,10 @@ NamedTensors load_model_file(const std::string& path) {
 namespace {
 
 struct SkipItem {
-  std::string spec;
+  std::string spec;  // a model spec, or linear:IN-OUT[:nobias]
   int64_t times = 1;
+  int64_t linear_in = 0, linear_out = 0;  // linear items
+  bool bias = true;
 };
 
 std::vector<SkipItem> parse_skip(const std::string& skip, const std::string& model_spec, const std::string& prefix) {
@@ -327,6 +329,9 @@ std::vector<SkipItem> parse_skip(const std::string& skip, const std::string& mod
       const int n = std::sscanf(dims.c_str(), "%ld-%ld%15s", &in, &out, tail);
       FEDRA_REQUIRE((n == 2 || (n == 3 && std::string(tail) == ":nobias")) && in > 0 && out > 0,
                     "{}init_skip: '{}' should be linear:IN-OUT or linear:IN-OUT:nobias", prefix, s.spec);
+      s.linear_in = in;
+      s.linear_out = out;
+      s.bias = n == 2;
     }
     items.push_back(s);
   }
@@ -348,10 +353,8 @@ torch::nn::Sequential build_initial_model(const std::string& spec, uint64_t seed
   seed_like_synthetic(dataset);
   for (const SkipItem& item : parse_skip(skip, spec, "")) {
     for (int64_t k = 0; k < item.times; ++k) {
-      if (item.spec.rfind("linear:", 0) == 0) {
-        int64_t in = 0, out = 0;
-        std::sscanf(item.spec.c_str() + 7, "%ld-%ld", &in, &out);
-        torch::nn::Linear discard(torch::nn::LinearOptions(in, out).bias(item.spec.find(":nobias") == std::string::npos));
+      if (item.linear_in > 0) {
+        torch::nn::Linear discard(torch::nn::LinearOptions(item.linear_in, item.linear_out).bias(item.bias));
       } else {
         build_model_unseeded(item.spec);
       }

@@ -118,18 +118,23 @@ class PipelineCoordinator : public ModelParallelCoordinator {
         exchange(cohort, round, ranked, std::move(instructions), kDone, on_part,
                  "a stage's weights live on its worker only, so the round cannot go on without it");
 
-    std::vector<std::string> busy;
+    // Every stage's parameters are checked before any is loaded: the model stays the last
+    // round's whole if one is unusable.
+    std::vector<std::pair<NamedTensors, NamedTensors>> parts;
     for (size_t s = 0; s < n; ++s) {
-      auto [params, opt] = split_reply(done[s]);
+      parts.push_back(split_reply(done[s]));
       try {
-        check_layout(expected[s], params);
-        check_finite(params);
+        check_layout(expected[s], parts.back().first);
+        check_finite(parts.back().first);
       } catch (const Error& e) {
         FEDRA_FAIL("pipeline round {}: the parameters returned by {} (stage {}) are not usable: {}", round,
                    ranked[s].name, s, e.what());
       }
-      load_model_state(*stages_[s], params);
-      opt_state_[s] = std::move(opt);
+    }
+    std::vector<std::string> busy;
+    for (size_t s = 0; s < n; ++s) {
+      load_model_state(*stages_[s], parts[s].first);
+      opt_state_[s] = std::move(parts[s].second);
       const double compute = done[s].metric_or("compute_s", 0), wait = done[s].metric_or("wait_s", 0);
       busy.push_back(fmt::format("{:.2f}", compute + wait > 0 ? compute / (compute + wait) : 0.0));
     }

@@ -132,7 +132,8 @@ class TensorCoordinator : public ModelParallelCoordinator {
         exchange(cohort, round, ranked, std::move(instructions), kDone, on_part,
                  "every worker holds a slice of every layer, so the round cannot go on without it");
 
-    std::vector<NamedTensors> shards(world);
+    // Every rank's slices are checked before any state changes: a bad one leaves the last round's.
+    std::vector<NamedTensors> shards(world), opt_state(world);
     for (size_t r = 0; r < world; ++r) {
       auto [params, opt] = split_reply(done[r]);
       try {
@@ -142,9 +143,10 @@ class TensorCoordinator : public ModelParallelCoordinator {
         FEDRA_FAIL("tensor round {}: the slices returned by {} are not usable: {}", round, ranked[r].name, e.what());
       }
       shards[r] = std::move(params);
-      opt_state_[r] = std::move(opt);
+      opt_state[r] = std::move(opt);
     }
     load_model_state(*model_, assemble(shards_, shards));
+    opt_state_ = std::move(opt_state);
     Metrics line = loss_metrics(ctx, round, first, count, done[0], ranked[0].name);
     line.emplace_back("worker_compute_ms", done[0].metric_or("compute_ms", 0));
     line.emplace_back("worker_wait_ms", done[0].metric_or("wait_ms", 0));
