@@ -156,8 +156,6 @@ class PipelineWorker : public WorkerStrategy {
  public:
   explicit PipelineWorker(const Job& job) : job_(job), o_(parse_options<PipelineOptions>(job.options)) {
     check_loss_name(job.loss);
-    full_ = build_model(job.model, job.seed);
-    stages_ = cut_stages(full_, o_.stages(), o_.cuts());
   }
 
   Message handle(const Message& request, WorkerContext& ctx) override {
@@ -168,6 +166,12 @@ class PipelineWorker : public WorkerStrategy {
     stage_ = opts.get_int("stage", 0);
     const int64_t n = o_.stages();
     FEDRA_REQUIRE(stage_ >= 0 && stage_ < n, "pipeline: stage {} of a {}-stage pipeline", stage_, n);
+    if (stage_ != built_stage_) {
+      // Only this stage's layers are kept: the rest of the network is freed with `stages`.
+      const auto stages = cut_stages(build_model(job_.model, job_.seed), n, o_.cuts());
+      stage_model_ = stages[static_cast<size_t>(stage_)];
+      built_stage_ = stage_;
+    }
     last_ = stage_ == n - 1;
     if (stage_ == 0) {
       FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} (stage 0) has no training data", ctx.name);
@@ -212,7 +216,7 @@ class PipelineWorker : public WorkerStrategy {
   }
 
  private:
-  torch::nn::Sequential& stage() { return stages_[static_cast<size_t>(stage_)]; }
+  torch::nn::Sequential& stage() { return stage_model_; }
 
   void load(const Message& request) {
     NamedTensors params, opt;
@@ -359,8 +363,8 @@ class PipelineWorker : public WorkerStrategy {
 
   Job job_;
   PipelineOptions o_;
-  torch::nn::Sequential full_{nullptr};
-  std::vector<torch::nn::Sequential> stages_;
+  torch::nn::Sequential stage_model_{nullptr};  // this worker's stage (its weights come with each run)
+  int64_t built_stage_ = -1;
   int64_t stage_ = 0;
   bool last_ = false;
   WorkerLink* link_ = nullptr;

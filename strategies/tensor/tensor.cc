@@ -30,6 +30,23 @@ std::pair<int64_t, int64_t> even_range(int64_t size, int64_t world, int64_t rank
   return {begin, begin + base + (rank < extra ? 1 : 0)};
 }
 
+// Rank `rank`'s slices as shard_of names and shapes them, for checking what a worker receives
+// (uninitialised: only the rank's own share of the model is allocated).
+NamedTensors shard_layout(const ShardPlan& plan, int64_t rank) {
+  NamedTensors out;
+  for (size_t l = 0; l < plan.layers.size(); ++l) {
+    const auto [b, e] = plan.ranges[l][static_cast<size_t>(rank)];
+    if (plan.column(l)) {
+      out.emplace_back(plan.layers[l] + ".weight", at::empty({e - b, plan.in[l]}));
+      out.emplace_back(plan.layers[l] + ".bias", at::empty({e - b}));
+    } else {
+      out.emplace_back(plan.layers[l] + ".weight", at::empty({plan.out[l], e - b}));
+      if (rank == 0) out.emplace_back(plan.layers[l] + ".bias", at::empty({plan.out[l]}));
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Coordinator
 
@@ -216,17 +233,7 @@ class TensorWorker : public WorkerStrategy {
       if (name.rfind("opt/", 0) == 0) opt.emplace_back(name.substr(4), t);
       else shard.emplace_back(name, t);
     }
-    // What this rank should hold, from the plan: the names and shapes to check against.
-    NamedTensors want;
-    {
-      NamedTensors full;
-      for (size_t l = 0; l < plan_.layers.size(); ++l) {
-        full.emplace_back(plan_.layers[l] + ".weight", at::zeros({plan_.out[l], plan_.in[l]}));
-        full.emplace_back(plan_.layers[l] + ".bias", at::zeros({plan_.out[l]}));
-      }
-      want = shard_of(plan_, full, rank_);
-    }
-    check_layout(want, shard);
+    check_layout(shard_layout(plan_, rank_), shard);
     names_.clear();
     params_.clear();
     weight_.assign(plan_.layers.size(), at::Tensor());
