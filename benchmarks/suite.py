@@ -90,8 +90,8 @@ def examples_in(dataset):
 
 
 def strategy_options(fedra, plugins):
-    """{strategy: set(option names)} from `fedra simulate --help` with the plugins loaded."""
-    cmd = [fedra, "simulate", "--help"] + sum((["--plugin", p] for p in plugins), [])
+    """{strategy: set(option names)} from `fedra simulate --help-all` with the plugins loaded."""
+    cmd = [fedra, "simulate", "--help-all"] + sum((["--plugin", p] for p in plugins), [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         fail(f"`{' '.join(cmd)}` failed:\n{r.stderr.strip()}")

@@ -21,7 +21,8 @@ namespace fedra {
 
 class WeightedAverage {
  public:
-  void add(const NamedTensors& tensors, double weight);
+  // `verified`: the caller has already checked the values are finite (one pass less).
+  void add(const NamedTensors& tensors, double weight, bool verified = false);
   size_t count() const { return count_; }
   double total_weight() const { return total_; }
   // The average, in each tensor's own dtype; the object is empty afterwards (its sum buffers are

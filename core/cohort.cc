@@ -1,5 +1,7 @@
 #include "core/cohort.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -9,7 +11,10 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include <asio/posix/stream_descriptor.hpp>
+
 #include "core/protocol.h"
+#include "core/stop.h"
 #include "transport/tcp/connection.h"
 #include "transport/tcp/tls.h"
 
@@ -42,7 +47,7 @@ std::string describe_failures(const std::vector<Failure>& failures) {
   return fmt::format("{}", fmt::join(parts, "; "));
 }
 
-struct Cohort::Impl {
+struct TcpCohort::Impl {
   struct Member {
     WorkerInfo info;
     std::shared_ptr<tcp::Connection> conn;
@@ -62,7 +67,7 @@ struct Cohort::Impl {
   std::shared_ptr<tcp::ReceiveBudget> budget;
   std::shared_ptr<tcp::FrameDumper> dumper;
   std::unique_ptr<tcp::Listener> listener;
-  std::optional<asio::signal_set> signals;
+  std::optional<asio::posix::stream_descriptor> stop_watch;  // the app's StopSignal, to wake for
   std::map<WorkerId, std::shared_ptr<Member>> members;
   WorkerId next_id = 1;
   uint64_t next_request = 1;
@@ -91,17 +96,17 @@ struct Cohort::Impl {
     }
     listener = std::make_unique<tcp::Listener>(io, endpoint,
                                                [this](asio::ip::tcp::socket s) { accept(std::move(s)); });
-    signals.emplace(io, SIGINT, SIGTERM);
-    wait_signal();
-  }
-
-  void wait_signal() {
-    signals->async_wait([this](const asio::error_code& ec, int signo) {
-      if (ec) return;
-      spdlog::warn("received signal {}: stopping now (the round in progress is abandoned)", signo);
-      stop = true;
-      wait_signal();
-    });
+    if (config.stop) {
+      const int fd = ::dup(config.stop->fd());
+      FEDRA_REQUIRE(fd >= 0, "cannot watch the stop signal");
+      stop_watch.emplace(io, fd);
+      stop_watch->async_wait(asio::posix::descriptor_base::wait_read, [this](const asio::error_code& ec) {
+        if (ec) return;
+        stop = true;
+        spdlog::warn("received signal {}: stopping now (the round in progress is abandoned)",
+                     config.stop->signal_number());
+      });
+    }
   }
 
   size_t ready_count() const {
@@ -301,6 +306,7 @@ struct Cohort::Impl {
   bool run_until_fn(Done done, DeadlineFn deadline_fn, bool even_if_stopping = false) {
     io.restart();
     while (!done()) {
+      if (!stop && config.stop && config.stop->requested()) stop = true;  // requested before the watch ran
       if (stop && !even_if_stopping) return false;
       const Deadline deadline = deadline_fn();
       if (Clock::now() >= deadline) return false;
@@ -310,24 +316,24 @@ struct Cohort::Impl {
   }
 };
 
-Cohort::Cohort(CohortConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+TcpCohort::TcpCohort(CohortConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
 
-Cohort::~Cohort() {
+TcpCohort::~TcpCohort() {
   for (auto& [id, m] : impl_->members) {
     impl_->clear_pending(*m);
     m->conn->close(Error(ErrorKind::kDisconnected, "coordinator shutting down"));
   }
   impl_->listener->close();
-  impl_->signals->cancel();
+  if (impl_->stop_watch) impl_->stop_watch->cancel();
   impl_->io.restart();
   impl_->io.poll();
 }
 
-std::string Cohort::local_address() const { return impl_->listener->local_endpoint().to_string(); }
+std::string TcpCohort::local_address() const { return impl_->listener->local_endpoint().to_string(); }
 
-size_t Cohort::size() const { return impl_->ready_count(); }
+size_t TcpCohort::size() const { return impl_->ready_count(); }
 
-std::vector<WorkerInfo> Cohort::workers() const {
+std::vector<WorkerInfo> TcpCohort::workers() const {
   std::vector<WorkerInfo> out;
   for (const auto& [id, m] : impl_->members) {
     if (m->ready) out.push_back(m->info);
@@ -350,6 +356,12 @@ uint64_t worker_seed(uint64_t job_seed, uint32_t round, const std::string& worke
   return (x ^ (x >> 31)) >> 1;  // 63 bits: seeds travel as options and parse as int64
 }
 
+std::vector<WorkerInfo> Cohort::workers_by_name() const {
+  auto out = workers();
+  std::sort(out.begin(), out.end(), [](const WorkerInfo& a, const WorkerInfo& b) { return a.name < b.name; });
+  return out;
+}
+
 std::vector<WorkerId> Cohort::sample(double fraction, size_t min_count, uint64_t seed) const {
   std::vector<WorkerInfo> candidates = workers();
   std::sort(candidates.begin(), candidates.end(), [](const WorkerInfo& a, const WorkerInfo& b) {
@@ -366,7 +378,7 @@ std::vector<WorkerId> Cohort::sample(double fraction, size_t min_count, uint64_t
   return ids;
 }
 
-bool Cohort::wait_for_workers(size_t n, Deadline deadline) {
+bool TcpCohort::wait_for_workers(size_t n, Deadline deadline) {
   return impl_->run_until([&] { return impl_->ready_count() >= n; }, deadline);
 }
 
@@ -378,7 +390,7 @@ std::vector<Failure> Cohort::request_all(std::vector<Instruction> instructions, 
   return exchange(std::move(instructions), handlers);
 }
 
-std::vector<Failure> Cohort::exchange(std::vector<Instruction> instructions, const Exchange& handlers) {
+std::vector<Failure> TcpCohort::exchange(std::vector<Instruction> instructions, const Exchange& handlers) {
   FEDRA_ASSERT(handlers.on_reply && handlers.deadline, "an exchange needs on_reply and deadline");
   std::vector<Failure> failures;
   size_t outstanding = 0;
@@ -455,7 +467,7 @@ std::vector<Failure> Cohort::exchange(std::vector<Instruction> instructions, con
   return failures;
 }
 
-bool Cohort::post(WorkerId worker, const Message& message) {
+bool TcpCohort::post(WorkerId worker, const Message& message) {
   auto it = impl_->members.find(worker);
   if (it == impl_->members.end()) return false;
   Impl::Member& m = *it->second;
@@ -468,7 +480,7 @@ bool Cohort::post(WorkerId worker, const Message& message) {
   return true;
 }
 
-void Cohort::cancel(WorkerId worker, const std::string& reason) {
+void TcpCohort::cancel(WorkerId worker, const std::string& reason) {
   auto it = impl_->members.find(worker);
   if (it == impl_->members.end()) return;
   Impl::Member& m = *it->second;
@@ -499,7 +511,7 @@ Message Cohort::request(WorkerId worker, Message message, Deadline deadline) {
   return std::move(*reply);
 }
 
-void Cohort::shutdown(const std::string& reason, std::chrono::milliseconds grace) {
+void TcpCohort::shutdown(const std::string& reason, std::chrono::milliseconds grace) {
   size_t unsent = 0;
   Message bye(protocol::kShutdown);
   bye.sender = protocol::kCoordinatorName;
@@ -520,19 +532,19 @@ void Cohort::shutdown(const std::string& reason, std::chrono::milliseconds grace
   impl_->io.poll();
 }
 
-uint64_t Cohort::bytes_up() const {
+uint64_t TcpCohort::bytes_up() const {
   uint64_t n = impl_->closed_bytes_up;
   for (const auto& [id, m] : impl_->members) n += m->conn->bytes_received();
   return n;
 }
 
-uint64_t Cohort::bytes_down() const {
+uint64_t TcpCohort::bytes_down() const {
   uint64_t n = impl_->closed_bytes_down;
   for (const auto& [id, m] : impl_->members) n += m->conn->bytes_sent();
   return n;
 }
 
-std::vector<WorkerBytes> Cohort::bytes_by_worker() const {
+std::vector<WorkerBytes> TcpCohort::bytes_by_worker() const {
   auto by_name = impl_->closed_by_name;
   for (const auto& [id, m] : impl_->members) {
     if (!m->ready) continue;
@@ -545,8 +557,8 @@ std::vector<WorkerBytes> Cohort::bytes_by_worker() const {
   return out;
 }
 
-uint64_t Cohort::peak_receive_bytes() const { return impl_->budget->peak(); }
+uint64_t TcpCohort::peak_receive_bytes() const { return impl_->budget->peak(); }
 
-bool Cohort::stop_requested() const { return impl_->stop; }
+bool TcpCohort::stop_requested() const { return impl_->stop || (impl_->config.stop && impl_->config.stop->requested()); }
 
 }  // namespace fedra

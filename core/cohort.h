@@ -1,5 +1,8 @@
 // Cohort: the connected workers, as the coordinator's strategy sees them.
 //
+// (Cohort is the interface; TcpCohort is the network implementation described here and
+// LocalCohort, core/local_cohort.h, the in-process one for tests.)
+//
 // The Cohort owns the coordinator's network side: the listening socket, the handshake of each
 // new connection (protocol version, token, data summary, then the job in "welcome"), liveness,
 // and request/reply matching with per-request deadlines. Strategies use it like a function call:
@@ -34,6 +37,8 @@
 #include "transport/codec.h"
 
 namespace fedra {
+
+class StopSignal;
 
 namespace transport::tcp {
 struct Endpoint;
@@ -83,6 +88,8 @@ struct CohortConfig {
   uint64_t receive_budget_bytes = uint64_t{512} << 20;
   std::string dump_frames_dir;  // if set, every frame is written there (docs/protocol.md)
   Job job;  // sent to every worker in its welcome
+  // The app's stop request (SIGINT/SIGTERM, core/stop.h): waits end when it is set. Null: none.
+  std::shared_ptr<StopSignal> stop;
 };
 
 // Handlers of an exchange: a request whose answer may come in several parts, with messages going
@@ -99,27 +106,30 @@ struct Exchange {
   std::function<Deadline()> deadline;
 };
 
+// The interface strategies program against. TcpCohort (below) is the real one; LocalCohort
+// (core/local_cohort.h) runs worker halves on threads of the same process, for fast tests of a
+// strategy's two halves without sockets.
 class Cohort {
  public:
   using ReplyHandler = std::function<void(const WorkerInfo&, Message&&)>;
 
-  explicit Cohort(CohortConfig config);
-  ~Cohort();
-  Cohort(const Cohort&) = delete;
-  Cohort& operator=(const Cohort&) = delete;
+  virtual ~Cohort() = default;
 
   // "HOST:PORT" actually bound (the port resolved when 0 was asked for).
-  std::string local_address() const;
+  virtual std::string local_address() const = 0;
 
-  size_t size() const;                     // workers past the handshake
-  std::vector<WorkerInfo> workers() const;  // sorted by id
+  virtual size_t size() const = 0;                     // workers past the handshake
+  virtual std::vector<WorkerInfo> workers() const = 0;  // sorted by id
+  // Sorted by name: the order strategies give ranks, stages and turns in, which does not depend
+  // on the order the workers connected in.
+  std::vector<WorkerInfo> workers_by_name() const;
   // max(min_count, ceil(fraction * size())) workers, at most size(), drawn with `seed`. The draw
   // depends on the workers' names, not on the order they connected in, so a run with the same
   // worker names and seed picks the same workers.
   std::vector<WorkerId> sample(double fraction, size_t min_count, uint64_t seed) const;
 
   // Serves connections until `n` workers are ready; false if the deadline passes first.
-  bool wait_for_workers(size_t n, Deadline deadline);
+  virtual bool wait_for_workers(size_t n, Deadline deadline) = 0;
   // Sends every instruction, then calls on_reply for each reply as it arrives, until all have
   // replied or failed or the deadline passes. Returns the failures, in the order they happened.
   std::vector<Failure> request_all(std::vector<Instruction> instructions, Deadline deadline,
@@ -128,29 +138,53 @@ class Cohort {
   // the strategy may post() to the workers while their requests are pending. A throwing
   // on_part or on_reply fails that worker's request (a Failure), not the exchange. Returns when
   // every request has replied or failed, or the deadline passes (the rest then fail).
-  std::vector<Failure> exchange(std::vector<Instruction> instructions, const Exchange& handlers);
+  virtual std::vector<Failure> exchange(std::vector<Instruction> instructions, const Exchange& handlers) = 0;
   // Sends `message` to `worker` as part of its pending request (Envelope.partial set). Returns
   // false, sending nothing, if the worker has no request pending. Tensors are referenced, not
   // copied, until the frame is written: do not modify them before the worker has answered.
-  bool post(WorkerId worker, const Message& message);
+  virtual bool post(WorkerId worker, const Message& message) = 0;
   // Ends the worker's pending request: the worker is sent an error part with `reason` (its
   // strategy sees the exchange cancelled) and the request fails with kFailed. No-op if none.
-  void cancel(WorkerId worker, const std::string& reason);
+  virtual void cancel(WorkerId worker, const std::string& reason) = 0;
 
   // One request; throws Error (kind of the failure) if it fails.
   Message request(WorkerId worker, Message message, Deadline deadline);
   // Tells every worker the job is over, waits up to `grace` for the messages to go out, closes.
-  void shutdown(const std::string& reason, std::chrono::milliseconds grace);
+  virtual void shutdown(const std::string& reason, std::chrono::milliseconds grace) = 0;
 
   // Cumulative frame bytes, over every connection ever made (handshakes included).
-  uint64_t bytes_up() const;    // workers -> coordinator
-  uint64_t bytes_down() const;  // coordinator -> workers
+  virtual uint64_t bytes_up() const = 0;    // workers -> coordinator
+  virtual uint64_t bytes_down() const = 0;  // coordinator -> workers
   // The same per worker name (every worker that completed the handshake), sorted by name.
-  std::vector<WorkerBytes> bytes_by_worker() const;
-  uint64_t peak_receive_bytes() const;
+  virtual std::vector<WorkerBytes> bytes_by_worker() const = 0;
+  virtual uint64_t peak_receive_bytes() const { return 0; }
 
-  // True once SIGINT or SIGTERM arrived; waiting calls then return early.
-  bool stop_requested() const;
+  // True once the app's StopSignal was requested (SIGINT or SIGTERM); waiting calls then return early.
+  virtual bool stop_requested() const { return false; }
+};
+
+// The coordinator's network side over TCP (optionally TLS): the listening socket, handshakes,
+// liveness, request/reply matching with deadlines, the receive budget.
+class TcpCohort : public Cohort {
+ public:
+  explicit TcpCohort(CohortConfig config);
+  ~TcpCohort() override;
+  TcpCohort(const TcpCohort&) = delete;
+  TcpCohort& operator=(const TcpCohort&) = delete;
+
+  std::string local_address() const override;
+  size_t size() const override;
+  std::vector<WorkerInfo> workers() const override;
+  bool wait_for_workers(size_t n, Deadline deadline) override;
+  std::vector<Failure> exchange(std::vector<Instruction> instructions, const Exchange& handlers) override;
+  bool post(WorkerId worker, const Message& message) override;
+  void cancel(WorkerId worker, const std::string& reason) override;
+  void shutdown(const std::string& reason, std::chrono::milliseconds grace) override;
+  uint64_t bytes_up() const override;
+  uint64_t bytes_down() const override;
+  std::vector<WorkerBytes> bytes_by_worker() const override;
+  uint64_t peak_receive_bytes() const override;
+  bool stop_requested() const override;
 
  private:
   struct Impl;

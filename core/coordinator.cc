@@ -84,7 +84,7 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
     spdlog::info("resuming {} from its checkpoint after round {}", config_.out_dir, resume_round_);
   }
   recorder_ = std::make_unique<RunRecorder>(config_.out_dir, config_.resume ? int64_t{resume_round_} : -1);
-  cohort_ = std::make_unique<Cohort>(config_.cohort);
+  cohort_ = std::make_unique<TcpCohort>(config_.cohort);
   if (!config_.port_file.empty()) {
     const std::string addr = cohort_->local_address();
     write_file_atomically(config_.port_file, addr.substr(addr.rfind(':') + 1) + "\n");

@@ -3,7 +3,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "transport/error.h"
+#include "core/error.h"
 
 namespace fedra {
 

@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "transport/error.h"
+#include "core/error.h"
 
 namespace fedra {
 

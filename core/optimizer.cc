@@ -5,7 +5,7 @@
 #include <ATen/ATen.h>
 #include <torch/torch.h>
 
-#include "transport/error.h"
+#include "core/error.h"
 
 namespace fedra {
 

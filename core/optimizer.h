@@ -20,6 +20,7 @@
 #include <torch/nn/module.h>
 
 #include "core/message.h"
+#include "core/option_groups.h"
 
 namespace fedra {
 
@@ -33,12 +34,10 @@ struct OptimizerConfig {
   double eps = 1e-8;
   void validate() const;
 
-  // From any options struct with optimizer(), lr(), momentum() and weight_decay() (the
-  // strategies' FEDRA_ARG options); Adam's betas and eps keep their defaults.
-  template <class Options>
-  static OptimizerConfig from(const Options& o) {
+  // From a strategy's optimiser options; Adam's betas and eps keep their defaults.
+  static OptimizerConfig from(const OptimizerOptions& o) {
     OptimizerConfig c;
-    c.name = o.optimizer();
+    c.name = enum_name(o.optimizer());
     c.lr = o.lr();
     c.momentum = o.momentum();
     c.weight_decay = o.weight_decay();

@@ -91,6 +91,15 @@ Spec parse_spec(std::string_view text, std::string_view what) {
   return spec;
 }
 
+std::string join_choices(const std::vector<std::string>& choices) {
+  std::string out;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    if (i > 0) out += i + 1 == choices.size() ? " or " : ", ";
+    out += choices[i];
+  }
+  return out;
+}
+
 std::string format_option_value(int64_t v) { return std::to_string(v); }
 std::string format_option_value(bool v) { return v ? "true" : "false"; }
 std::string format_option_value(double v) { return fmt::format("{}", v); }

@@ -22,7 +22,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "transport/error.h"
+#include "core/error.h"
 
 namespace fedra {
 

@@ -21,7 +21,7 @@
 
 #include "core/registry.h"
 
-#define FEDRA_PLUGIN_ABI 1
+#define FEDRA_PLUGIN_ABI 2
 
 #ifndef FEDRA_VERSION
 #define FEDRA_VERSION "unknown"

@@ -8,6 +8,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/options.h"
@@ -22,6 +24,42 @@ struct StrategyInfo {
   std::function<std::unique_ptr<CoordinatorStrategy>(const Job&)> make_coordinator;
   std::function<std::unique_ptr<WorkerStrategy>(const Job&)> make_worker;
 };
+
+// A StrategyInfo from an options struct (core/options.h) and the two halves, built as
+// Coordinator(job, options) and Worker(job, options), or Worker(job) for a worker half that
+// reads nothing from the options. Both halves parse and validate the same options.
+template <class Coordinator, class Worker, class Options>
+StrategyInfo make_strategy(std::string name, std::string description) {
+  StrategyInfo info;
+  info.name = std::move(name);
+  info.description = std::move(description);
+  info.options = option_specs<Options>();
+  info.make_coordinator = [](const Job& job) -> std::unique_ptr<CoordinatorStrategy> {
+    return std::make_unique<Coordinator>(job, parse_options<Options>(job.options));
+  };
+  info.make_worker = [](const Job& job) -> std::unique_ptr<WorkerStrategy> {
+    if constexpr (std::is_constructible<Worker, const Job&, const Options&>::value) {
+      return std::make_unique<Worker>(job, parse_options<Options>(job.options));
+    } else {
+      return std::make_unique<Worker>(job);
+    }
+  };
+  return info;
+}
+
+// The same from factory functions, for halves defined out of sight in their own files.
+template <class Options>
+StrategyInfo make_strategy(std::string name, std::string description,
+                           std::unique_ptr<CoordinatorStrategy> (*coordinator)(const Job&, const Options&),
+                           std::unique_ptr<WorkerStrategy> (*worker)(const Job&, const Options&)) {
+  StrategyInfo info;
+  info.name = std::move(name);
+  info.description = std::move(description);
+  info.options = option_specs<Options>();
+  info.make_coordinator = [coordinator](const Job& job) { return coordinator(job, parse_options<Options>(job.options)); };
+  info.make_worker = [worker](const Job& job) { return worker(job, parse_options<Options>(job.options)); };
+  return info;
+}
 
 class StrategyRegistry {
  public:

@@ -6,7 +6,7 @@
 //    thread. It reads like the notebook's loops: choose workers, cohort.request_all(...) with a
 //    deadline, combine the replies as they arrive, evaluate, ctx.report_round(...). Round-driven
 //    schemes derive from RoundStrategy (core/round_strategy.h) and fill in Flower-like hooks.
-//  - WorkerStrategy::handle(request, ctx) turns one request into one reply on a worker. It owns
+//  - WorkerStrategy::handle(request, ctx, link) turns one request into one reply on a worker. It owns
 //    whatever state the worker keeps between requests (its model, optimiser); the worker's
 //    private data is in the context and never leaves the process except as the strategy sends it.
 // A strategy never touches a socket. Failures (a worker disconnected, missed its deadline or
@@ -88,7 +88,6 @@ struct WorkerContext {
   uint64_t worker_id = 0;
   const Dataset* data = nullptr;  // this worker's private training data
   int threads = 1;
-  WorkerLink* link = nullptr;  // set while handle() runs
 };
 
 class CoordinatorStrategy {
@@ -102,7 +101,8 @@ class CoordinatorStrategy {
 class WorkerStrategy {
  public:
   virtual ~WorkerStrategy() = default;
-  virtual Message handle(const Message& request, WorkerContext& ctx) = 0;
+  // `link` is the exchange of this request (Cohort::exchange); valid only during this call.
+  virtual Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) = 0;
 };
 
 }  // namespace fedra

@@ -12,7 +12,7 @@
 #include <cstring>
 #include <thread>
 
-#include "transport/error.h"
+#include "core/error.h"
 
 namespace fedra {
 

@@ -152,7 +152,6 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
   }
 
   ChannelLink link(*channel, name);
-  ctx.link = &link;
   for (;;) {
     transport::Envelope env;
     if (auto stashed = link.take_stash()) {
@@ -183,7 +182,7 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     }
     Message reply;
     try {
-      reply = strategy->handle(request, ctx);
+      reply = strategy->handle(request, ctx, link);
     } catch (const Error& e) {
       spdlog::warn("request '{}' (round {}) failed: {}", request.kind, request.round, e.what());
       reply = error_reply(request, e.kind(), e.what());

@@ -6,7 +6,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include "transport/error.h"
+#include "core/error.h"
 #include "core/message.h"
 
 namespace fedra {

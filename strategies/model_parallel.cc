@@ -11,6 +11,7 @@
 #include "core/model.h"
 #include "core/training.h"
 #include "strategies/losses.h"
+#include "strategies/run_message.h"
 
 namespace fedra {
 
@@ -18,68 +19,25 @@ namespace {
 using Seconds = std::chrono::duration<double>;
 }  // namespace
 
-ModelParallelCoordinator::ModelParallelCoordinator(Job job, RoundPlan plan)
-    : job_(std::move(job)), plan_(std::move(plan)) {
+ModelParallelCoordinator::ModelParallelCoordinator(Job job, RoundPlan plan, EvalOptions eval)
+    : SteppedStrategy(job, plan.strategy, eval), job_(std::move(job)), plan_(std::move(plan)) {
   check_loss_name(job_.loss);
 }
 
-void ModelParallelCoordinator::run(Cohort& cohort, RunContext& ctx) {
-  try {
-    train(cohort, ctx);
-  } catch (const Error& e) {
-    if (completed_ == 0 || ctx.out_dir.empty()) throw;
-    save_model_file(ctx.out_dir + "/model.bin", model_state(*model_));
-    FEDRA_THROW(e.kind(), "{}; model.bin holds the model after round {}", e.what(), completed_);
-  }
-}
-
 std::vector<WorkerInfo> ModelParallelCoordinator::pick(const Cohort& cohort) const {
-  auto workers = cohort.workers();
-  std::sort(workers.begin(), workers.end(), [](const WorkerInfo& a, const WorkerInfo& b) { return a.name < b.name; });
+  auto workers = cohort.workers_by_name();
   workers.resize(std::min(plan_.parts, workers.size()));
   return workers;
 }
 
-void ModelParallelCoordinator::train(Cohort& cohort, RunContext& ctx) {
-  prepare(ctx);
-  const size_t n = plan_.parts;
-  const auto wait = ctx.wait_timeout;
-  if (!cohort.wait_for_workers(n, Clock::now() + wait)) {
-    FEDRA_THROW(ErrorKind::kOverloaded, "{} needs {} workers; {} connected within {} s", plan_.strategy, n,
-                cohort.size(), wait.count() / 1000.0);
-  }
-  const int64_t per_epoch = std::max<int64_t>(1, steps_per_epoch(pick(cohort)[0].num_examples, plan_.batch_size));
-  const int64_t total = plan_.steps > 0 ? plan_.steps : plan_.epochs * per_epoch;
-  const int64_t per_round = plan_.steps_per_round > 0 ? plan_.steps_per_round : per_epoch;
-  const int64_t rounds = (total + per_round - 1) / per_round;
-  spdlog::info("{}", describe(total, rounds, per_round));
-  opt_state_.assign(n, {});
+void ModelParallelCoordinator::start(Cohort&, const std::vector<WorkerInfo>&) { opt_state_.assign(plan_.parts, {}); }
 
-  int64_t step = 0;
-  for (uint32_t round = 1; step < total; ++round) {
-    if (ctx.stop_requested()) FEDRA_FAIL("interrupted");
-    if (!cohort.wait_for_workers(n, Clock::now() + wait)) {
-      FEDRA_THROW(ErrorKind::kOverloaded, "round {}: only {} of {} workers connected within {} s", round,
-                  cohort.size(), n, wait.count() / 1000.0);
-    }
-    const int64_t count = std::min(per_round, total - step);
-    const auto t0 = Clock::now();
-    Metrics line = run_round(cohort, ctx, round, step, count, pick(cohort));
-    const double fit_s = Seconds(Clock::now() - t0).count();
-    step += count;
-    line.emplace_back("fit_s", fit_s);
-    line.emplace_back("step_ms", 1000.0 * fit_s / static_cast<double>(count));
-    line.emplace_back("epoch", static_cast<double>(step) / static_cast<double>(per_epoch));
-    if (ctx.test_set != nullptr && plan_.eval_every > 0 &&
-        (round % static_cast<uint32_t>(plan_.eval_every) == 0 || step >= total)) {
-      const EvalStats s = evaluate_model(model_, *ctx.test_set, job_.loss);
-      line.emplace_back("test_accuracy", s.accuracy);
-      line.emplace_back("test_loss", s.loss);
-    }
-    ctx.report_round(round, static_cast<uint32_t>(rounds), std::move(line));
-    completed_ = round;
-  }
-  if (!ctx.out_dir.empty()) save_model_file(ctx.out_dir + "/model.bin", model_state(*model_));
+StepPlan ModelParallelCoordinator::plan_steps(const std::vector<WorkerInfo>& workers) const {
+  return StepPlan::from(plan_.schedule, workers.front().num_examples);
+}
+
+Metrics ModelParallelCoordinator::run_round(Cohort& cohort, const RunContext& ctx, const RoundSteps& steps) {
+  return run_parts(cohort, ctx, steps, pick(cohort));
 }
 
 std::vector<Message> ModelParallelCoordinator::exchange(Cohort& cohort, uint32_t round,
@@ -90,7 +48,7 @@ std::vector<Message> ModelParallelCoordinator::exchange(Cohort& cohort, uint32_t
   for (size_t i = 0; i < workers.size(); ++i) part_of[workers[i].id] = i;
   std::vector<std::optional<Message>> done(workers.size());
   std::string abort_reason;
-  const auto step_timeout = std::chrono::milliseconds(static_cast<int64_t>(plan_.step_timeout_s * 1000));
+  const auto step_timeout = plan_.schedule.step_timeout_ms();
   auto last_progress = Clock::now();
 
   Exchange ex;
@@ -131,16 +89,13 @@ std::vector<Message> ModelParallelCoordinator::exchange(Cohort& cohort, uint32_t
 }
 
 std::pair<NamedTensors, NamedTensors> ModelParallelCoordinator::split_reply(const Message& reply) {
-  NamedTensors params, opt;
-  for (const auto& [name, t] : reply.tensors) {
-    if (name.rfind("opt/", 0) == 0) opt.emplace_back(name.substr(4), t);
-    else if (name != "loss" && name != "examples") params.emplace_back(name, t);
-  }
-  return {params, opt};
+  return params_and_opt_state(reply.tensors, {"loss", "examples"});
 }
 
-Metrics ModelParallelCoordinator::loss_metrics(const RunContext& ctx, uint32_t round, int64_t first, int64_t count,
-                                               const Message& reply, const std::string& who) const {
+Metrics ModelParallelCoordinator::loss_metrics(const RunContext& ctx, const RoundSteps& steps, const Message& reply,
+                                               const std::string& who) const {
+  const uint32_t round = steps.round;
+  const int64_t first = steps.first, count = steps.count;
   auto find = [&](const char* name) {
     for (const auto& [n, t] : reply.tensors) {
       if (n == name) return t;

@@ -17,6 +17,8 @@
 #include <torch/nn/modules/container/sequential.h>
 
 #include "core/cohort.h"
+#include "core/option_groups.h"
+#include "core/stepped_strategy.h"
 #include "core/strategy.h"
 
 namespace fedra {
@@ -25,45 +27,16 @@ struct RoundPlan {
   std::string strategy;     // for messages: "tensor round 3 failed: ..."
   std::string part;         // what a worker holds, for messages: "rank", "stage"
   size_t parts = 1;         // workers taking part
-  int64_t steps = 0;        // 0: epochs passes over the first worker's data
-  int64_t epochs = 1;
-  int64_t steps_per_round = 0;  // 0: one epoch
-  int64_t batch_size = 32;
-  int64_t eval_every = 1;
-  double step_timeout_s = 60;
-
-  // From a strategy's options with steps(), epochs(), steps_per_round(), batch_size(),
-  // eval_every() and step_timeout().
-  template <class Options>
-  static RoundPlan from(const Options& o, std::string strategy, std::string part, int64_t parts) {
-    RoundPlan p;
-    p.strategy = std::move(strategy);
-    p.part = std::move(part);
-    p.parts = static_cast<size_t>(parts);
-    p.steps = o.steps();
-    p.epochs = o.epochs();
-    p.steps_per_round = o.steps_per_round();
-    p.batch_size = o.batch_size();
-    p.eval_every = o.eval_every();
-    p.step_timeout_s = o.step_timeout();
-    return p;
-  }
+  ScheduleOptions schedule;
 };
 
-class ModelParallelCoordinator : public CoordinatorStrategy {
- public:
-  void run(Cohort& cohort, RunContext& ctx) final;
-
+class ModelParallelCoordinator : public SteppedStrategy {
  protected:
-  ModelParallelCoordinator(Job job, RoundPlan plan);
+  ModelParallelCoordinator(Job job, RoundPlan plan, EvalOptions eval);
 
-  // Builds model_ (and whatever splits it); once, before the workers are awaited.
-  virtual void prepare(const RunContext& ctx) = 0;
-  // The plan line logged once the step counts are known.
-  virtual std::string describe(int64_t steps, int64_t rounds, int64_t per_round) const = 0;
-  // One round of `count` steps from `first`, `workers` in part order; on success the trained
-  // parts are in model_. Returns the round's own metrics (the loop adds timing and evaluation).
-  virtual Metrics run_round(Cohort& cohort, const RunContext& ctx, uint32_t round, int64_t first, int64_t count,
+  // One round of `steps`, `workers` in part order; on success the trained parts are in model_.
+  // Returns the round's own metrics (the loop adds timing and evaluation).
+  virtual Metrics run_parts(Cohort& cohort, const RunContext& ctx, const RoundSteps& steps,
                             const std::vector<WorkerInfo>& workers) = 0;
 
   // Runs one exchange with `workers` (part i = workers[i]): on_part(i, worker, message) sees every
@@ -78,8 +51,16 @@ class ModelParallelCoordinator : public CoordinatorStrategy {
   static std::pair<NamedTensors, NamedTensors> split_reply(const Message& reply);
   // Appends OUT/losses.csv from a reply carrying "loss" and "examples" and returns the metrics
   // every such round records (status, steps, train_loss of the first step, its mean, ...).
-  Metrics loss_metrics(const RunContext& ctx, uint32_t round, int64_t first, int64_t count, const Message& reply,
+  Metrics loss_metrics(const RunContext& ctx, const RoundSteps& steps, const Message& reply,
                        const std::string& who) const;
+
+  // SteppedStrategy's hooks, the same for every model-parallel strategy.
+  size_t workers_needed() const override { return plan_.parts; }
+  void start(Cohort& cohort, const std::vector<WorkerInfo>& workers) override;
+  StepPlan plan_steps(const std::vector<WorkerInfo>& workers) const override;
+  Metrics run_round(Cohort& cohort, const RunContext& ctx, const RoundSteps& steps) override;
+  torch::nn::Sequential model() const override { return model_; }
+  bool save_on_failure() const override { return true; }
 
   Job job_;
   RoundPlan plan_;
@@ -87,9 +68,8 @@ class ModelParallelCoordinator : public CoordinatorStrategy {
   std::vector<NamedTensors> opt_state_;  // per part, between rounds
 
  private:
-  void train(Cohort& cohort, RunContext& ctx);
+  // The first `parts` workers by name.
   std::vector<WorkerInfo> pick(const Cohort& cohort) const;
-  uint32_t completed_ = 0;  // rounds recorded
 };
 
 }  // namespace fedra

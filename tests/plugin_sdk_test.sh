@@ -24,8 +24,10 @@ accuracy() {  # final test accuracy of a run directory, after checking it has 3 
 clean=$(accuracy "$OUT/clean")
 median=$(accuracy "$OUT/poisoned-median")
 mean=$(accuracy "$OUT/poisoned-mean")
+fedavgm=$(accuracy "$OUT/fedavgm")
 awk -v a="$clean" 'BEGIN { exit !(a > 0.7) }' || { echo "FAIL: clean fedmedian test accuracy $clean"; exit 1; }
 awk -v a="$median" 'BEGIN { exit !(a > 0.7) }' || { echo "FAIL: poisoned, median: test accuracy $median"; exit 1; }
 awk -v a="$mean" 'BEGIN { exit !(a < 0.4) }' || { echo "FAIL: poisoned, mean: test accuracy $mean (expected wrecked)"; exit 1; }
-echo "PASS: plugin built against the installed SDK and listed; test accuracy after 3 rounds: clean $clean," \
-     "worker-3 poisoned: median $median, FedAvg's mean $mean"
+awk -v a="$fedavgm" 'BEGIN { exit !(a > 0.7) }' || { echo "FAIL: fedavgm test accuracy $fedavgm"; exit 1; }
+echo "PASS: plugins built against the installed SDK and listed; test accuracy after 3 rounds: clean $clean," \
+     "worker-3 poisoned: median $median, FedAvg's mean $mean; fedavgm $fedavgm"

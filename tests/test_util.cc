@@ -1,4 +1,8 @@
+#include "tests/testing.h"
+
 #include "tests/test_util.h"
+
+#include <ATen/ATen.h>
 
 #include <algorithm>
 
@@ -10,7 +14,7 @@
 #include <sstream>
 #include <thread>
 
-#include "transport/error.h"
+#include "core/error.h"
 
 namespace fedra::test {
 
@@ -87,6 +91,23 @@ void wait_for_lines(const std::string& path, size_t lines, std::chrono::seconds 
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   FEDRA_FAIL("'{}' did not reach {} lines within {} s", path, lines, timeout.count());
+}
+
+int run_experiment(const TempDir& dir, const std::string& name) {
+  return run_fedra({"simulate", "--config", std::string(FEDRA_SOURCE_DIR) + "/experiments/" + name + ".cfg", "--out",
+                    dir / name},
+                   dir / (name + ".log"), std::chrono::seconds(300));
+}
+
+double max_diff(const NamedTensors& got, const NamedTensors& want) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    CHECK(got[i].first == want[i].first);
+    REQUIRE(got[i].second.sizes() == want[i].second.sizes());
+    worst = std::max(worst, (got[i].second - want[i].second).abs().max().item<double>());
+  }
+  return worst;
 }
 
 }  // namespace fedra::test

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/message.h"
 #include "core/subprocess.h"
 
 namespace fedra::test {
@@ -41,5 +42,12 @@ std::string wait_for_file(const std::string& path, std::chrono::seconds timeout)
 // Waits until `path` (a metrics.jsonl being written) holds at least `lines` complete lines, or
 // throws after `timeout`.
 void wait_for_lines(const std::string& path, size_t lines, std::chrono::seconds timeout);
+
+// `fedra simulate --config experiments/NAME.cfg --out DIR/NAME`, its log in DIR/NAME.log;
+// returns the exit code.
+int run_experiment(const TempDir& dir, const std::string& name);
+
+// The largest absolute difference between two models of the same names and shapes (checked).
+double max_diff(const NamedTensors& got, const NamedTensors& want);
 
 }  // namespace fedra::test

@@ -29,11 +29,15 @@ struct Groups {
   po::options_description simulate{"Simulation"};
   po::options_description train{"Training in one process"};
   po::options_description train_model{"Model and data"};  // train's subset of job + data
-  std::vector<po::options_description> strategies;
+  // Every strategy's options, testing ones included: what the parser accepts.
+  po::options_description strategies{"Strategy options"};
+  const StrategyRegistry& registry;
 
-  explicit Groups(const StrategyRegistry& registry) {
+  explicit Groups(const StrategyRegistry& strategy_registry) : registry(strategy_registry) {
     generic.add_options()
-        ("help,h", "show this help")
+        ("help,h", "show this help (with the options of --strategy only)")
+        ("help-all", "show this help with every strategy's options")
+        ("help-testing", "show this help with the strategy's fault injection for tests")
         ("config", po::value<std::string>(), "read options from this INI file (command line wins)")
         ("plugin", po::value<std::vector<std::string>>()->composing(),
          "load strategies from this shared library (repeatable; command line only; docs/plugins.md)")
@@ -155,18 +159,29 @@ struct Groups {
         ("momentum", po::value<double>()->default_value(0.0), "SGD momentum")
         ("weight-decay", po::value<double>()->default_value(0.0), "L2 weight decay")
         ("max-steps", po::value<int64_t>()->default_value(0), "stop after this many steps (0 = no cap)");
-    for (const auto& s : registry.list()) {
-      po::options_description g(s.name + " options (--" + s.name + ".NAME, or [" + s.name +
-                                "] in a config file)");
-      for (const auto& o : s.options) {
-        g.add_options()((s.name + "." + o.name).c_str(),
-                        po::value<std::string>()->default_value(o.default_value), o.help.c_str());
-      }
-      strategies.push_back(std::move(g));
+    for (const auto& s : registry.list()) add_strategy(strategies, s, true);
+  }
+
+  // The options of strategy `s`, as --NAME.OPTION; enum options list their choices.
+  static void add_strategy(po::options_description& d, const StrategyInfo& s, bool testing) {
+    for (const auto& o : s.options) {
+      if (o.testing && !testing) continue;
+      std::string help = o.help;
+      if (!o.choices.empty()) help += fmt::format(" {{{}}}", fmt::join(o.choices, "|"));
+      d.add_options()((s.name + "." + o.name).c_str(), po::value<std::string>()->default_value(o.default_value),
+                      help.c_str());
     }
   }
 
-  po::options_description for_command(Command c) const {
+  // The help of one strategy's options: user options, and the testing ones when asked.
+  po::options_description strategy_help(const StrategyInfo& s, bool testing) const {
+    po::options_description g(s.name + " options (--" + s.name + ".NAME, or [" + s.name + "] in a config file)");
+    add_strategy(g, s, testing);
+    return g;
+  }
+
+  // The command's own groups, without strategy options.
+  po::options_description command_groups(Command c) const {
     po::options_description d;
     d.add(generic);
     switch (c) {
@@ -187,8 +202,30 @@ struct Groups {
         d.add(train_model).add(seed).add(train).add(output).add(network);
         break;
     }
-    if (c != Command::kWorker && c != Command::kTrain && c != Command::kCerts) {
-      for (const auto& g : strategies) d.add(g);
+    return d;
+  }
+
+  // What the command line of `c` accepts: every strategy's options, testing ones included.
+  po::options_description for_command(Command c) const {
+    po::options_description d = command_groups(c);
+    if (takes_strategy(c)) d.add(strategies);
+    return d;
+  }
+
+  static bool takes_strategy(Command c) {
+    return c == Command::kCoordinator || c == Command::kSimulate;
+  }
+
+  // What --help shows: the command's groups and the options of the chosen strategy (all of
+  // them with --help-all), testing options only with --help-testing.
+  po::options_description help_for(Command c, const po::variables_map& vm) const {
+    po::options_description d = command_groups(c);
+    if (!takes_strategy(c)) return d;
+    const bool all = vm.count("help-all") != 0;
+    const bool testing = vm.count("help-testing") != 0;
+    const std::string chosen = vm.count("strategy") ? vm["strategy"].as<std::string>() : "fedavg";
+    for (const auto& s : registry.list()) {
+      if (all || s.name == chosen) d.add(strategy_help(s, testing));
     }
     return d;
   }
@@ -198,7 +235,7 @@ struct Groups {
     d.add(generic).add(job).add(seed).add(network).add(listen).add(coordinator).add(output);
     d.add(security).add(coordinator_security).add(worker_security);
     d.add(worker).add(data).add(simulate).add(train);
-    for (const auto& g : strategies) d.add(g);
+    d.add(strategies);
     return d;
   }
 };
@@ -276,22 +313,37 @@ Parsed parse(Command command, int argc, const char* const argv[], const Strategy
   } catch (const po::error& e) {
     FEDRA_FAIL("{}; see `fedra {} --help`", e.what(), cmd);
   }
-  p.help = p.vm.count("help") != 0;
+  p.help = p.vm.count("help") != 0 || p.vm.count("help-all") != 0 || p.vm.count("help-testing") != 0;
   return p;
 }
 
-std::string help(Command command, const StrategyRegistry& registry) {
+std::string help(Command command, const StrategyRegistry& registry, const po::variables_map& vm) {
   const Groups groups(registry);
   std::ostringstream out;
-  out << command_usage(command) << "\n" << groups.for_command(command);
+  out << command_usage(command) << "\n" << groups.help_for(command, vm);
+  if (Groups::takes_strategy(command) && vm.count("help-all") == 0) {
+    std::vector<std::string> others;
+    const std::string chosen = vm.count("strategy") ? vm["strategy"].as<std::string>() : "fedavg";
+    for (const auto& s : registry.list()) {
+      if (s.name != chosen) others.push_back(s.name);
+    }
+    out << fmt::format("\nOther strategies: {}. `fedra {} --strategy NAME --help` shows one's options, "
+                       "--help-all every one's.\n",
+                       fmt::join(others, ", "), command_name(command));
+  }
   return out.str();
 }
 
-std::map<std::string, std::string> resolved(const po::variables_map& vm) {
+std::map<std::string, std::string> resolved(const po::variables_map& vm, const StrategyRegistry& registry) {
+  const std::string chosen = vm.count("strategy") ? vm["strategy"].as<std::string>() : "";
   std::map<std::string, std::string> out;
   for (const auto& [k, v] : vm) {
     if (k == "help") continue;
-    out[k] = any_to_string(v.value());
+    bool other = false;  // another strategy's option: not part of this run
+    for (const auto& s : registry.list()) {
+      other = other || (s.name != chosen && k.rfind(s.name + ".", 0) == 0);
+    }
+    if (!other) out[k] = any_to_string(v.value());
   }
   return out;
 }
@@ -344,7 +396,7 @@ CoordinatorConfig coordinator_config(const po::variables_map& vm, const Strategy
     c.cohort.tls = std::make_shared<transport::tcp::TlsContext>(transport::tcp::TlsRole::kServer, tls);
   }
   c.cohort.insecure = vm.count("insecure") && vm["insecure"].as<bool>();
-  c.resolved_config = resolved(vm);
+  c.resolved_config = resolved(vm, registry);
   return c;
 }
 

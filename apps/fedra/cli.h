@@ -32,11 +32,13 @@ struct Parsed {
 // Parses argv (after the command word) and the --config file. Throws Error with a message
 // that names the offending option or config line.
 Parsed parse(Command command, int argc, const char* const argv[], const StrategyRegistry& registry);
-// The --help text of a command.
-std::string help(Command command, const StrategyRegistry& registry);
+// The --help text of a command: its options and, for commands that run a strategy, the options of
+// the one --strategy names (--help-all: every strategy's; --help-testing adds fault injection).
+std::string help(Command command, const StrategyRegistry& registry, const po::variables_map& vm);
 
-// Every option with its value (defaults included), for summary.json.
-std::map<std::string, std::string> resolved(const po::variables_map& vm);
+// Every option with its value (defaults included), for summary.json; of the strategies' options
+// only those of the strategy run.
+std::map<std::string, std::string> resolved(const po::variables_map& vm, const StrategyRegistry& registry);
 
 CoordinatorConfig coordinator_config(const po::variables_map& vm, const StrategyRegistry& registry);
 WorkerConfig worker_config(const po::variables_map& vm);

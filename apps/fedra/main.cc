@@ -10,6 +10,7 @@
 #include "core/plugin.h"
 #include "core/log.h"
 #include "core/process.h"
+#include "core/stop.h"
 #include "strategies/builtin.h"
 #include "transport/codec.h"
 
@@ -78,15 +79,21 @@ int main(int argc, char** argv) {
   try {
     const auto parsed = fedra::cli::parse(command, argc - 1, argv + 1, registry);
     if (parsed.help) {
-      std::cout << fedra::cli::help(command, registry);
+      std::cout << fedra::cli::help(command, registry, parsed.vm);
       return 0;
     }
     const auto& vm = parsed.vm;
+    // SIGINT/SIGTERM end a coordinator's wait or a training run cleanly (summary.json says
+    // "interrupted"); a worker keeps the default action and dies at once.
+    auto stop = std::make_shared<fedra::StopSignal>();
+    if (command != Command::kWorker && command != Command::kCerts) fedra::install_stop_handlers(stop);
     const std::string level = vm["log-level"].as<std::string>();
     switch (command) {
       case Command::kCoordinator: {
         fedra::init_logging("coordinator", level);
-        fedra::Coordinator coordinator(fedra::cli::coordinator_config(vm, registry), registry);
+        auto config = fedra::cli::coordinator_config(vm, registry);
+        config.cohort.stop = stop;
+        fedra::Coordinator coordinator(config, registry);
         return coordinator.run();
       }
       case Command::kWorker: {
@@ -98,10 +105,10 @@ int main(int argc, char** argv) {
       }
       case Command::kSimulate:
         fedra::init_logging("coordinator", level);
-        return fedra::cli::run_simulation(vm, registry, level);
+        return fedra::cli::run_simulation(vm, registry, level, stop);
       case Command::kTrain:
         fedra::init_logging("train", level);
-        return fedra::cli::run_training(vm);
+        return fedra::cli::run_training(vm, *stop);
       case Command::kCerts:
         return fedra::cli::run_certs(vm);
     }

@@ -24,13 +24,14 @@ std::string default_out_dir(const std::string& strategy) {
 }  // namespace
 
 int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry,
-                   const std::string& log_level) {
+                   const std::string& log_level, std::shared_ptr<StopSignal> stop) {
   const int64_t workers = vm["workers"].as<int64_t>();
   FEDRA_REQUIRE(workers >= 1 && workers <= 1000, "--workers must be between 1 and 1000, got {}", workers);
   const int64_t clients = vm["clients"].as<int64_t>() > 0 ? vm["clients"].as<int64_t>() : workers;
   FEDRA_REQUIRE(clients >= workers && clients <= 100000,
                 "--clients must be between --workers ({}) and 100000, got {}", workers, clients);
   CoordinatorConfig config = coordinator_config(vm, registry);
+  config.cohort.stop = std::move(stop);
   config.cohort.listen = "127.0.0.1:0";
   if (!vm.count("min-workers")) config.min_workers = static_cast<size_t>(clients);
   if (config.out_dir.empty()) config.out_dir = default_out_dir(config.cohort.job.strategy);

@@ -4,10 +4,11 @@
 #include <boost/program_options.hpp>
 
 #include "core/registry.h"
+#include "core/stop.h"
 
 namespace fedra::cli {
 
 int run_simulation(const boost::program_options::variables_map& vm, const StrategyRegistry& registry,
-                   const std::string& log_level);
+                   const std::string& log_level, std::shared_ptr<StopSignal> stop);
 
 }  // namespace fedra::cli

@@ -1,7 +1,6 @@
 #include "apps/fedra/train.h"
 
 #include <chrono>
-#include <csignal>
 #include <filesystem>
 
 #include <spdlog/spdlog.h>
@@ -22,12 +21,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Seconds = std::chrono::duration<double>;
 
-volatile std::sig_atomic_t g_stop = 0;
-extern "C" void on_signal(int) { g_stop = 1; }
-
 }  // namespace
 
-int run_training(const boost::program_options::variables_map& vm) {
+int run_training(const boost::program_options::variables_map& vm, const StopSignal& stop) {
   const std::string spec = vm["model"].as<std::string>();
   const std::string loss = vm["loss"].as<std::string>();
   const std::string dataset = vm["dataset"].as<std::string>();
@@ -59,21 +55,19 @@ int run_training(const boost::program_options::variables_map& vm) {
   RunRecorder recorder(out_dir);
   spdlog::info("training {} ({} weights) on {} ({} examples) in one process, {} thread(s), {} epoch(s)",
                spec, count_parameters(*model), dataset, data.train.size(), threads, epochs);
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
 
   RunSummary summary;
   summary.strategy = "train";
-  summary.config = resolved(vm);
+  summary.config = resolved(vm, StrategyRegistry{});
   summary.status = "completed";
   const int64_t per_epoch = steps_per_epoch(data.train.size(), batch);
   const int64_t steps = max_steps > 0 ? std::min(max_steps, per_epoch) : per_epoch;
   int64_t step = 0;
-  for (int64_t epoch = 1; epoch <= epochs && !g_stop; ++epoch) {
+  for (int64_t epoch = 1; epoch <= epochs && !stop.requested(); ++epoch) {
     const auto t0 = Clock::now();
     auto last_note = t0;
     double loss_sum = 0, correct = 0, examples = 0;
-    for (int64_t s = 0; s < steps && !g_stop; ++s, ++step) {
+    for (int64_t s = 0; s < steps && !stop.requested(); ++s, ++step) {
       auto [x, y] = order.batch(data.train, (epoch - 1) * per_epoch + s);
       opt.zero_grad();
       at::Tensor logits = model->forward(x);
@@ -94,7 +88,7 @@ int run_training(const boost::program_options::variables_map& vm) {
     line.emplace_back("strategy", std::string("train"));
     line.emplace_back("round", epoch);
     line.emplace_back("epoch", epoch);
-    line.emplace_back("status", std::string(g_stop ? "interrupted" : "ok"));
+    line.emplace_back("status", std::string(stop.requested() ? "interrupted" : "ok"));
     line.emplace_back("train_loss", examples > 0 ? loss_sum / examples : std::nan(""));
     if (loss == "ce") line.emplace_back("train_accuracy", examples > 0 ? correct / examples : std::nan(""));
     line.emplace_back("train_examples", static_cast<int64_t>(examples));
@@ -117,7 +111,7 @@ int run_training(const boost::program_options::variables_map& vm) {
     spdlog::info("epoch {}/{}{}  train_loss {:.4f}  {:.1f} s ({:.0f} examples/s)", epoch, epochs, score,
                  examples > 0 ? loss_sum / examples : 0.0, fit_s, examples / std::max(fit_s, 1e-9));
   }
-  if (g_stop) summary.status = "interrupted";
+  if (stop.requested()) summary.status = "interrupted";
   summary.elapsed_s = Seconds(Clock::now() - t_start).count();
   summary.peak_rss_bytes = peak_rss_bytes();
   if (!out_dir.empty()) {
@@ -125,7 +119,7 @@ int run_training(const boost::program_options::variables_map& vm) {
     recorder.write_summary(summary);
     spdlog::info("results in {}", out_dir);
   }
-  return g_stop ? 130 : 0;
+  return stop.requested() ? 130 : 0;
 }
 
 }  // namespace fedra::cli

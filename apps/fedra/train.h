@@ -3,8 +3,11 @@
 
 #include <boost/program_options.hpp>
 
+#include "core/stop.h"
+
 namespace fedra::cli {
 
-int run_training(const boost::program_options::variables_map& vm);
+// SIGINT/SIGTERM (`stop`) end it after the current step, with the epoch so far recorded.
+int run_training(const boost::program_options::variables_map& vm, const StopSignal& stop);
 
 }  // namespace fedra::cli

@@ -2,23 +2,30 @@
 // weighted by each worker's example count.
 //
 // Per round the coordinator samples workers (fraction, minimum, seeded), sends each its own
-// "fedavg.fit" instruction (the global model plus local_epochs, local_steps, batch_size, lr,
-// optimizer, momentum, weight_decay and a per-worker seed), and folds each "fedavg.fit_result"
-// into a running weighted sum as it arrives, so the coordinator holds one model-sized sum however
-// many workers take part. A result is rejected (becomes a failure) if its tensors do not match the
-// model's names, shapes and dtypes, if any value is NaN or infinite, or if it reports no
-// examples. The round fails, keeping the previous model, if fewer than min_results results were
-// accepted. The coordinator evaluates the global model on its test set every eval_every rounds.
-// The worker's optimiser is created afresh each round (the FedAvg convention).
+// FitIns ("fedavg.fit": the global model, the local training settings and a per-worker seed),
+// and folds each FitRes ("fedavg.fit_result") into a running weighted sum as it arrives, so the
+// coordinator holds one model-sized sum however many workers take part. A result is rejected
+// (becomes a failure) if a required field is missing, if its tensors do not match the model's
+// names, shapes and dtypes, or if any value is NaN or infinite. The round fails, keeping the
+// previous model, if fewer than min_results results were accepted. The worker's optimiser is
+// created afresh each round (the FedAvg convention).
+//
+// FedAvgCoordinator is exported to be subclassed: an aggregation variant (a robust mean, server
+// momentum, ...) overrides accumulate()/aggregate() and server_update() and keeps everything
+// else, FedAvg's worker half included (examples/plugins: fedmedian, fedavgm; docs/plugins.md).
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include <torch/nn/modules/container/sequential.h>
 
 #include "core/aggregation.h"
 #include "core/message.h"
-#include "core/options.h"
+#include "core/option_groups.h"
 #include "core/registry.h"
+#include "core/round_strategy.h"
 
 namespace fedra::fedavg {
 
@@ -33,12 +40,9 @@ struct FedAvgOptions {
   FEDRA_ARG(int64_t, local_epochs) = 1;
   FEDRA_ARG(int64_t, local_steps) = 0;
   FEDRA_ARG(int64_t, batch_size) = 32;
-  FEDRA_ARG(double, lr) = 0.05;
-  FEDRA_ARG(std::string, optimizer) = "sgd";
-  FEDRA_ARG(double, momentum) = 0.9;
-  FEDRA_ARG(double, weight_decay) = 0.0;
+  FEDRA_ARG(OptimizerOptions, optim) = OptimizerOptions().momentum(0.9);
   FEDRA_ARG(double, round_timeout) = 600;
-  FEDRA_ARG(int64_t, eval_every) = 1;
+  FEDRA_ARG(EvalOptions, eval);
 
   template <class F>
   void visit(F&& f) {
@@ -51,16 +55,113 @@ struct FedAvgOptions {
       "cap on local optimiser steps per round; 0 = no cap (with local_epochs 0 too: no training, "
       "to measure the framework alone)");
     f("batch_size", batch_size_, "local mini-batch size");
-    f("lr", lr_, "local learning rate");
-    f("optimizer", optimizer_, "local optimiser: sgd (with momentum) or adam");
-    f("momentum", momentum_, "SGD momentum");
-    f("weight_decay", weight_decay_, "L2 weight decay");
+    f.group(optim_);
     f("round_timeout", round_timeout_, "seconds a round waits for results before failing stragglers");
-    f("eval_every", eval_every_, "evaluate on the coordinator's test set every N rounds; 0 = never");
+    f.group(eval_);
   }
   void validate() const;
+  RoundConfig round_config() const;
+};
+
+// fedavg.fit: what one worker trains with in one round. Defaults live here only.
+struct FitIns {
+  uint32_t round = 0;
+  NamedTensors weights;  // the global model (shared with the coordinator's, not copied)
+  int64_t local_epochs = 1;
+  int64_t local_steps = 0;
+  int64_t batch_size = 32;
+  OptimizerOptions optim;
+  uint64_t seed = 1;  // the worker's local shuffling
+
+  Message encode() const;
+  // Refuses a message of another kind or one lacking a field, naming it.
+  static FitIns decode(const Message& m);
+};
+
+// fedavg.fit_result: the trained model and what it was trained on.
+struct FitRes {
+  uint32_t round = 0;
+  NamedTensors weights;
+  int64_t num_examples = 0;  // the weight of this result in the average
+  double train_loss = 0;     // mean loss over the local steps
+  int64_t steps = 0;
+  double load_s = 0, train_s = 0, fit_s = 0;  // where the worker's time went
+
+  Message encode() const;
+  // Refuses another kind, another round, a missing or negative num_examples or a missing
+  // train_loss, naming the worker and the field.
+  static FitRes decode(Message&& m, uint32_t round, const std::string& worker);
+};
+
+class FedAvgCoordinator : public RoundStrategy {
+ public:
+  FedAvgCoordinator(const Job& job, FedAvgOptions options);
+
+ protected:
+  // --- Override points for aggregation variants.
+  // The instruction for one worker (default: the global model and the options' local settings).
+  virtual FitIns configure(uint32_t round, const WorkerInfo& worker);
+  // Takes one checked result (layout and finiteness already verified) as it arrives. Default:
+  // adds it to the running example-weighted sum, so memory stays O(model). Throwing rejects it.
+  virtual void accumulate(const WorkerInfo& worker, FitRes&& result);
+  // The round's aggregate of the accepted results (default: the weighted mean). Called once per
+  // round with at least min_results accepted.
+  virtual NamedTensors aggregate(uint32_t round);
+  // Turns the aggregate into the next global model (default: it is the next global model).
+  // Server optimisers step here on the pseudo-gradient global() - aggregate.
+  virtual void server_update(uint32_t round, NamedTensors aggregate);
+  // Extra metrics for the round's line (default: none).
+  virtual Metrics round_metrics(uint32_t round) {
+    (void)round;
+    return {};
+  }
+
+  const NamedTensors& global() const { return global_; }
+  void set_global(NamedTensors next);
+  const FedAvgOptions& options() const { return options_; }
+  const Job& job() const { return job_; }
+
+  // RoundStrategy's hooks, written once here.
+  RoundConfig round_config() const override { return options_.round_config(); }
+  Message configure_fit(uint32_t round, const WorkerInfo& worker) override;
+  void accumulate_fit(uint32_t round, const WorkerInfo& worker, Message&& result) override;
+  Metrics aggregate_fit(uint32_t round, const std::vector<Failure>& failures) override;
+  Metrics evaluate(uint32_t round, RunContext& ctx) override;
+  bool resumable() const override { return true; }
+  NamedTensors checkpoint_state() const override { return global_; }
+  void restore(NamedTensors state) override;
+
+ private:
+  Job job_;
+  FedAvgOptions options_;
+  torch::nn::Sequential model_{nullptr};
+  NamedTensors global_;
+  WeightedAverage average_;
+  size_t accepted_ = 0;
+  double loss_sum_ = 0, weight_sum_ = 0;
+  int64_t examples_ = 0;
+  // Where a round's time goes, reported in metrics.jsonl.
+  double accumulate_s_ = 0, worker_load_s_ = 0, worker_train_s_ = 0;
+};
+
+// FedAvg's worker half: loads the global model, trains it locally as FitIns says, returns it.
+// Reads nothing from the job's options, so every FedAvg variant reuses it as it is.
+class FedAvgWorker : public WorkerStrategy {
+ public:
+  explicit FedAvgWorker(const Job& job);
+  Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) override;
+
+ private:
+  Job job_;
+  torch::nn::Sequential model_{nullptr};
 };
 
 StrategyInfo fedavg_strategy();
+
+// A FedAvg variant as a strategy: Coordinator(job, options), FedAvg's worker (or Worker).
+template <class Coordinator, class Options = FedAvgOptions, class Worker = FedAvgWorker>
+StrategyInfo variant(std::string name, std::string description) {
+  return make_strategy<Coordinator, Worker, Options>(std::move(name), std::move(description));
+}
 
 }  // namespace fedra::fedavg

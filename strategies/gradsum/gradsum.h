@@ -38,7 +38,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "core/options.h"
+#include "core/option_groups.h"
 #include "core/registry.h"
 
 namespace fedra::gradsum {
@@ -49,66 +49,49 @@ inline constexpr const char* kUpdate = "gradsum.update";
 inline constexpr const char* kCheck = "gradsum.check";
 inline constexpr const char* kDone = "gradsum.done";
 
-struct GradSumOptions {
-  FEDRA_ARG(int64_t, steps) = 0;
-  FEDRA_ARG(int64_t, epochs) = 1;
-  FEDRA_ARG(int64_t, steps_per_round) = 100;
-  FEDRA_ARG(int64_t, batch_size) = 32;
-  FEDRA_ARG(double, lr) = 0.05;
-  FEDRA_ARG(std::string, optimizer) = "sgd";
-  FEDRA_ARG(double, momentum) = 0.0;
-  FEDRA_ARG(double, weight_decay) = 0.0;
-  FEDRA_ARG(std::string, reduce) = "sum";
-  FEDRA_ARG(std::string, sync) = "params";
+enum class Reduce { kSum, kMean };
+FEDRA_ENUM_NAMES(Reduce, {Reduce::kSum, "sum"}, {Reduce::kMean, "mean"})
+enum class Sync { kParams, kGradient };
+FEDRA_ENUM_NAMES(Sync, {Sync::kParams, "params"}, {Sync::kGradient, "gradient"})
+
+// Fault injection for tests (--gradsum.testing.NAME, listed by --help-testing).
+struct GradSumTesting {
+  FEDRA_ARG(std::string, inject) = "none";
+  template <class F>
+  void visit(F&& f) {
+    f("inject", inject_,
+      "none, exit:STEP (the last worker dies mid-step) or desync:STEP (the last worker perturbs its weights)");
+  }
+  void validate(const std::string& scope) const;
+};
+
+struct GradSumOptions : SteppedOptions {
+  GradSumOptions() { schedule_.steps_per_round(100); }
+  FEDRA_ARG(Reduce, reduce) = Reduce::kSum;
+  FEDRA_ARG(Sync, sync) = Sync::kParams;
   FEDRA_ARG(int64_t, bucket_kb) = 1024;
   FEDRA_ARG(bool, overlap) = true;
-  FEDRA_ARG(std::string, batches) = "shuffle";
   FEDRA_ARG(int64_t, check_every) = 100;
-  FEDRA_ARG(std::string, on_failure) = "fail";
-  FEDRA_ARG(int64_t, min_workers) = 1;
-  FEDRA_ARG(double, step_timeout) = 60;
-  FEDRA_ARG(int64_t, eval_every) = 1;
-  FEDRA_ARG(std::string, init) = "seed";
-  FEDRA_ARG(int64_t, init_skip) = 0;
-  FEDRA_ARG(std::string, inject) = "none";
+  FEDRA_ARG(FailureOptions, failure);
+  FEDRA_ARG(InitOptions, init);
   FEDRA_ARG(bool, exchange_only) = false;
+  FEDRA_ARG(GradSumTesting, testing);
 
   template <class F>
   void visit(F&& f) {
-    f("steps", steps_, "optimiser steps to run; 0 = use epochs");
-    f("epochs", epochs_, "passes over the largest worker's data (when steps is 0)");
-    f("steps_per_round", steps_per_round_,
-      "steps per round: one metrics line, evaluation and chance for workers to join per round; "
-      "0 = one round per epoch");
-    f("batch_size", batch_size_, "mini-batch size per worker per step");
-    f("lr", lr_, "learning rate");
-    f("optimizer", optimizer_, "sgd (with momentum) or adam");
-    f("momentum", momentum_, "SGD momentum");
-    f("weight_decay", weight_decay_, "L2 weight decay");
+    SteppedOptions::visit(f);
     f("reduce", reduce_, "sum (the notebook) or mean of the workers' gradients");
     f("sync", sync_,
       "what the coordinator sends back: params (it steps the optimiser) or gradient (every "
       "replica steps its own identical optimiser)");
     f("bucket_kb", bucket_kb_, "gradient bucket size in KiB: the unit that streams and is summed");
     f("overlap", overlap_, "send each bucket from the backward pass as soon as it is ready");
-    f("batches", batches_,
-      "shuffle (seeded per worker and epoch), sequential, or notebook (the seed notebook's "
-      "slicing: worker r takes rows [(i+r)B mod n, (i+r+1)B mod n) at step i, empty when it wraps)");
     f("check_every", check_every_, "replicas send a parameter checksum every N steps; 0 = never");
-    f("on_failure", on_failure_, "fail (stop the run) or continue (go on without the worker)");
-    f("min_workers", min_workers_, "least workers a round needs (and, with continue, keeps)");
-    f("step_timeout", step_timeout_, "seconds a step may wait for a worker before failing it");
-    f("eval_every", eval_every_, "evaluate on the coordinator's test set every N rounds; 0 = never");
-    f("init", init_,
-      "model initialisation: seed (from --seed) or after-data (torch's generator continues "
-      "after the synthetic dataset's draws, as in the notebook)");
-    f("init_skip", init_skip_, "with after-data: build and discard this many models first");
-    f("inject", inject_,
-      "fault injection for tests: none, exit:STEP (the last worker dies mid-step) or "
-      "desync:STEP (the last worker perturbs its weights)");
+    f.group(failure_);
+    f.group(init_);
     f("exchange_only", exchange_only_,
-      "benchmark the exchange alone: workers skip forward and backward and send a constant "
-      "gradient; everything else (buckets, sum, optimiser, updates, checks) runs as usual");
+      "benchmarks: workers send a constant gradient without computing; the exchange runs as usual");
+    f.testing(testing_);
   }
   void validate() const;
 };

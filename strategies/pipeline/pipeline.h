@@ -35,7 +35,7 @@
 
 #include <torch/nn/modules/container/sequential.h>
 
-#include "core/options.h"
+#include "core/option_groups.h"
 #include "core/registry.h"
 
 namespace fedra::pipeline {
@@ -45,25 +45,26 @@ inline constexpr const char* kAct = "pipeline.act";
 inline constexpr const char* kGrad = "pipeline.grad";
 inline constexpr const char* kDone = "pipeline.done";
 
-struct PipelineOptions {
+// Fault injection for tests (--pipeline.testing.NAME, listed by --help-testing).
+struct PipelineTesting {
+  FEDRA_ARG(int64_t, inject_bad_shape) = -1;
+  template <class F>
+  void visit(F&& f) {
+    f("inject_bad_shape", inject_bad_shape_,
+      "stage 0 sends micro-batch K's activations one column short; -1 = never");
+  }
+  void validate(const std::string& scope) const;
+};
+
+// A step of the schedule is a micro-batch; epochs are passes over stage 0's data; each stage
+// steps its own parameters with the optimiser.
+struct PipelineOptions : SteppedOptions {
   FEDRA_ARG(int64_t, stages) = 2;
   FEDRA_ARG(std::string, cuts) = "";
   FEDRA_ARG(int64_t, in_flight) = 0;
   FEDRA_ARG(bool, stash) = true;
-  FEDRA_ARG(int64_t, steps) = 0;
-  FEDRA_ARG(int64_t, epochs) = 1;
-  FEDRA_ARG(int64_t, steps_per_round) = 0;
-  FEDRA_ARG(int64_t, batch_size) = 32;
-  FEDRA_ARG(double, lr) = 0.05;
-  FEDRA_ARG(std::string, optimizer) = "sgd";
-  FEDRA_ARG(double, momentum) = 0.0;
-  FEDRA_ARG(double, weight_decay) = 0.0;
-  FEDRA_ARG(std::string, batches) = "shuffle";
-  FEDRA_ARG(double, step_timeout) = 60;
-  FEDRA_ARG(int64_t, eval_every) = 1;
-  FEDRA_ARG(std::string, init) = "seed";
-  FEDRA_ARG(std::string, init_skip) = "";
-  FEDRA_ARG(int64_t, inject_bad_shape) = -1;
+  FEDRA_ARG(InitOptions, init);
+  FEDRA_ARG(PipelineTesting, testing);
 
   template <class F>
   void visit(F&& f) {
@@ -75,24 +76,9 @@ struct PipelineOptions {
       "micro-batches stage 0 runs forward before its first backward; 1 = sequential training, "
       "0 = the number of stages (PipeDream)");
     f("stash", stash_, "weight stashing: each backward uses the weights of its own forward");
-    f("steps", steps_, "micro-batches to train on; 0 = use epochs");
-    f("epochs", epochs_, "passes over stage 0's data (when steps is 0)");
-    f("steps_per_round", steps_per_round_,
-      "micro-batches per round (the pipeline drains, the model is evaluated); 0 = one round per epoch");
-    f("batch_size", batch_size_, "micro-batch size");
-    f("lr", lr_, "learning rate");
-    f("optimizer", optimizer_, "sgd (with momentum) or adam; each stage steps its own parameters");
-    f("momentum", momentum_, "SGD momentum");
-    f("weight_decay", weight_decay_, "L2 weight decay");
-    f("batches", batches_, "shuffle, sequential, notebook or notebook-pipeline (core/batching.h)");
-    f("step_timeout", step_timeout_, "seconds a stage may wait for a message before failing the round");
-    f("eval_every", eval_every_, "evaluate on the coordinator's test set every N rounds; 0 = never");
-    f("init", init_, "model initialisation: seed (from --seed) or after-data (as in the notebook)");
-    f("init_skip", init_skip_,
-      "with after-data: what to draw and discard first: N models, or items like "
-      "'mlp:16-8-1*3 linear:16-4 linear:4-1:nobias' (core/model.h)");
-    f("inject_bad_shape", inject_bad_shape_,
-      "fault injection for tests: stage 0 sends micro-batch K's activations one column short; -1 = never");
+    SteppedOptions::visit(f);
+    f.group(init_);
+    f.testing(testing_);
   }
   void validate() const;
   int64_t effective_in_flight() const { return in_flight_ > 0 ? in_flight_ : stages_; }

@@ -26,7 +26,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
-#include "core/options.h"
+#include "core/option_groups.h"
 #include "core/registry.h"
 
 namespace fedra::psl {
@@ -70,39 +70,24 @@ at::Tensor element_loss(const at::Tensor& scores, const at::Tensor& local_target
 // Row indices of `targets` whose class is one of `towers`, and those classes as tower indices.
 std::pair<at::Tensor, at::Tensor> select_rows(const at::Tensor& targets, const std::vector<int64_t>& towers);
 
-struct PslOptions {
-  FEDRA_ARG(int64_t, epochs) = 1;
-  FEDRA_ARG(int64_t, steps) = 0;
-  FEDRA_ARG(int64_t, steps_per_round) = 100;
-  FEDRA_ARG(int64_t, batch_size) = 100;
-  FEDRA_ARG(std::string, batches) = "shuffle";
-  FEDRA_ARG(std::string, data) = "coordinator";
-  FEDRA_ARG(std::string, optimizer) = "adam";
-  FEDRA_ARG(double, lr) = 0.001;
-  FEDRA_ARG(double, momentum) = 0.0;
-  FEDRA_ARG(double, weight_decay) = 0.0;
-  FEDRA_ARG(double, step_timeout) = 60;
-  FEDRA_ARG(int64_t, eval_every) = 1;
+enum class PslData { kCoordinator, kWorker };
+FEDRA_ENUM_NAMES(PslData, {PslData::kCoordinator, "coordinator"}, {PslData::kWorker, "worker"})
+
+struct PslOptions : SteppedOptions {
+  PslOptions() {
+    schedule_.steps_per_round(100).batch_size(100).allowed_batches({Batches::kShuffle, Batches::kSequential});
+    optim_.optimizer(OptimizerKind::kAdam).lr(0.001);  // on the coordinator
+  }
+  FEDRA_ARG(PslData, data) = PslData::kCoordinator;
 
   template <class F>
   void visit(F&& f) {
-    f("epochs", epochs_, "passes over the training data (when steps is 0)");
-    f("steps", steps_, "optimiser steps to run; 0 = use epochs");
-    f("steps_per_round", steps_per_round_,
-      "steps per round: one metrics line and evaluation per round; 0 = one round per epoch");
-    f("batch_size", batch_size_, "mini-batch size (data=worker: per worker)");
-    f("batches", batches_, "shuffle (seeded) or sequential");
+    SteppedOptions::visit(f);
     f("data", data_,
       "coordinator (it holds the training set and sends each worker the rows its classes need) "
       "or worker (each worker evaluates its elements on its own data)");
-    f("optimizer", optimizer_, "sgd (with momentum) or adam, on the coordinator");
-    f("lr", lr_, "learning rate");
-    f("momentum", momentum_, "SGD momentum");
-    f("weight_decay", weight_decay_, "L2 weight decay");
-    f("step_timeout", step_timeout_, "seconds a step waits for the workers' gradients");
-    f("eval_every", eval_every_, "evaluate on the coordinator's test set every N rounds; 0 = never");
   }
-  void validate() const;
+  void validate() const {}
 };
 
 StrategyInfo psl_strategy();

@@ -40,10 +40,12 @@
 // U-shaped variant neither do labels (tests/integration/split_test.cc inspects every frame).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <vector>
 #include <string>
 
-#include "core/options.h"
+#include "core/option_groups.h"
 #include "core/registry.h"
 
 namespace fedra::split {
@@ -55,25 +57,38 @@ inline constexpr const char* kOutGrad = "split.outgrad";  // U-shaped: its gradi
 inline constexpr const char* kGrad = "split.grad";        // coordinator -> worker: cut gradient
 inline constexpr const char* kDone = "split.done";        // worker -> coordinator: end of turn
 
+enum class Labels { kCoordinator, kWorker };
+FEDRA_ENUM_NAMES(Labels, {Labels::kCoordinator, "coordinator"}, {Labels::kWorker, "worker"})
+enum class Schedule { kSequential, kParallel };
+FEDRA_ENUM_NAMES(Schedule, {Schedule::kSequential, "sequential"}, {Schedule::kParallel, "parallel"})
+
+// Fault injection for tests (--split.testing.NAME, listed by --help-testing).
+struct SplitTesting {
+  FEDRA_ARG(int64_t, inject_exit) = -1;
+  FEDRA_ARG(int64_t, inject_bad_shape) = -1;
+  template <class F>
+  void visit(F&& f) {
+    f("inject_exit", inject_exit_,
+      "the last worker (by name) dies right after sending the activations of this step; -1 = never");
+    f("inject_bad_shape", inject_bad_shape_, "the last worker sends activations one feature short at this step; -1 = never");
+  }
+  void validate(const std::string& scope) const;
+};
+
 struct SplitOptions {
-  FEDRA_ARG(std::string, labels) = "coordinator";
-  FEDRA_ARG(std::string, schedule) = "sequential";
+  FEDRA_ARG(Labels, labels) = Labels::kCoordinator;
+  FEDRA_ARG(Schedule, schedule) = Schedule::kSequential;
   FEDRA_ARG(int64_t, epochs) = 1;
   FEDRA_ARG(int64_t, max_steps) = 0;
   FEDRA_ARG(int64_t, batch_size) = 32;
-  FEDRA_ARG(std::string, batches) = "shuffle";
-  FEDRA_ARG(double, lr) = 0.05;
-  FEDRA_ARG(std::string, optimizer) = "sgd";
-  FEDRA_ARG(double, momentum) = 0.0;
-  FEDRA_ARG(double, weight_decay) = 0.0;
+  FEDRA_ARG(Batches, batches) = Batches::kShuffle;
+  FEDRA_ARG(OptimizerOptions, optim);
   FEDRA_ARG(int64_t, pipeline) = 1;
-  FEDRA_ARG(std::string, on_failure) = "fail";
-  FEDRA_ARG(int64_t, min_workers) = 1;
+  FEDRA_ARG(FailureOptions, failure);
   FEDRA_ARG(double, step_timeout) = 60;
-  FEDRA_ARG(int64_t, eval_every) = 1;
-  FEDRA_ARG(int64_t, inject_exit) = -1;
-  FEDRA_ARG(int64_t, inject_bad_shape) = -1;
+  FEDRA_ARG(EvalOptions, eval);
   FEDRA_ARG(bool, exchange_only) = false;
+  FEDRA_ARG(SplitTesting, testing);
 
   template <class F>
   void visit(F&& f) {
@@ -86,30 +101,25 @@ struct SplitOptions {
     f("epochs", epochs_, "rounds; each is one pass over every worker's data");
     f("max_steps", max_steps_, "cap on the steps of one worker's turn (0 = a whole local epoch)");
     f("batch_size", batch_size_, "mini-batch size");
-    f("batches", batches_, "shuffle (seeded per worker and epoch) or sequential");
-    f("lr", lr_, "learning rate (every part's optimiser)");
-    f("optimizer", optimizer_, "sgd (with momentum) or adam");
-    f("momentum", momentum_, "SGD momentum");
-    f("weight_decay", weight_decay_, "L2 weight decay");
+    f("batches", batches_, "shuffle (seeded per worker and epoch) or sequential",
+      std::vector<Batches>{Batches::kShuffle, Batches::kSequential});
+    f.group(optim_);  // every part's optimiser
     f("pipeline", pipeline_,
       "micro-batches a worker keeps in flight; 1 = none (exact), more overlaps the round trip "
       "with compute at the cost of staleness (docs/strategies.md)");
-    f("on_failure", on_failure_, "fail (stop the run) or continue (go on without the worker)");
-    f("min_workers", min_workers_, "least workers a round needs");
+    f.group(failure_);
     f("step_timeout", step_timeout_, "seconds a step may wait for a worker before failing it");
-    f("eval_every", eval_every_, "evaluate on the coordinator's test set every N rounds; 0 = never");
-    f("inject_exit", inject_exit_,
-      "fault injection for tests: the last worker (by name) dies right after sending the "
-      "activations of this step; -1 = never");
-    f("inject_bad_shape", inject_bad_shape_,
-      "fault injection for tests: the last worker sends activations one feature short at this "
-      "step; -1 = never");
+    f.group(eval_);
     f("exchange_only", exchange_only_,
       "benchmark the round trip alone: the worker sends its first batch's activations every "
       "step without computing, the coordinator answers with a constant gradient of the same "
       "shape without computing (labels=coordinator only)");
+    f.testing(testing_);
   }
   void validate() const;
+  std::chrono::milliseconds step_timeout_ms() const {
+    return std::chrono::milliseconds(static_cast<int64_t>(step_timeout_ * 1000));
+  }
 };
 
 StrategyInfo split_strategy();

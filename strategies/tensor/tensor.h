@@ -40,7 +40,7 @@
 #include <torch/nn/modules/container/sequential.h>
 
 #include "core/message.h"
-#include "core/options.h"
+#include "core/option_groups.h"
 #include "core/registry.h"
 
 namespace fedra::tensor {
@@ -52,41 +52,17 @@ inline constexpr const char* kGather = "tensor.gather";
 inline constexpr const char* kResult = "tensor.result";
 inline constexpr const char* kDone = "tensor.done";
 
-struct TensorOptions {
+// The schedule's epochs are passes over worker 0's data, which draws every batch; each worker
+// steps its own slices with the optimiser.
+struct TensorOptions : SteppedOptions {
   FEDRA_ARG(int64_t, workers) = 2;
-  FEDRA_ARG(int64_t, steps) = 0;
-  FEDRA_ARG(int64_t, epochs) = 1;
-  FEDRA_ARG(int64_t, steps_per_round) = 0;
-  FEDRA_ARG(int64_t, batch_size) = 32;
-  FEDRA_ARG(double, lr) = 0.05;
-  FEDRA_ARG(std::string, optimizer) = "sgd";
-  FEDRA_ARG(double, momentum) = 0.0;
-  FEDRA_ARG(double, weight_decay) = 0.0;
-  FEDRA_ARG(std::string, batches) = "shuffle";
-  FEDRA_ARG(double, step_timeout) = 60;
-  FEDRA_ARG(int64_t, eval_every) = 1;
-  FEDRA_ARG(std::string, init) = "seed";
-  FEDRA_ARG(std::string, init_skip) = "";
+  FEDRA_ARG(InitOptions, init);
 
   template <class F>
   void visit(F&& f) {
     f("workers", workers_, "how many workers share each layer (the first N connected, by name)");
-    f("steps", steps_, "optimiser steps to run; 0 = use epochs");
-    f("epochs", epochs_, "passes over worker 0's data (when steps is 0)");
-    f("steps_per_round", steps_per_round_,
-      "steps per round (one metrics line and evaluation each); 0 = one round per epoch");
-    f("batch_size", batch_size_, "mini-batch size per step (drawn by worker 0)");
-    f("lr", lr_, "learning rate");
-    f("optimizer", optimizer_, "sgd (with momentum) or adam; each worker steps its own slices");
-    f("momentum", momentum_, "SGD momentum");
-    f("weight_decay", weight_decay_, "L2 weight decay");
-    f("batches", batches_, "shuffle, sequential, notebook or notebook-pipeline (core/batching.h)");
-    f("step_timeout", step_timeout_, "seconds a step may wait for a worker before failing the round");
-    f("eval_every", eval_every_, "evaluate on the coordinator's test set every N rounds; 0 = never");
-    f("init", init_, "model initialisation: seed (from --seed) or after-data (as in the notebook)");
-    f("init_skip", init_skip_,
-      "with after-data: what to draw and discard first: N models, or items like "
-      "'mlp:16-8-1*2 linear:16-4:nobias' (core/model.h)");
+    SteppedOptions::visit(f);
+    f.group(init_);
   }
   void validate() const;
 };

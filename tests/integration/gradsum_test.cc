@@ -113,9 +113,7 @@ TEST_CASE("the notebook configs reproduce the notebook's printed losses") {
       {"notebook-gradsum", {0, 1000, 2000, 3000, 4000, 5000}, {0.706, 0.467, 0.361, 0.347, 0.320, 0.293}}};
   for (const auto& c : cases) {
     INFO(c.config);
-    const int code = run_fedra({"simulate", "--config", std::string(FEDRA_SOURCE_DIR) + "/experiments/" + c.config + ".cfg",
-                                "--out", dir / c.config},
-                               dir / (c.config + ".log"), std::chrono::seconds(300));
+    const int code = run_experiment(dir, c.config);
     INFO("log:\n" << read_file(dir / (c.config + ".log")));
     REQUIRE(code == 0);
     const auto lines = read_jsonl(dir / (c.config + "/metrics.jsonl"));
@@ -132,7 +130,7 @@ TEST_CASE("a worker dying mid-step fails the step with its name, or the run goes
   auto run = [&](const std::string& name, const std::vector<std::string>& extra) {
     std::vector<std::string> args = {"simulate", "--strategy", "gradsum", "--workers", "3", "--dataset", kData,
                                      "--model", kModel, "--loss", "bce", "--gradsum.steps", "40",
-                                     "--gradsum.steps_per_round", "10", "--gradsum.inject", "exit:15",
+                                     "--gradsum.steps_per_round", "10", "--gradsum.testing.inject", "exit:15",
                                      "--gradsum.bucket_kb", "1",  // two buckets: it dies between them
                                      "--out", dir / name};
     args.insert(args.end(), extra.begin(), extra.end());
@@ -164,7 +162,7 @@ TEST_CASE("a replica out of sync is caught by the checksum and named") {
   const int code = run_fedra({"simulate", "--strategy", "gradsum", "--workers", "2", "--dataset", kData,
                               "--model", kModel, "--loss", "bce", "--gradsum.steps", "20",
                               "--gradsum.check_every", "4", "--gradsum.sync", "gradient",
-                              "--gradsum.inject", "desync:6", "--out", dir / "out"},
+                              "--gradsum.testing.inject", "desync:6", "--out", dir / "out"},
                              dir / "log", std::chrono::seconds(120));
   const std::string log = read_file(dir / "log");
   INFO("log:\n" << log);

@@ -90,17 +90,6 @@ Run run_simulate(const TempDir& dir, const std::string& name, const Setup& s, co
   return r;
 }
 
-double max_diff(const NamedTensors& got, const NamedTensors& want) {
-  REQUIRE(got.size() == want.size());
-  double worst = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    CHECK(got[i].first == want[i].first);
-    REQUIRE(got[i].second.sizes() == want[i].second.sizes());
-    worst = std::max(worst, (got[i].second - want[i].second).abs().max().item<double>());
-  }
-  return worst;
-}
-
 void check_equal_training(const Run& run, const std::pair<NamedTensors, std::vector<double>>& plain,
                           const Setup& s) {
   REQUIRE(run.losses.size() == plain.second.size());
@@ -194,9 +183,7 @@ TEST_CASE("the notebook's tensor-parallel and pipeline runs land on its printed 
   };
   for (const auto& c : cases) {
     INFO(c.config);
-    const int code = run_fedra({"simulate", "--config", std::string(FEDRA_SOURCE_DIR) + "/experiments/" + c.config + ".cfg",
-                                "--out", dir / c.config},
-                               dir / (c.config + ".log"), std::chrono::seconds(300));
+    const int code = run_experiment(dir, c.config);
     INFO("log:\n" << read_file(dir / (c.config + ".log")));
     REQUIRE(code == 0);
     const std::vector<double> losses = read_losses(dir / (c.config + "/losses.csv"));
@@ -229,7 +216,7 @@ TEST_CASE("tensor and pipeline refuse models they cannot split and activations o
   // A stage sending activations of the wrong shape: the coordinator refuses to relay them and
   // fails the round, naming the worker, the tensor and the shape the cut carries.
   const auto [shape_code, shape] = run("shape", {"--strategy", "pipeline", "--workers", "2", "--model", "mlp:16-12-1",
-                                                 "--pipeline.steps", "20", "--pipeline.steps_per_round", "20", "--pipeline.inject_bad_shape", "5",
+                                                 "--pipeline.steps", "20", "--pipeline.steps_per_round", "20", "--pipeline.testing.inject_bad_shape", "5",
                                                  "--pipeline.batch_size", "16"});
   INFO(shape);
   CHECK(shape_code == 1);

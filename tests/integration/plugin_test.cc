@@ -1,6 +1,8 @@
 // Strategy plugins: loading, listing, refusals, and the fedmedian example against a poisoned worker.
 #include "tests/testing.h"
 
+#include <cmath>
+
 #include "tests/test_util.h"
 
 using namespace fedra;
@@ -58,4 +60,42 @@ TEST_CASE("fedmedian keeps training with a worker sending huge updates; the mean
   // The mean takes a quarter of the noise in every round: the model is wrecked.
   CHECK(mean[2]["test_loss"].get<double>() > 100);
   CHECK(mean[2]["test_accuracy"].get<double>() < 0.4);
+}
+
+TEST_CASE("fedavgm without momentum and with server_lr 1 is FedAvg; with momentum it moves further and trains") {
+  TempDir dir;
+  auto run = [&](const std::string& name, std::vector<std::string> extra) {
+    const std::string out = dir / name;
+    std::vector<std::string> args = {"simulate", "--plugin", FEDAVGM_PLUGIN, "--workers", "3",
+                                     "--dataset", "fmnist:limit=6000,test_limit=2000", "--threads", "1",
+                                     "--out", out};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const int code = run_fedra(args, dir / (name + ".log"), std::chrono::seconds(120));
+    INFO(read_file(dir / (name + ".log")));
+    REQUIRE(code == 0);
+    return read_jsonl(out + "/metrics.jsonl");
+  };
+  const auto fedavg = run("fedavg", {"--strategy", "fedavg", "--fedavg.rounds", "3"});
+  const auto plain = run("fedavgm-0", {"--strategy", "fedavgm", "--fedavgm.rounds", "3",
+                                       "--fedavgm.server_momentum", "0", "--fedavgm.server_lr", "1"});
+  const auto momentum = run("fedavgm-0.9", {"--strategy", "fedavgm", "--fedavgm.rounds", "3"});
+  REQUIRE(fedavg.size() == 3);
+  REQUIRE(plain.size() == 3);
+  REQUIRE(momentum.size() == 3);
+  // w - (w - mean) is the mean up to float rounding, so the runs agree to rounding, not bits.
+  auto loss_gap = [](const nlohmann::json& a, const nlohmann::json& b) {
+    return std::abs(a["test_loss"].get<double>() - b["test_loss"].get<double>()) / b["test_loss"].get<double>();
+  };
+  for (size_t r = 0; r < 3; ++r) {
+    INFO("round " << r + 1);
+    CHECK(loss_gap(plain[r], fedavg[r]) < 1e-4);
+    CHECK(std::abs(plain[r]["test_accuracy"].get<double>() - fedavg[r]["test_accuracy"].get<double>()) <= 0.001);
+  }
+  // In round 1 the velocity is the first pseudo-gradient itself: FedAvg's model again. From
+  // round 2 on the momentum takes another path.
+  CHECK(loss_gap(momentum[0], fedavg[0]) < 1e-4);
+  CHECK(loss_gap(momentum[1], fedavg[1]) > 1e-3);
+  MESSAGE("test accuracy after 3 rounds: fedavg " << fedavg[2]["test_accuracy"].get<double>() << ", fedavgm (0.9) "
+                                                  << momentum[2]["test_accuracy"].get<double>());
+  CHECK(momentum[2]["test_accuracy"].get<double>() > 0.7);
 }

@@ -78,23 +78,27 @@ SplitRun run_split(const TempDir& dir, const std::string& name, const std::strin
   return {load_model_file(out + "/model.bin"), read_jsonl(out + "/metrics.jsonl")};
 }
 
-double max_diff(const NamedTensors& got, const NamedTensors& want) {
-  REQUIRE(got.size() == want.size());
-  double worst = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    INFO(want[i].first);
-    CHECK(got[i].first == want[i].first);
-    worst = std::max(worst, (got[i].second - want[i].second).abs().max().item<double>());
-  }
-  return worst;
-}
-
 bool moved_from_init(const NamedTensors& got, const std::string& model) {
   const auto init = model_state(*build_model(model, kSeed));
   for (size_t i = 0; i < got.size(); ++i) {
     if (!torch::equal(got[i].second, init[i].second)) return true;
   }
   return false;
+}
+
+// Runs of 2 workers over 2 epochs with split.testing.INJECTION = STEP: run(name, extra) returns
+// the exit code and the log of one, its files in DIR/name.
+auto faulty_split(const TempDir& dir, const std::string& injection, const std::string& step) {
+  return [&dir, injection, step](const std::string& name, std::vector<std::string> extra) {
+    std::vector<std::string> args = {
+        "simulate", "--strategy", "split", "--workers", "2", "--dataset", kData, "--model",
+        "mlp:16-64-32-1,cut=relu1", "--loss", "bce", "--seed", "3", "--split.epochs", "2",
+        "--split.batch_size", "8", "--split.testing." + injection, step, "--threads", "1", "--worker-threads", "1",
+        "--out", dir / name};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const int code = run_fedra(args, dir / (name + ".log"), std::chrono::seconds(120));
+    return std::make_pair(code, read_file(dir / (name + ".log")));
+  };
 }
 
 }  // namespace
@@ -214,25 +218,21 @@ TEST_CASE("bytes per epoch match the closed forms: split 2pq + 2*eta*N*K, FedAvg
 
 TEST_CASE("a worker dying mid-turn fails the round with its name, or is skipped with on_failure=continue") {
   TempDir dir;
-  const std::vector<std::string> base = {
-      "simulate", "--strategy", "split", "--workers", "2", "--dataset", kData, "--model",
-      "mlp:16-64-32-1,cut=relu1", "--loss", "bce", "--seed", "3", "--split.epochs", "2",
-      "--split.batch_size", "8", "--split.inject_exit", "5", "--threads", "1", "--worker-threads", "1"};
+  const auto run = faulty_split(dir, "inject_exit", "5");
   SUBCASE("fail") {
-    auto args = base;
-    args.insert(args.end(), {"--out", dir / "fail"});
-    const int code = run_fedra(args, dir / "fail.log", std::chrono::seconds(120));
-    const std::string log = read_file(dir / "fail.log");
+    const auto outcome = run("fail", {});
+    const int code = outcome.first;
+    const std::string& log = outcome.second;
     INFO(log);
     CHECK(code == 1);
     CHECK(contains(log, "split round 1 failed: worker-1 failed mid-turn"));
     CHECK(contains(log, "split.on_failure=continue"));
   }
   SUBCASE("continue") {
-    auto args = base;
-    args.insert(args.end(), {"--split.on_failure", "continue", "--out", dir / "cont"});
-    const int code = run_fedra(args, dir / "cont.log", std::chrono::seconds(120));
-    INFO(read_file(dir / "cont.log"));
+    const auto outcome = run("cont", {"--split.on_failure", "continue"});
+    const int code = outcome.first;
+    const std::string& log = outcome.second;
+    INFO(log);
     CHECK(code == 0);
     const auto lines = read_jsonl(dir / "cont/metrics.jsonl");
     REQUIRE(lines.size() == 2);
@@ -245,24 +245,20 @@ TEST_CASE("a worker dying mid-turn fails the round with its name, or is skipped 
 
 TEST_CASE("activations of the wrong shape are refused with what was sent, and the others go on") {
   TempDir dir;
-  const std::vector<std::string> base = {
-      "simulate", "--strategy", "split", "--workers", "2", "--dataset", kData, "--model",
-      "mlp:16-64-32-1,cut=relu1", "--loss", "bce", "--seed", "3", "--split.epochs", "2",
-      "--split.batch_size", "8", "--split.inject_bad_shape", "3", "--threads", "1", "--worker-threads", "1"};
+  const auto run = faulty_split(dir, "inject_bad_shape", "3");
   SUBCASE("fail") {
-    auto args = base;
-    args.insert(args.end(), {"--out", dir / "fail"});
-    const int code = run_fedra(args, dir / "fail.log", std::chrono::seconds(120));
-    const std::string log = read_file(dir / "fail.log");
+    const auto outcome = run("fail", {});
+    const int code = outcome.first;
+    const std::string& log = outcome.second;
     INFO(log);
     CHECK(code == 1);
     CHECK(contains(log, "activations float32[8,63] from worker-1 do not fit the top of 'mlp:16-64-32-1,cut=relu1'"));
   }
   SUBCASE("continue") {
-    auto args = base;
-    args.insert(args.end(), {"--split.on_failure", "continue", "--split.schedule", "parallel", "--out", dir / "cont"});
-    const int code = run_fedra(args, dir / "cont.log", std::chrono::seconds(120));
-    INFO(read_file(dir / "cont.log"));
+    const auto outcome = run("cont", {"--split.on_failure", "continue", "--split.schedule", "parallel"});
+    const int code = outcome.first;
+    const std::string& log = outcome.second;
+    INFO(log);
     CHECK(code == 0);
     const auto lines = read_jsonl(dir / "cont/metrics.jsonl");
     REQUIRE(lines.size() == 2);

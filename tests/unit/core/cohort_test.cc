@@ -97,7 +97,7 @@ Deadline in(double seconds) {
 }  // namespace
 
 TEST_CASE("workers are admitted after their hello and sampled reproducibly") {
-  Cohort cohort(config());
+  TcpCohort cohort(config());
   std::vector<std::unique_ptr<FakeWorker>> workers;
   for (int i = 0; i < 5; ++i) {
     workers.push_back(std::make_unique<FakeWorker>(cohort.local_address(), "w" + std::to_string(i),
@@ -118,7 +118,7 @@ TEST_CASE("workers are admitted after their hello and sampled reproducibly") {
 }
 
 TEST_CASE("a wrong protocol version or token is refused with a message naming it") {
-  Cohort cohort(config("s3cret"));
+  TcpCohort cohort(config("s3cret"));
   auto old_version = std::make_unique<FakeWorker>(cohort.local_address(), "old", Behaviour::kReply, 99, "s3cret");
   auto intruder = std::make_unique<FakeWorker>(cohort.local_address(), "intruder", Behaviour::kReply,
                                                transport::kProtocolVersion, "guess");
@@ -136,7 +136,7 @@ TEST_CASE("a wrong protocol version or token is refused with a message naming it
 }
 
 TEST_CASE("refusal messages reach the refused worker") {
-  Cohort cohort(config("s3cret"));
+  TcpCohort cohort(config("s3cret"));
   FakeWorker old_version(cohort.local_address(), "old", Behaviour::kReply, 99, "s3cret");
   FakeWorker intruder(cohort.local_address(), "intruder", Behaviour::kReply, transport::kProtocolVersion, "guess");
   for (int i = 0; i < 100 && (old_version.refusal().empty() || intruder.refusal().empty()); ++i) {
@@ -150,7 +150,7 @@ TEST_CASE("refusal messages reach the refused worker") {
 }
 
 TEST_CASE("request_all delivers replies and turns errors, disconnects and silence into failures") {
-  Cohort cohort(config());
+  TcpCohort cohort(config());
   FakeWorker good(cohort.local_address(), "good", Behaviour::kReply);
   FakeWorker failing(cohort.local_address(), "failing", Behaviour::kReplyError);
   FakeWorker dropping(cohort.local_address(), "dropping", Behaviour::kDropOnRequest);
@@ -184,7 +184,7 @@ TEST_CASE("request_all delivers replies and turns errors, disconnects and silenc
 }
 
 TEST_CASE("a reply the strategy rejects becomes that worker's failure") {
-  Cohort cohort(config());
+  TcpCohort cohort(config());
   FakeWorker a(cohort.local_address(), "a", Behaviour::kReply);
   FakeWorker b(cohort.local_address(), "b", Behaviour::kReply);
   REQUIRE(cohort.wait_for_workers(2, in(10)));

@@ -67,6 +67,6 @@ TEST_CASE("gradsum options are validated with messages that name the option") {
   CHECK_THROWS_WITH_AS(parse({{"sync", "weights"}}), doctest::Contains("gradsum.sync must be params or gradient"),
                        Error);
   CHECK_THROWS_WITH_AS(parse({{"batches", "random"}}), doctest::Contains("gradsum.batches must be"), Error);
-  CHECK_THROWS_WITH_AS(parse({{"inject", "exit"}}), doctest::Contains("gradsum.inject must be"), Error);
+  CHECK_THROWS_WITH_AS(parse({{"testing.inject", "exit"}}), doctest::Contains("gradsum.testing.inject must be"), Error);
   CHECK_THROWS_WITH_AS(parse({{"on_failure", "retry"}}), doctest::Contains("gradsum.on_failure"), Error);
 }

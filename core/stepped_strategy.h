@@ -1,0 +1,86 @@
+// SteppedStrategy: the base of the step-driven schemes (gradsum, split, psl, tensor, pipeline).
+//
+// Their coordinator halves share one loop, written here once:
+//   prepare()                     build the model and whatever the strategy derives from it
+//   wait for workers_needed()     up to ctx.wait_timeout, then fail saying how many came
+//   start(workers by name)        the strategy fixes its ranks, shares or stages
+//   plan_steps()                  total steps, steps per round, steps per epoch
+//   for each round:               wait for workers again (new ones may join between rounds),
+//     run_round(first, count)     the strategy's steps: its exchange with the workers
+//     + fit_s, step_ms, epoch     timing the loop adds to the strategy's own metrics
+//     + evaluation                test_accuracy, test_loss, eval_s when EvalOptions says so
+//     ctx.report_round            one metrics line and the progress line
+//   model.bin                     the trained model, written at the end, and also when a round
+//                                 fails after others completed, if save_on_failure(), so the
+//                                 file holds the last recorded round (the message says which)
+// A strategy supplies its step; everything a user sees around it is the same in all of them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/nn/modules/container/sequential.h>
+
+#include "core/cohort.h"
+#include "core/option_groups.h"
+#include "core/strategy.h"
+
+namespace fedra {
+
+struct StepPlan {
+  int64_t total = 0;      // steps in the run
+  int64_t per_round = 1;  // steps per round (the last round may have fewer)
+  int64_t per_epoch = 1;  // steps in one pass over the data, for the "epoch" metric
+  // False when a "step" of the plan is a whole epoch (split learning's rounds): the loop then
+  // adds no step_ms or epoch (the strategy reports its own).
+  bool fine = true;
+  int64_t rounds() const { return (total + per_round - 1) / per_round; }
+  // From the schedule options and the examples of one epoch.
+  static StepPlan from(const ScheduleOptions& schedule, int64_t examples_per_epoch);
+};
+
+struct RoundSteps {
+  uint32_t round = 0;
+  int64_t first = 0;  // the first step of the round
+  int64_t count = 0;  // steps in it
+};
+
+class SteppedStrategy : public CoordinatorStrategy {
+ public:
+  void run(Cohort& cohort, RunContext& ctx) final;
+
+ protected:
+  // `name` words messages ("gradsum needs 2 workers"); `eval` says when to evaluate.
+  SteppedStrategy(Job job, std::string name, EvalOptions eval);
+
+  virtual void prepare(const RunContext& ctx) = 0;
+  virtual size_t workers_needed() const = 0;
+  // Called once the needed workers are connected, with all connected workers sorted by name.
+  virtual void start(Cohort& cohort, const std::vector<WorkerInfo>& workers) {
+    (void)cohort;
+    (void)workers;
+  }
+  virtual StepPlan plan_steps(const std::vector<WorkerInfo>& workers) const = 0;
+  // The line logged once the plan is known.
+  virtual std::string describe(const StepPlan& plan) const = 0;
+  // One round; returns its own metrics (status, losses, ...). Throwing fails the run.
+  virtual Metrics run_round(Cohort& cohort, const RunContext& ctx, const RoundSteps& steps) = 0;
+  // The whole model as it stands between rounds: evaluated and written to model.bin.
+  virtual torch::nn::Sequential model() const = 0;
+  virtual bool save_on_failure() const { return false; }
+
+  const Job& job() const { return job_; }
+  // Waits until `n` workers are connected, or fails naming the round (0: before training).
+  void require_workers(Cohort& cohort, const RunContext& ctx, size_t n, uint32_t round) const;
+
+ private:
+  void train(Cohort& cohort, RunContext& ctx);
+
+  Job job_;
+  std::string name_;
+  EvalOptions eval_;
+  uint32_t completed_ = 0;  // rounds recorded
+};
+
+}  // namespace fedra

@@ -1,0 +1,120 @@
+// FedAvg's coordinator half.
+#include <chrono>
+
+#include <torch/torch.h>
+
+#include "core/model.h"
+#include "core/tensor_checks.h"
+#include "core/training.h"
+#include "strategies/fedavg/fedavg.h"
+
+namespace fedra::fedavg {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+FedAvgCoordinator::FedAvgCoordinator(const Job& job, FedAvgOptions options)
+    : job_(job), options_(std::move(options)) {
+  check_loss_name(job.loss);
+  model_ = build_model(job.model, job.seed);
+  for (auto& [name, t] : model_state(*model_)) global_.emplace_back(name, t.clone());
+}
+
+void FedAvgCoordinator::set_global(NamedTensors next) {
+  check_layout(global_, next);
+  NamedTensors previous = std::move(global_);
+  global_ = std::move(next);
+  average_.recycle(std::move(previous));
+}
+
+void FedAvgCoordinator::restore(NamedTensors state) {
+  check_layout(global_, state);  // the checkpoint must be of this model
+  global_ = std::move(state);
+}
+
+FitIns FedAvgCoordinator::configure(uint32_t round, const WorkerInfo& worker) {
+  FitIns ins;
+  ins.round = round;
+  ins.weights = global_;  // shared, not copied: the frames reference this memory
+  ins.local_epochs = options_.local_epochs();
+  ins.local_steps = options_.local_steps();
+  ins.batch_size = options_.batch_size();
+  ins.optim = options_.optim();
+  ins.seed = worker_seed(job_.seed, round, worker.name);
+  return ins;
+}
+
+Message FedAvgCoordinator::configure_fit(uint32_t round, const WorkerInfo& worker) {
+  return configure(round, worker).encode();
+}
+
+void FedAvgCoordinator::accumulate_fit(uint32_t round, const WorkerInfo& worker, Message&& message) {
+  FitRes result = FitRes::decode(std::move(message), round, worker.name);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    check_layout(global_, result.weights);
+    check_finite(result.weights);
+  } catch (const Error& e) {
+    FEDRA_FAIL("rejected update from {}: {}", worker.name, e.what());
+  }
+  const auto n = static_cast<double>(result.num_examples);
+  const double loss = result.train_loss;
+  worker_train_s_ = std::max(worker_train_s_, result.train_s);
+  worker_load_s_ = std::max(worker_load_s_, result.load_s);
+  accumulate(worker, std::move(result));
+  // Only reached when the result was taken.
+  accumulate_s_ += seconds_since(t0);
+  loss_sum_ += loss * n;
+  weight_sum_ += n;
+  examples_ += static_cast<int64_t>(n);
+  ++accepted_;
+}
+
+void FedAvgCoordinator::accumulate(const WorkerInfo& worker, FitRes&& result) {
+  try {
+    average_.add(result.weights, static_cast<double>(result.num_examples), /*verified=*/true);
+  } catch (const Error& e) {
+    FEDRA_FAIL("rejected update from {}: {}", worker.name, e.what());
+  }
+}
+
+NamedTensors FedAvgCoordinator::aggregate(uint32_t) { return average_.take_average(); }
+
+void FedAvgCoordinator::server_update(uint32_t, NamedTensors aggregate) { set_global(std::move(aggregate)); }
+
+Metrics FedAvgCoordinator::aggregate_fit(uint32_t round, const std::vector<Failure>& failures) {
+  const size_t got = accepted_;
+  const double loss = weight_sum_ > 0 ? loss_sum_ / weight_sum_ : 0;
+  const int64_t examples = examples_;
+  accepted_ = 0;
+  loss_sum_ = weight_sum_ = 0;
+  examples_ = 0;
+  if (static_cast<int64_t>(got) < options_.min_results()) {
+    if (average_.count() > 0) average_.take_average();  // discard the partial sum
+    FEDRA_FAIL("round {}: {} result(s) accepted, min_results is {}{}", round, got, options_.min_results(),
+               failures.empty() ? std::string() : "; failures: " + describe_failures(failures));
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  server_update(round, aggregate(round));
+  Metrics m = {{"train_loss", loss},
+               {"train_examples", examples},
+               {"accumulate_s", accumulate_s_},
+               {"average_s", seconds_since(t0)},
+               {"worker_load_s_max", worker_load_s_},
+               {"worker_train_s_max", worker_train_s_}};
+  accumulate_s_ = worker_train_s_ = worker_load_s_ = 0;
+  for (auto& extra : round_metrics(round)) m.push_back(std::move(extra));
+  return m;
+}
+
+Metrics FedAvgCoordinator::evaluate(uint32_t, RunContext& ctx) {
+  if (ctx.test_set == nullptr) return {};
+  load_model_state(*model_, global_);
+  const EvalStats s = evaluate_model(model_, *ctx.test_set, job_.loss);
+  return {{"test_accuracy", s.accuracy}, {"test_loss", s.loss}};
+}
+
+}  // namespace fedra::fedavg

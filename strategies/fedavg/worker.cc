@@ -1,0 +1,50 @@
+// FedAvg's worker half.
+#include <chrono>
+#include <limits>
+
+#include <torch/torch.h>
+
+#include "core/model.h"
+#include "core/training.h"
+#include "strategies/fedavg/fedavg.h"
+
+namespace fedra::fedavg {
+
+FedAvgWorker::FedAvgWorker(const Job& job) : job_(job) {
+  check_loss_name(job.loss);
+  model_ = build_model(job.model, job.seed);
+}
+
+Message FedAvgWorker::handle(const Message& request, WorkerContext& ctx, WorkerLink&) {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  const FitIns ins = FitIns::decode(request);
+  load_model_state(*model_, ins.weights);
+  const auto t_loaded = Clock::now();
+  TrainOptions t;
+  t.epochs = ins.local_epochs;
+  t.max_steps = ins.local_steps;
+  if (t.max_steps > 0 && t.epochs == 0) t.epochs = std::numeric_limits<int64_t>::max();
+  t.batch_size = ins.batch_size;
+  t.lr = ins.optim.lr();
+  t.optimizer = enum_name(ins.optim.optimizer());
+  t.momentum = ins.optim.momentum();
+  t.weight_decay = ins.optim.weight_decay();
+  t.loss = job_.loss;
+  t.seed = ins.seed;
+  FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data", ctx.name);
+  const TrainStats s = train_local(model_, *ctx.data, t);
+  const auto t_trained = Clock::now();
+  FitRes res;
+  res.round = request.round;
+  res.weights = model_state(*model_);
+  res.num_examples = ctx.data->size();
+  res.train_loss = s.mean_loss;
+  res.steps = s.steps;
+  res.load_s = std::chrono::duration<double>(t_loaded - t0).count();
+  res.train_s = std::chrono::duration<double>(t_trained - t_loaded).count();
+  res.fit_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  return res.encode();
+}
+
+}  // namespace fedra::fedavg

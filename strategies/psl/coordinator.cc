@@ -1,0 +1,194 @@
+// psl's coordinator half: it holds every weight and the optimiser, and scatter-adds the
+// workers' partial gradients.
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <optional>
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include "core/batching.h"
+#include "core/cohort.h"
+#include "core/dataset.h"
+#include "core/model.h"
+#include "core/optimizer.h"
+#include "core/stepped_strategy.h"
+#include "core/tensor_checks.h"
+#include "core/training.h"
+#include "strategies/psl/internal.h"
+
+namespace fedra::psl {
+
+namespace {
+
+class PslCoordinator : public SteppedStrategy {
+ public:
+  PslCoordinator(const Job& job, PslOptions options)
+      : SteppedStrategy(job, "psl", options.eval()), job_(job), o_(std::move(options)) {
+    FEDRA_REQUIRE(job.loss == "psl" || job.loss == "psl2", "the psl strategy needs --loss psl or psl2, got '{}'",
+                  job.loss);
+  }
+
+ protected:
+  void prepare(const RunContext& ctx) override {
+    model_ = build_model(job_.model, job_.seed);
+    classes_ = classes_of(*model_);
+    std::vector<std::string> names;
+    for (const auto& p : model_->named_parameters()) {
+      names.push_back(p.key());
+      params_.push_back(p.value().detach());
+      index_[p.key()] = params_.size() - 1;
+    }
+    optimizer_.emplace(OptimizerConfig::from(o_.optim()), names, params_);
+    if (o_.data() == PslData::kCoordinator) {
+      FEDRA_REQUIRE(!ctx.dataset.empty(), "psl data=coordinator needs the training set on the coordinator (--dataset)");
+      train_ = load_dataset(ctx.dataset, Splits::kTrain).train;
+      FEDRA_REQUIRE(train_.size() > 0, "psl data=coordinator: '{}' has no training examples", ctx.dataset);
+      batches_.emplace(enum_name(o_.schedule().batches()), o_.schedule().batch_size(), job_.seed, "coordinator");
+    }
+  }
+
+  size_t workers_needed() const override { return 1; }
+
+  void start(Cohort&, const std::vector<WorkerInfo>& workers) override {
+    const int64_t max_workers = classes_ * (classes_ - 1) / 2;
+    FEDRA_REQUIRE(static_cast<int64_t>(workers.size()) <= max_workers,
+                  "psl: {} workers but only {} class pairs to share among them", workers.size(), max_workers);
+    const auto shares = assign_pairs(classes_, static_cast<int64_t>(workers.size()));
+    const int64_t total_weights = count_parameters(*model_);
+    for (size_t k = 0; k < workers.size(); ++k) {
+      Part part;
+      part.id = workers[k].id;
+      part.name = workers[k].name;
+      part.share = shares[k];
+      part.map = sub_network_map(*model_, classes_, part.share.towers);
+      part.towers_text = join_ints(part.share.towers);
+      part.pairs_text = pairs_text(part.share);
+      const int64_t n = sub_network_size(*model_, part.map);
+      spdlog::info("psl: {} owns {} pair(s) over {} tower(s) [{}]: {} of {} weights ({:.1f}%)", part.name,
+                   part.share.pairs.size(), part.share.towers.size(), join_ints(part.share.towers), n,
+                   total_weights, 100.0 * static_cast<double>(n) / static_cast<double>(total_weights));
+      part_of_[part.id] = parts_.size();
+      parts_.push_back(std::move(part));
+    }
+
+  }
+
+  StepPlan plan_steps(const std::vector<WorkerInfo>& workers) const override {
+    int64_t n = train_.size();
+    if (o_.data() == PslData::kWorker) {
+      n = 0;
+      for (const auto& w : workers) n = std::max(n, w.num_examples);
+    }
+    return StepPlan::from(o_.schedule(), n);
+  }
+
+  std::string describe(const StepPlan& p) const override {
+    return fmt::format("psl: {} steps in {} rounds of up to {} over {} worker(s); data={}", p.total, p.rounds(),
+                       p.per_round, parts_.size(), enum_name(o_.data()));
+  }
+
+  Metrics run_round(Cohort& cohort, const RunContext&, const RoundSteps& r) override {
+    const uint64_t up0 = cohort.bytes_up(), down0 = cohort.bytes_down();
+    double loss_sum = 0;
+    for (int64_t step = r.first; step < r.first + r.count; ++step) loss_sum += run_step(cohort, r.round, step);
+    const auto count = static_cast<double>(r.count);
+    Metrics line;
+    line.emplace_back("status", std::string("ok"));
+    line.emplace_back("first_step", r.first);
+    line.emplace_back("steps", r.count);
+    line.emplace_back("train_loss", loss_sum / count);
+    line.emplace_back("workers_asked", static_cast<int64_t>(parts_.size()));
+    line.emplace_back("workers_ok", static_cast<int64_t>(parts_.size()));
+    line.emplace_back("workers_failed", int64_t{0});
+    line.emplace_back("bytes_per_step",
+                      static_cast<double>(cohort.bytes_up() - up0 + cohort.bytes_down() - down0) / count);
+    return line;
+  }
+
+  torch::nn::Sequential model() const override { return model_; }
+
+ private:
+  struct Part {
+    WorkerId id = 0;
+    std::string name;
+    Share share;
+    std::vector<SubParam> map;
+    std::string towers_text, pairs_text;  // the share as the step options carry it
+  };
+
+  // One step: sub-network weights out, partial gradients back, scatter-added, one optimiser step.
+  double run_step(Cohort& cohort, uint32_t round, int64_t step) {
+    at::Tensor x, y;
+    if (o_.data() == PslData::kCoordinator) std::tie(x, y) = batches_->batch(train_, step);
+    std::vector<Instruction> instructions;
+    for (const auto& part : parts_) {
+      Message m(kStep, round);
+      m.step = static_cast<uint64_t>(step);
+      for (const auto& sp : part.map) {
+        const at::Tensor& full = params_[index_.at(sp.name)];
+        m.tensors.emplace_back(sp.name, sp.rows.defined() ? full.index_select(0, sp.rows) : full);
+      }
+      if (o_.data() == PslData::kCoordinator) {
+        auto [rows, local] = select_rows(y, part.share.towers);
+        m.tensors.emplace_back("x", x.index_select(0, rows));
+        m.tensors.emplace_back("y", local);
+        m.options["batch"] = std::to_string(x.size(0));
+      }
+      m.options["towers"] = part.towers_text;
+      m.options["pairs"] = part.pairs_text;
+      instructions.push_back({part.id, std::move(m)});
+    }
+    std::vector<at::Tensor> grads;
+    for (const auto& p : params_) grads.push_back(at::zeros_like(p));
+    double loss = 0;
+    const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(o_.schedule().step_timeout() * 1000));
+    const auto failures = cohort.request_all(std::move(instructions), deadline, [&](const WorkerInfo& w, Message&& r) {
+      const Part& part = parts_[part_of_.at(w.id)];
+      FEDRA_REQUIRE(r.kind == kGrad, "expected '{}' from {}, got '{}'", kGrad, w.name, r.kind);
+      FEDRA_REQUIRE(r.tensors.size() == part.map.size(), "{} sent {} gradients for a sub-network of {} tensors",
+                    w.name, r.tensors.size(), part.map.size());
+      check_finite(r.tensors);
+      for (size_t i = 0; i < part.map.size(); ++i) {
+        const SubParam& sp = part.map[i];
+        const at::Tensor& g = r.tensors[i].second;
+        at::Tensor& acc = grads[index_.at(sp.name)];
+        const int64_t rows = sp.rows.defined() ? sp.rows.size(0) : acc.size(0);
+        FEDRA_REQUIRE(r.tensors[i].first == sp.name && g.dim() == acc.dim() && g.size(0) == rows &&
+                          g.numel() * acc.size(0) == acc.numel() * rows,
+                      "gradient '{}' {} from {} does not fit '{}'", r.tensors[i].first, describe_tensor(g), w.name,
+                      sp.name);
+        if (sp.rows.defined()) acc.index_add_(0, sp.rows, g);
+        else acc.add_(g);
+      }
+      loss += r.metric("loss");
+    });
+    if (!failures.empty()) {
+      FEDRA_FAIL("psl step {} failed: {} (every worker's elements are needed for the gradient)", step,
+                 describe_failures(failures));
+    }
+    for (size_t i = 0; i < params_.size(); ++i) optimizer_->step(i, grads[i]);
+    return loss;
+  }
+
+  Job job_;
+  PslOptions o_;
+  torch::nn::Sequential model_{nullptr};
+  int64_t classes_ = 0;
+  std::vector<at::Tensor> params_;
+  std::map<std::string, size_t> index_;
+  std::optional<ParamOptimizer> optimizer_;
+  Dataset train_;
+  std::optional<BatchOrder> batches_;
+  std::vector<Part> parts_;
+  std::map<WorkerId, size_t> part_of_;  // worker -> its index in parts_
+};
+
+}  // namespace
+
+std::unique_ptr<CoordinatorStrategy> new_coordinator(const Job& job, const PslOptions& options) {
+  return std::make_unique<PslCoordinator>(job, options);
+}
+
+}  // namespace fedra::psl

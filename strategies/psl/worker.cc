@@ -1,0 +1,92 @@
+// psl's worker half: the sub-network over its towers, differentiated on its elements only.
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <optional>
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include "core/batching.h"
+#include "core/cohort.h"
+#include "core/dataset.h"
+#include "core/model.h"
+#include "core/optimizer.h"
+#include "core/tensor_checks.h"
+#include "core/training.h"
+#include "strategies/psl/internal.h"
+
+namespace fedra::psl {
+
+namespace {
+
+
+class PslWorker : public WorkerStrategy {
+ public:
+  PslWorker(const Job& job, PslOptions options) : job_(job), o_(std::move(options)) {
+    FEDRA_REQUIRE(job.loss == "psl" || job.loss == "psl2", "the psl strategy needs --loss psl or psl2, got '{}'",
+                  job.loss);
+    classes_of(*build_model(job.model, job.seed));  // a clear error for a model without towers
+  }
+
+  Message handle(const Message& request, WorkerContext& ctx, WorkerLink&) override {
+    FEDRA_REQUIRE(request.kind == kStep, "psl worker cannot handle '{}'", request.kind);
+    const Share share = parse_share(request.option("towers"), request.option_or("pairs", ""));
+    if (share.towers != towers_) {  // the sub-network over these towers (weights come next)
+      towers_ = share.towers;
+      sub_ = build_model(fmt::format("psnet:classes={}", towers_.size()), job_.seed);
+    }
+    NamedTensors weights;
+    at::Tensor x, local;
+    int64_t batch = 0;
+    for (const auto& [name, t] : request.tensors) {
+      if (name == "x") x = t;
+      else if (name == "y") local = t;
+      else weights.emplace_back(name, t);
+    }
+    load_model_state(*sub_, weights);
+    if (o_.data() == PslData::kCoordinator) {
+      FEDRA_REQUIRE(x.defined() && local.defined(), "psl.step without the batch rows (data=coordinator)");
+      batch = std::stoll(request.option("batch"));
+    } else {
+      FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data", ctx.name);
+      if (!batches_) batches_.emplace(enum_name(o_.schedule().batches()), o_.schedule().batch_size(), job_.seed, ctx.name);
+      auto [bx, by] = batches_->batch(*ctx.data, static_cast<int64_t>(request.step));
+      auto [rows, l] = select_rows(by, towers_);
+      x = bx.index_select(0, rows);
+      local = l;
+      batch = bx.size(0);
+    }
+    for (auto& p : sub_->parameters()) p.mutable_grad() = at::Tensor();
+    Message reply(kGrad, request.round);
+    reply.step = request.step;
+    double loss_value = 0;
+    if (x.size(0) > 0) {
+      at::Tensor loss = element_loss(sub_->forward(x), local, share, batch, job_.loss == "psl2");
+      loss.backward();
+      loss_value = loss.item<double>();
+    }
+    for (const auto& p : sub_->named_parameters()) {
+      const at::Tensor& g = p.value().grad();
+      reply.tensors.emplace_back(p.key(), g.defined() ? g : at::zeros_like(p.value()));
+    }
+    reply.metrics["loss"] = loss_value;
+    reply.metrics["examples"] = static_cast<double>(x.size(0));
+    return reply;
+  }
+
+ private:
+  Job job_;
+  PslOptions o_;
+  std::vector<int64_t> towers_;
+  torch::nn::Sequential sub_{nullptr};
+  std::optional<BatchOrder> batches_;
+};
+
+}  // namespace
+
+std::unique_ptr<WorkerStrategy> new_worker(const Job& job, const PslOptions& options) {
+  return std::make_unique<PslWorker>(job, options);
+}
+
+}  // namespace fedra::psl

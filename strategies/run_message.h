@@ -1,0 +1,41 @@
+// RunIns: the start of one worker's round of steps, typed, for the step-driven strategies whose
+// workers each hold a place in the job (gradsum's replicas, tensor's ranks, pipeline's stages).
+//
+// On the wire it is the strategy's "NAME.run" message: `step` = the round's first step; options
+// `steps`, `rank`, `world`; tensors: the worker's parameters by name, then its optimiser's state
+// as "opt/NAME..." (docs/protocol.md). encode() and decode() are the only places that know this,
+// and decode() refuses a message that lacks a field or whose fields do not fit together, naming
+// what is wrong.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/message.h"
+#include "core/options.h"
+
+namespace fedra {
+
+struct RunIns {
+  uint32_t round = 0;
+  int64_t first = 0;  // the round's first step
+  int64_t steps = 0;  // steps in the round
+  int64_t rank = 0;   // this worker's place: replica, rank or stage
+  int64_t world = 1;  // workers taking part
+  NamedTensors params;     // the worker's parameters (its part of the model, or all of it)
+  NamedTensors opt_state;  // its optimiser's state (empty when the coordinator keeps it)
+
+  Message encode(const std::string& kind) const;
+  static RunIns decode(const Message& m, const std::string& kind);
+};
+
+// A reply's tensors: the part's parameters, and its optimiser state ("opt/" names, the prefix
+// removed); the tensors named in `skip` (per-step losses and the like) are left out of both.
+std::pair<NamedTensors, NamedTensors> params_and_opt_state(const NamedTensors& tensors,
+                                                           const std::vector<std::string>& skip = {});
+// The reverse: `params`, then `opt_state` under "opt/" names, appended to `out`.
+void append_params_and_opt_state(NamedTensors& out, const NamedTensors& params, const NamedTensors& opt_state);
+
+}  // namespace fedra

@@ -1,0 +1,153 @@
+// tensor's coordinator half.
+#include "strategies/tensor/internal.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <map>
+#include <optional>
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include "core/batching.h"
+#include "core/cohort.h"
+#include "core/model.h"
+#include "core/optimizer.h"
+#include "core/tensor_checks.h"
+#include "core/training.h"
+#include "strategies/model_parallel.h"
+#include "strategies/run_message.h"
+
+namespace fedra::tensor {
+
+namespace {
+
+class TensorCoordinator : public ModelParallelCoordinator {
+ public:
+  TensorCoordinator(const Job& job, const TensorOptions& o)
+      : ModelParallelCoordinator(job, {"tensor", "rank", static_cast<size_t>(o.workers()), o.schedule()}, o.eval()),
+        o_(o) {}
+
+ private:
+
+  void prepare(const RunContext& ctx) override {
+    model_ = build_initial_model(job_.model, job_.seed, enum_name(o_.init().init()), o_.init().init_skip(), ctx.dataset);
+    shards_ = plan_shards(model_, o_.workers());
+  }
+
+  std::string describe(const StepPlan& p) const override {
+    const int64_t steps = p.total, rounds = p.rounds(), per_round = p.per_round;
+    return fmt::format("tensor: {} layers split {} ways; {} steps in {} rounds of up to {}", shards_.layers.size(),
+                       shards_.world, steps, rounds, per_round);
+  }
+
+  struct Collective {
+    std::string kind;
+    std::vector<at::Tensor> parts;
+    size_t count = 0;
+  };
+
+  Metrics run_parts(Cohort& cohort, const RunContext& ctx, const RoundSteps& steps,
+                    const std::vector<WorkerInfo>& ranked) override {
+    const uint32_t round = steps.round;
+    const int64_t first = steps.first, count = steps.count;
+    const size_t world = ranked.size();
+    const NamedTensors full = model_state(*model_);
+    std::vector<NamedTensors> expected(world);
+    std::vector<Instruction> instructions;
+    for (size_t r = 0; r < world; ++r) {
+      expected[r] = shard_of(shards_, full, static_cast<int64_t>(r));
+      const RunIns run{round, first, count, static_cast<int64_t>(r), static_cast<int64_t>(world), expected[r], opt_state_[r]};
+      instructions.push_back({ranked[r].id, run.encode(kRun)});
+    }
+
+    std::map<std::pair<int64_t, int64_t>, Collective> pending;
+    const int64_t end = first + count;
+    auto on_part = [&](size_t r, const WorkerInfo& w, Message&& m) {
+      const auto step = static_cast<int64_t>(m.step);
+      FEDRA_REQUIRE(step >= first && step < end, "{} sent '{}' for step {}, outside this round's steps {}..{}",
+                    w.name, m.kind, step, first, end - 1);
+      if (m.kind == kBatch) {
+        FEDRA_REQUIRE(r == 0, "{} (rank {}) sent a batch; only rank 0 draws batches", w.name, r);
+        const at::Tensor& x = m.tensor("x");
+        const at::Tensor& y = m.tensor("y");
+        FEDRA_REQUIRE(x.dim() >= 1 && y.dim() >= 1 && x.size(0) == y.size(0),
+                      "{} sent a batch of {} inputs and {} targets", w.name, describe_tensor(x), describe_tensor(y));
+        check_finite(m.tensors);
+        for (size_t k = 1; k < world; ++k) cohort.post(ranked[k].id, m);
+        return;
+      }
+      FEDRA_REQUIRE(m.kind == kReduce || m.kind == kGather, "unexpected '{}' from {} during a tensor round",
+                    m.kind, w.name);
+      const auto op = static_cast<int64_t>(m.metric("op"));
+      const at::Tensor& t = m.tensor("t");
+      FEDRA_REQUIRE(t.dim() == 2 && t.scalar_type() == at::kFloat, "{} sent {} for step {} op {}; expected a "
+                    "float32 [batch, features] tensor", w.name, describe_tensor(t), step, op);
+      check_finite(m.tensors);
+      Collective& c = pending[{step, op}];
+      if (c.count == 0) {
+        c.kind = m.kind;
+        c.parts.assign(world, at::Tensor());
+      }
+      FEDRA_REQUIRE(c.kind == m.kind, "{} sent '{}' for step {} op {}, the others '{}'", w.name, m.kind, step, op, c.kind);
+      FEDRA_REQUIRE(!c.parts[r].defined(), "{} sent step {} op {} twice", w.name, step, op);
+      for (const auto& other : c.parts) {
+        if (!other.defined()) continue;
+        const bool fits = m.kind == kReduce ? other.sizes() == t.sizes() : other.size(0) == t.size(0);
+        FEDRA_REQUIRE(fits, "{} sent {} for step {} op {}, which does not fit {} from another worker", w.name,
+                      describe_tensor(t), step, op, describe_tensor(other));
+      }
+      c.parts[r] = t;
+      if (++c.count < world) return;
+      at::Tensor result;
+      if (c.kind == kReduce) {  // in rank order: every worker gets the same bits
+        result = c.parts[0].clone();
+        for (size_t k = 1; k < world; ++k) result.add_(c.parts[k]);
+      } else {
+        result = at::cat(c.parts, 1);
+      }
+      Message res(kResult);
+      res.step = m.step;
+      res.metrics["op"] = static_cast<double>(op);
+      res.tensors.emplace_back("t", result);
+      for (size_t k = 0; k < world; ++k) cohort.post(ranked[k].id, res);
+      pending.erase({step, op});
+    };
+    const std::vector<Message> done =
+        exchange(cohort, round, ranked, std::move(instructions), kDone, on_part,
+                 "every worker holds a slice of every layer, so the round cannot go on without it");
+
+    // Every rank's slices are checked before any state changes: a bad one leaves the last round's.
+    std::vector<NamedTensors> shards(world), opt_state(world);
+    for (size_t r = 0; r < world; ++r) {
+      auto [params, opt] = split_reply(done[r]);
+      try {
+        check_layout(expected[r], params);
+        check_finite(params);
+      } catch (const Error& e) {
+        FEDRA_FAIL("tensor round {}: the slices returned by {} are not usable: {}", round, ranked[r].name, e.what());
+      }
+      shards[r] = std::move(params);
+      opt_state[r] = std::move(opt);
+    }
+    load_model_state(*model_, assemble(shards_, shards));
+    opt_state_ = std::move(opt_state);
+    Metrics line = loss_metrics(ctx, steps, done[0], ranked[0].name);
+    line.emplace_back("worker_compute_ms", done[0].metric_or("compute_ms", 0));
+    line.emplace_back("worker_wait_ms", done[0].metric_or("wait_ms", 0));
+    return line;
+  }
+
+  TensorOptions o_;
+  ShardPlan shards_;
+};
+
+}  // namespace
+
+std::unique_ptr<CoordinatorStrategy> new_coordinator(const Job& job, const TensorOptions& options) {
+  return std::make_unique<TensorCoordinator>(job, options);
+}
+
+}  // namespace fedra::tensor

@@ -1,0 +1,232 @@
+// tensor's worker half.
+#include "strategies/tensor/internal.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <map>
+#include <optional>
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include "core/batching.h"
+#include "core/cohort.h"
+#include "core/inbox.h"
+#include "core/model.h"
+#include "core/optimizer.h"
+#include "core/tensor_checks.h"
+#include "core/training.h"
+#include "strategies/model_parallel.h"
+#include "strategies/run_message.h"
+
+namespace fedra::tensor {
+
+namespace {
+
+using Seconds = std::chrono::duration<double>;
+
+class TensorWorker : public WorkerStrategy {
+ public:
+  TensorWorker(const Job& job, TensorOptions options) : job_(job), o_(std::move(options)) {
+    check_loss_name(job.loss);
+    plan_ = plan_shards(build_model(job.model, job.seed), o_.workers());
+  }
+
+  Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) override {
+    const RunIns run = RunIns::decode(request, kRun);
+    link_ = &link;
+    rank_ = run.rank;
+    FEDRA_REQUIRE(run.world == plan_.world, "tensor: rank {} of {} does not fit tensor.workers = {}", rank_, run.world,
+                  plan_.world);
+    if (rank_ == 0) {
+      FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} (rank 0) has no training data", ctx.name);
+      if (!batches_) batches_.emplace(enum_name(o_.schedule().batches()), o_.schedule().batch_size(), job_.seed, ctx.name, 0);
+    }
+    load(run);
+    const int64_t first = run.first;
+    const int64_t count = run.steps;
+    timeout_ = o_.schedule().step_timeout_ms();
+    stash_.clear();
+    compute_s_ = wait_s_ = 0;
+
+    at::Tensor losses = at::zeros({count}, at::kDouble);
+    at::Tensor examples = at::zeros({count}, at::kLong);
+    for (int64_t i = 0; i < count; ++i) {
+      try {
+        const auto [loss, n] = step(first + i, ctx);
+        losses[i] = loss;
+        examples[i] = n;
+      } catch (const c10::Error& e) {
+        FEDRA_FAIL("tensor rank {}, step {}: {}", rank_, first + i, e.what_without_backtrace());
+      }
+    }
+    Message done(kDone, request.round);
+    NamedTensors trained;
+    for (size_t i = 0; i < names_.size(); ++i) trained.emplace_back(names_[i], params_[i].detach());
+    append_params_and_opt_state(done.tensors, trained, optimizer_->state());
+    if (rank_ == 0) {
+      done.tensors.emplace_back("loss", losses);
+      done.tensors.emplace_back("examples", examples);
+    }
+    done.metrics["compute_ms"] = count > 0 ? 1000 * compute_s_ / static_cast<double>(count) : 0;
+    done.metrics["wait_ms"] = count > 0 ? 1000 * wait_s_ / static_cast<double>(count) : 0;
+    return done;
+  }
+
+ private:
+  void load(const RunIns& run) {
+    const NamedTensors& shard = run.params;
+    const NamedTensors& opt = run.opt_state;
+    check_layout(shard_layout(plan_, rank_), shard);
+    names_.clear();
+    params_.clear();
+    weight_.assign(plan_.layers.size(), at::Tensor());
+    bias_.assign(plan_.layers.size(), at::Tensor());
+    for (const auto& [name, t] : shard) {
+      names_.push_back(name);
+      params_.push_back(t.clone().requires_grad_());
+      const auto dot = name.rfind('.');
+      const auto it = std::find(plan_.layers.begin(), plan_.layers.end(), name.substr(0, dot));
+      const auto l = static_cast<size_t>(it - plan_.layers.begin());
+      (name.substr(dot + 1) == "weight" ? weight_ : bias_)[l] = params_.back();
+    }
+    std::vector<at::Tensor> views;
+    for (const auto& p : params_) views.push_back(p.detach());
+    optimizer_.emplace(OptimizerConfig::from(o_.optim()), names_, views);
+    if (!opt.empty()) optimizer_->load_state(opt);
+  }
+
+  // The coordinator's next message of `kind` for (step, op); others that arrive first wait.
+  Message await(const char* kind, int64_t step, int64_t op) {
+    return stash_.await(
+        *link_, timeout_,
+        [&](const Message& m) {
+          return m.kind == kind && static_cast<int64_t>(m.step) == step &&
+                 (op < 0 || static_cast<int64_t>(m.metric_or("op", -1)) == op);
+        },
+        [&](const Message& m) {
+          FEDRA_REQUIRE((m.kind == kBatch || m.kind == kResult) && stash_.size() < 16,
+                        "tensor worker: expected '{}' for step {}, got '{}' for step {}", kind, step, m.kind, m.step);
+        },
+        wait_s_);
+  }
+
+  at::Tensor collective(const char* kind, int64_t step, const at::Tensor& t) {
+    Message m(kind);
+    m.step = static_cast<uint64_t>(step);
+    m.metrics["op"] = static_cast<double>(op_);
+    m.tensors.emplace_back("t", t.detach().contiguous());
+    link_->send(m);
+    Message res = await(kResult, step, op_++);
+    const at::Tensor& out = res.tensor("t");
+    // A sum has the part's shape; a gather the whole last layer's width.
+    const int64_t width = kind == std::string(kGather) ? plan_.out.back() : t.size(1);
+    FEDRA_REQUIRE(out.dim() == 2 && out.size(0) == t.size(0) && out.size(1) == width &&
+                      out.scalar_type() == at::kFloat,
+                  "tensor worker: the result of step {} is {}; the part sent was {}, the result should have {} "
+                  "columns", step, describe_tensor(out), describe_tensor(t), width);
+    return out;
+  }
+
+  std::pair<double, int64_t> step(int64_t s, const WorkerContext& ctx) {
+    const auto t0 = Clock::now();
+    const double wait_before = wait_s_;
+    at::Tensor x, y;
+    if (rank_ == 0) {
+      auto [bx, by] = batches_->batch(*ctx.data, s);
+      x = bx.contiguous();
+      y = by.contiguous();
+      if (plan_.world > 1) {
+        Message m(kBatch);
+        m.step = static_cast<uint64_t>(s);
+        m.tensors = {{"x", x}, {"y", y}};
+        link_->send(m);
+      }
+    } else {
+      Message m = await(kBatch, s, -1);
+      x = m.tensor("x");
+      y = m.tensor("y");
+    }
+    x = x.flatten(1);
+    FEDRA_REQUIRE(x.size(1) == plan_.in[0] && x.scalar_type() == at::kFloat,
+                  "tensor: the batch is {}, the model's first layer takes {} features", describe_tensor(x), plan_.in[0]);
+    for (auto& p : params_) p.mutable_grad() = at::Tensor();
+    op_ = 0;
+
+    struct Segment {
+      at::Tensor input, output;
+      bool gather = false;
+    };
+    std::vector<Segment> segments;
+    const size_t layers = plan_.layers.size();
+    at::Tensor a = x, logits;
+    for (size_t l = 0; l < layers; l += 2) {
+      Segment seg;
+      at::Tensor h = a;
+      if (l > 0) {
+        seg.input = a.detach().requires_grad_();
+        h = at::relu(seg.input);
+      }
+      const at::Tensor z = at::linear(h, weight_[l], bias_[l]);
+      if (l + 1 == layers) {
+        seg.output = z;
+        seg.gather = true;
+        logits = collective(kGather, s, z);
+      } else {
+        seg.output = at::linear(at::relu(z), weight_[l + 1], bias_[l + 1]);
+        const at::Tensor sum = collective(kReduce, s, seg.output);
+        (l + 2 == layers ? logits : a) = sum;
+      }
+      segments.push_back(seg);
+    }
+    at::Tensor out = logits.detach().requires_grad_();
+    at::Tensor loss = compute_loss(out, y, job_.loss);
+    loss.backward();
+    at::Tensor g = out.grad();
+    for (size_t k = segments.size(); k-- > 0;) {
+      const Segment& seg = segments[k];
+      at::Tensor go = g;
+      if (seg.gather) {
+        const auto [b, e] = plan_.ranges[layers - 1][static_cast<size_t>(rank_)];
+        go = g.narrow(1, b, e - b);
+      }
+      torch::autograd::backward({seg.output}, {go});
+      if (k > 0) g = collective(kReduce, s, seg.input.grad());
+    }
+    {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < params_.size(); ++i) {
+        const at::Tensor& grad = params_[i].grad();
+        optimizer_->step(i, grad.defined() ? grad : at::zeros_like(params_[i]));
+      }
+    }
+    compute_s_ += Seconds(Clock::now() - t0).count() - (wait_s_ - wait_before);
+    const int64_t n = x.size(0);
+    return {n > 0 ? loss.item<double>() : 0.0, n};
+  }
+
+  Job job_;
+  TensorOptions o_;
+  ShardPlan plan_;
+  WorkerLink* link_ = nullptr;  // the link of the request being handled
+  int64_t rank_ = 0;
+  std::optional<BatchOrder> batches_;
+  std::vector<std::string> names_;
+  std::vector<at::Tensor> params_;         // this rank's slices, autograd leaves
+  std::vector<at::Tensor> weight_, bias_;  // per layer (bias undefined where this rank has none)
+  std::optional<ParamOptimizer> optimizer_;
+  Inbox stash_;
+  std::chrono::milliseconds timeout_{60000};
+  int64_t op_ = 0;
+  double compute_s_ = 0, wait_s_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<WorkerStrategy> new_worker(const Job& job, const TensorOptions& options) {
+  return std::make_unique<TensorWorker>(job, options);
+}
+
+}  // namespace fedra::tensor
