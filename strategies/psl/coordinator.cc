@@ -124,49 +124,62 @@ class PslCoordinator : public SteppedStrategy {
     if (o_.data() == PslData::kCoordinator) std::tie(x, y) = batches_->batch(train_, step);
     std::vector<Instruction> instructions;
     for (const auto& part : parts_) {
-      Message m(kStep, round);
-      m.step = static_cast<uint64_t>(step);
+      StepIns ins;
+      ins.round = round;
+      ins.step = step;
       for (const auto& sp : part.map) {
         const at::Tensor& full = params_[index_.at(sp.name)];
-        m.tensors.emplace_back(sp.name, sp.rows.defined() ? full.index_select(0, sp.rows) : full);
+        ins.weights.emplace_back(sp.name, sp.rows.defined() ? full.index_select(0, sp.rows) : full);
       }
       if (o_.data() == PslData::kCoordinator) {
         auto [rows, local] = select_rows(y, part.share.towers);
-        m.tensors.emplace_back("x", x.index_select(0, rows));
-        m.tensors.emplace_back("y", local);
-        m.options["batch"] = std::to_string(x.size(0));
+        ins.x = x.index_select(0, rows);
+        ins.y = local;
+        ins.batch = x.size(0);
       }
-      m.options["towers"] = part.towers_text;
-      m.options["pairs"] = part.pairs_text;
-      instructions.push_back({part.id, std::move(m)});
+      ins.towers = part.towers_text;
+      ins.pairs = part.pairs_text;
+      instructions.push_back({part.id, ins.encode()});
     }
-    std::vector<at::Tensor> grads;
-    for (const auto& p : params_) grads.push_back(at::zeros_like(p));
-    double loss = 0;
-    const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(o_.schedule().step_timeout() * 1000));
+    // Each reply is checked as it arrives and kept; the sum is taken afterwards in part order, so
+    // its float rounding, and the run, do not depend on the order the replies arrived in.
+    std::vector<std::optional<StepGrad>> got(parts_.size());
+    const auto deadline = Clock::now() + o_.schedule().step_timeout_ms();
     const auto failures = cohort.request_all(std::move(instructions), deadline, [&](const WorkerInfo& w, Message&& r) {
-      const Part& part = parts_[part_of_.at(w.id)];
-      FEDRA_REQUIRE(r.kind == kGrad, "expected '{}' from {}, got '{}'", kGrad, w.name, r.kind);
-      FEDRA_REQUIRE(r.tensors.size() == part.map.size(), "{} sent {} gradients for a sub-network of {} tensors",
-                    w.name, r.tensors.size(), part.map.size());
-      check_finite(r.tensors);
+      const size_t k = part_of_.at(w.id);
+      const Part& part = parts_[k];
+      StepGrad grad = StepGrad::decode(std::move(r), w.name);
+      FEDRA_REQUIRE(grad.grads.size() == part.map.size(), "{} sent {} gradients for a sub-network of {} tensors",
+                    w.name, grad.grads.size(), part.map.size());
+      check_finite(grad.grads);
       for (size_t i = 0; i < part.map.size(); ++i) {
         const SubParam& sp = part.map[i];
-        const at::Tensor& g = r.tensors[i].second;
-        at::Tensor& acc = grads[index_.at(sp.name)];
-        const int64_t rows = sp.rows.defined() ? sp.rows.size(0) : acc.size(0);
-        FEDRA_REQUIRE(r.tensors[i].first == sp.name && g.dim() == acc.dim() && g.size(0) == rows &&
-                          g.numel() * acc.size(0) == acc.numel() * rows,
-                      "gradient '{}' {} from {} does not fit '{}'", r.tensors[i].first, describe_tensor(g), w.name,
+        const at::Tensor& g = grad.grads[i].second;
+        const at::Tensor& full = params_[index_.at(sp.name)];
+        const int64_t rows = sp.rows.defined() ? sp.rows.size(0) : full.size(0);
+        FEDRA_REQUIRE(grad.grads[i].first == sp.name && g.dim() == full.dim() && g.size(0) == rows &&
+                          g.numel() * full.size(0) == full.numel() * rows,
+                      "gradient '{}' {} from {} does not fit '{}'", grad.grads[i].first, describe_tensor(g), w.name,
                       sp.name);
-        if (sp.rows.defined()) acc.index_add_(0, sp.rows, g);
-        else acc.add_(g);
       }
-      loss += r.metric("loss");
+      got[k] = std::move(grad);
     });
     if (!failures.empty()) {
       FEDRA_FAIL("psl step {} failed: {} (every worker's elements are needed for the gradient)", step,
                  describe_failures(failures));
+    }
+    std::vector<at::Tensor> grads;
+    for (const auto& p : params_) grads.push_back(at::zeros_like(p));
+    double loss = 0;
+    for (size_t k = 0; k < parts_.size(); ++k) {
+      FEDRA_ASSERT(got[k].has_value(), "{} finished its step without a reply or a failure", parts_[k].name);
+      for (size_t i = 0; i < parts_[k].map.size(); ++i) {
+        const SubParam& sp = parts_[k].map[i];
+        at::Tensor& acc = grads[index_.at(sp.name)];
+        if (sp.rows.defined()) acc.index_add_(0, sp.rows, got[k]->grads[i].second);
+        else acc.add_(got[k]->grads[i].second);
+      }
+      loss += got[k]->loss;
     }
     for (size_t i = 0; i < params_.size(); ++i) optimizer_->step(i, grads[i]);
     return loss;

@@ -186,6 +186,61 @@ at::Tensor element_loss(const at::Tensor& scores, const at::Tensor& local_target
   return terms.sum() / static_cast<double>(std::max<int64_t>(1, batch_size));
 }
 
+Message StepIns::encode() const {
+  Message m(kStep, round);
+  m.step = static_cast<uint64_t>(step);
+  m.tensors = weights;
+  if (x.defined()) {
+    m.tensors.emplace_back("x", x);
+    m.tensors.emplace_back("y", y);
+    m.options["batch"] = std::to_string(batch);
+  }
+  m.options["towers"] = towers;
+  m.options["pairs"] = pairs;
+  return m;
+}
+
+StepIns StepIns::decode(const Message& m, bool rows) {
+  FEDRA_REQUIRE(m.kind == kStep, "a psl worker cannot handle '{}'", m.kind);
+  StepIns s;
+  s.round = m.round;
+  s.step = static_cast<int64_t>(m.step);
+  s.towers = m.option("towers");
+  s.pairs = m.option("pairs");
+  for (const auto& [name, t] : m.tensors) {
+    if (name == "x") s.x = t;
+    else if (name == "y") s.y = t;
+    else s.weights.emplace_back(name, t);
+  }
+  if (rows) {
+    FEDRA_REQUIRE(s.x.defined() && s.y.defined(), "'{}' without the batch rows (data=coordinator)", kStep);
+    s.batch = OptionMap(kStep, m.options).get_int("batch", 0);
+    FEDRA_REQUIRE(s.batch >= s.x.size(0), "'{}' says the batch has {} rows but sends {}", kStep, s.batch, s.x.size(0));
+  }
+  return s;
+}
+
+Message StepGrad::encode(uint32_t round, int64_t step) const {
+  Message m(kGrad, round);
+  m.step = static_cast<uint64_t>(step);
+  m.tensors = grads;
+  m.metrics["loss"] = loss;
+  m.metrics["examples"] = static_cast<double>(examples);
+  return m;
+}
+
+StepGrad StepGrad::decode(Message&& m, const std::string& worker) {
+  FEDRA_REQUIRE(m.kind == kGrad, "expected '{}' from {}, got '{}'", kGrad, worker, m.kind);
+  for (const char* field : {"loss", "examples"}) {
+    FEDRA_REQUIRE(m.metrics.count(field), "{}'s '{}' lacks the metric '{}'", worker, kGrad, field);
+  }
+  StepGrad g;
+  g.loss = m.metric("loss");
+  g.examples = static_cast<int64_t>(m.metric("examples"));
+  g.grads = std::move(m.tensors);
+  return g;
+}
+
 StrategyInfo psl_strategy() {
   return make_strategy<PslOptions>("psl", "Partially separable element loss: each worker differentiates only its class towers",
                                    &new_coordinator, &new_worker);

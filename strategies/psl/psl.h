@@ -90,6 +90,33 @@ struct PslOptions : SteppedOptions {
   void validate() const {}
 };
 
+// psl.step: one step for one worker.
+struct StepIns {
+  uint32_t round = 0;
+  int64_t step = 0;
+  NamedTensors weights;  // the current weights of the worker's sub-network
+  // data=coordinator: the batch rows the worker's classes need, their labels as tower indices,
+  // and the whole batch's size (the loss is a mean over it). Undefined with data=worker.
+  at::Tensor x, y;
+  int64_t batch = 0;
+  std::string towers, pairs;  // the worker's share as text: "0,1,3" and "0-1,0-3"
+
+  Message encode() const;
+  // Refuses another kind, a missing share, or (with `rows`) missing batch rows, naming them.
+  static StepIns decode(const Message& m, bool rows);
+};
+
+// psl.grad: a worker's element losses and the gradient over its sub-network.
+struct StepGrad {
+  NamedTensors grads;  // in the sub-network's parameter order
+  double loss = 0;
+  int64_t examples = 0;
+
+  Message encode(uint32_t round, int64_t step) const;
+  // Refuses another kind or a missing loss or examples, naming the worker and the field.
+  static StepGrad decode(Message&& m, const std::string& worker);
+};
+
 StrategyInfo psl_strategy();
 
 }  // namespace fedra::psl

@@ -30,25 +30,16 @@ class PslWorker : public WorkerStrategy {
   }
 
   Message handle(const Message& request, WorkerContext& ctx, WorkerLink&) override {
-    FEDRA_REQUIRE(request.kind == kStep, "psl worker cannot handle '{}'", request.kind);
-    const Share share = parse_share(request.option("towers"), request.option_or("pairs", ""));
+    const StepIns ins = StepIns::decode(request, o_.data() == PslData::kCoordinator);
+    const Share share = parse_share(ins.towers, ins.pairs);
     if (share.towers != towers_) {  // the sub-network over these towers (weights come next)
       towers_ = share.towers;
       sub_ = build_model(fmt::format("psnet:classes={}", towers_.size()), job_.seed);
     }
-    NamedTensors weights;
-    at::Tensor x, local;
-    int64_t batch = 0;
-    for (const auto& [name, t] : request.tensors) {
-      if (name == "x") x = t;
-      else if (name == "y") local = t;
-      else weights.emplace_back(name, t);
-    }
-    load_model_state(*sub_, weights);
-    if (o_.data() == PslData::kCoordinator) {
-      FEDRA_REQUIRE(x.defined() && local.defined(), "psl.step without the batch rows (data=coordinator)");
-      batch = std::stoll(request.option("batch"));
-    } else {
+    load_model_state(*sub_, ins.weights);
+    at::Tensor x = ins.x, local = ins.y;
+    int64_t batch = ins.batch;
+    if (o_.data() == PslData::kWorker) {
       FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data", ctx.name);
       if (!batches_) batches_.emplace(enum_name(o_.schedule().batches()), o_.schedule().batch_size(), job_.seed, ctx.name);
       auto [bx, by] = batches_->batch(*ctx.data, static_cast<int64_t>(request.step));
@@ -58,21 +49,18 @@ class PslWorker : public WorkerStrategy {
       batch = bx.size(0);
     }
     for (auto& p : sub_->parameters()) p.mutable_grad() = at::Tensor();
-    Message reply(kGrad, request.round);
-    reply.step = request.step;
-    double loss_value = 0;
+    StepGrad reply;
     if (x.size(0) > 0) {
       at::Tensor loss = element_loss(sub_->forward(x), local, share, batch, job_.loss == "psl2");
       loss.backward();
-      loss_value = loss.item<double>();
+      reply.loss = loss.item<double>();
     }
     for (const auto& p : sub_->named_parameters()) {
       const at::Tensor& g = p.value().grad();
-      reply.tensors.emplace_back(p.key(), g.defined() ? g : at::zeros_like(p.value()));
+      reply.grads.emplace_back(p.key(), g.defined() ? g : at::zeros_like(p.value()));
     }
-    reply.metrics["loss"] = loss_value;
-    reply.metrics["examples"] = static_cast<double>(x.size(0));
-    return reply;
+    reply.examples = x.size(0);
+    return reply.encode(ins.round, ins.step);
   }
 
  private:

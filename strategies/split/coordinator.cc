@@ -118,12 +118,8 @@ class SplitCoordinator : public SteppedStrategy {
       t.count = o_.max_steps() > 0 ? std::min(o_.max_steps(), per_epoch) : per_epoch;
       t.first = static_cast<int64_t>(round - 1) * per_epoch;
       t.next_act = t.first;
-      Message m(kRun, round);
-      m.step = static_cast<uint64_t>(t.first);
-      m.tensors = relay_;
-      m.options["steps"] = std::to_string(t.count);
-      m.options["last"] = w.id == last ? "1" : "0";
-      instructions.push_back({w.id, std::move(m)});
+      const TurnIns turn{round, t.first, t.count, w.id == last, relay_};
+      instructions.push_back({w.id, turn.encode()});
       turns_[w.id] = std::move(t);
     }
     WeightedAverage average;
@@ -147,24 +143,24 @@ class SplitCoordinator : public SteppedStrategy {
     ex.on_reply = [&](const WorkerInfo& w, Message&& m) {
       last_progress_ = Clock::now();
       Turn& t = turns_.at(w.id);
-      FEDRA_REQUIRE(m.kind == kDone, "expected '{}' from {}, got '{}'", kDone, w.name, m.kind);
+      TurnDone done = TurnDone::decode(std::move(m), w.name);
       FEDRA_REQUIRE(t.next_act == t.first + t.count && t.pending.empty(),
                     "{} ended its turn after {} of {} steps", w.name, t.next_act - t.first, t.count);
       try {
-        check_layout(relay_, m.tensors);
-        check_finite(m.tensors);
+        check_layout(relay_, done.weights);
+        check_finite(done.weights);
       } catch (const Error& e) {
         FEDRA_FAIL("rejected client-side weights from {}: {}", w.name, e.what());
       }
-      stats_.worker_compute_ms = std::max(stats_.worker_compute_ms, m.metric_or("compute_ms", 0));
-      stats_.worker_wait_ms = std::max(stats_.worker_wait_ms, m.metric_or("wait_ms", 0));
-      stats_.rtt_ms = std::max(stats_.rtt_ms, m.metric_or("rtt_ms", 0));
-      stats_.worker_recomputes += static_cast<int64_t>(m.metric_or("recomputes", 0));
+      stats_.worker_compute_ms = std::max(stats_.worker_compute_ms, done.compute_ms);
+      stats_.worker_wait_ms = std::max(stats_.worker_wait_ms, done.wait_ms);
+      stats_.rtt_ms = std::max(stats_.rtt_ms, done.rtt_ms);
+      stats_.worker_recomputes += done.recomputes;
       ++stats_.ok;
       if (o_.schedule() == Schedule::kSequential) {
-        relay_ = std::move(m.tensors);  // the next worker starts from these
+        relay_ = std::move(done.weights);  // the next worker starts from these
       } else {
-        average.add(m.tensors, m.metric_or("examples", 1));
+        average.add(done.weights, static_cast<double>(std::max<int64_t>(1, done.examples)));
       }
     };
     ex.on_failure = [&](const Failure& f) {

@@ -42,6 +42,59 @@ void SplitTesting::validate(const std::string& scope) const {
                 inject_bad_shape_);
 }
 
+Message TurnIns::encode() const {
+  Message m(kRun, round);
+  m.step = static_cast<uint64_t>(first);
+  m.tensors = weights;
+  m.options["steps"] = std::to_string(steps);
+  m.options["last"] = last ? "1" : "0";
+  return m;
+}
+
+TurnIns TurnIns::decode(const Message& m) {
+  FEDRA_REQUIRE(m.kind == kRun, "a split worker cannot handle '{}'", m.kind);
+  for (const char* field : {"steps", "last"}) {
+    FEDRA_REQUIRE(m.options.count(field), "'{}' lacks the option '{}'", kRun, field);
+  }
+  const OptionMap o(kRun, m.options);
+  TurnIns t;
+  t.round = m.round;
+  t.first = static_cast<int64_t>(m.step);
+  t.steps = o.get_int("steps", 0);
+  t.last = o.get_int("last", 0) == 1;
+  t.weights = m.tensors;
+  FEDRA_REQUIRE(t.steps >= 0, "'{}' asks for {} steps", kRun, t.steps);
+  return t;
+}
+
+Message TurnDone::encode(uint32_t round) const {
+  Message m(kDone, round);
+  m.tensors = weights;
+  m.metrics["examples"] = static_cast<double>(examples);
+  m.metrics["steps"] = static_cast<double>(steps);
+  m.metrics["compute_ms"] = compute_ms;
+  m.metrics["wait_ms"] = wait_ms;
+  m.metrics["rtt_ms"] = rtt_ms;
+  m.metrics["recomputes"] = static_cast<double>(recomputes);
+  return m;
+}
+
+TurnDone TurnDone::decode(Message&& m, const std::string& worker) {
+  FEDRA_REQUIRE(m.kind == kDone, "expected '{}' from {}, got '{}'", kDone, worker, m.kind);
+  for (const char* field : {"examples", "steps"}) {
+    FEDRA_REQUIRE(m.metrics.count(field), "{}'s '{}' lacks the metric '{}'", worker, kDone, field);
+  }
+  TurnDone d;
+  d.examples = static_cast<int64_t>(m.metric("examples"));
+  d.steps = static_cast<int64_t>(m.metric("steps"));
+  d.recomputes = static_cast<int64_t>(m.metric_or("recomputes", 0));
+  d.compute_ms = m.metric_or("compute_ms", 0);
+  d.wait_ms = m.metric_or("wait_ms", 0);
+  d.rtt_ms = m.metric_or("rtt_ms", 0);
+  d.weights = std::move(m.tensors);
+  return d;
+}
+
 StrategyInfo split_strategy() {
   return make_strategy<SplitOptions>(
       "split", "Split learning: bottom and raw data on the worker, top on the coordinator, backprop across the cut",

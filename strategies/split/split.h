@@ -45,6 +45,7 @@
 #include <vector>
 #include <string>
 
+#include "core/message.h"
 #include "core/option_groups.h"
 #include "core/registry.h"
 
@@ -120,6 +121,32 @@ struct SplitOptions {
   std::chrono::milliseconds step_timeout_ms() const {
     return std::chrono::milliseconds(static_cast<int64_t>(step_timeout_ * 1000));
   }
+};
+
+// split.run: one worker's turn. Defaults live here only.
+struct TurnIns {
+  uint32_t round = 0;
+  int64_t first = 0;   // the turn's first step
+  int64_t steps = 0;   // steps in the turn
+  bool last = false;   // the worker is the last by name (where the test injections act)
+  NamedTensors weights;  // the client-side weights: the bottom, and the head when U-shaped
+
+  Message encode() const;
+  // Refuses another kind or a missing field, naming it.
+  static TurnIns decode(const Message& m);
+};
+
+// split.done: the end of a worker's turn.
+struct TurnDone {
+  NamedTensors weights;  // the client-side weights after the turn
+  int64_t examples = 0;  // trained on: the weight of these weights in SplitFed's average
+  int64_t steps = 0;
+  int64_t recomputes = 0;
+  double compute_ms = 0, wait_ms = 0, rtt_ms = 0;  // per-step means
+
+  Message encode(uint32_t round) const;
+  // Refuses another kind or a missing examples or steps, naming the worker and the field.
+  static TurnDone decode(Message&& m, const std::string& worker);
 };
 
 StrategyInfo split_strategy();

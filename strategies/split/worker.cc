@@ -38,16 +38,15 @@ class SplitWorker : public WorkerStrategy {
   }
 
   Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) override {
-    FEDRA_REQUIRE(request.kind == kRun, "split worker cannot handle '{}'", request.kind);
+    const TurnIns turn = TurnIns::decode(request);
     FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data", ctx.name);
     link_ = &link;
     if (!batches_) batches_.emplace(enum_name(o_.batches()), o_.batch_size(), job_.seed, ctx.name);
-    load_model_state(*bottom_.net, state_for(request.tensors, *bottom_.net));
-    if (ushaped_) load_model_state(*head_.net, state_for(request.tensors, *head_.net));
-    const int64_t first = static_cast<int64_t>(request.step);
-    const OptionMap opts(kRun, request.options);
-    const int64_t count = opts.get_int("steps", 0);
-    const bool last = opts.get_int("last", 0) == 1;
+    load_model_state(*bottom_.net, state_for(turn.weights, *bottom_.net));
+    if (ushaped_) load_model_state(*head_.net, state_for(turn.weights, *head_.net));
+    const int64_t first = turn.first;
+    const int64_t count = turn.steps;
+    const bool last = turn.last;
     timeout_ = o_.step_timeout_ms();
     compute_s_ = wait_s_ = rtt_s_ = 0;
     examples_ = recomputes_ = 0;
@@ -99,19 +98,19 @@ class SplitWorker : public WorkerStrategy {
     }
     while (!inflight_.empty()) complete_one();
 
-    Message done(kDone, request.round);
-    done.tensors = model_state(*bottom_.net);
+    TurnDone done;
+    done.weights = model_state(*bottom_.net);
     if (ushaped_) {
-      for (auto& nt : model_state(*head_.net)) done.tensors.push_back(std::move(nt));
+      for (auto& nt : model_state(*head_.net)) done.weights.push_back(std::move(nt));
     }
     const double n = static_cast<double>(std::max<int64_t>(1, count));
-    done.metrics["examples"] = static_cast<double>(examples_);
-    done.metrics["steps"] = static_cast<double>(count);
-    done.metrics["compute_ms"] = 1000 * compute_s_ / n;
-    done.metrics["wait_ms"] = 1000 * wait_s_ / n;
-    done.metrics["rtt_ms"] = 1000 * rtt_s_ / n;
-    done.metrics["recomputes"] = static_cast<double>(recomputes_);
-    return done;
+    done.examples = examples_;
+    done.steps = count;
+    done.compute_ms = 1000 * compute_s_ / n;
+    done.wait_ms = 1000 * wait_s_ / n;
+    done.rtt_ms = 1000 * rtt_s_ / n;
+    done.recomputes = recomputes_;
+    return done.encode(request.round);
   }
 
  private:
