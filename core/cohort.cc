@@ -497,6 +497,18 @@ void TcpCohort::cancel(WorkerId worker, const std::string& reason) {
   impl_->fail_pending(m, ErrorKind::kFailed, "cancelled by the coordinator: " + reason);
 }
 
+uint64_t Cohort::bytes_up() const {
+  uint64_t n = 0;
+  for (const auto& w : bytes_by_worker()) n += w.up;
+  return n;
+}
+
+uint64_t Cohort::bytes_down() const {
+  uint64_t n = 0;
+  for (const auto& w : bytes_by_worker()) n += w.down;
+  return n;
+}
+
 Message Cohort::request(WorkerId worker, Message message, Deadline deadline) {
   std::optional<Message> reply;
   std::vector<Instruction> one;

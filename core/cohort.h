@@ -150,11 +150,16 @@ class Cohort {
   // One request; throws Error (kind of the failure) if it fails.
   Message request(WorkerId worker, Message message, Deadline deadline);
   // Tells every worker the job is over, waits up to `grace` for the messages to go out, closes.
-  virtual void shutdown(const std::string& reason, std::chrono::milliseconds grace) = 0;
+  // (Default: nothing to tell.)
+  virtual void shutdown(const std::string& reason, std::chrono::milliseconds grace) {
+    (void)reason;
+    (void)grace;
+  }
 
-  // Cumulative frame bytes, over every connection ever made (handshakes included).
-  virtual uint64_t bytes_up() const = 0;    // workers -> coordinator
-  virtual uint64_t bytes_down() const = 0;  // coordinator -> workers
+  // Cumulative frame bytes, over every connection ever made (handshakes included). Default: the
+  // sums of bytes_by_worker().
+  virtual uint64_t bytes_up() const;    // workers -> coordinator
+  virtual uint64_t bytes_down() const;  // coordinator -> workers
   // The same per worker name (every worker that completed the handshake), sorted by name.
   virtual std::vector<WorkerBytes> bytes_by_worker() const = 0;
   virtual uint64_t peak_receive_bytes() const { return 0; }

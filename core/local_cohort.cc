@@ -336,20 +336,6 @@ void LocalCohort::cancel(WorkerId worker, const std::string& reason) {
   }
 }
 
-void LocalCohort::shutdown(const std::string&, std::chrono::milliseconds) {}  // the destructor ends the threads
-
-uint64_t LocalCohort::bytes_up() const {
-  uint64_t n = 0;
-  for (const auto& w : bytes_by_worker()) n += w.up;
-  return n;
-}
-
-uint64_t LocalCohort::bytes_down() const {
-  uint64_t n = 0;
-  for (const auto& w : bytes_by_worker()) n += w.down;
-  return n;
-}
-
 std::vector<WorkerBytes> LocalCohort::bytes_by_worker() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   std::vector<WorkerBytes> out;

@@ -44,9 +44,7 @@ class LocalCohort : public Cohort {
   std::vector<Failure> exchange(std::vector<Instruction> instructions, const Exchange& handlers) override;
   bool post(WorkerId worker, const Message& message) override;
   void cancel(WorkerId worker, const std::string& reason) override;
-  void shutdown(const std::string& reason, std::chrono::milliseconds grace) override;
-  uint64_t bytes_up() const override;
-  uint64_t bytes_down() const override;
+  // The frames each worker's messages made, both ways (bytes_up/bytes_down are their sums).
   std::vector<WorkerBytes> bytes_by_worker() const override;
 
  private:

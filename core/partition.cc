@@ -16,10 +16,16 @@ std::vector<int64_t> to_vector(const at::Tensor& t) {
   return std::vector<int64_t>(p, p + c.numel());
 }
 
+// 0 .. n-1 in an order drawn from `rng`.
+std::vector<int64_t> shuffled_indices(int64_t n, std::mt19937_64& rng) {
+  std::vector<int64_t> out(static_cast<size_t>(n));
+  std::iota(out.begin(), out.end(), 0);
+  std::shuffle(out.begin(), out.end(), rng);
+  return out;
+}
+
 Partition iid(int64_t n, int64_t clients, std::mt19937_64& rng) {
-  std::vector<int64_t> perm(static_cast<size_t>(n));
-  std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), rng);
+  const std::vector<int64_t> perm = shuffled_indices(n, rng);
   Partition p;
   p.clients.resize(static_cast<size_t>(clients));
   for (int64_t c = 0; c < clients; ++c) {
@@ -75,16 +81,12 @@ Partition shards(const std::vector<int64_t>& labels, int64_t clients, int64_t k,
   const int64_t num_shards = clients * k;
   FEDRA_REQUIRE(num_shards <= n, "shards:k={} needs {} shards but there are only {} examples", k,
                 num_shards, n);
-  std::vector<int64_t> order(static_cast<size_t>(n));
-  std::iota(order.begin(), order.end(), 0);
-  std::shuffle(order.begin(), order.end(), rng);  // random order within each class
+  std::vector<int64_t> order = shuffled_indices(n, rng);  // random order within each class
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
     return labels[static_cast<size_t>(a)] < labels[static_cast<size_t>(b)];
   });
   const int64_t shard_size = n / num_shards;
-  std::vector<int64_t> shard_ids(static_cast<size_t>(num_shards));
-  std::iota(shard_ids.begin(), shard_ids.end(), 0);
-  std::shuffle(shard_ids.begin(), shard_ids.end(), rng);
+  const std::vector<int64_t> shard_ids = shuffled_indices(num_shards, rng);
   Partition p;
   p.clients.resize(static_cast<size_t>(clients));
   for (int64_t s = 0; s < num_shards; ++s) {
