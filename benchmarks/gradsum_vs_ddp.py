@@ -14,7 +14,6 @@
     number of floats (median of 20). Throughput = 100.02 MB / time.
 Ratios are peer time / Fedra time (above 1: Fedra faster).
 """
-import argparse
 import json
 import os
 import statistics
@@ -22,8 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from benchlib import arguments, run_peer
 BYTES = 25_005_000 * 4
 
 
@@ -39,19 +37,11 @@ def fedra(binary, args):
 
 
 def peer(mode, extra):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, os.path.join(HERE, "peer", "ddp_gloo.py"), mode] + extra,
-                         capture_output=True, text=True, env=env)
-    if run.returncode != 0:
-        sys.exit("DDP peer failed:\n" + run.stderr)
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_peer("ddp_gloo.py", [mode] + extra, "DDP peer")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--fedra", default=os.path.join(ROOT, "build", "fedra"))
-    ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, noisier)")
-    a = ap.parse_args()
+    a = arguments().parse_args()
     steps, per_round, ex_steps = (600, 150, 12) if a.quick else (2000, 400, 60)
 
     rows = fedra(a.fedra, ["--dataset", "fmnist", "--model", "mlp:784-256-10",

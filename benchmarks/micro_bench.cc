@@ -63,74 +63,67 @@ fedra::Message message_of(const at::Tensor& t) {
   return m;
 }
 
+// Runs `body` once per iteration and reports state.range(0) bytes processed per iteration.
+template <class Body>
+void per_iteration(benchmark::State& state, Body&& body) {
+  for (auto _ : state) body();
+  set_bytes(state, state.range(0));
+}
+
+// Copies `src` into `dst` where the compiler cannot drop the copy.
+void copy_into(std::byte* dst, const at::Tensor& src) {
+  std::memcpy(dst, src.data_ptr(), src.nbytes());
+  benchmark::DoNotOptimize(dst);
+  benchmark::ClobberMemory();
+}
+
 void BM_memcpy_warm(benchmark::State& state) {
-  const int64_t bytes = state.range(0);
-  const at::Tensor src = payload(bytes);
-  auto dst = allocate_aligned(static_cast<uint64_t>(bytes));
-  std::memset(dst.get(), 0, static_cast<size_t>(bytes));
-  for (auto _ : state) {
-    std::memcpy(dst.get(), src.data_ptr(), static_cast<size_t>(bytes));
-    benchmark::DoNotOptimize(dst.get());
-    benchmark::ClobberMemory();
-  }
-  set_bytes(state, bytes);
+  const at::Tensor src = payload(state.range(0));
+  auto dst = allocate_aligned(src.nbytes());
+  std::memset(dst.get(), 0, src.nbytes());
+  per_iteration(state, [&] { copy_into(dst.get(), src); });
 }
 
 void BM_memcpy_fresh(benchmark::State& state) {
-  const int64_t bytes = state.range(0);
-  const at::Tensor src = payload(bytes);
-  for (auto _ : state) {
-    auto dst = allocate_aligned(static_cast<uint64_t>(bytes));
-    std::memcpy(dst.get(), src.data_ptr(), static_cast<size_t>(bytes));
-    benchmark::DoNotOptimize(dst.get());
-    benchmark::ClobberMemory();
-  }
-  set_bytes(state, bytes);
+  const at::Tensor src = payload(state.range(0));
+  per_iteration(state, [&] { copy_into(allocate_aligned(src.nbytes()).get(), src); });
 }
 
 void BM_codec_encode(benchmark::State& state) {
-  const int64_t bytes = state.range(0);
-  const at::Tensor t = payload(bytes);
-  for (auto _ : state) {
+  const at::Tensor t = payload(state.range(0));
+  per_iteration(state, [&] {
     fedra::transport::OutFrame frame = fedra::transport::encode(fedra::to_envelope(message_of(t)), kLimits);
     benchmark::DoNotOptimize(frame.size_bytes());
-  }
-  set_bytes(state, bytes);
+  });
 }
 
 void BM_codec_decode(benchmark::State& state) {
-  const int64_t bytes = state.range(0);
-  const at::Tensor t = payload(bytes);
+  const at::Tensor t = payload(state.range(0));
   const fedra::transport::InFrame in =
       receive(fedra::transport::encode(fedra::to_envelope(message_of(t)), kLimits));
-  for (auto _ : state) {
+  per_iteration(state, [&] {
     fedra::Message m = fedra::from_envelope(fedra::transport::decode(in, kLimits));
     benchmark::DoNotOptimize(m.tensor("w").data_ptr());
-  }
-  set_bytes(state, bytes);
+  });
 }
 
 void BM_framing_receive(benchmark::State& state) {
-  const int64_t bytes = state.range(0);
-  const at::Tensor t = payload(bytes);
+  const at::Tensor t = payload(state.range(0));
   const fedra::transport::OutFrame frame = fedra::transport::encode(fedra::to_envelope(message_of(t)), kLimits);
-  for (auto _ : state) {
+  per_iteration(state, [&] {
     fedra::transport::InFrame in = receive(frame);
     benchmark::DoNotOptimize(in.body());
     benchmark::ClobberMemory();
-  }
-  set_bytes(state, bytes);
+  });
 }
 
 void BM_codec_framing(benchmark::State& state) {
-  const int64_t bytes = state.range(0);
-  const at::Tensor t = payload(bytes);
-  for (auto _ : state) {
+  const at::Tensor t = payload(state.range(0));
+  per_iteration(state, [&] {
     fedra::transport::OutFrame frame = fedra::transport::encode(fedra::to_envelope(message_of(t)), kLimits);
     fedra::Message m = fedra::from_envelope(fedra::transport::decode(receive(frame), kLimits));
     benchmark::DoNotOptimize(m.tensor("w").data_ptr());
-  }
-  set_bytes(state, bytes);
+  });
 }
 
 void BM_aggregation_fedavg4(benchmark::State& state) {

@@ -19,7 +19,6 @@
 Ratios: (a) peer time / Fedra time; (b) split throughput / one-process throughput, medians of 3
 interleaved repetitions (1 with --quick).
 """
-import argparse
 import json
 import os
 import statistics
@@ -27,8 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from benchlib import arguments, run_peer
 
 
 def fedra_rows(binary, cmd, args):
@@ -45,18 +43,11 @@ def fedra_rows(binary, cmd, args):
 
 
 def peer(mode, steps):
-    run = subprocess.run([sys.executable, os.path.join(HERE, "peer", "rpc_split.py"), mode, "--steps", str(steps)],
-                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    if run.returncode != 0:
-        sys.exit("rpc peer failed:\n" + run.stderr)
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_peer("rpc_split.py", [mode, "--steps", str(steps)], "rpc peer")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--fedra", default=os.path.join(ROOT, "build", "fedra"))
-    ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, noisier)")
-    a = ap.parse_args()
+    a = arguments().parse_args()
     rtt_steps = 500 if a.quick else 2000
     print("(a) split step round trip, 64x256 float32 up and down, loopback")
     print(f"  {'mode':10s} {'Fedra us':>10s} {'rpc us':>10s} {'ratio':>7s}")

@@ -38,4 +38,4 @@ configure_package_config_file(cmake/FedraConfig.cmake.in ${PROJECT_BINARY_DIR}/F
 write_basic_package_version_file(${PROJECT_BINARY_DIR}/FedraConfigVersion.cmake
   VERSION ${PROJECT_VERSION} COMPATIBILITY SameMinorVersion)
 install(FILES ${PROJECT_BINARY_DIR}/FedraConfig.cmake ${PROJECT_BINARY_DIR}/FedraConfigVersion.cmake
-  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/Fedra)
+  cmake/FedraPlugin.cmake DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/Fedra)
