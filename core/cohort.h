@@ -47,6 +47,7 @@ class TlsContext;
 
 using WorkerId = uint64_t;
 using Clock = std::chrono::steady_clock;
+using Seconds = std::chrono::duration<double>;  // Seconds(Clock::now() - t0).count()
 using Deadline = Clock::time_point;
 
 struct WorkerInfo {

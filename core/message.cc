@@ -52,6 +52,16 @@ std::string describe_tensor(const at::Tensor& t) {
   return fmt::format("{}[{}]", dtype, fmt::join(t.sizes(), ","));
 }
 
+void Message::expect_kind(std::string_view expected, std::string_view who) const {
+  FEDRA_REQUIRE(kind == expected, "expected '{}' from {}, got '{}'", expected, who, kind);
+}
+
+void Message::require_options(std::initializer_list<std::string_view> names) const {
+  for (const std::string_view name : names) {
+    FEDRA_REQUIRE(options.count(std::string(name)), "'{}' lacks the option '{}'", kind, name);
+  }
+}
+
 const at::Tensor& Message::tensor(std::string_view name) const {
   for (const auto& [n, t] : tensors) {
     if (n == name) return t;

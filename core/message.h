@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <map>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -48,7 +49,73 @@ struct Message {
   double metric_or(std::string_view name, double fallback) const;
   const std::string& option(std::string_view name) const;
   std::string option_or(std::string_view name, std::string fallback) const;
+
+  // Checks of a typed message's decode, each throwing Error with the names involved:
+  // expect_kind: "expected 'KIND' from WHO, got 'OTHER'";
+  // require_options: "'KIND' lacks the option 'NAME'" for the first absent name.
+  void expect_kind(std::string_view expected, std::string_view who) const;
+  void require_options(std::initializer_list<std::string_view> names) const;
 };
+
+// The scalar fields of a typed message, carried as metrics, declared once by the struct:
+//   template <class F> void metrics(F&& f) {
+//     f("examples", examples, Field::kRequired);  // refused by name when absent
+//     f("rtt_ms", rtt_ms);                        // optional: absent keeps the struct's default
+//   }
+// put_metrics writes them into a message; get_metrics reads them back, throwing
+// "WHOSE 'KIND' lacks the metric 'NAME'" (whose: "worker-1's") for a required one that is absent.
+enum class Field { kOptional, kRequired };
+
+namespace detail {
+struct MetricWriter {
+  Message& m;
+  template <class V>
+  void operator()(const char* name, const V& value, Field = Field::kOptional) const {
+    m.metrics[name] = static_cast<double>(value);
+  }
+};
+struct MetricReader {
+  const Message& m;
+  std::string_view whose;
+  template <class V>
+  void operator()(const char* name, V& value, Field field = Field::kOptional) const {
+    const auto it = m.metrics.find(name);
+    if (it != m.metrics.end()) {
+      value = static_cast<V>(it->second);
+    } else {
+      FEDRA_REQUIRE(field == Field::kOptional, "{} '{}' lacks the metric '{}'", whose, m.kind, name);
+    }
+  }
+};
+}  // namespace detail
+
+template <class T>
+void put_metrics(const T& fields, Message& m) {
+  const_cast<T&>(fields).metrics(detail::MetricWriter{m});  // the writer only reads the fields
+}
+template <class T>
+void get_metrics(T& fields, const Message& m, std::string_view whose) {
+  fields.metrics(detail::MetricReader{m, whose});
+}
+
+// A typed reply in one call each way: `fields`' metrics and the tensors in `fields.*tensors`.
+template <class T>
+Message encode_reply(std::string kind, uint32_t round, const T& fields, NamedTensors T::*tensors) {
+  Message m(std::move(kind), round);
+  m.tensors = fields.*tensors;
+  put_metrics(fields, m);
+  return m;
+}
+// Refuses another kind (naming `worker`) or an absent required metric (naming `whose`).
+template <class T>
+T decode_reply(Message&& m, std::string_view kind, std::string_view worker, std::string_view whose,
+               NamedTensors T::*tensors) {
+  m.expect_kind(kind, worker);
+  T fields;
+  get_metrics(fields, m, whose);
+  fields.*tensors = std::move(m.tensors);
+  return fields;
+}
 
 // "float32[2,3]": dtype and shape, for error messages.
 std::string describe_tensor(const at::Tensor& t);

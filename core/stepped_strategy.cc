@@ -10,9 +10,9 @@
 
 namespace fedra {
 
-namespace {
-using Seconds = std::chrono::duration<double>;
-}  // namespace
+torch::nn::Sequential SteppedStrategy::initial_model(const RunContext& ctx, const InitOptions& init) const {
+  return build_initial_model(job_.model, job_.seed, enum_name(init.init()), init.init_skip(), ctx.dataset);
+}
 
 StepPlan StepPlan::from(const ScheduleOptions& s, int64_t examples_per_epoch) {
   StepPlan p;
@@ -23,7 +23,9 @@ StepPlan StepPlan::from(const ScheduleOptions& s, int64_t examples_per_epoch) {
 }
 
 SteppedStrategy::SteppedStrategy(Job job, std::string name, EvalOptions eval)
-    : job_(std::move(job)), name_(std::move(name)), eval_(eval) {}
+    : job_(std::move(job)), name_(std::move(name)), eval_(eval) {
+  check_loss_name(job_.loss);
+}
 
 void SteppedStrategy::require_workers(Cohort& cohort, const RunContext& ctx, size_t n, uint32_t round) const {
   const auto wait = ctx.wait_timeout;

@@ -51,7 +51,8 @@ class SteppedStrategy : public CoordinatorStrategy {
   void run(Cohort& cohort, RunContext& ctx) final;
 
  protected:
-  // `name` words messages ("gradsum needs 2 workers"); `eval` says when to evaluate.
+  // `name` words messages ("gradsum needs 2 workers"); `eval` says when to evaluate. Refuses an
+  // unknown loss.
   SteppedStrategy(Job job, std::string name, EvalOptions eval);
 
   virtual void prepare(const RunContext& ctx) = 0;
@@ -71,6 +72,8 @@ class SteppedStrategy : public CoordinatorStrategy {
   virtual bool save_on_failure() const { return false; }
 
   const Job& job() const { return job_; }
+  // The job's model, drawn as `init` says (core/model.h: build_initial_model).
+  torch::nn::Sequential initial_model(const RunContext& ctx, const InitOptions& init) const;
   // Waits until `n` workers are connected, or fails naming the round (0: before training).
   void require_workers(Cohort& cohort, const RunContext& ctx, size_t n, uint32_t round) const;
 

@@ -46,14 +46,15 @@ namespace {
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(torch::nn::Sequential& model,
                                                         const TrainOptions& o) {
-  check_optimizer_name(o.optimizer);
-  if (o.optimizer == "adam") {
+  const OptimizerConfig& c = o.optim;
+  check_optimizer_name(c.name);
+  if (c.name == "adam") {
     return std::make_unique<torch::optim::Adam>(
-        model->parameters(), torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
+        model->parameters(),
+        torch::optim::AdamOptions(c.lr).betas({c.beta1, c.beta2}).eps(c.eps).weight_decay(c.weight_decay));
   }
   return std::make_unique<torch::optim::SGD>(
-      model->parameters(),
-      torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+      model->parameters(), torch::optim::SGDOptions(c.lr).momentum(c.momentum).weight_decay(c.weight_decay));
 }
 
 int64_t correct(const at::Tensor& logits, const at::Tensor& targets, const std::string& loss) {

@@ -17,6 +17,7 @@
 #include <torch/nn/modules/container/sequential.h>
 
 #include "core/dataset.h"
+#include "core/optimizer.h"
 
 namespace fedra {
 
@@ -24,10 +25,7 @@ struct TrainOptions {
   int64_t epochs = 1;
   int64_t max_steps = 0;
   int64_t batch_size = 32;
-  double lr = 0.01;
-  std::string optimizer = "sgd";  // "sgd" or "adam"
-  double momentum = 0.0;
-  double weight_decay = 0.0;
+  OptimizerConfig optim;  // sgd, lr 0.01, no momentum or weight decay unless set
   std::string loss = "ce";
   uint64_t seed = 1;
 };

@@ -15,14 +15,8 @@
 
 namespace fedra {
 
-namespace {
-using Seconds = std::chrono::duration<double>;
-}  // namespace
-
 ModelParallelCoordinator::ModelParallelCoordinator(Job job, RoundPlan plan, EvalOptions eval)
-    : SteppedStrategy(job, plan.strategy, eval), job_(std::move(job)), plan_(std::move(plan)) {
-  check_loss_name(job_.loss);
-}
+    : SteppedStrategy(std::move(job), plan.strategy, eval), plan_(std::move(plan)) {}
 
 std::vector<WorkerInfo> ModelParallelCoordinator::pick(const Cohort& cohort) const {
   auto workers = cohort.workers_by_name();
@@ -58,7 +52,7 @@ std::vector<Message> ModelParallelCoordinator::exchange(Cohort& cohort, uint32_t
     on_part(part_of.at(w.id), w, std::move(m));
   };
   ex.on_reply = [&](const WorkerInfo& w, Message&& m) {
-    FEDRA_REQUIRE(m.kind == done_kind, "expected '{}' from {}, got '{}'", done_kind, w.name, m.kind);
+    m.expect_kind(done_kind, w.name);
     last_progress = Clock::now();
     done[part_of.at(w.id)] = std::move(m);
   };
@@ -117,6 +111,52 @@ Metrics ModelParallelCoordinator::loss_metrics(const RunContext& ctx, const Roun
   line.emplace_back("workers_ok", static_cast<int64_t>(plan_.parts));
   line.emplace_back("workers_failed", int64_t{0});
   return line;
+}
+
+ModelParallelWorker::ModelParallelWorker(const Job& job, ScheduleOptions schedule, OptimizerOptions optim)
+    : job_(job), schedule_(std::move(schedule)), optim_(std::move(optim)) {
+  check_loss_name(job.loss);
+}
+
+RunIns ModelParallelWorker::begin(const Message& request, WorkerLink& link, const std::string& run_kind) {
+  RunIns run = RunIns::decode(request, run_kind);
+  link_ = &link;
+  timeout_ = schedule_.step_timeout_ms();
+  compute_s_ = wait_s_ = 0;
+  return run;
+}
+
+void ModelParallelWorker::draw_batches(const WorkerContext& ctx, const std::string& who) {
+  FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} ({}) has no training data", ctx.name, who);
+  if (!batches_) batches_.emplace(enum_name(schedule_.batches()), schedule_.batch_size(), job_.seed, ctx.name, 0);
+}
+
+void ModelParallelWorker::set_params(std::vector<std::string> names, std::vector<at::Tensor> params,
+                                     const NamedTensors& opt_state) {
+  names_ = std::move(names);
+  params_ = std::move(params);
+  std::vector<at::Tensor> views;
+  for (const auto& p : params_) views.push_back(p.detach());
+  optimizer_.emplace(OptimizerConfig::from(optim_), names_, views);
+  if (!opt_state.empty()) optimizer_->load_state(opt_state);
+}
+
+void ModelParallelWorker::apply_gradients() {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const at::Tensor& g = params_[i].grad();
+    optimizer_->step(i, g.defined() ? g : at::zeros_like(params_[i]));
+    params_[i].mutable_grad() = at::Tensor();
+  }
+}
+
+Message ModelParallelWorker::done(const std::string& kind, uint32_t round, NamedTensors extra) const {
+  Message reply(kind, round);
+  NamedTensors trained;
+  for (size_t i = 0; i < names_.size(); ++i) trained.emplace_back(names_[i], params_[i].detach());
+  append_params_and_opt_state(reply.tensors, trained, optimizer_->state());
+  for (auto& t : extra) reply.tensors.push_back(std::move(t));
+  return reply;
 }
 
 }  // namespace fedra

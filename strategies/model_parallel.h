@@ -10,16 +10,20 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <torch/nn/modules/container/sequential.h>
 
+#include "core/batching.h"
 #include "core/cohort.h"
+#include "core/optimizer.h"
 #include "core/option_groups.h"
 #include "core/stepped_strategy.h"
 #include "core/strategy.h"
+#include "strategies/run_message.h"
 
 namespace fedra {
 
@@ -28,6 +32,7 @@ struct RoundPlan {
   std::string part;         // what a worker holds, for messages: "rank", "stage"
   size_t parts = 1;         // workers taking part
   ScheduleOptions schedule;
+  InitOptions init;         // how the whole model is drawn before it is cut into parts
 };
 
 class ModelParallelCoordinator : public SteppedStrategy {
@@ -54,7 +59,14 @@ class ModelParallelCoordinator : public SteppedStrategy {
   Metrics loss_metrics(const RunContext& ctx, const RoundSteps& steps, const Message& reply,
                        const std::string& who) const;
 
+  // Cuts model_ (just drawn as plan_.init says) into the strategy's parts.
+  virtual void partition() = 0;
+
   // SteppedStrategy's hooks, the same for every model-parallel strategy.
+  void prepare(const RunContext& ctx) final {
+    model_ = initial_model(ctx, plan_.init);
+    partition();
+  }
   size_t workers_needed() const override { return plan_.parts; }
   void start(Cohort& cohort, const std::vector<WorkerInfo>& workers) override;
   StepPlan plan_steps(const std::vector<WorkerInfo>& workers) const override;
@@ -62,7 +74,6 @@ class ModelParallelCoordinator : public SteppedStrategy {
   torch::nn::Sequential model() const override { return model_; }
   bool save_on_failure() const override { return true; }
 
-  Job job_;
   RoundPlan plan_;
   torch::nn::Sequential model_{nullptr};
   std::vector<NamedTensors> opt_state_;  // per part, between rounds
@@ -70,6 +81,40 @@ class ModelParallelCoordinator : public SteppedStrategy {
  private:
   // The first `parts` workers by name.
   std::vector<WorkerInfo> pick(const Cohort& cohort) const;
+};
+
+// The worker half they share: a run request brings this worker's part and its optimiser state;
+// the worker trains it for the round's steps, talking to the other parts through its link, and
+// returns it in its final reply.
+class ModelParallelWorker : public WorkerStrategy {
+ protected:
+  ModelParallelWorker(const Job& job, ScheduleOptions schedule, OptimizerOptions optim);
+
+  // Decodes the run request of `run_kind` and readies the run: the link, the step timeout, timers.
+  RunIns begin(const Message& request, WorkerLink& link, const std::string& run_kind);
+  // For the part that draws the batches: checks it has data ("worker NAME (WHO) has no training
+  // data") and makes the batch order on first use.
+  void draw_batches(const WorkerContext& ctx, const std::string& who);
+  // Makes `params` (autograd leaves, named `names`) this part's parameters, stepped by a fresh
+  // optimiser that resumes from `opt_state` when it is not empty.
+  void set_params(std::vector<std::string> names, std::vector<at::Tensor> params, const NamedTensors& opt_state);
+  // One optimiser step over every parameter's gradient (zeros where none), then clears them.
+  void apply_gradients();
+  // The final reply: this part's parameters and optimiser state, then `extra` (per-step losses).
+  Message done(const std::string& kind, uint32_t round, NamedTensors extra = {}) const;
+
+  Job job_;
+  WorkerLink* link_ = nullptr;  // the link of the request being handled
+  std::optional<BatchOrder> batches_;
+  std::vector<std::string> names_;
+  std::vector<at::Tensor> params_;
+  std::optional<ParamOptimizer> optimizer_;
+  std::chrono::milliseconds timeout_{60000};
+  double compute_s_ = 0, wait_s_ = 0;
+
+ private:
+  ScheduleOptions schedule_;
+  OptimizerOptions optim_;
 };
 
 }  // namespace fedra

@@ -16,9 +16,7 @@ Message RunIns::encode(const std::string& kind) const {
 
 RunIns RunIns::decode(const Message& m, const std::string& kind) {
   FEDRA_REQUIRE(m.kind == kind, "a {} worker cannot handle '{}'", kind.substr(0, kind.find('.')), m.kind);
-  for (const char* field : {"steps", "rank", "world"}) {
-    FEDRA_REQUIRE(m.options.count(field), "'{}' lacks the option '{}'", kind, field);
-  }
+  m.require_options({"steps", "rank", "world"});
   const OptionMap o(kind, m.options);
   RunIns r;
   r.round = m.round;

@@ -87,6 +87,15 @@ struct FitRes {
   int64_t steps = 0;
   double load_s = 0, train_s = 0, fit_s = 0;  // where the worker's time went
 
+  template <class F>
+  void metrics(F&& f) {
+    f("num_examples", num_examples, Field::kRequired);
+    f("train_loss", train_loss, Field::kRequired);
+    f("steps", steps);
+    f("load_s", load_s);
+    f("train_s", train_s);
+    f("fit_s", fit_s);
+  }
   Message encode() const;
   // Refuses another kind, another round, a missing or negative num_examples or a missing
   // train_loss, naming the worker and the field.

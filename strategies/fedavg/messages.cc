@@ -40,9 +40,7 @@ Message FitIns::encode() const {
 
 FitIns FitIns::decode(const Message& m) {
   FEDRA_REQUIRE(m.kind == kFit, "a fedavg worker cannot handle '{}'", m.kind);
-  for (const char* field : {"local_epochs", "local_steps", "batch_size", "seed"}) {
-    FEDRA_REQUIRE(m.options.count(field), "'{}' lacks the option '{}'", kFit, field);
-  }
+  m.require_options({"local_epochs", "local_steps", "batch_size", "seed"});
   const OptionMap o(kFit, m.options);
   FitIns ins;
   ins.round = m.round;
@@ -65,36 +63,17 @@ FitIns FitIns::decode(const Message& m) {
   return ins;
 }
 
-Message FitRes::encode() const {
-  Message m(kFitResult, round);
-  m.tensors = weights;
-  m.metrics["num_examples"] = static_cast<double>(num_examples);
-  m.metrics["train_loss"] = train_loss;
-  m.metrics["steps"] = static_cast<double>(steps);
-  m.metrics["load_s"] = load_s;
-  m.metrics["train_s"] = train_s;
-  m.metrics["fit_s"] = fit_s;
-  return m;
-}
+Message FitRes::encode() const { return encode_reply(kFitResult, round, *this, &FitRes::weights); }
 
 FitRes FitRes::decode(Message&& m, uint32_t round, const std::string& worker) {
-  FEDRA_REQUIRE(m.kind == kFitResult, "expected '{}' from {}, got '{}'", kFitResult, worker, m.kind);
+  m.expect_kind(kFitResult, worker);
   FEDRA_REQUIRE(m.round == round, "{} answered for round {} in round {}", worker, m.round, round);
-  for (const char* field : {"num_examples", "train_loss"}) {
-    FEDRA_REQUIRE(m.metrics.count(field), "rejected update from {}: its '{}' lacks the metric '{}'", worker,
-                  kFitResult, field);
-  }
-  FitRes r;
-  r.round = m.round;
-  r.num_examples = static_cast<int64_t>(m.metric("num_examples"));
-  FEDRA_REQUIRE(m.metric("num_examples") > 0 && std::isfinite(m.metric("num_examples")),
-                "rejected update from {}: num_examples is {}", worker, m.metric("num_examples"));
-  r.train_loss = m.metric("train_loss");
-  r.steps = static_cast<int64_t>(m.metric_or("steps", 0));
-  r.load_s = m.metric_or("load_s", 0);
-  r.train_s = m.metric_or("train_s", 0);
-  r.fit_s = m.metric_or("fit_s", 0);
-  r.weights = std::move(m.tensors);
+  const double examples = m.metric_or("num_examples", 1);  // absent: refused by decode_reply below
+  FEDRA_REQUIRE(examples > 0 && std::isfinite(examples), "rejected update from {}: num_examples is {}", worker,
+                examples);
+  FitRes r = decode_reply(std::move(m), kFitResult, worker, fmt::format("rejected update from {}: its", worker),
+                          &FitRes::weights);
+  r.round = round;
   return r;
 }
 

@@ -26,10 +26,7 @@ Message FedAvgWorker::handle(const Message& request, WorkerContext& ctx, WorkerL
   t.max_steps = ins.local_steps;
   if (t.max_steps > 0 && t.epochs == 0) t.epochs = std::numeric_limits<int64_t>::max();
   t.batch_size = ins.batch_size;
-  t.lr = ins.optim.lr();
-  t.optimizer = enum_name(ins.optim.optimizer());
-  t.momentum = ins.optim.momentum();
-  t.weight_decay = ins.optim.weight_decay();
+  t.optim = OptimizerConfig::from(ins.optim);
   t.loss = job_.loss;
   t.seed = ins.seed;
   FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data", ctx.name);

@@ -25,15 +25,12 @@ namespace {
 class GradSumCoordinator : public SteppedStrategy {
  public:
   GradSumCoordinator(const Job& job, GradSumOptions options)
-      : SteppedStrategy(job, "gradsum", options.eval()), job_(job), o_(std::move(options)) {
-    check_loss_name(job.loss);
-  }
+      : SteppedStrategy(job, "gradsum", options.eval()), o_(std::move(options)) {}
 
  protected:
 
   void prepare(const RunContext& ctx) override {
-    model_ = build_initial_model(job_.model, job_.seed, enum_name(o_.init().init()), o_.init().init_skip(),
-                                 ctx.dataset);
+    model_ = initial_model(ctx, o_.init());
     layout_ = layout_of(*model_, static_cast<uint64_t>(o_.bucket_kb()) << 10);
     optimizer_.emplace(OptimizerConfig::from(o_.optim()), layout_.names, layout_.params);
     for (const auto& bucket : layout_.buckets) {
@@ -125,7 +122,7 @@ class GradSumCoordinator : public SteppedStrategy {
     ex.deadline = [&] { return r.last_progress + step_timeout; };
     ex.on_part = [&](const WorkerInfo& w, Message&& m) { on_part(cohort, r, w, std::move(m)); };
     ex.on_reply = [&](const WorkerInfo& w, Message&& m) {
-      FEDRA_REQUIRE(m.kind == kDone, "expected '{}' from {}, got '{}'", kDone, w.name, m.kind);
+      m.expect_kind(kDone, w.name);
       r.worker_compute_ms = std::max(r.worker_compute_ms, m.metric_or("compute_ms", 0));
       r.worker_wait_ms = std::max(r.worker_wait_ms, m.metric_or("wait_ms", 0));
       ++r.done;
@@ -292,7 +289,6 @@ class GradSumCoordinator : public SteppedStrategy {
     }
   }
 
-  Job job_;
   GradSumOptions o_;
   torch::nn::Sequential model_{nullptr};
   Layout layout_;

@@ -29,21 +29,17 @@ namespace {
 class PipelineCoordinator : public ModelParallelCoordinator {
  public:
   PipelineCoordinator(const Job& job, const PipelineOptions& o)
-      : ModelParallelCoordinator(job, {"pipeline", "stage", static_cast<size_t>(o.stages()), o.schedule()}, o.eval()),
+      : ModelParallelCoordinator(
+            job, {"pipeline", "stage", static_cast<size_t>(o.stages()), o.schedule(), o.init()}, o.eval()),
         o_(o) {}
 
  private:
-
-  void prepare(const RunContext& ctx) override {
-    model_ = build_initial_model(job_.model, job_.seed, enum_name(o_.init().init()), o_.init().init_skip(), ctx.dataset);
-    stages_ = cut_stages(model_, o_.stages(), o_.cuts());
-  }
+  void partition() override { stages_ = cut_stages(model_, o_.stages(), o_.cuts()); }
 
   std::string describe(const StepPlan& p) const override {
-    const int64_t steps = p.total, rounds = p.rounds(), per_round = p.per_round;
     return fmt::format("pipeline: {} stages {}; {} micro-batches of {} in flight, weight stashing {}; {} micro-batches "
                        "in {} rounds of up to {}", stages_.size(), describe_stages(stages_), o_.effective_in_flight(),
-                       o_.schedule().batch_size(), o_.stash() ? "on" : "off", steps, rounds, per_round);
+                       o_.schedule().batch_size(), o_.stash() ? "on" : "off", p.total, p.rounds(), p.per_round);
   }
 
   Metrics run_parts(Cohort& cohort, const RunContext& ctx, const RoundSteps& steps,

@@ -27,17 +27,13 @@ namespace fedra::pipeline {
 
 namespace {
 
-using Seconds = std::chrono::duration<double>;
-
-class PipelineWorker : public WorkerStrategy {
+class PipelineWorker : public ModelParallelWorker {
  public:
-  PipelineWorker(const Job& job, PipelineOptions options) : job_(job), o_(std::move(options)) {
-    check_loss_name(job.loss);
-  }
+  PipelineWorker(const Job& job, PipelineOptions options)
+      : ModelParallelWorker(job, options.schedule(), options.optim()), o_(std::move(options)) {}
 
   Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) override {
-    const RunIns run = RunIns::decode(request, kRun);
-    link_ = &link;
+    const RunIns run = begin(request, link, kRun);
     stage_ = run.rank;
     const int64_t n = o_.stages();
     FEDRA_REQUIRE(run.world == n, "pipeline: stage {} of {} does not fit pipeline.stages = {}", stage_, run.world, n);
@@ -48,18 +44,13 @@ class PipelineWorker : public WorkerStrategy {
       built_stage_ = stage_;
     }
     last_ = stage_ == n - 1;
-    if (stage_ == 0) {
-      FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} (stage 0) has no training data", ctx.name);
-      if (!batches_) batches_.emplace(enum_name(o_.schedule().batches()), o_.schedule().batch_size(), job_.seed, ctx.name, 0);
-    }
+    if (stage_ == 0) draw_batches(ctx, "stage 0");
     data_ = ctx.data;
     load(run);
     const int64_t first = run.first;
     const int64_t count = run.steps;
-    timeout_ = o_.schedule().step_timeout_ms();
     inbox_.clear();
     saved_.clear();
-    compute_s_ = wait_s_ = 0;
     losses_ = at::zeros({count}, at::kDouble);
     examples_ = at::zeros({count}, at::kLong);
     first_ = first;
@@ -78,34 +69,24 @@ class PipelineWorker : public WorkerStrategy {
     }
     compute_s_ = Seconds(Clock::now() - t0).count() - wait_s_;
 
-    Message done(kDone, request.round);
-    append_params_and_opt_state(done.tensors, parameters_of(stage()), optimizer_->state());
-    if (last_) {
-      done.tensors.emplace_back("loss", losses_);
-      done.tensors.emplace_back("examples", examples_);
-    }
-    done.metrics["compute_s"] = compute_s_;
-    done.metrics["wait_s"] = wait_s_;
-    return done;
+    Message reply = done(kDone, request.round, last_ ? NamedTensors{{"loss", losses_}, {"examples", examples_}} : NamedTensors{});
+    reply.metrics["compute_s"] = compute_s_;
+    reply.metrics["wait_s"] = wait_s_;
+    return reply;
   }
 
  private:
   torch::nn::Sequential& stage() { return stage_model_; }
 
   void load(const RunIns& run) {
-    const NamedTensors& params = run.params;
-    const NamedTensors& opt = run.opt_state;
-    load_model_state(*stage(), params);
-    names_.clear();
-    params_.clear();
-    std::vector<at::Tensor> views;
+    load_model_state(*stage(), run.params);
+    std::vector<std::string> names;
+    std::vector<at::Tensor> params;
     for (const auto& p : stage()->named_parameters()) {
-      names_.push_back(p.key());
-      params_.push_back(p.value());
-      views.push_back(p.value().detach());
+      names.push_back(p.key());
+      params.push_back(p.value());
     }
-    optimizer_.emplace(OptimizerConfig::from(o_.optim()), names_, views);
-    if (!opt.empty()) optimizer_->load_state(opt);
+    set_params(std::move(names), std::move(params), run.opt_state);
   }
 
   // The coordinator's message of `kind` for micro-batch `step`; others arriving first wait.
@@ -146,15 +127,6 @@ class PipelineWorker : public WorkerStrategy {
   void restore(const std::vector<at::Tensor>& values) {
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < params_.size(); ++i) params_[i].copy_(values[i]);
-  }
-
-  void apply_gradients() {
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      const at::Tensor& g = params_[i].grad();
-      optimizer_->step(i, g.defined() ? g : at::zeros_like(params_[i]));
-      params_[i].mutable_grad() = at::Tensor();
-    }
   }
 
   void forward(int64_t step) {
@@ -221,24 +193,16 @@ class PipelineWorker : public WorkerStrategy {
     std::vector<at::Tensor> weights;  // with stash: the weights of this micro-batch's forward
   };
 
-  Job job_;
   PipelineOptions o_;
   torch::nn::Sequential stage_model_{nullptr};  // this worker's stage (its weights come with each run)
   int64_t built_stage_ = -1;
   int64_t stage_ = 0;
   bool last_ = false;
-  WorkerLink* link_ = nullptr;  // the link of the request being handled
   const Dataset* data_ = nullptr;
-  std::optional<BatchOrder> batches_;
-  std::vector<std::string> names_;
-  std::vector<at::Tensor> params_;
-  std::optional<ParamOptimizer> optimizer_;
   Inbox inbox_;
   std::map<int64_t, Saved> saved_;
-  std::chrono::milliseconds timeout_{60000};
   at::Tensor losses_, examples_;
   int64_t first_ = 0;
-  double compute_s_ = 0, wait_s_ = 0;
 };
 
 }  // namespace

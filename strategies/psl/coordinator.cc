@@ -25,14 +25,14 @@ namespace {
 class PslCoordinator : public SteppedStrategy {
  public:
   PslCoordinator(const Job& job, PslOptions options)
-      : SteppedStrategy(job, "psl", options.eval()), job_(job), o_(std::move(options)) {
+      : SteppedStrategy(job, "psl", options.eval()), o_(std::move(options)) {
     FEDRA_REQUIRE(job.loss == "psl" || job.loss == "psl2", "the psl strategy needs --loss psl or psl2, got '{}'",
                   job.loss);
   }
 
  protected:
   void prepare(const RunContext& ctx) override {
-    model_ = build_model(job_.model, job_.seed);
+    model_ = build_model(job().model, job().seed);
     classes_ = classes_of(*model_);
     std::vector<std::string> names;
     for (const auto& p : model_->named_parameters()) {
@@ -45,7 +45,7 @@ class PslCoordinator : public SteppedStrategy {
       FEDRA_REQUIRE(!ctx.dataset.empty(), "psl data=coordinator needs the training set on the coordinator (--dataset)");
       train_ = load_dataset(ctx.dataset, Splits::kTrain).train;
       FEDRA_REQUIRE(train_.size() > 0, "psl data=coordinator: '{}' has no training examples", ctx.dataset);
-      batches_.emplace(enum_name(o_.schedule().batches()), o_.schedule().batch_size(), job_.seed, "coordinator");
+      batches_.emplace(enum_name(o_.schedule().batches()), o_.schedule().batch_size(), job().seed, "coordinator");
     }
   }
 
@@ -185,7 +185,6 @@ class PslCoordinator : public SteppedStrategy {
     return loss;
   }
 
-  Job job_;
   PslOptions o_;
   torch::nn::Sequential model_{nullptr};
   int64_t classes_ = 0;

@@ -221,24 +221,13 @@ StepIns StepIns::decode(const Message& m, bool rows) {
 }
 
 Message StepGrad::encode(uint32_t round, int64_t step) const {
-  Message m(kGrad, round);
+  Message m = encode_reply(kGrad, round, *this, &StepGrad::grads);
   m.step = static_cast<uint64_t>(step);
-  m.tensors = grads;
-  m.metrics["loss"] = loss;
-  m.metrics["examples"] = static_cast<double>(examples);
   return m;
 }
 
 StepGrad StepGrad::decode(Message&& m, const std::string& worker) {
-  FEDRA_REQUIRE(m.kind == kGrad, "expected '{}' from {}, got '{}'", kGrad, worker, m.kind);
-  for (const char* field : {"loss", "examples"}) {
-    FEDRA_REQUIRE(m.metrics.count(field), "{}'s '{}' lacks the metric '{}'", worker, kGrad, field);
-  }
-  StepGrad g;
-  g.loss = m.metric("loss");
-  g.examples = static_cast<int64_t>(m.metric("examples"));
-  g.grads = std::move(m.tensors);
-  return g;
+  return decode_reply(std::move(m), kGrad, worker, worker + "'s", &StepGrad::grads);
 }
 
 StrategyInfo psl_strategy() {

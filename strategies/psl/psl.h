@@ -112,6 +112,11 @@ struct StepGrad {
   double loss = 0;
   int64_t examples = 0;
 
+  template <class F>
+  void metrics(F&& f) {
+    f("loss", loss, Field::kRequired);
+    f("examples", examples, Field::kRequired);
+  }
   Message encode(uint32_t round, int64_t step) const;
   // Refuses another kind or a missing loss or examples, naming the worker and the field.
   static StepGrad decode(Message&& m, const std::string& worker);

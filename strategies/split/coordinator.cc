@@ -27,20 +27,17 @@ namespace fedra::split {
 
 namespace {
 
-using Seconds = std::chrono::duration<double>;
-
 class SplitCoordinator : public SteppedStrategy {
  public:
   SplitCoordinator(const Job& job, SplitOptions options)
-      : SteppedStrategy(job, "split", options.eval()), job_(job), o_(std::move(options)) {
-    check_loss_name(job.loss);
+      : SteppedStrategy(job, "split", options.eval()), o_(std::move(options)) {
     ushaped_ = o_.labels() == Labels::kWorker;
   }
 
  protected:
 
   void prepare(const RunContext&) override {
-    model_ = split_model(job_.model, job_.seed, ushaped_);
+    model_ = split_model(job().model, job().seed, ushaped_);
     top_.init(model_.top, OptimizerConfig::from(o_.optim()));
     relay_ = clone_state(model_state(*model_.bottom));
     if (ushaped_) {
@@ -238,10 +235,10 @@ class SplitCoordinator : public SteppedStrategy {
       at::Tensor loss;
       at::Tensor logits;
       guarded(fmt::format("activations {} from {} do not fit the top of '{}'", describe_tensor(act), w.name,
-                          job_.model),
+                          job().model),
               [&] {
                 logits = top_.net->forward(a);
-                loss = compute_loss(logits, y, job_.loss);
+                loss = compute_loss(logits, y, job().loss);
               });
       top_.zero_grad();
       loss.backward();
@@ -249,12 +246,12 @@ class SplitCoordinator : public SteppedStrategy {
       const auto n = static_cast<double>(act.size(0));
       stats_.loss_sum += loss.item<double>() * n;
       stats_.examples += n;
-      if (job_.loss == "ce") stats_.correct += logits.argmax(1).eq(y).sum().item<double>();
+      if (job().loss == "ce") stats_.correct += logits.argmax(1).eq(y).sum().item<double>();
       ++stats_.steps;
       reply.tensors.emplace_back("grad", a.grad());
     } else {
       at::Tensor out = guarded(fmt::format("activations {} from {} do not fit the middle of '{}'",
-                                           describe_tensor(act), w.name, job_.model),
+                                           describe_tensor(act), w.name, job().model),
                                [&] { return top_.net->forward(a); });
       t.pending[t.next_act] = {a, out, top_.updates()};
       reply.tensors.emplace_back("out", out.detach());
@@ -302,7 +299,7 @@ class SplitCoordinator : public SteppedStrategy {
     Metrics line;
     line.emplace_back("status", std::string("ok"));
     line.emplace_back("train_loss", s.examples > 0 ? s.loss_sum / s.examples : std::nan(""));
-    if (job_.loss == "ce") line.emplace_back("train_accuracy", s.examples > 0 ? s.correct / s.examples : std::nan(""));
+    if (job().loss == "ce") line.emplace_back("train_accuracy", s.examples > 0 ? s.correct / s.examples : std::nan(""));
     line.emplace_back("train_examples", static_cast<int64_t>(s.examples));
     line.emplace_back("steps", s.steps);
     line.emplace_back("workers_asked", static_cast<int64_t>(asked));
@@ -326,7 +323,6 @@ class SplitCoordinator : public SteppedStrategy {
     if (ushaped_) load_model_state(*model_.head, state_for(relay_, *model_.head));
   }
 
-  Job job_;
   SplitOptions o_;
   bool ushaped_ = false;
   SplitModel model_;

@@ -53,9 +53,7 @@ Message TurnIns::encode() const {
 
 TurnIns TurnIns::decode(const Message& m) {
   FEDRA_REQUIRE(m.kind == kRun, "a split worker cannot handle '{}'", m.kind);
-  for (const char* field : {"steps", "last"}) {
-    FEDRA_REQUIRE(m.options.count(field), "'{}' lacks the option '{}'", kRun, field);
-  }
+  m.require_options({"steps", "last"});
   const OptionMap o(kRun, m.options);
   TurnIns t;
   t.round = m.round;
@@ -67,32 +65,10 @@ TurnIns TurnIns::decode(const Message& m) {
   return t;
 }
 
-Message TurnDone::encode(uint32_t round) const {
-  Message m(kDone, round);
-  m.tensors = weights;
-  m.metrics["examples"] = static_cast<double>(examples);
-  m.metrics["steps"] = static_cast<double>(steps);
-  m.metrics["compute_ms"] = compute_ms;
-  m.metrics["wait_ms"] = wait_ms;
-  m.metrics["rtt_ms"] = rtt_ms;
-  m.metrics["recomputes"] = static_cast<double>(recomputes);
-  return m;
-}
+Message TurnDone::encode(uint32_t round) const { return encode_reply(kDone, round, *this, &TurnDone::weights); }
 
 TurnDone TurnDone::decode(Message&& m, const std::string& worker) {
-  FEDRA_REQUIRE(m.kind == kDone, "expected '{}' from {}, got '{}'", kDone, worker, m.kind);
-  for (const char* field : {"examples", "steps"}) {
-    FEDRA_REQUIRE(m.metrics.count(field), "{}'s '{}' lacks the metric '{}'", worker, kDone, field);
-  }
-  TurnDone d;
-  d.examples = static_cast<int64_t>(m.metric("examples"));
-  d.steps = static_cast<int64_t>(m.metric("steps"));
-  d.recomputes = static_cast<int64_t>(m.metric_or("recomputes", 0));
-  d.compute_ms = m.metric_or("compute_ms", 0);
-  d.wait_ms = m.metric_or("wait_ms", 0);
-  d.rtt_ms = m.metric_or("rtt_ms", 0);
-  d.weights = std::move(m.tensors);
-  return d;
+  return decode_reply(std::move(m), kDone, worker, worker + "'s", &TurnDone::weights);
 }
 
 StrategyInfo split_strategy() {

@@ -144,6 +144,15 @@ struct TurnDone {
   int64_t recomputes = 0;
   double compute_ms = 0, wait_ms = 0, rtt_ms = 0;  // per-step means
 
+  template <class F>
+  void metrics(F&& f) {
+    f("examples", examples, Field::kRequired);
+    f("steps", steps, Field::kRequired);
+    f("recomputes", recomputes);
+    f("compute_ms", compute_ms);
+    f("wait_ms", wait_ms);
+    f("rtt_ms", rtt_ms);
+  }
   Message encode(uint32_t round) const;
   // Refuses another kind or a missing examples or steps, naming the worker and the field.
   static TurnDone decode(Message&& m, const std::string& worker);

@@ -25,8 +25,6 @@ namespace fedra::split {
 
 namespace {
 
-using Seconds = std::chrono::duration<double>;
-
 class SplitWorker : public WorkerStrategy {
  public:
   SplitWorker(const Job& job, SplitOptions options) : job_(job), o_(std::move(options)) {

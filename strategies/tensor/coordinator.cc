@@ -27,20 +27,16 @@ namespace {
 class TensorCoordinator : public ModelParallelCoordinator {
  public:
   TensorCoordinator(const Job& job, const TensorOptions& o)
-      : ModelParallelCoordinator(job, {"tensor", "rank", static_cast<size_t>(o.workers()), o.schedule()}, o.eval()),
+      : ModelParallelCoordinator(job, {"tensor", "rank", static_cast<size_t>(o.workers()), o.schedule(), o.init()},
+                                 o.eval()),
         o_(o) {}
 
  private:
-
-  void prepare(const RunContext& ctx) override {
-    model_ = build_initial_model(job_.model, job_.seed, enum_name(o_.init().init()), o_.init().init_skip(), ctx.dataset);
-    shards_ = plan_shards(model_, o_.workers());
-  }
+  void partition() override { shards_ = plan_shards(model_, o_.workers()); }
 
   std::string describe(const StepPlan& p) const override {
-    const int64_t steps = p.total, rounds = p.rounds(), per_round = p.per_round;
     return fmt::format("tensor: {} layers split {} ways; {} steps in {} rounds of up to {}", shards_.layers.size(),
-                       shards_.world, steps, rounds, per_round);
+                       shards_.world, p.total, p.rounds(), p.per_round);
   }
 
   struct Collective {

@@ -25,31 +25,22 @@ namespace fedra::tensor {
 
 namespace {
 
-using Seconds = std::chrono::duration<double>;
-
-class TensorWorker : public WorkerStrategy {
+class TensorWorker : public ModelParallelWorker {
  public:
-  TensorWorker(const Job& job, TensorOptions options) : job_(job), o_(std::move(options)) {
-    check_loss_name(job.loss);
-    plan_ = plan_shards(build_model(job.model, job.seed), o_.workers());
-  }
+  TensorWorker(const Job& job, const TensorOptions& options)
+      : ModelParallelWorker(job, options.schedule(), options.optim()),
+        plan_(plan_shards(build_model(job.model, job.seed), options.workers())) {}
 
   Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) override {
-    const RunIns run = RunIns::decode(request, kRun);
-    link_ = &link;
+    const RunIns run = begin(request, link, kRun);
     rank_ = run.rank;
     FEDRA_REQUIRE(run.world == plan_.world, "tensor: rank {} of {} does not fit tensor.workers = {}", rank_, run.world,
                   plan_.world);
-    if (rank_ == 0) {
-      FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} (rank 0) has no training data", ctx.name);
-      if (!batches_) batches_.emplace(enum_name(o_.schedule().batches()), o_.schedule().batch_size(), job_.seed, ctx.name, 0);
-    }
+    if (rank_ == 0) draw_batches(ctx, "rank 0");
     load(run);
     const int64_t first = run.first;
     const int64_t count = run.steps;
-    timeout_ = o_.schedule().step_timeout_ms();
     stash_.clear();
-    compute_s_ = wait_s_ = 0;
 
     at::Tensor losses = at::zeros({count}, at::kDouble);
     at::Tensor examples = at::zeros({count}, at::kLong);
@@ -62,40 +53,28 @@ class TensorWorker : public WorkerStrategy {
         FEDRA_FAIL("tensor rank {}, step {}: {}", rank_, first + i, e.what_without_backtrace());
       }
     }
-    Message done(kDone, request.round);
-    NamedTensors trained;
-    for (size_t i = 0; i < names_.size(); ++i) trained.emplace_back(names_[i], params_[i].detach());
-    append_params_and_opt_state(done.tensors, trained, optimizer_->state());
-    if (rank_ == 0) {
-      done.tensors.emplace_back("loss", losses);
-      done.tensors.emplace_back("examples", examples);
-    }
-    done.metrics["compute_ms"] = count > 0 ? 1000 * compute_s_ / static_cast<double>(count) : 0;
-    done.metrics["wait_ms"] = count > 0 ? 1000 * wait_s_ / static_cast<double>(count) : 0;
-    return done;
+    Message reply = done(kDone, request.round, rank_ == 0 ? NamedTensors{{"loss", losses}, {"examples", examples}} : NamedTensors{});
+    reply.metrics["compute_ms"] = count > 0 ? 1000 * compute_s_ / static_cast<double>(count) : 0;
+    reply.metrics["wait_ms"] = count > 0 ? 1000 * wait_s_ / static_cast<double>(count) : 0;
+    return reply;
   }
 
  private:
   void load(const RunIns& run) {
-    const NamedTensors& shard = run.params;
-    const NamedTensors& opt = run.opt_state;
-    check_layout(shard_layout(plan_, rank_), shard);
-    names_.clear();
-    params_.clear();
+    check_layout(shard_layout(plan_, rank_), run.params);
+    std::vector<std::string> names;
+    std::vector<at::Tensor> params;
     weight_.assign(plan_.layers.size(), at::Tensor());
     bias_.assign(plan_.layers.size(), at::Tensor());
-    for (const auto& [name, t] : shard) {
-      names_.push_back(name);
-      params_.push_back(t.clone().requires_grad_());
+    for (const auto& [name, t] : run.params) {
+      names.push_back(name);
+      params.push_back(t.clone().requires_grad_());
       const auto dot = name.rfind('.');
       const auto it = std::find(plan_.layers.begin(), plan_.layers.end(), name.substr(0, dot));
       const auto l = static_cast<size_t>(it - plan_.layers.begin());
-      (name.substr(dot + 1) == "weight" ? weight_ : bias_)[l] = params_.back();
+      (name.substr(dot + 1) == "weight" ? weight_ : bias_)[l] = params.back();
     }
-    std::vector<at::Tensor> views;
-    for (const auto& p : params_) views.push_back(p.detach());
-    optimizer_.emplace(OptimizerConfig::from(o_.optim()), names_, views);
-    if (!opt.empty()) optimizer_->load_state(opt);
+    set_params(std::move(names), std::move(params), run.opt_state);
   }
 
   // The coordinator's next message of `kind` for (step, op); others that arrive first wait.
@@ -195,32 +174,17 @@ class TensorWorker : public WorkerStrategy {
       torch::autograd::backward({seg.output}, {go});
       if (k > 0) g = collective(kReduce, s, seg.input.grad());
     }
-    {
-      torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < params_.size(); ++i) {
-        const at::Tensor& grad = params_[i].grad();
-        optimizer_->step(i, grad.defined() ? grad : at::zeros_like(params_[i]));
-      }
-    }
+    apply_gradients();
     compute_s_ += Seconds(Clock::now() - t0).count() - (wait_s_ - wait_before);
     const int64_t n = x.size(0);
     return {n > 0 ? loss.item<double>() : 0.0, n};
   }
 
-  Job job_;
-  TensorOptions o_;
   ShardPlan plan_;
-  WorkerLink* link_ = nullptr;  // the link of the request being handled
   int64_t rank_ = 0;
-  std::optional<BatchOrder> batches_;
-  std::vector<std::string> names_;
-  std::vector<at::Tensor> params_;         // this rank's slices, autograd leaves
-  std::vector<at::Tensor> weight_, bias_;  // per layer (bias undefined where this rank has none)
-  std::optional<ParamOptimizer> optimizer_;
+  std::vector<at::Tensor> weight_, bias_;  // per layer (bias undefined where this rank has none); params_ hold them
   Inbox stash_;
-  std::chrono::milliseconds timeout_{60000};
   int64_t op_ = 0;
-  double compute_s_ = 0, wait_s_ = 0;
 };
 
 }  // namespace

@@ -88,6 +88,12 @@ bool moved_from_init(const NamedTensors& got, const std::string& model) {
 
 // Runs of 2 workers over 2 epochs with split.testing.INJECTION = STEP: run(name, extra) returns
 // the exit code and the log of one, its files in DIR/name.
+// A faulty run's exit code and its log.
+struct Outcome {
+  int code = 0;
+  std::string log;
+};
+
 auto faulty_split(const TempDir& dir, const std::string& injection, const std::string& step) {
   return [&dir, injection, step](const std::string& name, std::vector<std::string> extra) {
     std::vector<std::string> args = {
@@ -97,7 +103,7 @@ auto faulty_split(const TempDir& dir, const std::string& injection, const std::s
         "--out", dir / name};
     args.insert(args.end(), extra.begin(), extra.end());
     const int code = run_fedra(args, dir / (name + ".log"), std::chrono::seconds(120));
-    return std::make_pair(code, read_file(dir / (name + ".log")));
+    return Outcome{code, read_file(dir / (name + ".log"))};
   };
 }
 
@@ -220,20 +226,16 @@ TEST_CASE("a worker dying mid-turn fails the round with its name, or is skipped 
   TempDir dir;
   const auto run = faulty_split(dir, "inject_exit", "5");
   SUBCASE("fail") {
-    const auto outcome = run("fail", {});
-    const int code = outcome.first;
-    const std::string& log = outcome.second;
-    INFO(log);
-    CHECK(code == 1);
-    CHECK(contains(log, "split round 1 failed: worker-1 failed mid-turn"));
-    CHECK(contains(log, "split.on_failure=continue"));
+    const Outcome r = run("fail", {});
+    INFO(r.log);
+    CHECK(r.code == 1);
+    CHECK(contains(r.log, "split round 1 failed: worker-1 failed mid-turn"));
+    CHECK(contains(r.log, "split.on_failure=continue"));
   }
   SUBCASE("continue") {
-    const auto outcome = run("cont", {"--split.on_failure", "continue"});
-    const int code = outcome.first;
-    const std::string& log = outcome.second;
-    INFO(log);
-    CHECK(code == 0);
+    const Outcome r = run("cont", {"--split.on_failure", "continue"});
+    INFO(r.log);
+    CHECK(r.code == 0);
     const auto lines = read_jsonl(dir / "cont/metrics.jsonl");
     REQUIRE(lines.size() == 2);
     CHECK(lines[0]["workers_failed"] == 1);
@@ -247,19 +249,15 @@ TEST_CASE("activations of the wrong shape are refused with what was sent, and th
   TempDir dir;
   const auto run = faulty_split(dir, "inject_bad_shape", "3");
   SUBCASE("fail") {
-    const auto outcome = run("fail", {});
-    const int code = outcome.first;
-    const std::string& log = outcome.second;
-    INFO(log);
-    CHECK(code == 1);
-    CHECK(contains(log, "activations float32[8,63] from worker-1 do not fit the top of 'mlp:16-64-32-1,cut=relu1'"));
+    const Outcome r = run("fail", {});
+    INFO(r.log);
+    CHECK(r.code == 1);
+    CHECK(contains(r.log, "activations float32[8,63] from worker-1 do not fit the top of 'mlp:16-64-32-1,cut=relu1'"));
   }
   SUBCASE("continue") {
-    const auto outcome = run("cont", {"--split.on_failure", "continue", "--split.schedule", "parallel"});
-    const int code = outcome.first;
-    const std::string& log = outcome.second;
-    INFO(log);
-    CHECK(code == 0);
+    const Outcome r = run("cont", {"--split.on_failure", "continue", "--split.schedule", "parallel"});
+    INFO(r.log);
+    CHECK(r.code == 0);
     const auto lines = read_jsonl(dir / "cont/metrics.jsonl");
     REQUIRE(lines.size() == 2);
     CHECK(lines[0]["workers_failed"] == 1);

@@ -59,9 +59,9 @@ TEST_CASE("local training lowers the loss on a learnable task, with SGD and with
     const double before = evaluate_model(model, d, "ce").loss;
     TrainOptions o;
     o.epochs = 5;
-    o.optimizer = optimizer;
-    o.lr = std::string(optimizer) == "adam" ? 0.01 : 0.1;
-    o.momentum = 0.9;
+    o.optim.name = optimizer;
+    o.optim.lr = std::string(optimizer) == "adam" ? 0.01 : 0.1;
+    o.optim.momentum = 0.9;
     const TrainStats s = train_local(model, d, o);
     const EvalStats after = evaluate_model(model, d, "ce");
     CHECK(s.steps == 5 * 16);

@@ -140,8 +140,8 @@ TEST_CASE("fedavg in one process: the new global model is the example-weighted m
     torch::nn::Sequential local = build_model(job.model, job.seed);
     TrainOptions t;
     t.batch_size = 16;
-    t.lr = 0.1;
-    t.momentum = 0.9;
+    t.optim.lr = 0.1;
+    t.optim.momentum = 0.9;
     t.loss = "bce";
     t.seed = worker_seed(job.seed, 1, workers[k].name);
     train_local(local, *workers[k].data, t);

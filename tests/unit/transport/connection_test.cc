@@ -74,6 +74,12 @@ std::vector<std::byte> read_all(asio::ip::tcp::socket& s) {
   return out;
 }
 
+// A server's handler that decodes each frame and sends the same envelope back.
+void echo(Connection& c, InFrame f) {
+  Envelope env = decode(f, c.limits());
+  c.send(encode(env, c.limits()));
+}
+
 }  // namespace
 
 TEST_CASE("parse_endpoint accepts HOST:PORT and names what is wrong otherwise") {
@@ -102,11 +108,7 @@ TEST_CASE("a receive budget holds back bodies that do not fit until memory is re
 }
 
 TEST_CASE("frames cross loopback TCP whole, in order, and every byte is counted") {
-  Server server([](Connection& c, InFrame f) {
-    // Echo: decode and send back the same envelope.
-    Envelope env = decode(f, c.limits());
-    c.send(encode(env, c.limits()));
-  });
+  Server server(echo);
   auto client = BlockingChannel::connect(server.endpoint(), Limits{}, std::chrono::seconds(5));
   const uint64_t n = 10 << 20;
   auto data = allocate_aligned(n);
@@ -207,10 +209,7 @@ TEST_CASE("connecting to a port nobody listens on fails with the endpoint named"
 }
 
 TEST_CASE("frames of every size around the low-water-mark thresholds arrive whole, back to back") {
-  Server server([](Connection& c, InFrame f) {
-    Envelope env = decode(f, c.limits());
-    c.send(encode(env, c.limits()));
-  });
+  Server server(echo);
   auto client = BlockingChannel::connect(server.endpoint(), Limits{}, std::chrono::seconds(5));
   const uint64_t mib = 1 << 20;
   const std::vector<uint64_t> sizes = {8,           4 * mib - 64, 4 * mib,      4 * mib + 8, 5 * mib + 24,
