@@ -9,6 +9,13 @@ void StrategyRegistry::add(StrategyInfo info) {
   FEDRA_REQUIRE(!contains(info.name), "two strategies are registered as '{}'", info.name);
   FEDRA_REQUIRE(info.make_coordinator && info.make_worker,
                 "strategy '{}' must provide both a coordinator and a worker half", info.name);
+  for (size_t i = 0; i < info.options.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      FEDRA_REQUIRE(info.options[i].name != info.options[j].name,
+                    "strategy '{}' declares the option '{}' twice (an options struct extending another "
+                    "must not reuse one of its names)", info.name, info.options[i].name);
+    }
+  }
   strategies_.push_back(std::move(info));
 }
 

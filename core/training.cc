@@ -73,6 +73,14 @@ TrainStats train_local(torch::nn::Sequential& model, const Dataset& data, const 
   if (n == 0) return stats;
   model->train();
   auto optimizer = make_optimizer(model, o);
+  FEDRA_REQUIRE(o.proximal_mu >= 0, "proximal_mu must be >= 0, got {}", o.proximal_mu);
+  std::vector<at::Tensor> params, start;  // FedProx's anchor: the weights training starts from
+  if (o.proximal_mu > 0) {
+    for (const auto& p : model->parameters()) {
+      params.push_back(p);
+      start.push_back(p.detach().clone());
+    }
+  }
   auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
   double loss_sum = 0;
   for (int64_t epoch = 0; epoch < o.epochs; ++epoch) {
@@ -85,6 +93,12 @@ TrainStats train_local(torch::nn::Sequential& model, const Dataset& data, const 
       optimizer->zero_grad();
       at::Tensor loss = compute_loss(model->forward(x), y, o.loss);
       loss.backward();
+      if (o.proximal_mu > 0) {
+        torch::NoGradGuard no_grad;
+        for (size_t i = 0; i < params.size(); ++i) {
+          if (params[i].grad().defined()) params[i].mutable_grad().add_(params[i] - start[i], o.proximal_mu);
+        }
+      }
       optimizer->step();
       loss_sum += loss.item<double>() * static_cast<double>(idx.size(0));
       stats.examples += idx.size(0);

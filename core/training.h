@@ -26,6 +26,9 @@ struct TrainOptions {
   int64_t max_steps = 0;
   int64_t batch_size = 32;
   OptimizerConfig optim;  // sgd, lr 0.01, no momentum or weight decay unless set
+  // FedProx: adds mu/2 * ||w - w_start||^2 to the loss, w_start the weights train_local began
+  // with (its gradient mu * (w - w_start) is added after backward); 0 leaves training untouched.
+  double proximal_mu = 0;
   std::string loss = "ce";
   uint64_t seed = 1;
 };

@@ -17,7 +17,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 FedAvgCoordinator::FedAvgCoordinator(const Job& job, FedAvgOptions options)
-    : job_(job), options_(std::move(options)) {
+    : job_(job), options_(std::move(options)), server_(options_.server()) {
   check_loss_name(job.loss);
   model_ = build_model(job.model, job.seed);
   for (auto& [name, t] : model_state(*model_)) global_.emplace_back(name, t.clone());
@@ -30,9 +30,18 @@ void FedAvgCoordinator::set_global(NamedTensors next) {
   average_.recycle(std::move(previous));
 }
 
+NamedTensors FedAvgCoordinator::checkpoint_state() const {
+  NamedTensors state = global_;
+  for (auto& t : server_.state()) state.push_back(std::move(t));
+  return state;
+}
+
 void FedAvgCoordinator::restore(NamedTensors state) {
-  check_layout(global_, state);  // the checkpoint must be of this model
-  global_ = std::move(state);
+  NamedTensors model, server;
+  for (auto& [name, t] : state) (ServerOptimizer::is_state(name) ? server : model).emplace_back(name, std::move(t));
+  check_layout(global_, model);  // the checkpoint must be of this model
+  global_ = std::move(model);
+  server_.load_state(server);
 }
 
 FitIns FedAvgCoordinator::configure(uint32_t round, const WorkerInfo& worker) {
@@ -43,6 +52,7 @@ FitIns FedAvgCoordinator::configure(uint32_t round, const WorkerInfo& worker) {
   ins.local_steps = options_.local_steps();
   ins.batch_size = options_.batch_size();
   ins.optim = options_.optim();
+  ins.proximal_mu = options_.proximal_mu();
   ins.seed = worker_seed(job_.seed, round, worker.name);
   return ins;
 }
@@ -83,7 +93,10 @@ void FedAvgCoordinator::accumulate(const WorkerInfo& worker, FitRes&& result) {
 
 NamedTensors FedAvgCoordinator::aggregate(uint32_t) { return average_.take_average(); }
 
-void FedAvgCoordinator::server_update(uint32_t, NamedTensors aggregate) { set_global(std::move(aggregate)); }
+void FedAvgCoordinator::server_update(uint32_t, NamedTensors aggregate) {
+  server_.step(global_, aggregate);
+  set_global(std::move(aggregate));
+}
 
 Metrics FedAvgCoordinator::aggregate_fit(uint32_t round, const std::vector<Failure>& failures) {
   const size_t got = accepted_;

@@ -26,6 +26,7 @@
 #include "core/option_groups.h"
 #include "core/registry.h"
 #include "core/round_strategy.h"
+#include "core/server_optimizer.h"
 
 namespace fedra::fedavg {
 
@@ -41,6 +42,8 @@ struct FedAvgOptions {
   FEDRA_ARG(int64_t, local_steps) = 0;
   FEDRA_ARG(int64_t, batch_size) = 32;
   FEDRA_ARG(OptimizerOptions, optim) = OptimizerOptions().momentum(0.9);
+  FEDRA_ARG(double, proximal_mu) = 0;
+  FEDRA_ARG(ServerOptOptions, server);
   FEDRA_ARG(double, round_timeout) = 600;
   FEDRA_ARG(EvalOptions, eval);
 
@@ -56,6 +59,9 @@ struct FedAvgOptions {
       "to measure the framework alone)");
     f("batch_size", batch_size_, "local mini-batch size");
     f.group(optim_);
+    f("proximal_mu", proximal_mu_,
+      "FedProx (Li et al. 2020): workers add mu/2 * ||w - w_global||^2 to their local loss; 0 = FedAvg");
+    f.group(server_);
     f("round_timeout", round_timeout_, "seconds a round waits for results before failing stragglers");
     f.group(eval_);
   }
@@ -71,6 +77,7 @@ struct FitIns {
   int64_t local_steps = 0;
   int64_t batch_size = 32;
   OptimizerOptions optim;
+  double proximal_mu = 0;  // FedProx's mu; 0: plain local training
   uint64_t seed = 1;  // the worker's local shuffling
 
   Message encode() const;
@@ -116,8 +123,9 @@ class FedAvgCoordinator : public RoundStrategy {
   // The round's aggregate of the accepted results (default: the weighted mean). Called once per
   // round with at least min_results accepted.
   virtual NamedTensors aggregate(uint32_t round);
-  // Turns the aggregate into the next global model (default: it is the next global model).
-  // Server optimisers step here on the pseudo-gradient global() - aggregate.
+  // Turns the aggregate into the next global model (default: the server optimiser chosen by
+  // server_opt steps on the pseudo-gradient global() - aggregate; with none, the aggregate is
+  // the next global model).
   virtual void server_update(uint32_t round, NamedTensors aggregate);
   // Extra metrics for the round's line (default: none).
   virtual Metrics round_metrics(uint32_t round) {
@@ -137,7 +145,8 @@ class FedAvgCoordinator : public RoundStrategy {
   Metrics aggregate_fit(uint32_t round, const std::vector<Failure>& failures) override;
   Metrics evaluate(uint32_t round, RunContext& ctx) override;
   bool resumable() const override { return true; }
-  NamedTensors checkpoint_state() const override { return global_; }
+  // The global model, then the server optimiser's state ("server_opt/..." names).
+  NamedTensors checkpoint_state() const override;
   void restore(NamedTensors state) override;
 
  private:
@@ -145,6 +154,7 @@ class FedAvgCoordinator : public RoundStrategy {
   FedAvgOptions options_;
   torch::nn::Sequential model_{nullptr};
   NamedTensors global_;
+  ServerOptimizer server_;
   WeightedAverage average_;
   size_t accepted_ = 0;
   double loss_sum_ = 0, weight_sum_ = 0;

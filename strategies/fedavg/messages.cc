@@ -14,6 +14,7 @@ void FedAvgOptions::validate() const {
   // measures what Fedra itself costs per round (benchmarks/fedavg_round.py).
   FEDRA_REQUIRE(local_epochs_ >= 0 && local_steps_ >= 0, "fedavg local_epochs and local_steps must be >= 0");
   FEDRA_REQUIRE(batch_size_ >= 1, "fedavg.batch_size must be >= 1, got {}", batch_size_);
+  FEDRA_REQUIRE(proximal_mu_ >= 0, "fedavg.proximal_mu must be >= 0, got {}", proximal_mu_);
   FEDRA_REQUIRE(round_timeout_ > 0, "fedavg.round_timeout must be > 0 seconds, got {}", round_timeout_);
 }
 
@@ -35,12 +36,13 @@ Message FitIns::encode() const {
   m.options["batch_size"] = std::to_string(batch_size);
   for (const auto& [k, v] : options_to_map(optim)) m.options[k] = v;
   m.options["seed"] = std::to_string(seed);
+  m.options["proximal_mu"] = fmt::format("{:.17g}", proximal_mu);
   return m;
 }
 
 FitIns FitIns::decode(const Message& m) {
   FEDRA_REQUIRE(m.kind == kFit, "a fedavg worker cannot handle '{}'", m.kind);
-  m.require_options({"local_epochs", "local_steps", "batch_size", "seed"});
+  m.require_options({"local_epochs", "local_steps", "batch_size", "seed", "proximal_mu"});
   const OptionMap o(kFit, m.options);
   FitIns ins;
   ins.round = m.round;
@@ -57,6 +59,8 @@ FitIns FitIns::decode(const Message& m) {
     return sub;
   }()));
   ins.seed = static_cast<uint64_t>(o.get_int("seed", 0));
+  ins.proximal_mu = o.get_double("proximal_mu", -1);
+  FEDRA_REQUIRE(ins.proximal_mu >= 0, "'{}' asks for proximal_mu {}", kFit, ins.proximal_mu);
   FEDRA_REQUIRE(ins.local_epochs >= 0 && ins.local_steps >= 0 && ins.batch_size >= 1,
                 "'{}' asks for local_epochs {}, local_steps {}, batch_size {}", kFit, ins.local_epochs,
                 ins.local_steps, ins.batch_size);

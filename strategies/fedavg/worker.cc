@@ -27,6 +27,7 @@ Message FedAvgWorker::handle(const Message& request, WorkerContext& ctx, WorkerL
   if (t.max_steps > 0 && t.epochs == 0) t.epochs = std::numeric_limits<int64_t>::max();
   t.batch_size = ins.batch_size;
   t.optim = OptimizerConfig::from(ins.optim);
+  t.proximal_mu = ins.proximal_mu;
   t.loss = job_.loss;
   t.seed = ins.seed;
   FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data", ctx.name);

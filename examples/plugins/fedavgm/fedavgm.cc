@@ -1,27 +1,27 @@
 // fedavgm: FedAvg with server momentum (Hsu et al. 2019, "Measuring the Effects of Non-Identical
 // Data Distribution for Federated Visual Classification"). Each round the coordinator takes the
 // pseudo-gradient d = w - avg (the global model minus the workers' weighted mean), keeps a
-// velocity v = server_momentum * v + d, and moves w = w - server_lr * v. With server_momentum 0
-// and server_lr 1 it is FedAvg exactly. Everything else (sampling, local training, the streaming
-// weighted mean, checks, evaluation) is FedAvg's, inherited.
+// velocity v = beta * v + d, and moves w = w - eta * v (the paper's symbols). With beta 0 and
+// eta 1 it is FedAvg exactly. Everything else (sampling, local training, the streaming weighted
+// mean, checks, evaluation) is FedAvg's, inherited. Fedra has it built in too
+// (--fedavg.server_opt momentum); this plugin shows how such a variant is written.
 #include "core/plugin.h"
 #include "strategies/fedavg/fedavg.h"
 
 using namespace fedra;
 
 struct FedAvgMOptions : fedavg::FedAvgOptions {
-  FEDRA_ARG(double, server_lr) = 1.0;
-  FEDRA_ARG(double, server_momentum) = 0.9;
+  FEDRA_ARG(double, eta) = 1.0;
+  FEDRA_ARG(double, beta) = 0.9;
   template <class F> void visit(F&& f) {
     FedAvgOptions::visit(f);
-    f("server_lr", server_lr_, "the coordinator's learning rate on the pseudo-gradient");
-    f("server_momentum", server_momentum_, "the coordinator's momentum (0: none)");
+    f("eta", eta_, "the coordinator's learning rate on the pseudo-gradient");
+    f("beta", beta_, "the coordinator's momentum (0: none)");
   }
   void validate() const {
     FedAvgOptions::validate();
-    FEDRA_REQUIRE(server_lr_ > 0, "fedavgm.server_lr must be > 0, got {}", server_lr_);
-    FEDRA_REQUIRE(server_momentum_ >= 0 && server_momentum_ < 1,
-                  "fedavgm.server_momentum must be in [0, 1), got {}", server_momentum_);
+    FEDRA_REQUIRE(eta_ > 0, "fedavgm.eta must be > 0, got {}", eta_);
+    FEDRA_REQUIRE(beta_ >= 0 && beta_ < 1, "fedavgm.beta must be in [0, 1), got {}", beta_);
   }
 };
 
@@ -37,8 +37,8 @@ struct FedAvgM : fedavg::FedAvgCoordinator {
       }
       const at::Tensor d = w - average[i].second;
       if (velocity_.size() <= i) velocity_.push_back(d);
-      else velocity_[i].mul_(o_.server_momentum()).add_(d);
-      next[i].second = w - o_.server_lr() * velocity_[i];
+      else velocity_[i].mul_(o_.beta()).add_(d);
+      next[i].second = w - o_.eta() * velocity_[i];
     }
     set_global(std::move(next));
   }

@@ -23,13 +23,33 @@ TEST_CASE("the registry lists fedavg with every option documented and refuses du
   StrategyRegistry registry;
   register_builtin_strategies(registry);
   const StrategyInfo& info = registry.get("fedavg");
-  CHECK(info.options.size() == 13);
+  CHECK(info.options.size() == 20);  // 13, plus proximal_mu and the six server optimiser options
   for (const auto& o : info.options) CHECK_FALSE(o.help.empty());
   const OptionMap resolved = registry.resolve_options("fedavg", OptionMap("fedavg", {{"rounds", "3"}}));
   CHECK(resolved.get_int("rounds", 0) == 3);
   CHECK(resolved.get_string("optimizer", "") == "sgd");
   CHECK_THROWS_WITH_AS(registry.add(fedavg_strategy()), "two strategies are registered as 'fedavg'", fedra::Error);
   CHECK_THROWS_WITH_AS(registry.get("fedsgd"), doctest::Contains("unknown strategy 'fedsgd'; available: fedavg"),
+                       fedra::Error);
+}
+
+namespace {
+// A variant that reuses a name FedAvg's options already have.
+struct ClashingOptions : FedAvgOptions {
+  FEDRA_ARG(double, server_lr) = 1.0;
+  template <class F>
+  void visit(F&& f) {
+    FedAvgOptions::visit(f);
+    f("server_lr", server_lr_, "clashes with fedavg's server_lr");
+  }
+};
+}  // namespace
+
+TEST_CASE("a variant whose options reuse a name of the struct it extends is refused, naming the option") {
+  StrategyRegistry registry;
+  CHECK_THROWS_WITH_AS(registry.add(variant<FedAvgCoordinator, ClashingOptions>("clash", "test")),
+                       "strategy 'clash' declares the option 'server_lr' twice (an options struct extending "
+                       "another must not reuse one of its names)",
                        fedra::Error);
 }
 

@@ -1,0 +1,83 @@
+#include "core/server_optimizer.h"
+
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+namespace fedra {
+
+void ServerOptOptions::validate(const std::string& scope) const {
+  FEDRA_REQUIRE(server_lr_ >= 0, "{}.server_lr must be >= 0 (0: the optimiser's default), got {}", scope, server_lr_);
+  FEDRA_REQUIRE(server_momentum_ >= 0 && server_momentum_ < 1, "{}.server_momentum must be in [0, 1), got {}", scope,
+                server_momentum_);
+  FEDRA_REQUIRE(server_beta1_ >= 0 && server_beta1_ < 1, "{}.server_beta1 must be in [0, 1), got {}", scope,
+                server_beta1_);
+  FEDRA_REQUIRE(server_beta2_ >= 0 && server_beta2_ < 1, "{}.server_beta2 must be in [0, 1), got {}", scope,
+                server_beta2_);
+  FEDRA_REQUIRE(server_tau_ > 0, "{}.server_tau must be > 0, got {}", scope, server_tau_);
+}
+
+double ServerOptOptions::effective_lr() const {
+  if (server_lr_ > 0) return server_lr_;
+  return server_opt_ == ServerOpt::kMomentum ? 1.0 : 0.01;
+}
+
+void ServerOptimizer::step(const NamedTensors& global, NamedTensors& aggregate) {
+  if (o_.server_opt() == ServerOpt::kNone) return;
+  FEDRA_ASSERT(global.size() == aggregate.size(), "server optimiser: {} global tensors, {} aggregated",
+               global.size(), aggregate.size());
+  torch::NoGradGuard no_grad;
+  const bool first = m_.empty();
+  const double lr = o_.effective_lr();
+  const double b1 = o_.server_beta1(), b2 = o_.server_beta2();
+  size_t k = 0;  // index into m_ and v_: the floating-point tensors, in order
+  for (size_t i = 0; i < global.size(); ++i) {
+    const at::Tensor& x = global[i].second;
+    at::Tensor& a = aggregate[i].second;
+    if (!at::isFloatingType(x.scalar_type())) continue;  // integer buffers: the aggregate as it is
+    if (first) {
+      m_.emplace_back(global[i].first, at::zeros_like(x));
+      v_.emplace_back(global[i].first, at::zeros_like(x));
+    }
+    FEDRA_REQUIRE(k < m_.size() && m_[k].first == global[i].first && m_[k].second.sizes() == x.sizes(),
+                  "the server optimiser's state does not fit the model at '{}'", global[i].first);
+    at::Tensor& m = m_[k].second;
+    at::Tensor& v = v_[k].second;
+    ++k;
+    a.sub_(x);  // a holds Delta = aggregate - global from here on
+    if (o_.server_opt() == ServerOpt::kMomentum) {
+      v.mul_(o_.server_momentum()).sub_(a);  // v <- mu v + d, with d = -Delta
+      a.copy_(x).sub_(v, lr);
+      continue;
+    }
+    m.mul_(b1).add_(a, 1 - b1);
+    const at::Tensor sq = a * a;
+    switch (o_.server_opt()) {
+      case ServerOpt::kAdagrad: v.add_(sq); break;
+      case ServerOpt::kAdam: v.mul_(b2).add_(sq, 1 - b2); break;
+      case ServerOpt::kYogi: v.sub_(sq * at::sign(v - sq), 1 - b2); break;
+      default: FEDRA_ASSERT(false, "unhandled server optimiser");
+    }
+    a.copy_(x).addcdiv_(m, v.sqrt().add_(o_.server_tau()), lr);
+  }
+}
+
+NamedTensors ServerOptimizer::state() const {
+  NamedTensors out;
+  for (const auto& [name, t] : m_) out.emplace_back("server_opt/m/" + name, t.clone());
+  for (const auto& [name, t] : v_) out.emplace_back("server_opt/v/" + name, t.clone());
+  return out;
+}
+
+void ServerOptimizer::load_state(const NamedTensors& state) {
+  m_.clear();
+  v_.clear();
+  for (const auto& [name, t] : state) {
+    if (name.rfind("server_opt/m/", 0) == 0) m_.emplace_back(name.substr(13), t.clone());
+    else if (name.rfind("server_opt/v/", 0) == 0) v_.emplace_back(name.substr(13), t.clone());
+    else FEDRA_FAIL("'{}' is not server optimiser state (server_opt/m/NAME or server_opt/v/NAME)", name);
+  }
+  FEDRA_REQUIRE(m_.size() == v_.size(), "server optimiser state: {} first moments but {} second", m_.size(),
+                v_.size());
+}
+
+}  // namespace fedra
