@@ -208,9 +208,10 @@ TEST_CASE("a worker asked to host clients that do not exist is refused, naming t
 
 TEST_CASE("a coordinator SIGKILLed mid-run resumes from its checkpoint: no round lost or repeated") {
   TempDir dir;
+  // With a server optimiser, whose moments must come back from the checkpoint too.
   const std::vector<std::string> options = {"simulate", "--workers", "3", "--dataset", "fmnist:limit=3000",
                                             "--test-data", "fmnist:test_limit=1000", "--fedavg.rounds", "6",
-                                            "--fedavg.local_epochs", "3"};
+                                            "--fedavg.local_epochs", "3", "--fedavg.server_opt", "adam"};
   auto with = [&](std::vector<std::string> extra) {
     std::vector<std::string> args = options;
     args.insert(args.end(), extra.begin(), extra.end());
