@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -25,3 +27,32 @@ def run_peer(script, args, what):
     if run.returncode != 0:
         sys.exit(f"{what} failed:\n" + run.stderr)
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def experiment(default_rounds, prefix):
+    """Arguments of a script that reruns the default experiment: --rounds, --out, --quick.
+    Returns (args, rounds: 3 with --quick, the output directory)."""
+    ap = arguments()
+    ap.add_argument("--rounds", type=int, default=default_rounds)
+    ap.add_argument("--out", help="keep the runs here")
+    a = ap.parse_args()
+    out = a.out or tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(out, exist_ok=True)
+    return a, (3 if a.quick else a.rounds), out
+
+
+def simulate_default(binary, out, rounds, quick, extra):
+    """`fedra simulate` with experiments/fedavg-fmnist.cfg, `rounds` rounds and `extra`; with
+    `quick` on 12,000 images. Returns (summary.json, metrics.jsonl lines, wall seconds)."""
+    cmd = [binary, "simulate", "--config", os.path.join(ROOT, "experiments", "fedavg-fmnist.cfg"),
+           "--fedavg.rounds", str(rounds), "--log-level", "warn", "--out", out] + list(extra)
+    if quick:
+        cmd += ["--dataset", "fmnist:limit=12000"]
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr}")
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    lines = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    return summary, lines, wall

@@ -18,14 +18,9 @@ the wire over the run (up + down) and wall time. --quick runs 3 rounds on 12,000
 run). --out keeps each run's files and writes results.csv.
 """
 import csv
-import json
 import os
-import subprocess
-import sys
-import tempfile
-import time
 
-from benchlib import ROOT, arguments
+from benchlib import experiment, simulate_default
 
 METHODS = [
     ("fedavg", []),
@@ -37,36 +32,17 @@ METHODS = [
 ]
 
 
-def run(binary, out, rounds, quick, extra):
-    cmd = [binary, "simulate", "--config", os.path.join(ROOT, "experiments", "fedavg-fmnist.cfg"),
-           "--partition", "shards:k=2", "--fedavg.local_epochs", "1", "--fedavg.rounds", str(rounds),
-           "--log-level", "warn", "--out", out] + extra
-    if quick:
-        cmd += ["--dataset", "fmnist:limit=12000"]
-    t0 = time.time()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.time() - t0
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr}")
-    summary = json.load(open(os.path.join(out, "summary.json")))
-    return {"final_accuracy": summary["final"]["test_accuracy"], "best_accuracy": summary["best_test_accuracy"],
-            "bytes": summary["bytes_up"] + summary["bytes_down"], "wall_s": wall}
-
-
 def main():
-    ap = arguments(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--out", help="keep the runs here, with results.csv")
-    a = ap.parse_args()
-    rounds = 3 if a.quick else a.rounds
-    out = a.out or tempfile.mkdtemp(prefix="fedavg-family-")
-    os.makedirs(out, exist_ok=True)
+    a, rounds, out = experiment(20, "fedavg-family-")
     rows = []
     print(f"Fashion-MNIST, shards:k=2 over 10 workers, {rounds} rounds of 1 local epoch")
     print("| method | final acc | best acc | MB on the wire | wall s |")
     print("|---|---|---|---|---|")
     for name, extra in METHODS:
-        r = run(a.fedra, os.path.join(out, name), rounds, a.quick, extra)
+        s, _, wall = simulate_default(a.fedra, os.path.join(out, name), rounds, a.quick,
+                                      ["--partition", "shards:k=2", "--fedavg.local_epochs", "1"] + extra)
+        r = {"final_accuracy": s["final"]["test_accuracy"], "best_accuracy": s["best_test_accuracy"],
+             "bytes": s["bytes_up"] + s["bytes_down"], "wall_s": wall}
         rows.append(dict(method=name, **r))
         print(f"| {name} | {r['final_accuracy']:.4f} | {r['best_accuracy']:.4f} | {r['bytes'] / 1e6:.1f} | "
               f"{r['wall_s']:.1f} |", flush=True)

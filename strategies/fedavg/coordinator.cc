@@ -53,6 +53,10 @@ FitIns FedAvgCoordinator::configure(uint32_t round, const WorkerInfo& worker) {
   ins.batch_size = options_.batch_size();
   ins.optim = options_.optim();
   ins.proximal_mu = options_.proximal_mu();
+  if (options_.testing().names(worker.name)) {
+    ins.attack = options_.testing().attack();
+    ins.attack_scale = options_.testing().attack_scale();
+  }
   ins.seed = worker_seed(job_.seed, round, worker.name);
   return ins;
 }
@@ -70,6 +74,7 @@ void FedAvgCoordinator::accumulate_fit(uint32_t round, const WorkerInfo& worker,
   } catch (const Error& e) {
     FEDRA_FAIL("rejected update from {}: {}", worker.name, e.what());
   }
+  if (options_.robust().clip_norm() > 0) clip_to_norm(global_, result.weights, options_.robust().clip_norm());
   const auto n = static_cast<double>(result.num_examples);
   const double loss = result.train_loss;
   worker_train_s_ = std::max(worker_train_s_, result.train_s);
@@ -84,6 +89,17 @@ void FedAvgCoordinator::accumulate_fit(uint32_t round, const WorkerInfo& worker,
 }
 
 void FedAvgCoordinator::accumulate(const WorkerInfo& worker, FitRes&& result) {
+  if (options_.robust().holds_updates()) {
+    double bytes = 0;
+    for (const auto& [name, t] : result.weights) bytes += static_cast<double>(t.nbytes());
+    if (held_bytes_ + bytes > options_.robust().hold_budget_mb() * 1e6) {
+      ++over_budget_;  // the round fails in aggregate(), saying why
+      return;
+    }
+    held_bytes_ += bytes;
+    held_.push_back(std::move(result.weights));  // may reference the received frame: no copy
+    return;
+  }
   try {
     average_.add(result.weights, static_cast<double>(result.num_examples), /*verified=*/true);
   } catch (const Error& e) {
@@ -91,7 +107,20 @@ void FedAvgCoordinator::accumulate(const WorkerInfo& worker, FitRes&& result) {
   }
 }
 
-NamedTensors FedAvgCoordinator::aggregate(uint32_t) { return average_.take_average(); }
+NamedTensors FedAvgCoordinator::aggregate(uint32_t round) {
+  if (!options_.robust().holds_updates()) return average_.take_average();
+  std::vector<NamedTensors> held = std::move(held_);
+  const size_t refused = over_budget_;
+  held_.clear();
+  held_bytes_ = 0;
+  over_budget_ = 0;
+  FEDRA_REQUIRE(refused == 0,
+                "round {}: aggregate={} holds every update, and {} more would exceed fedavg.hold_budget_mb = {} "
+                "({} held); raise the budget, sample fewer workers (fraction) or use aggregate=mean",
+                round, enum_name(options_.robust().aggregate()), refused, options_.robust().hold_budget_mb(),
+                held.size());
+  return robust_aggregate(options_.robust(), held);
+}
 
 void FedAvgCoordinator::server_update(uint32_t, NamedTensors aggregate) {
   server_.step(global_, aggregate);
@@ -107,6 +136,9 @@ Metrics FedAvgCoordinator::aggregate_fit(uint32_t round, const std::vector<Failu
   examples_ = 0;
   if (static_cast<int64_t>(got) < options_.min_results()) {
     if (average_.count() > 0) average_.take_average();  // discard the partial sum
+    held_.clear();
+    held_bytes_ = 0;
+    over_budget_ = 0;
     FEDRA_FAIL("round {}: {} result(s) accepted, min_results is {}{}", round, got, options_.min_results(),
                failures.empty() ? std::string() : "; failures: " + describe_failures(failures));
   }

@@ -25,6 +25,7 @@
 #include "core/message.h"
 #include "core/option_groups.h"
 #include "core/registry.h"
+#include "core/robust_aggregation.h"
 #include "core/round_strategy.h"
 #include "core/server_optimizer.h"
 
@@ -32,6 +33,28 @@ namespace fedra::fedavg {
 
 inline constexpr const char* kFit = "fedavg.fit";
 inline constexpr const char* kFitResult = "fedavg.fit_result";
+
+// How an update is corrupted, for robustness tests (--fedavg.testing.attack).
+enum class Attack { kNone, kSignFlip, kScale, kNoise };
+FEDRA_ENUM_NAMES(Attack, {Attack::kNone, "none"}, {Attack::kSignFlip, "sign_flip"}, {Attack::kScale, "scale"},
+                 {Attack::kNoise, "noise"})
+
+// Byzantine workers for tests and benchmarks (--fedavg.testing.NAME, listed by --help-testing):
+// the named workers are told to corrupt what they send. With u = w - global their update:
+// sign_flip sends global - s u, scale sends global + s u, noise sends w + s N(0, 1) (seeded).
+struct FedAvgTesting {
+  FEDRA_ARG(std::string, byzantine) = "";
+  FEDRA_ARG(Attack, attack) = Attack::kSignFlip;
+  FEDRA_ARG(double, attack_scale) = 10;
+  template <class F>
+  void visit(F&& f) {
+    f("byzantine", byzantine_, "comma-separated worker names that attack; empty: none");
+    f("attack", attack_, "sign_flip, scale or noise");
+    f("attack_scale", attack_scale_, "s: the factor (sign_flip, scale) or the noise's standard deviation");
+  }
+  void validate(const std::string&) const {}
+  bool names(const std::string& worker) const;
+};
 
 struct FedAvgOptions {
   FEDRA_ARG(int64_t, rounds) = 10;
@@ -44,8 +67,10 @@ struct FedAvgOptions {
   FEDRA_ARG(OptimizerOptions, optim) = OptimizerOptions().momentum(0.9);
   FEDRA_ARG(double, proximal_mu) = 0;
   FEDRA_ARG(ServerOptOptions, server);
+  FEDRA_ARG(RobustOptions, robust);
   FEDRA_ARG(double, round_timeout) = 600;
   FEDRA_ARG(EvalOptions, eval);
+  FEDRA_ARG(FedAvgTesting, testing);
 
   template <class F>
   void visit(F&& f) {
@@ -62,8 +87,10 @@ struct FedAvgOptions {
     f("proximal_mu", proximal_mu_,
       "FedProx (Li et al. 2020): workers add mu/2 * ||w - w_global||^2 to their local loss; 0 = FedAvg");
     f.group(server_);
+    f.group(robust_);
     f("round_timeout", round_timeout_, "seconds a round waits for results before failing stragglers");
     f.group(eval_);
+    f.testing(testing_);
   }
   void validate() const;
   RoundConfig round_config() const;
@@ -79,6 +106,8 @@ struct FitIns {
   OptimizerOptions optim;
   double proximal_mu = 0;  // FedProx's mu; 0: plain local training
   uint64_t seed = 1;  // the worker's local shuffling
+  Attack attack = Attack::kNone;  // tests only: how to corrupt the result (FedAvgTesting)
+  double attack_scale = 0;
 
   Message encode() const;
   // Refuses a message of another kind or one lacking a field, naming it.
@@ -155,6 +184,9 @@ class FedAvgCoordinator : public RoundStrategy {
   torch::nn::Sequential model_{nullptr};
   NamedTensors global_;
   ServerOptimizer server_;
+  std::vector<NamedTensors> held_;  // a robust aggregate's updates this round
+  double held_bytes_ = 0;
+  size_t over_budget_ = 0;          // updates turned away this round: hold_budget_mb reached
   WeightedAverage average_;
   size_t accepted_ = 0;
   double loss_sum_ = 0, weight_sum_ = 0;
@@ -171,6 +203,8 @@ class FedAvgWorker : public WorkerStrategy {
   Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) override;
 
  private:
+  void attack(const FitIns& ins, NamedTensors& weights) const;
+
   Job job_;
   torch::nn::Sequential model_{nullptr};
 };

@@ -18,6 +18,16 @@ void FedAvgOptions::validate() const {
   FEDRA_REQUIRE(round_timeout_ > 0, "fedavg.round_timeout must be > 0 seconds, got {}", round_timeout_);
 }
 
+bool FedAvgTesting::names(const std::string& worker) const {
+  size_t start = 0;
+  while (start <= byzantine_.size()) {
+    const size_t end = std::min(byzantine_.find(',', start), byzantine_.size());
+    if (byzantine_.substr(start, end - start) == worker) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
 RoundConfig FedAvgOptions::round_config() const {
   RoundConfig c;
   c.rounds = rounds_;
@@ -37,6 +47,10 @@ Message FitIns::encode() const {
   for (const auto& [k, v] : options_to_map(optim)) m.options[k] = v;
   m.options["seed"] = std::to_string(seed);
   m.options["proximal_mu"] = fmt::format("{:.17g}", proximal_mu);
+  if (attack != Attack::kNone) {
+    m.options["testing.attack"] = enum_name(attack);
+    m.options["testing.attack_scale"] = fmt::format("{:.17g}", attack_scale);
+  }
   return m;
 }
 
@@ -61,6 +75,10 @@ FitIns FitIns::decode(const Message& m) {
   ins.seed = static_cast<uint64_t>(o.get_int("seed", 0));
   ins.proximal_mu = o.get_double("proximal_mu", -1);
   FEDRA_REQUIRE(ins.proximal_mu >= 0, "'{}' asks for proximal_mu {}", kFit, ins.proximal_mu);
+  if (m.options.count("testing.attack")) {
+    ins.attack = o.get_enum<Attack>("testing.attack", Attack::kNone);
+    ins.attack_scale = o.get_double("testing.attack_scale", 0);
+  }
   FEDRA_REQUIRE(ins.local_epochs >= 0 && ins.local_steps >= 0 && ins.batch_size >= 1,
                 "'{}' asks for local_epochs {}, local_steps {}, batch_size {}", kFit, ins.local_epochs,
                 ins.local_steps, ins.batch_size);

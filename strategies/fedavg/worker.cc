@@ -15,6 +15,23 @@ FedAvgWorker::FedAvgWorker(const Job& job) : job_(job) {
   model_ = build_model(job.model, job.seed);
 }
 
+// Tests only (FedAvgTesting): corrupts the trained weights as the coordinator asked.
+void FedAvgWorker::attack(const FitIns& ins, NamedTensors& weights) const {
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(ins.seed ^ 0x5eedULL);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    at::Tensor& w = weights[i].second;
+    if (!w.is_floating_point()) continue;
+    const at::Tensor& g = ins.weights[i].second;
+    switch (ins.attack) {
+      case Attack::kSignFlip: w = g - ins.attack_scale * (w - g); break;
+      case Attack::kScale: w = g + ins.attack_scale * (w - g); break;
+      case Attack::kNoise: w = w + ins.attack_scale * at::randn(w.sizes(), gen, w.options()); break;
+      case Attack::kNone: break;
+    }
+  }
+}
+
 Message FedAvgWorker::handle(const Message& request, WorkerContext& ctx, WorkerLink&) {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
@@ -36,6 +53,7 @@ Message FedAvgWorker::handle(const Message& request, WorkerContext& ctx, WorkerL
   FitRes res;
   res.round = request.round;
   res.weights = model_state(*model_);
+  if (ins.attack != Attack::kNone) attack(ins, res.weights);
   res.num_examples = ctx.data->size();
   res.train_loss = s.mean_loss;
   res.steps = s.steps;
