@@ -1,10 +1,12 @@
 // Times Fedra's robust aggregators (core/robust_aggregation.h) over K updates of N float32 and
 // prints one JSON line; benchmarks/robust_speed.py runs numpy on the same shapes beside it.
-//   robust_bench N K REPEATS
+//   robust_bench N K REPEATS THREADS   (THREADS: LibTorch's intra-op threads, 0 = all cores, as a
+//                                      coordinator gets by default)
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <torch/torch.h>
@@ -27,10 +29,12 @@ double best_ms(int repeats, F&& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: robust_bench N K REPEATS\n");
+  if (argc != 5) {
+    std::fprintf(stderr, "usage: robust_bench N K REPEATS THREADS\n");
     return 2;
   }
+  const int threads = std::atoi(argv[4]);
+  at::set_num_threads(threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency()));
   const int64_t n = std::atoll(argv[1]);
   const int k = std::atoi(argv[2]);
   const int repeats = std::atoi(argv[3]);

@@ -4,7 +4,7 @@
   /usr/bin/python3 benchmarks/robust_speed.py [--n 10000000] [--k 10] [--quick]
 
 Fedra: build/benchmarks/robust_bench (core/robust_aggregation.h: coordinate_median, trimmed_mean
-with beta 0.1), LibTorch on this machine's default threads. numpy: np.median(stack, axis=0) and
+with beta 0.1), on all cores as a coordinator runs by default (--threads 1: one). numpy: np.median(stack, axis=0) and
 the sorted trimmed mean (np.sort(stack, axis=0)[k:K-k].mean(axis=0)) on the same shape, one
 thread (numpy's median and sort do not use threads). Best of 3 each. Ratio = numpy / Fedra.
 """
@@ -32,10 +32,12 @@ def main():
     ap = arguments(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000_000)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="Fedra's LibTorch threads; 0 = all cores, a coordinator's default")
     a = ap.parse_args()
     n = 1_000_000 if a.quick else a.n
     binary = os.path.join(os.path.dirname(a.fedra), "benchmarks", "robust_bench")
-    r = subprocess.run([binary, str(n), str(a.k), "3"], capture_output=True, text=True)
+    r = subprocess.run([binary, str(n), str(a.k), "3", str(a.threads)], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit("robust_bench failed:\n" + r.stderr)
     fedra = json.loads(r.stdout.strip().splitlines()[-1])

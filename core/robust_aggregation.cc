@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 namespace fedra {
@@ -26,7 +27,7 @@ at::Tensor column(const std::vector<NamedTensors>& updates, size_t i) {
   return at::stack(parts);
 }
 
-// For each floating tensor, `rule` of the stacked column; integer tensors from the first update.
+// For each floating tensor i, rule(i) in that tensor's dtype; integer tensors from the first update.
 template <class Rule>
 NamedTensors per_tensor(const std::vector<NamedTensors>& updates, Rule rule) {
   FEDRA_REQUIRE(!updates.empty(), "no updates to aggregate");
@@ -37,32 +38,81 @@ NamedTensors per_tensor(const std::vector<NamedTensors>& updates, Rule rule) {
       out.emplace_back(updates[0][i].first, first);
       continue;
     }
-    out.emplace_back(updates[0][i].first, rule(column(updates, i)).to(first.scalar_type()).contiguous());
+    out.emplace_back(updates[0][i].first, rule(i).to(first.scalar_type()).contiguous());
   }
   return out;
+}
+
+// The mean of sorted values [lo, hi) of every coordinate across the updates, for tensor i. For
+// float32 it works coordinate by coordinate on the updates' own memory (an insertion sort of the
+// n values, no stacked copy: the n inputs are read as n sequential streams), in parallel over
+// blocks of coordinates; other dtypes go through a stacked torch sort.
+NamedTensors sorted_window_mean(const std::vector<NamedTensors>& updates, int64_t lo, int64_t hi) {
+  const auto n = static_cast<int64_t>(updates.size());
+  return per_tensor(updates, [&](size_t i) {
+    const at::Tensor& first = updates[0][i].second;
+    if (first.scalar_type() != at::kFloat) {
+      const at::Tensor sorted = std::get<0>(column(updates, i).sort(0));
+      return sorted.narrow(0, lo, hi - lo).to(at::kDouble).mean(0);
+    }
+    std::vector<at::Tensor> inputs;
+    std::vector<const float*> src;
+    for (const auto& u : updates) {
+      inputs.push_back(u[i].second.contiguous());
+      src.push_back(inputs.back().data_ptr<float>());
+    }
+    at::Tensor result = at::empty(first.sizes(), first.options());
+    float* dst = result.data_ptr<float>();
+    // A symmetric window that drops few values at each end (a trimmed mean): k passes each
+    // moving the least and the greatest remaining value out of the window, O(k n). Otherwise (the
+    // median): an insertion sort, n being the number of workers.
+    const bool few = lo == n - hi && lo <= 3;
+    at::parallel_for(0, first.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+      std::vector<float> buffer(static_cast<size_t>(n));
+      float* v = buffer.data();
+      for (int64_t c = begin; c < end; ++c) {
+        if (few) {
+          for (int64_t j = 0; j < n; ++j) v[j] = src[static_cast<size_t>(j)][c];
+          for (int64_t t = 0; t < lo; ++t) {
+            int64_t least = t, most = t;
+            for (int64_t j = t + 1; j < n - t; ++j) {
+              least = v[j] < v[least] ? j : least;
+              most = v[j] > v[most] ? j : most;
+            }
+            std::swap(v[t], v[least]);
+            if (most == t) most = least;  // the greatest was just moved to where the least was
+            std::swap(v[n - 1 - t], v[most]);
+          }
+        } else {
+          for (int64_t j = 0; j < n; ++j) {
+            const float x = src[static_cast<size_t>(j)][c];
+            int64_t p = j;
+            for (; p > 0 && v[p - 1] > x; --p) v[p] = v[p - 1];
+            v[p] = x;
+          }
+        }
+        double sum = 0;
+        for (int64_t j = lo; j < hi; ++j) sum += v[j];
+        dst[c] = static_cast<float>(sum / static_cast<double>(hi - lo));
+      }
+    });
+    return result;
+  });
 }
 
 }  // namespace
 
 NamedTensors coordinate_median(const std::vector<NamedTensors>& updates) {
-  return per_tensor(updates, [](const at::Tensor& stack) {
-    const int64_t n = stack.size(0);
-    if (n % 2 == 1) return std::get<0>(stack.median(0));
-    // Even: the mean of the two middle values (numpy's median), not torch's lower middle.
-    const at::Tensor lower = std::get<0>(stack.kthvalue(n / 2, 0));
-    const at::Tensor upper = std::get<0>(stack.kthvalue(n / 2 + 1, 0));
-    return (lower.to(at::kDouble) + upper.to(at::kDouble)) / 2;
-  });
+  // Odd n: the middle value; even n: the mean of the two middle values (numpy's median).
+  const auto n = static_cast<int64_t>(updates.size());
+  return n % 2 == 1 ? sorted_window_mean(updates, n / 2, n / 2 + 1) : sorted_window_mean(updates, n / 2 - 1, n / 2 + 1);
 }
 
 NamedTensors trimmed_mean(const std::vector<NamedTensors>& updates, double beta) {
   const auto n = static_cast<int64_t>(updates.size());
   const auto k = static_cast<int64_t>(std::floor(beta * static_cast<double>(n)));
   FEDRA_REQUIRE(n - 2 * k >= 1, "trimmed_mean with beta {} drops all {} updates", beta, n);
-  return per_tensor(updates, [&](const at::Tensor& stack) {
-    const at::Tensor sorted = std::get<0>(stack.sort(0));
-    return sorted.narrow(0, k, n - 2 * k).to(at::kDouble).mean(0);
-  });
+  return sorted_window_mean(updates, k, n - k);
 }
 
 std::vector<double> krum_scores(const std::vector<NamedTensors>& updates, int64_t f) {
@@ -102,7 +152,7 @@ std::vector<size_t> krum_select(const std::vector<NamedTensors>& updates, int64_
 NamedTensors plain_mean(const std::vector<NamedTensors>& updates, const std::vector<size_t>& which) {
   std::vector<NamedTensors> chosen;
   for (size_t i : which) chosen.push_back(updates[i]);
-  return per_tensor(chosen, [](const at::Tensor& stack) { return stack.to(at::kDouble).mean(0); });
+  return per_tensor(chosen, [&](size_t i) { return column(chosen, i).to(at::kDouble).mean(0); });
 }
 
 NamedTensors robust_aggregate(const RobustOptions& o, const std::vector<NamedTensors>& updates) {

@@ -40,7 +40,7 @@ TEST_CASE("fedmedian keeps training with a worker sending huge updates; the mean
     const int code = run_fedra({"simulate", "--plugin", FEDMEDIAN_PLUGIN, "--strategy", "fedmedian", "--workers", "4",
                                 "--dataset", "fmnist:limit=8000,test_limit=2000", "--threads", "1",
                                 "--fedmedian.rounds", "3", "--fedmedian.poison", "worker-3",
-                                "--fedmedian.aggregate", aggregate, "--out", out},
+                                "--fedmedian.rule", aggregate, "--out", out},
                                dir / (aggregate + ".log"), std::chrono::seconds(120));
     INFO(read_file(dir / (aggregate + ".log")));
     CHECK(code == 0);

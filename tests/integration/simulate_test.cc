@@ -390,3 +390,20 @@ TEST_CASE("2 of 10 workers Byzantine (sign flip x10): FedAvg's mean collapses, m
   // noisier than a mean of ten (docs/benchmarks.md has the figures on the full budget).
   CHECK(krum > 0.7);
 }
+
+TEST_CASE("a robust rule whose held updates would pass hold_budget_mb fails the round, saying what to change") {
+  TempDir dir;
+  // The 2NN is 0.8 MB: a budget of 1 MB holds one update of three.
+  const int code = run_fedra({"simulate", "--workers", "3", "--dataset", "fmnist:limit=3000,test_limit=500",
+                              "--threads", "1", "--fedavg.rounds", "1", "--fedavg.aggregate", "median",
+                              "--fedavg.hold_budget_mb", "1", "--out", dir / "out"},
+                             dir / "log", std::chrono::seconds(120));
+  INFO(read_file(dir / "log"));
+  CHECK(code == 0);
+  const auto lines = read_jsonl(dir / "out/metrics.jsonl");
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0]["status"] == "failed");
+  CHECK(contains(lines[0]["reason"].get<std::string>(),
+                 "aggregate=median holds every update, and 2 more would exceed fedavg.hold_budget_mb = 1 (1 held); "
+                 "raise the budget, sample fewer workers (fraction) or use aggregate=mean"));
+}

@@ -1,7 +1,8 @@
 // fedmedian: FedAvg's rounds with the coordinate-wise median of the workers' models instead of
 // the weighted mean, so one worker sending huge updates cannot drag the model (Yin et al. 2018).
 // For the demonstration, poison=NAME makes that worker add Gaussian noise to what it sends and
-// aggregate=mean keeps FedAvg's mean, to show what the median protects against.
+// rule=mean keeps FedAvg's mean, to show what the median protects against. (Fedra has the median
+// built in too, --fedavg.aggregate median; this plugin shows how such a variant is written.)
 #include <torch/torch.h>
 
 #include "core/plugin.h"
@@ -13,19 +14,19 @@ enum class Aggregate { kMedian, kMean };
 FEDRA_ENUM_NAMES(Aggregate, {Aggregate::kMedian, "median"}, {Aggregate::kMean, "mean"})
 
 struct FedMedianOptions : fedavg::FedAvgOptions {
-  FEDRA_ARG(Aggregate, aggregate) = Aggregate::kMedian;
+  FEDRA_ARG(Aggregate, rule) = Aggregate::kMedian;
   FEDRA_ARG(std::string, poison) = "";
   FEDRA_ARG(double, poison_scale) = 1000;
   template <class F> void visit(F&& f) {
     FedAvgOptions::visit(f);
-    f("aggregate", aggregate_, "median (coordinate-wise) or mean (FedAvg's)");
+    f("rule", rule_, "median (coordinate-wise) or mean (FedAvg's)");
     f("poison", poison_, "a worker that adds noise to its updates (robustness demo); empty: none");
     f("poison_scale", poison_scale_, "standard deviation of that noise");
   }
 };
 
 struct FedMedian : fedavg::FedAvgCoordinator {
-  FedMedian(const Job& job, const FedMedianOptions& o) : FedAvgCoordinator(job, o), mean_(o.aggregate() == Aggregate::kMean) {}
+  FedMedian(const Job& job, const FedMedianOptions& o) : FedAvgCoordinator(job, o), mean_(o.rule() == Aggregate::kMean) {}
   void accumulate(const WorkerInfo& w, fedavg::FitRes&& r) override {
     if (mean_) return FedAvgCoordinator::accumulate(w, std::move(r));
     results_.push_back(std::move(r.weights));  // the median needs them all: O(workers x model)

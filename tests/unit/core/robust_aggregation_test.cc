@@ -36,6 +36,12 @@ TEST_CASE("trimmed mean drops floor(beta n) values at each end of every coordina
   CHECK(values(trimmed_mean(u, 0.2)) == std::vector<float>{3, -3});   // drops 1 and 1000 (and -1000, -1)
   CHECK(values(trimmed_mean(u, 0.0)) == std::vector<float>{202, -202});  // nothing dropped: the mean
   CHECK(values(trimmed_mean(u, 0.1)) == std::vector<float>{202, -202});  // floor(0.5) = 0
+  // The greatest first (it is moved out of the way while the least is put in front), and k = 2.
+  std::vector<NamedTensors> down;
+  for (float v : {1000.f, 4.f, 3.f, 2.f, 1.f, -7.f, 5.f}) down.push_back(update({v, v}));
+  CHECK(values(trimmed_mean(down, 0.2)) == std::vector<float>{3, 3});   // drops -7, 1000 -> (1+2+3+4+5)/5
+  CHECK(values(trimmed_mean(down, 0.3)) == std::vector<float>{3, 3});   // drops -7, 1, 5, 1000 -> (2+3+4)/3
+  CHECK(values(coordinate_median(down)) == std::vector<float>{3, 3});
 }
 
 TEST_CASE("krum picks an update of the honest cluster; multi_krum averages the m most central") {
