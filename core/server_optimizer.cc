@@ -26,7 +26,8 @@ void ServerOptimizer::step(const NamedTensors& global, NamedTensors& aggregate) 
   FEDRA_ASSERT(global.size() == aggregate.size(), "server optimiser: {} global tensors, {} aggregated",
                global.size(), aggregate.size());
   torch::NoGradGuard no_grad;
-  const bool first = m_.empty();
+  const bool momentum = o_.server_opt() == ServerOpt::kMomentum;  // keeps a velocity (v_) only
+  const bool first = v_.empty();
   const double lr = o_.effective_lr();
   const double b1 = o_.server_beta1(), b2 = o_.server_beta2();
   size_t k = 0;  // index into m_ and v_: the floating-point tensors, in order
@@ -35,20 +36,21 @@ void ServerOptimizer::step(const NamedTensors& global, NamedTensors& aggregate) 
     at::Tensor& a = aggregate[i].second;
     if (!at::isFloatingType(x.scalar_type())) continue;  // integer buffers: the aggregate as it is
     if (first) {
-      m_.emplace_back(global[i].first, at::zeros_like(x));
+      if (!momentum) m_.emplace_back(global[i].first, at::zeros_like(x));
       v_.emplace_back(global[i].first, at::zeros_like(x));
     }
-    FEDRA_REQUIRE(k < m_.size() && m_[k].first == global[i].first && m_[k].second.sizes() == x.sizes(),
+    FEDRA_REQUIRE(k < v_.size() && v_[k].first == global[i].first && v_[k].second.sizes() == x.sizes() &&
+                      (momentum || k < m_.size()),
                   "the server optimiser's state does not fit the model at '{}'", global[i].first);
-    at::Tensor& m = m_[k].second;
     at::Tensor& v = v_[k].second;
-    ++k;
     a.sub_(x);  // a holds Delta = aggregate - global from here on
-    if (o_.server_opt() == ServerOpt::kMomentum) {
+    if (momentum) {
+      ++k;
       v.mul_(o_.server_momentum()).sub_(a);  // v <- mu v + d, with d = -Delta
       a.copy_(x).sub_(v, lr);
       continue;
     }
+    at::Tensor& m = m_[k++].second;
     m.mul_(b1).add_(a, 1 - b1);
     const at::Tensor sq = a * a;
     switch (o_.server_opt()) {
@@ -76,8 +78,8 @@ void ServerOptimizer::load_state(const NamedTensors& state) {
     else if (name.rfind("server_opt/v/", 0) == 0) v_.emplace_back(name.substr(13), t.clone());
     else FEDRA_FAIL("'{}' is not server optimiser state (server_opt/m/NAME or server_opt/v/NAME)", name);
   }
-  FEDRA_REQUIRE(m_.size() == v_.size(), "server optimiser state: {} first moments but {} second", m_.size(),
-                v_.size());
+  FEDRA_REQUIRE(m_.empty() || m_.size() == v_.size(), "server optimiser state: {} first moments but {} second",
+                m_.size(), v_.size());
 }
 
 }  // namespace fedra

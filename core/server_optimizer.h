@@ -57,7 +57,8 @@ class ServerOptimizer {
   // names and shapes; checked by the caller).
   void step(const NamedTensors& global, NamedTensors& aggregate);
 
-  // The optimiser's state under "server_opt/m/NAME" and "server_opt/v/NAME" (for checkpoints);
+  // The optimiser's state under "server_opt/m/NAME" (not for momentum) and "server_opt/v/NAME"
+  // (momentum's velocity, the adaptive ones' second moment), for checkpoints;
   // load_state() takes it back (an empty state: start from zero).
   NamedTensors state() const;
   void load_state(const NamedTensors& state);
@@ -65,7 +66,7 @@ class ServerOptimizer {
 
  private:
   ServerOptOptions o_;
-  NamedTensors m_, v_;  // by parameter, in the model's order (empty until the first step)
+  NamedTensors m_, v_;  // by floating tensor, in the model's order (empty until the first step; m_ stays empty for momentum)
 };
 
 }  // namespace fedra

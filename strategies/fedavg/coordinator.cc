@@ -107,13 +107,17 @@ void FedAvgCoordinator::accumulate(const WorkerInfo& worker, FitRes&& result) {
   }
 }
 
+void FedAvgCoordinator::drop_held() {
+  held_.clear();
+  held_bytes_ = 0;
+  over_budget_ = 0;
+}
+
 NamedTensors FedAvgCoordinator::aggregate(uint32_t round) {
   if (!options_.robust().holds_updates()) return average_.take_average();
   std::vector<NamedTensors> held = std::move(held_);
   const size_t refused = over_budget_;
-  held_.clear();
-  held_bytes_ = 0;
-  over_budget_ = 0;
+  drop_held();
   FEDRA_REQUIRE(refused == 0,
                 "round {}: aggregate={} holds every update, and {} more would exceed fedavg.hold_budget_mb = {} "
                 "({} held); raise the budget, sample fewer workers (fraction) or use aggregate=mean",
@@ -136,9 +140,7 @@ Metrics FedAvgCoordinator::aggregate_fit(uint32_t round, const std::vector<Failu
   examples_ = 0;
   if (static_cast<int64_t>(got) < options_.min_results()) {
     if (average_.count() > 0) average_.take_average();  // discard the partial sum
-    held_.clear();
-    held_bytes_ = 0;
-    over_budget_ = 0;
+    drop_held();
     FEDRA_FAIL("round {}: {} result(s) accepted, min_results is {}{}", round, got, options_.min_results(),
                failures.empty() ? std::string() : "; failures: " + describe_failures(failures));
   }

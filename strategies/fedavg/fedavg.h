@@ -179,6 +179,8 @@ class FedAvgCoordinator : public RoundStrategy {
   void restore(NamedTensors state) override;
 
  private:
+  void drop_held();  // forgets the round's held updates and the budget count
+
   Job job_;
   FedAvgOptions options_;
   torch::nn::Sequential model_{nullptr};
