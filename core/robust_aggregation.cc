@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include <ATen/Parallel.h>
@@ -43,10 +44,55 @@ NamedTensors per_tensor(const std::vector<NamedTensors>& updates, Rule rule) {
   return out;
 }
 
+constexpr int64_t kBlock = 1024;     // coordinates per block: the working set stays in L1
+constexpr int64_t kMaxFewTrim = 4;   // trimmed means dropping up to this many at each end
+
+// A trimmed mean dropping k values at each end, for coordinates [begin, end) (at most kBlock):
+// the sum of all n values minus the k least and the k greatest. Those are kept per coordinate in
+// two sorted lists updated by branch-free min/max exchanges, and the loops run over a block of
+// coordinates with each update read as one sequential stream, so the compiler vectorises them
+// and the kernel runs at memory speed: no sort, no copy of the n values.
+void trimmed_block(const std::vector<const float*>& src, int64_t k, int64_t begin, int64_t end, float* dst) {
+  const int64_t len = end - begin;
+  const auto n = static_cast<int64_t>(src.size());
+  alignas(64) double sum[kBlock];
+  alignas(64) float least[kMaxFewTrim][kBlock];
+  alignas(64) float most[kMaxFewTrim][kBlock];
+  for (int64_t c = 0; c < len; ++c) sum[c] = 0;
+  for (int64_t t = 0; t < k; ++t) {
+    for (int64_t c = 0; c < len; ++c) {
+      least[t][c] = std::numeric_limits<float>::infinity();
+      most[t][c] = -std::numeric_limits<float>::infinity();
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const float* x = src[static_cast<size_t>(j)] + begin;
+    for (int64_t c = 0; c < len; ++c) sum[c] += x[c];
+    for (int64_t c = 0; c < len; ++c) {
+      float lo = x[c], hi = x[c];
+      for (int64_t t = 0; t < k; ++t) {
+        const float a = std::min(least[t][c], lo);
+        lo = std::max(least[t][c], lo);
+        least[t][c] = a;
+        const float b = std::max(most[t][c], hi);
+        hi = std::min(most[t][c], hi);
+        most[t][c] = b;
+      }
+    }
+  }
+  const double keep = static_cast<double>(n - 2 * k);
+  for (int64_t c = 0; c < len; ++c) {
+    double s = sum[c];
+    for (int64_t t = 0; t < k; ++t) s -= static_cast<double>(least[t][c]) + static_cast<double>(most[t][c]);
+    dst[begin + c] = static_cast<float>(s / keep);
+  }
+}
+
 // The mean of sorted values [lo, hi) of every coordinate across the updates, for tensor i. For
 // float32 it works coordinate by coordinate on the updates' own memory (an insertion sort of the
 // n values, no stacked copy: the n inputs are read as n sequential streams), in parallel over
-// blocks of coordinates; other dtypes go through a stacked torch sort.
+// blocks of coordinates; other dtypes go through a stacked torch sort. A trimmed mean that drops
+// few values goes through trimmed_block.
 NamedTensors sorted_window_mean(const std::vector<NamedTensors>& updates, int64_t lo, int64_t hi) {
   const auto n = static_cast<int64_t>(updates.size());
   return per_tensor(updates, [&](size_t i) {
@@ -63,33 +109,21 @@ NamedTensors sorted_window_mean(const std::vector<NamedTensors>& updates, int64_
     }
     at::Tensor result = at::empty(first.sizes(), first.options());
     float* dst = result.data_ptr<float>();
-    // A symmetric window that drops few values at each end (a trimmed mean): k passes each
-    // moving the least and the greatest remaining value out of the window, O(k n). Otherwise (the
-    // median): an insertion sort, n being the number of workers.
-    const bool few = lo == n - hi && lo <= 3;
-    at::parallel_for(0, first.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+    const bool trimmed = lo == n - hi && lo <= kMaxFewTrim;
+    at::parallel_for(0, first.numel(), kBlock, [&](int64_t begin, int64_t end) {
+      if (trimmed) {
+        for (int64_t b = begin; b < end; b += kBlock) trimmed_block(src, lo, b, std::min(end, b + kBlock), dst);
+        return;
+      }
+      // Otherwise (the median): an insertion sort of the n values per coordinate, n the workers.
       std::vector<float> buffer(static_cast<size_t>(n));
       float* v = buffer.data();
       for (int64_t c = begin; c < end; ++c) {
-        if (few) {
-          for (int64_t j = 0; j < n; ++j) v[j] = src[static_cast<size_t>(j)][c];
-          for (int64_t t = 0; t < lo; ++t) {
-            int64_t least = t, most = t;
-            for (int64_t j = t + 1; j < n - t; ++j) {
-              least = v[j] < v[least] ? j : least;
-              most = v[j] > v[most] ? j : most;
-            }
-            std::swap(v[t], v[least]);
-            if (most == t) most = least;  // the greatest was just moved to where the least was
-            std::swap(v[n - 1 - t], v[most]);
-          }
-        } else {
-          for (int64_t j = 0; j < n; ++j) {
-            const float x = src[static_cast<size_t>(j)][c];
-            int64_t p = j;
-            for (; p > 0 && v[p - 1] > x; --p) v[p] = v[p - 1];
-            v[p] = x;
-          }
+        for (int64_t j = 0; j < n; ++j) {
+          const float x = src[static_cast<size_t>(j)][c];
+          int64_t p = j;
+          for (; p > 0 && v[p - 1] > x; --p) v[p] = v[p - 1];
+          v[p] = x;
         }
         double sum = 0;
         for (int64_t j = lo; j < hi; ++j) sum += v[j];

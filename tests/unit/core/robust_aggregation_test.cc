@@ -44,6 +44,29 @@ TEST_CASE("trimmed mean drops floor(beta n) values at each end of every coordina
   CHECK(values(coordinate_median(down)) == std::vector<float>{3, 3});
 }
 
+TEST_CASE("trimmed mean equals sort-and-average on random data with ties, across block boundaries") {
+  // 3001 coordinates cross several 1024-coordinate blocks and end inside one; small integers make
+  // ties frequent. The reference sorts the stacked values in double.
+  torch::manual_seed(7);
+  for (int64_t n : {3, 7, 10, 11}) {
+    std::vector<NamedTensors> u;
+    for (int64_t j = 0; j < n; ++j) {
+      u.push_back({{"w", torch::randint(-4, 5, {3001}, torch::TensorOptions().dtype(at::kFloat)) * 0.5}});
+    }
+    std::vector<at::Tensor> cols;
+    for (const auto& x : u) cols.push_back(x[0].second.to(at::kDouble));
+    const at::Tensor sorted = std::get<0>(torch::stack(cols).sort(0));
+    for (double beta : {0.0, 0.1, 0.2, 0.3, 0.4}) {
+      const auto k = static_cast<int64_t>(beta * static_cast<double>(n));
+      if (n - 2 * k < 1) continue;
+      CAPTURE(n);
+      CAPTURE(beta);
+      const at::Tensor expected = sorted.narrow(0, k, n - 2 * k).mean(0).to(at::kFloat);
+      CHECK(torch::allclose(trimmed_mean(u, beta)[0].second, expected, 1e-6, 1e-6));
+    }
+  }
+}
+
 TEST_CASE("krum picks an update of the honest cluster; multi_krum averages the m most central") {
   std::vector<NamedTensors> u = {update({1.0f, 1.0f}), update({1.1f, 0.9f}), update({0.9f, 1.1f}),
                                  update({1.05f, 1.0f}), update({-50, 40}), update({60, -70})};
