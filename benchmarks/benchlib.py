@@ -3,6 +3,7 @@ peer script (PyTorch side) that prints its result as the last line of JSON."""
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,12 +30,15 @@ def run_peer(script, args, what):
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def experiment(default_rounds, prefix):
-    """Arguments of a script that reruns the default experiment: --rounds, --out, --quick.
-    Returns (args, rounds: 3 with --quick, the output directory)."""
+def experiment(default_rounds, prefix, **extra):
+    """Arguments of a script that reruns the default experiment: --rounds, --out, --quick, and
+    --NAME for each extra NAME=(default, help). Returns (args, rounds: 3 with --quick, the output
+    directory)."""
     ap = arguments()
     ap.add_argument("--rounds", type=int, default=default_rounds)
     ap.add_argument("--out", help="keep the runs here")
+    for name, (default, text) in extra.items():
+        ap.add_argument("--" + name, type=type(default), default=default, help=text)
     a = ap.parse_args()
     out = a.out or tempfile.mkdtemp(prefix=prefix)
     os.makedirs(out, exist_ok=True)
@@ -48,6 +52,7 @@ def simulate_default(binary, out, rounds, quick, extra):
            "--fedavg.rounds", str(rounds), "--log-level", "warn", "--out", out] + list(extra)
     if quick:
         cmd += ["--dataset", "fmnist:limit=12000"]
+    shutil.rmtree(out, ignore_errors=True)  # a rerun replaces it (fedra refuses to overwrite a checkpoint)
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0

@@ -13,9 +13,12 @@ round, changing only what the method changes:
   fedadam      --fedavg.server_opt adam     (server lr 0.01, beta1 0.9, beta2 0.99, tau 1e-3)
   fedyogi      --fedavg.server_opt yogi     (the same settings)
   fedprox      --fedavg.proximal_mu 0.1     (Li et al. 2020)
+  fedavg-sgd   plain local SGD: --fedavg.momentum 0 --fedavg.lr 0.05 (SCAFFOLD's baseline)
+  scaffold     the same with --fedavg.scaffold true (Karimireddy et al. 2020; option II needs plain SGD)
 Prints, per method: the final and best test accuracy (central test set, 10,000 images), bytes on
 the wire over the run (up + down) and wall time. --quick runs 3 rounds on 12,000 images (a smoke
-run). --out keeps each run's files and writes results.csv.
+run). --out keeps each run's files and writes results.csv. --methods a,b runs only those (fedavg,
+the baseline, always runs first).
 """
 import csv
 import os
@@ -29,16 +32,22 @@ METHODS = [
     ("fedadam", ["--fedavg.server_opt", "adam"]),
     ("fedyogi", ["--fedavg.server_opt", "yogi"]),
     ("fedprox", ["--fedavg.proximal_mu", "0.1"]),
+    ("fedavg-sgd", ["--fedavg.momentum", "0", "--fedavg.lr", "0.05"]),
+    ("scaffold", ["--fedavg.momentum", "0", "--fedavg.lr", "0.05", "--fedavg.scaffold", "true"]),
 ]
 
 
 def main():
-    a, rounds, out = experiment(20, "fedavg-family-")
+    a, rounds, out = experiment(20, "fedavg-family-", methods=(
+        "", "comma-separated methods to run besides fedavg; default: all"))
+    chosen = {"fedavg"} | set(filter(None, a.methods.split(",")))
     rows = []
     print(f"Fashion-MNIST, shards:k=2 over 10 workers, {rounds} rounds of 1 local epoch")
     print("| method | final acc | best acc | MB on the wire | wall s |")
     print("|---|---|---|---|---|")
     for name, extra in METHODS:
+        if a.methods and name not in chosen:
+            continue
         s, _, wall = simulate_default(a.fedra, os.path.join(out, name), rounds, a.quick,
                                       ["--partition", "shards:k=2", "--fedavg.local_epochs", "1"] + extra)
         r = {"final_accuracy": s["final"]["test_accuracy"], "best_accuracy": s["best_test_accuracy"],

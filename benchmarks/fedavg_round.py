@@ -7,7 +7,10 @@ Fedra and a Python baseline measured side by side in one run.
 Fedra: `fedra simulate --config benchmarks/fedavg-round.cfg` (coordinator + 2 worker processes
 over loopback TCP); a round is `fit_s` in metrics.jsonl, from configuring the round to having
 averaged the results. Baseline: benchmarks/peer/fedavg_round_numpy.py, the same span. The first
-two rounds of each are warm-up and left out; figures are medians.
+two rounds of each are warm-up and left out; figures are medians. A third Fedra run with
+--fedavg.server_opt adam measures what FedAdam's server step adds: the difference of the
+medians of `average_s` (aggregate plus server step) against the plain run, as a share of the plain
+round.
 """
 import argparse
 import json
@@ -40,6 +43,7 @@ def main():
     args = ap.parse_args()
 
     rows = fedra_rounds(args.fedra, args.rounds, [])
+    adam_rows = fedra_rounds(args.fedra, args.rounds, ["--fedavg.server_opt", "adam"])
     overhead_rows = fedra_rounds(args.fedra, args.rounds, ["--fedavg.local_steps", "0"])
     fedra = [r["fit_s"] for r in rows][2:]
     overhead = statistics.median(r["fit_s"] for r in overhead_rows[2:])
@@ -66,6 +70,12 @@ def main():
           f"(local_steps=0: the framework alone)")
     print(f"  python baseline round (median of {len(baseline)})    {b * 1e3:8.1f} ms   "
           f"(np.save serialisation as Flower does, raw TCP instead of gRPC)")
+    adam = statistics.median(r["fit_s"] for r in adam_rows[2:])
+    step = statistics.median(r["average_s"] for r in adam_rows[2:]) - parts["average_s"]
+    print(f"  fedra round with FedAdam's server step      {adam * 1e3:8.1f} ms   "
+          f"(server_opt=adam; the step itself {step * 1e3:.1f} ms: {step / f * 100:+.1f}% of a round, "
+          f"target < 10%: {'met' if step / f < 0.10 else 'NOT met'}; whole-round medians differ by "
+          f"{(adam - f) / f * 100:+.1f}%)")
     print(f"ratio baseline/fedra: {b / f:.1f}x faster;  target <= {TARGET_S * 1e3:.0f} ms: "
           f"{'met' if f <= TARGET_S else 'NOT met'};  vs the ~{FLOWER_REPORTED_S:.0f} s reported for "
           f"a popular Python framework: {FLOWER_REPORTED_S / f:.1f}x")

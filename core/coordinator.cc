@@ -11,6 +11,7 @@
 
 #include "core/model.h"
 #include "core/process.h"
+#include "core/stop.h"
 #include "transport/codec.h"
 
 namespace fedra {
@@ -20,6 +21,7 @@ namespace {
 std::string format_metric(const MetricValue& v) {
   if (const auto* d = std::get_if<double>(&v)) return fmt::format("{:.4f}", *d);
   if (const auto* i = std::get_if<int64_t>(&v)) return std::to_string(*i);
+  if (const auto* list = std::get_if<std::vector<double>>(&v)) return fmt::format("[{:.3f}]", fmt::join(*list, " "));
   return std::get<std::string>(v);
 }
 
@@ -47,8 +49,42 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
                    config_.test_data);
     }
   }
+  if (!config_.resume && !config_.out_dir.empty()) {
+    // A forgotten --resume must not cost the checkpoint: a fresh run would overwrite it.
+    const std::string state_path = config_.out_dir + "/checkpoint/state.json";
+    FEDRA_REQUIRE(!std::filesystem::exists(state_path),
+                  "{} holds the checkpoint of an earlier run ({}); continue it with --resume {}, or give another "
+                  "--out (delete {}/checkpoint to start over there)",
+                  config_.out_dir, state_path, config_.out_dir, config_.out_dir);
+  }
   if (config_.resume) {
     FEDRA_REQUIRE(!config_.out_dir.empty(), "--resume needs the run's directory");
+    {
+      // A run that completed has nothing to resume; waiting for workers and then writing a failed
+      // summary over the completed one would only lose its record.
+      std::ifstream done(config_.out_dir + "/summary.json");
+      nlohmann::json summary;
+      if (done.good()) {
+        try {
+          summary = nlohmann::json::parse(done);
+        } catch (const nlohmann::json::exception&) {
+        }
+      }
+      bool same_options = summary.is_object() && summary.contains("config") && summary["config"].is_object();
+      if (same_options) {
+        for (const auto& [key, value] : all_options()) {
+          if (key != "out" && key != "resume" && key != "log-level" &&
+              summary["config"].value(key, std::string("(unset)")) != value) {
+            same_options = false;
+          }
+        }
+      }
+      FEDRA_REQUIRE(!(same_options && summary.value("status", std::string()) == "completed"),
+                    "the run in {} completed with these options (its summary.json says so): there is nothing to "
+                    "resume; to train further raise its rounds (e.g. --fedavg.rounds), or start a new run with "
+                    "another --out",
+                    config_.out_dir);
+    }
     FEDRA_REQUIRE(strategy_->resumable(),
                   "strategy '{}' keeps no checkpoints, so it cannot resume (fedavg does; see docs/running.md)",
                   job.strategy);
@@ -80,6 +116,10 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
       spdlog::warn("resuming with options that differ from the checkpointed run: {}", fmt::join(changed, ", "));
     }
     resume_round_ = state.value("round", 0u);
+    // Totals carry on from the checkpoint (metrics.jsonl and summary.json report the whole job).
+    up_offset_ = state.value("bytes_up", uint64_t{0});
+    down_offset_ = state.value("bytes_down", uint64_t{0});
+    elapsed_offset_ = state.value("elapsed_s", 0.0);
     resume_state_ = load_model_file(config_.out_dir + "/checkpoint/" + state.value("state_file", std::string()));
     spdlog::info("resuming {} from its checkpoint after round {}", config_.out_dir, resume_round_);
   }
@@ -105,7 +145,10 @@ std::string Coordinator::local_address() const { return cohort_->local_address()
 
 int Coordinator::run() {
   const auto t0 = Clock::now();
-  auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  // Since the job began: a resumed run adds what its checkpoint recorded.
+  auto elapsed = [&] { return elapsed_offset_ + std::chrono::duration<double>(Clock::now() - t0).count(); };
+  auto bytes_up = [&] { return up_offset_ + cohort_->bytes_up(); };
+  auto bytes_down = [&] { return down_offset_ + cohort_->bytes_down(); };
   RunSummary summary;
   summary.strategy = config_.cohort.job.strategy;
   summary.config = all_options();
@@ -124,7 +167,8 @@ int Coordinator::run() {
     // The state goes to a file of its round first, then state.json names it (both written
     // atomically: temporary file, fsync, rename), then older state files go. A crash at any
     // point leaves a state.json that names a complete file.
-    ctx.checkpoint = [this, last = resume_round_](uint32_t round, const NamedTensors& state) mutable {
+    ctx.checkpoint = [this, last = resume_round_, elapsed, bytes_up, bytes_down](uint32_t round,
+                                                                               const NamedTensors& state) mutable {
       const std::string dir = config_.out_dir + "/checkpoint";
       const std::string file = fmt::format("round-{}.bin", round);
       std::error_code ec;
@@ -139,6 +183,9 @@ int Coordinator::run() {
         j["model"] = config_.cohort.job.model;
         j["seed"] = std::to_string(config_.cohort.job.seed);
         j["config"] = all_options();
+        j["bytes_up"] = bytes_up();
+        j["bytes_down"] = bytes_down();
+        j["elapsed_s"] = elapsed();
         write_file_atomically(dir + "/state.json", j.dump(2) + "\n");
       } catch (const Error& e) {
         // A full disk or an unwritable directory: say what is still safe and how to go on.
@@ -160,8 +207,8 @@ int Coordinator::run() {
     full.emplace_back("strategy", ctx.job.strategy);
     full.emplace_back("round", static_cast<int64_t>(round));
     full.insert(full.end(), line.begin(), line.end());
-    full.emplace_back("bytes_up", static_cast<int64_t>(cohort_->bytes_up()));
-    full.emplace_back("bytes_down", static_cast<int64_t>(cohort_->bytes_down()));
+    full.emplace_back("bytes_up", static_cast<int64_t>(bytes_up()));
+    full.emplace_back("bytes_down", static_cast<int64_t>(bytes_down()));
     for (const auto& b : cohort_->bytes_by_worker()) {
       full.emplace_back("bytes_up." + b.name, static_cast<int64_t>(b.up));
       full.emplace_back("bytes_down." + b.name, static_cast<int64_t>(b.down));
@@ -177,8 +224,7 @@ int Coordinator::run() {
     const MetricValue* failed = find_metric(full, "workers_failed");
     spdlog::info("round {}/{}{}  workers {} ok/{} failed  up {}  down {}  {:.1f} s", round, total,
                  scores, ok ? format_metric(*ok) : "?", failed ? format_metric(*failed) : "?",
-                 transport::format_bytes(cohort_->bytes_up()),
-                 transport::format_bytes(cohort_->bytes_down()), elapsed());
+                 transport::format_bytes(bytes_up()), transport::format_bytes(bytes_down()), elapsed());
   };
 
   int code = 0;
@@ -196,16 +242,19 @@ int Coordinator::run() {
     strategy_->run(*cohort_, ctx);
     summary.status = "completed";
   } catch (const std::exception& e) {
-    summary.status = cohort_->stop_requested() ? "interrupted" : "failed";
-    summary.error = e.what();
-    code = cohort_->stop_requested() ? 130 : 1;
-    spdlog::error("job {}: {}", summary.status, e.what());
+    // A stop that says why (StopSignal::fail, e.g. simulate's workers all gone) is a failure.
+    const std::string failure = config_.cohort.stop ? config_.cohort.stop->failure() : std::string();
+    const bool interrupted = cohort_->stop_requested() && failure.empty();
+    summary.status = interrupted ? "interrupted" : "failed";
+    summary.error = failure.empty() ? e.what() : failure;
+    code = interrupted ? 130 : 1;
+    spdlog::error("job {}: {}", summary.status, summary.error);
   }
   cohort_->shutdown(summary.status == "completed" ? "job completed" : "job " + summary.status + ": " + summary.error,
                     std::chrono::seconds(5));
   summary.elapsed_s = elapsed();
-  summary.bytes_up = cohort_->bytes_up();
-  summary.bytes_down = cohort_->bytes_down();
+  summary.bytes_up = bytes_up();
+  summary.bytes_down = bytes_down();
   summary.peak_receive_bytes = cohort_->peak_receive_bytes();
   summary.peak_rss_bytes = peak_rss_bytes();
   try {

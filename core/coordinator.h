@@ -52,6 +52,8 @@ class Coordinator {
   // with each checkpoint and compared on --resume.
   std::map<std::string, std::string> all_options() const;
   uint32_t resume_round_ = 0;
+  uint64_t up_offset_ = 0, down_offset_ = 0;  // a resumed run's totals before it (from the checkpoint)
+  double elapsed_offset_ = 0;
   NamedTensors resume_state_;
   std::unique_ptr<Cohort> cohort_;
 };

@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -280,6 +281,20 @@ Dataset subset(const Dataset& data, const std::vector<int64_t>& indices) {
   d.inputs = data.inputs.index_select(0, idx);
   d.targets = data.targets.index_select(0, idx);
   return d;
+}
+
+std::pair<Dataset, Dataset> holdout_split(const Dataset& data, double fraction, uint64_t seed) {
+  FEDRA_REQUIRE(fraction >= 0 && fraction < 1, "--holdout must be in [0, 1), got {}", fraction);
+  const int64_t n = data.size();
+  const auto held = static_cast<int64_t>(std::llround(fraction * static_cast<double>(n)));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const at::Tensor perm = at::randperm(n, gen, at::kLong);
+  std::vector<char> out(static_cast<size_t>(n), 0);
+  const int64_t* p = perm.data_ptr<int64_t>();
+  for (int64_t i = 0; i < held; ++i) out[static_cast<size_t>(p[i])] = 1;
+  std::vector<int64_t> train_idx, held_idx;
+  for (int64_t i = 0; i < n; ++i) (out[static_cast<size_t>(i)] ? held_idx : train_idx).push_back(i);
+  return {subset(data, train_idx), subset(data, held_idx)};
 }
 
 std::vector<int64_t> label_histogram(const Dataset& data) {

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -56,6 +57,9 @@ DatasetSplits load_dataset(const std::string& spec, Splits which = Splits::kBoth
 void seed_like_synthetic(const std::string& spec);
 
 Dataset subset(const Dataset& data, const std::vector<int64_t>& indices);
+// Splits `data` into (train, held out): a seeded random round(fraction * size) examples are held
+// out (for federated evaluation, --holdout), the rest kept in their order. fraction in [0, 1).
+std::pair<Dataset, Dataset> holdout_split(const Dataset& data, double fraction, uint64_t seed);
 std::vector<int64_t> label_histogram(const Dataset& data);
 
 }  // namespace fedra

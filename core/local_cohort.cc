@@ -46,7 +46,7 @@ struct LocalCohort::Impl {
     WorkerInfo info;
     std::unique_ptr<WorkerStrategy> strategy;
     WorkerContext ctx;
-    std::shared_ptr<const Dataset> data;
+    std::shared_ptr<const Dataset> data, eval_data;
     std::deque<Item> inbox;
     std::condition_variable cv;
     uint64_t pending = 0;  // the coordinator's pending request to it (0: none)
@@ -178,6 +178,8 @@ LocalCohort::LocalCohort(const Job& job, const StrategyRegistry& registry, std::
     m->ctx.name = w.name;
     m->ctx.worker_id = id;
     m->ctx.data = m->data.get();
+    m->eval_data = std::move(w.eval_data);
+    m->ctx.eval_data = m->eval_data.get();
     m->strategy = info.make_worker(job);
     impl_->members.emplace(id++, std::move(m));
   }

@@ -24,6 +24,7 @@ namespace fedra {
 struct LocalWorker {
   std::string name;
   std::shared_ptr<const Dataset> data;  // its private training data (may be null)
+  std::shared_ptr<const Dataset> eval_data = nullptr;  // held out for federated evaluation (may be null)
 };
 
 class LocalCohort : public Cohort {

@@ -122,6 +122,14 @@ void RunRecorder::write_summary(const RunSummary& s) {
     j["best_test_accuracy"] = best;
     j["best_round"] = best_round;
   }
+  // The privacy spent (fedavg.dp): every round's line carries the running total, failed ones too.
+  if (!rounds_.empty()) {
+    const nlohmann::ordered_json last = to_json(rounds_.back());
+    if (last.contains("dp_epsilon")) {
+      j["dp_epsilon"] = last["dp_epsilon"];
+      j["dp_delta"] = last["dp_delta"];
+    }
+  }
   j["elapsed_s"] = s.elapsed_s;
   j["bytes_up"] = s.bytes_up;
   j["bytes_down"] = s.bytes_down;

@@ -47,7 +47,9 @@ struct RobustOptions {
     f("krum_f", krum_f_, "krum, multi_krum: Byzantine workers tolerated (needs workers >= 2f + 3)");
     f("krum_m", krum_m_, "multi_krum: updates averaged; 0 = workers - f");
     f("clip_norm", clip_norm_, "scale each update (w - global) down to this L2 norm; 0 = no clipping");
-    f("hold_budget_mb", hold_budget_mb_, "the most the held updates may take (MB); a round beyond it fails, saying so");
+    f("hold_budget_mb", hold_budget_mb_,
+      "the most the held updates may take (MB); a round whose sampled updates would need more is refused "
+      "before any worker is asked");
   }
   void validate(const std::string& scope) const;
   bool holds_updates() const { return aggregate_ != Aggregator::kMean; }

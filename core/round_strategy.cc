@@ -33,6 +33,8 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
     restore(std::move(ctx.resume_state));
     spdlog::info("resuming after round {} of {}", ctx.resume_round, total);
   }
+  std::string last_failure;  // why the last round run failed, if it did
+  int64_t updated = 0;        // rounds run that updated the model
   for (uint32_t round = ctx.resume_round + 1; round <= total; ++round) {
     if (ctx.stop_requested()) FEDRA_FAIL("interrupted before round {}", round);
     const auto needed = static_cast<size_t>(cfg.min_workers);
@@ -80,6 +82,7 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
       reason = e.what();
       spdlog::error("round {} failed: {}", round, reason);
     }
+    for (auto& m : standing_metrics(round)) line.push_back(std::move(m));
     const double fit_s = seconds_since(t0);
 
     const bool eval_due = cfg.eval_every > 0 &&
@@ -91,6 +94,14 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
       eval_s = seconds_since(e0);
       line.insert(line.end(), ev.begin(), ev.end());
     }
+    {
+      const auto e0 = Clock::now();
+      Metrics fed = evaluate_federated(round, total, cohort, ctx);
+      if (!fed.empty()) {
+        line.insert(line.end(), fed.begin(), fed.end());
+        line.emplace_back("fed_eval_s", seconds_since(e0));
+      }
+    }
     line.emplace_back("status", status);
     if (!reason.empty()) line.emplace_back("reason", reason);
     line.emplace_back("workers_asked", static_cast<int64_t>(asked));
@@ -100,7 +111,15 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
     line.emplace_back("eval_s", eval_s);
     ctx.report_round(round, total, std::move(line));
     if (resumable() && ctx.checkpoint) ctx.checkpoint(round, checkpoint_state());
+    last_failure = reason;
+    if (status == "ok") ++updated;
   }
+  // A job whose last round failed did not deliver what was asked (its model is older than the
+  // job's rounds say): it ends failed, so that a script or scheduler can tell. Earlier failed
+  // rounds that later ones made up for are only in the metrics.
+  FEDRA_REQUIRE(last_failure.empty(), "the last round ({}) failed, so the model is that of an earlier round "
+                "({} of {} rounds run updated it): {}",
+                total, updated, total - ctx.resume_round, last_failure);
 }
 
 }  // namespace fedra

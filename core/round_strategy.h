@@ -11,6 +11,8 @@
 //                   with the failures as explicit input; throwing fails the round (the model
 //                   stays as it was and the reason is recorded)
 //   evaluate        optional server-side evaluation of the current model
+//   evaluate_federated  optional evaluation by the workers (on data they hold out), after the
+//                   round's fit and evaluate; the strategy decides when it is due
 // Each round ends with one metrics line (ctx.report_round) and, for a resumable() subclass, a
 // checkpoint (ctx.checkpoint); with ctx.resume_round > 0 the loop restores the saved state and
 // continues with the next round. If fewer than min_workers are
@@ -48,6 +50,18 @@ class RoundStrategy : public CoordinatorStrategy {
   virtual Metrics aggregate_fit(uint32_t round, const std::vector<Failure>& failures) = 0;
   virtual Metrics evaluate(uint32_t round, RunContext& ctx) {
     (void)round;
+    (void)ctx;
+    return {};
+  }
+  // Figures for every round's line whether its fit succeeded or failed (e.g. the privacy spent).
+  virtual Metrics standing_metrics(uint32_t round) {
+    (void)round;
+    return {};
+  }
+  virtual Metrics evaluate_federated(uint32_t round, uint32_t total, Cohort& cohort, RunContext& ctx) {
+    (void)round;
+    (void)total;
+    (void)cohort;
     (void)ctx;
     return {};
   }

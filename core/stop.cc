@@ -35,6 +35,19 @@ void StopSignal::request(int signo) noexcept {
   [[maybe_unused]] const ssize_t n = ::write(fd_, &one, sizeof(one));
 }
 
+void StopSignal::fail(const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (failure_.empty()) failure_ = reason;
+  }
+  request();
+}
+
+std::string StopSignal::failure() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failure_;
+}
+
 void install_stop_handlers(std::shared_ptr<StopSignal> stop) {
   g_stop_raw.store(stop.get());
   g_stop = std::move(stop);

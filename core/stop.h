@@ -9,6 +9,8 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
+#include <string>
 
 namespace fedra {
 
@@ -20,6 +22,10 @@ class StopSignal {
   StopSignal& operator=(const StopSignal&) = delete;
 
   void request(int signo = 0) noexcept;
+  // A stop because something went wrong (not from a signal handler): the job ends "failed" with
+  // `reason`, not "interrupted". The first reason given is kept.
+  void fail(const std::string& reason);
+  std::string failure() const;
   bool requested() const noexcept { return requested_.load(); }
   int signal_number() const noexcept { return signo_.load(); }
   // Readable (eventfd counter > 0) once requested; for event loops to wait on.
@@ -29,6 +35,8 @@ class StopSignal {
   std::atomic<bool> requested_{false};
   std::atomic<int> signo_{0};
   int fd_ = -1;
+  mutable std::mutex mu_;
+  std::string failure_;  // guarded by mu_
 };
 
 // Makes SIGINT and SIGTERM request `stop` (the last one installed wins; it is kept alive).

@@ -43,7 +43,9 @@ struct Job {
   OptionMap options;    // the strategy's options, defaults resolved
 };
 
-using MetricValue = std::variant<double, int64_t, std::string>;
+// A list (std::vector<double>) is written as a JSON array, e.g. federated evaluation's per-class
+// accuracy.
+using MetricValue = std::variant<double, int64_t, std::string, std::vector<double>>;
 using Metrics = std::vector<std::pair<std::string, MetricValue>>;
 
 struct RunContext {
@@ -87,6 +89,9 @@ struct WorkerContext {
   std::string name;
   uint64_t worker_id = 0;
   const Dataset* data = nullptr;  // this worker's private training data
+  // The part of its data the worker holds out of training for federated evaluation (--holdout);
+  // null or empty when it holds none.
+  const Dataset* eval_data = nullptr;
   int threads = 1;
 };
 

@@ -57,9 +57,8 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(torch::nn::Sequential& m
       model->parameters(), torch::optim::SGDOptions(c.lr).momentum(c.momentum).weight_decay(c.weight_decay));
 }
 
-int64_t correct(const at::Tensor& logits, const at::Tensor& targets, const std::string& loss) {
-  at::Tensor pred = loss == "bce" ? (logits.reshape({-1}) > 0).to(at::kLong) : logits.argmax(1);
-  return pred.eq(targets).sum().item<int64_t>();
+at::Tensor predict(const at::Tensor& logits, const std::string& loss) {
+  return loss == "bce" ? (logits.reshape({-1}) > 0).to(at::kLong) : logits.argmax(1);
 }
 
 }  // namespace
@@ -93,6 +92,15 @@ TrainStats train_local(torch::nn::Sequential& model, const Dataset& data, const 
       optimizer->zero_grad();
       at::Tensor loss = compute_loss(model->forward(x), y, o.loss);
       loss.backward();
+      if (!o.grad_correction.empty()) {
+        torch::NoGradGuard no_grad;
+        auto params_now = model->parameters();
+        FEDRA_REQUIRE(params_now.size() == o.grad_correction.size(), "grad_correction has {} tensors for {} parameters",
+                      o.grad_correction.size(), params_now.size());
+        for (size_t i = 0; i < params_now.size(); ++i) {
+          if (params_now[i].grad().defined()) params_now[i].mutable_grad().add_(o.grad_correction[i]);
+        }
+      }
       if (o.proximal_mu > 0) {
         torch::NoGradGuard no_grad;
         for (size_t i = 0; i < params.size(); ++i) {
@@ -116,7 +124,8 @@ EvalStats evaluate_model(torch::nn::Sequential& model, const Dataset& data, cons
   model->eval();
   EvalStats s;
   double loss_sum = 0;
-  int64_t right = 0;
+  const int64_t classes = data.num_classes > 0 ? data.num_classes : 0;
+  at::Tensor class_examples = at::zeros({classes}, at::kLong), class_correct = at::zeros({classes}, at::kLong);
   for (int64_t begin = 0; begin < data.size(); begin += batch_size) {
     const int64_t end = std::min(data.size(), begin + batch_size);
     at::Tensor x = data.inputs.slice(0, begin, end);
@@ -130,13 +139,22 @@ EvalStats evaluate_model(torch::nn::Sequential& model, const Dataset& data, cons
                  "give test data that fits the model (--test-data)", describe_tensor(x), e.what_without_backtrace());
     }
     loss_sum += compute_loss(logits, y, loss).item<double>() * static_cast<double>(end - begin);
-    right += correct(logits, y, loss);
+    const at::Tensor hit = predict(logits, loss).eq(y);
+    s.correct += hit.sum().item<int64_t>();
+    if (classes > 0 && y.scalar_type() == at::kLong) {
+      class_examples += at::bincount(y, {}, classes).narrow(0, 0, classes);
+      class_correct += at::bincount(y.masked_select(hit), {}, classes).narrow(0, 0, classes);
+    }
     s.examples += end - begin;
   }
   model->train();
   if (s.examples > 0) {
     s.loss = loss_sum / static_cast<double>(s.examples);
-    s.accuracy = static_cast<double>(right) / static_cast<double>(s.examples);
+    s.accuracy = static_cast<double>(s.correct) / static_cast<double>(s.examples);
+  }
+  if (classes > 0 && class_examples.sum().item<int64_t>() == s.examples) {
+    s.class_examples.assign(class_examples.data_ptr<int64_t>(), class_examples.data_ptr<int64_t>() + classes);
+    s.class_correct.assign(class_correct.data_ptr<int64_t>(), class_correct.data_ptr<int64_t>() + classes);
   }
   return s;
 }

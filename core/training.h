@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/modules/container/sequential.h>
@@ -29,6 +30,9 @@ struct TrainOptions {
   // FedProx: adds mu/2 * ||w - w_start||^2 to the loss, w_start the weights train_local began
   // with (its gradient mu * (w - w_start) is added after backward); 0 leaves training untouched.
   double proximal_mu = 0;
+  // Added to each parameter's gradient after backward (SCAFFOLD's c - c_i), in the order of
+  // model->parameters(); empty: nothing added.
+  std::vector<at::Tensor> grad_correction;
   std::string loss = "ce";
   uint64_t seed = 1;
 };
@@ -43,6 +47,9 @@ struct EvalStats {
   double loss = 0;
   double accuracy = 0;
   int64_t examples = 0;
+  int64_t correct = 0;
+  // Per class (when the data says how many classes it has): examples and correct predictions.
+  std::vector<int64_t> class_examples, class_correct;
 };
 
 void check_loss_name(const std::string& loss);

@@ -2,7 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <deque>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -49,10 +52,12 @@ Message error_reply(const Message& request, ErrorKind kind, const std::string& w
   return reply;
 }
 
-// The worker's side of an exchange, over the blocking channel.
+// The worker's side of an exchange, over the blocking channel. Frames the main loop already read
+// ahead (`ahead`) come first.
 class ChannelLink : public WorkerLink {
  public:
-  ChannelLink(tcp::BlockingChannel& channel, std::string name) : channel_(channel), name_(std::move(name)) {}
+  ChannelLink(tcp::BlockingChannel& channel, std::string name, std::deque<transport::Envelope>& ahead)
+      : channel_(channel), name_(std::move(name)), ahead_(ahead) {}
 
   void begin(uint64_t request_id) { request_id_ = request_id; }
 
@@ -65,7 +70,13 @@ class ChannelLink : public WorkerLink {
   }
 
   Message receive(std::chrono::milliseconds timeout) override {
-    transport::Envelope env = channel_.receive(timeout);
+    transport::Envelope env;
+    if (!ahead_.empty()) {
+      env = std::move(ahead_.front());
+      ahead_.pop_front();
+    } else {
+      env = channel_.receive(timeout);
+    }
     if (env.request_id == request_id_ && env.partial) {
       if (env.error) {
         FEDRA_FAIL("the coordinator cancelled the exchange: {}", env.error->message);
@@ -89,6 +100,7 @@ class ChannelLink : public WorkerLink {
  private:
   tcp::BlockingChannel& channel_;
   std::string name_;
+  std::deque<transport::Envelope>& ahead_;
   uint64_t request_id_ = 0;
   std::optional<transport::Envelope> stash_;
 };
@@ -100,12 +112,18 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
   WorkerContext ctx;
   ctx.name = name;
   ctx.threads = config.set_threads ? configure_threads(config.threads) : at::get_num_threads();
-  Dataset data;
+  Dataset data, held_out;
   std::unique_ptr<tcp::BlockingChannel> channel;
   try {
     data = config.data ? *config.data : std::move(load_private_data(config).front());
+    if (config.holdout > 0) {
+      const uint64_t seed = config.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(config.client_index) + 1;
+      std::tie(data, held_out) = holdout_split(data, config.holdout, seed);
+    }
     ctx.data = &data;
-    spdlog::info("worker {}: {} training examples ({} partition, client {}/{})", name, data.size(),
+    ctx.eval_data = &held_out;
+    spdlog::info("worker {}: {} training examples{} ({} partition, client {}/{})", name, data.size(),
+                 held_out.size() > 0 ? fmt::format(", {} held out for federated evaluation", held_out.size()) : "",
                  config.partition, config.client_index, config.num_clients);
     channel = tcp::BlockingChannel::connect(
         tcp::parse_endpoint(config.coordinator), config.limits, config.connect_timeout,
@@ -151,11 +169,15 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     return 1;
   }
 
-  ChannelLink link(*channel, name);
+  std::deque<transport::Envelope> ahead;  // frames read ahead of the one being handled
+  ChannelLink link(*channel, name, ahead);
   for (;;) {
     transport::Envelope env;
     if (auto stashed = link.take_stash()) {
       env = std::move(*stashed);
+    } else if (!ahead.empty()) {
+      env = std::move(ahead.front());
+      ahead.pop_front();
     } else {
       try {
         env = channel->receive();
@@ -176,9 +198,32 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
       return 0;
     }
     if (request.kind == protocol::kError) {
-      spdlog::error("coordinator reported an error: {}",
-                    request.error ? request.error->message : std::string("(none given)"));
+      const std::string what = request.error ? request.error->message : std::string("(none given)");
+      if (request_id != 0) {  // about this worker's answer to that request: refused, or too late
+        spdlog::warn("the coordinator about request {} ({}): {}", request_id,
+                     request.error ? error_kind_name(request.error->kind) : "failed", what);
+        continue;
+      }
+      spdlog::error("coordinator reported an error: {}", what);
       return 1;
+    }
+    // Has the coordinator already given up on this request (its deadline passed while this
+    // worker was stopped or busy)? Then its work would be thrown away: skip it.
+    try {
+      while (auto more = channel->poll_receive()) ahead.push_back(std::move(*more));
+    } catch (const Error& e) {
+      spdlog::error("connection to the coordinator lost: {}", e.what());
+      return 1;
+    }
+    const auto expired = std::find_if(ahead.begin(), ahead.end(), [&](const transport::Envelope& e) {
+      return e.kind == protocol::kError && e.request_id == request_id && !e.partial;
+    });
+    if (expired != ahead.end()) {
+      spdlog::warn("skipping request {} ('{}', round {}): the coordinator gave up on it before this worker "
+                   "got to it ({})",
+                   request_id, request.kind, request.round, expired->error ? expired->error->message : "");
+      ahead.erase(expired);
+      continue;
     }
     Message reply;
     try {

@@ -35,6 +35,9 @@ struct WorkerConfig {
   int64_t client_index = 0;  // this worker's part of the partition...
   int64_t num_clients = 1;   // ...of this many; 1: the whole training split
   uint64_t seed = 1;         // partition seed: the same in every worker of a simulation
+  // Fraction of this worker's part held out of training for federated evaluation
+  // (WorkerContext::eval_data), drawn with a seed of `seed` and the client index.
+  double holdout = 0;
   int threads = 1;           // 0: all cores
   std::chrono::milliseconds connect_timeout{60000};
   std::chrono::milliseconds handshake_timeout{30000};

@@ -130,6 +130,9 @@ struct Groups {
          "fmnist[:limit=N], idx:..., csv:..., synthetic:... (docs/data.md)")
         ("partition", po::value<std::string>()->default_value("iid"),
          "iid, dirichlet:alpha=A, shards:k=K or full (every worker holds all data)")
+        ("holdout", po::value<double>()->default_value(0),
+         "fraction of each worker's data held out of training for federated evaluation "
+         "(fedavg.fed_eval_every); a seeded draw per worker")
         ("private-labels", po::bool_switch(),
          "workers leave the label histogram out of their hello, so nothing about the labels "
          "leaves a worker (for split.labels=worker)");
@@ -425,6 +428,8 @@ WorkerConfig worker_config(const po::variables_map& vm) {
   w.limits.validate();
   if (vm.count("dump-frames")) w.dump_frames_dir = vm["dump-frames"].as<std::string>();
   w.private_labels = vm["private-labels"].as<bool>();
+  w.holdout = vm["holdout"].as<double>();
+  FEDRA_REQUIRE(w.holdout >= 0 && w.holdout < 1, "--holdout must be in [0, 1), got {}", w.holdout);
   if (vm.count("tls-cert") || vm.count("tls-key") || vm.count("tls-ca") || vm.count("tls-server-name")) {
     FEDRA_REQUIRE(vm.count("tls-ca"),
                   "a worker needs --tls-ca for TLS: the CA that signed the coordinator's certificate "

@@ -1,12 +1,17 @@
 #include "apps/fedra/simulate.h"
 
+#include <atomic>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <optional>
 #include <thread>
 
 #include <spdlog/spdlog.h>
 
 #include "apps/fedra/cli.h"
+#include "core/stop.h"
 #include "core/subprocess.h"
 #include "transport/tcp/tls.h"
 
@@ -21,6 +26,16 @@ std::string default_out_dir(const std::string& strategy) {
   return fmt::format("runs/{}-{}", strategy, stamp);
 }
 
+// The last non-empty line of a worker's log, to say why it exited.
+std::string last_log_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (!line.empty()) last = line;
+  }
+  return last.empty() ? fmt::format("(its log {} is empty)", path) : fmt::format("'{}' (log: {})", last, path);
+}
+
 }  // namespace
 
 int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry,
@@ -31,7 +46,8 @@ int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry
   FEDRA_REQUIRE(clients >= workers && clients <= 100000,
                 "--clients must be between --workers ({}) and 100000, got {}", workers, clients);
   CoordinatorConfig config = coordinator_config(vm, registry);
-  config.cohort.stop = std::move(stop);
+  if (!stop) stop = std::make_shared<StopSignal>();
+  config.cohort.stop = stop;
   config.cohort.listen = "127.0.0.1:0";
   if (!vm.count("min-workers")) config.min_workers = static_cast<size_t>(clients);
   if (config.out_dir.empty()) config.out_dir = default_out_dir(config.cohort.job.strategy);
@@ -99,6 +115,10 @@ int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry
         "--log-level", log_level,
         "--connect-timeout", "30"};
     if (vm["private-labels"].as<bool>()) argv.push_back("--private-labels");
+    if (vm["holdout"].as<double>() > 0) {
+      argv.push_back("--holdout");
+      argv.push_back(fmt::format("{:.17g}", vm["holdout"].as<double>()));
+    }
     if (tls) {
       for (const auto& [option, file] : {std::pair<std::string, std::string>{"--tls-ca", "ca.pem"},
                                          {"--tls-cert", name + ".pem"},
@@ -121,12 +141,37 @@ int run_simulation(const po::variables_map& vm, const StrategyRegistry& registry
                              {{"OMP_NUM_THREADS", std::to_string(worker_threads)}}));
   }
 
+  // While the job runs, a watcher reaps workers that exit; if all have, nobody is left to train,
+  // so the job fails at once with their reasons instead of waiting out --wait-timeout.
+  std::vector<std::optional<int>> exited(children.size());
+  std::mutex exited_mu;
+  std::atomic<bool> job_over{false};
+  std::thread watcher([&] {
+    while (!job_over.load()) {
+      size_t gone = 0;
+      {
+        std::lock_guard<std::mutex> lock(exited_mu);
+        for (size_t i = 0; i < children.size(); ++i) {
+          if (!exited[i]) exited[i] = wait_for(children[i], std::chrono::milliseconds(0));
+          gone += exited[i] ? 1 : 0;
+        }
+      }
+      if (gone == children.size()) {
+        stop->fail(fmt::format("all {} worker processes exited before the job ended; {} exited with code {}: {}",
+                               children.size(), names[0], *exited[0], last_log_line(children[0].log_path)));
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
   const int code = coordinator.run();
+  job_over.store(true);
+  watcher.join();
 
   // Workers exit on the coordinator's shutdown message; give them a moment, then make sure.
   int failed_workers = 0;
   for (size_t i = 0; i < children.size(); ++i) {
-    auto status = wait_for(children[i], std::chrono::seconds(10));
+    auto status = exited[i] ? exited[i] : wait_for(children[i], std::chrono::seconds(10));
     if (!status) {
       kill_child(children[i]);
       status = 137;

@@ -1,5 +1,9 @@
 // FedAvg's coordinator half.
+#include <algorithm>
 #include <chrono>
+#include <map>
+
+#include <spdlog/spdlog.h>
 
 #include <torch/torch.h>
 
@@ -21,6 +25,50 @@ FedAvgCoordinator::FedAvgCoordinator(const Job& job, FedAvgOptions options)
   check_loss_name(job.loss);
   model_ = build_model(job.model, job.seed);
   for (auto& [name, t] : model_state(*model_)) global_.emplace_back(name, t.clone());
+  if (options_.scaffold()) {
+    for (const auto& p : model_->named_parameters()) control_.emplace_back(p.key(), torch::zeros_like(p.value()));
+  }
+  dp_clip_ = options_.privacy().dp_clip();
+  if (options_.privacy().on()) dp_gen_ = dp_generator(options_.privacy().dp_seed());
+}
+
+std::vector<WorkerId> FedAvgCoordinator::select_workers(uint32_t round, Cohort& cohort, const RunContext& ctx) {
+  connected_ = cohort.size();
+  std::vector<WorkerId> chosen = RoundStrategy::select_workers(round, cohort, ctx);
+  refusal_.clear();
+  if (options_.robust().holds_updates()) {
+    // Refused up front: nobody trains for a round whose updates could not all be held.
+    double model_bytes = 0;
+    for (const auto& [name, t] : global_) model_bytes += static_cast<double>(t.nbytes());
+    const double need = model_bytes * static_cast<double>(chosen.size());
+    if (need > options_.robust().hold_budget_mb() * 1e6) {
+      refusal_ = fmt::format(
+          "round {}: aggregate={} holds every update, and {} updates of {:.1f} MB need {:.1f} MB, over "
+          "fedavg.hold_budget_mb = {}; raise the budget, sample fewer workers (fraction) or use aggregate=mean",
+          round, enum_name(options_.robust().aggregate()), chosen.size(), model_bytes / 1e6, need / 1e6,
+          options_.robust().hold_budget_mb());
+      chosen.clear();
+    }
+  }
+  sampled_ = chosen.size();
+  if (options_.privacy().on()) {
+    dp_mean_.reset(global_);
+    dp_unclipped_ = 0;
+  }
+  return chosen;
+}
+
+Metrics FedAvgCoordinator::standing_metrics(uint32_t) {
+  const DpOptions& dp = options_.privacy();
+  if (!dp.on()) return {};
+  Metrics m = {{"dp_epsilon", accountant_.epsilon(dp.dp_delta())},
+               {"dp_delta", dp.dp_delta()},
+               {"dp_noise", dp.dp_noise()},
+               {"dp_clip", dp_clip_}};
+  if (dp.dp_adaptive() && dp_last_unclipped_fraction_ >= 0) {
+    m.emplace_back("dp_unclipped_fraction", dp_last_unclipped_fraction_);
+  }
+  return m;
 }
 
 void FedAvgCoordinator::set_global(NamedTensors next) {
@@ -33,15 +81,38 @@ void FedAvgCoordinator::set_global(NamedTensors next) {
 NamedTensors FedAvgCoordinator::checkpoint_state() const {
   NamedTensors state = global_;
   for (auto& t : server_.state()) state.push_back(std::move(t));
+  for (const auto& [name, c] : control_) state.emplace_back(kControlStatePrefix + name, c);
+  if (options_.privacy().on()) {
+    state.emplace_back("dp/rdp", at::tensor(accountant_.rdp(), at::kDouble));
+    state.emplace_back("dp/clip", at::tensor({dp_clip_}, at::kDouble));
+  }
   return state;
 }
 
 void FedAvgCoordinator::restore(NamedTensors state) {
-  NamedTensors model, server;
-  for (auto& [name, t] : state) (ServerOptimizer::is_state(name) ? server : model).emplace_back(name, std::move(t));
+  NamedTensors model, server, control;
+  const std::string prefix = kControlStatePrefix;
+  for (auto& [name, t] : state) {
+    if (name.rfind(prefix, 0) == 0) {
+      control.emplace_back(name.substr(prefix.size()), std::move(t));
+    } else if (name == "dp/rdp") {
+      const at::Tensor r = t.to(at::kDouble).contiguous();
+      accountant_.set_rdp(std::vector<double>(r.data_ptr<double>(), r.data_ptr<double>() + r.numel()));
+    } else if (name == "dp/clip") {
+      dp_clip_ = t.item<double>();
+    } else {
+      (ServerOptimizer::is_state(name) ? server : model).emplace_back(name, std::move(t));
+    }
+  }
   check_layout(global_, model);  // the checkpoint must be of this model
   global_ = std::move(model);
   server_.load_state(server);
+  if (options_.scaffold()) {
+    FEDRA_REQUIRE(!control.empty(), "the checkpoint has no SCAFFOLD control variate: it was written without "
+                  "fedavg.scaffold; resume with the options of the first run");
+    check_layout(control_, control);
+    control_ = std::move(control);
+  }
 }
 
 FitIns FedAvgCoordinator::configure(uint32_t round, const WorkerInfo& worker) {
@@ -53,6 +124,16 @@ FitIns FedAvgCoordinator::configure(uint32_t round, const WorkerInfo& worker) {
   ins.batch_size = options_.batch_size();
   ins.optim = options_.optim();
   ins.proximal_mu = options_.proximal_mu();
+  ins.scaffold = options_.scaffold();
+  if (ins.scaffold) ins.control = control_;  // shared, not copied
+  const DpOptions& dp = options_.privacy();
+  if (dp.dp() == DpMode::kClient) {
+    // Each of the m sampled workers adds N(0, (z_u C)^2 / m): the sum carries N(0, (z_u C)^2).
+    ins.dp_clip = dp_clip_;
+    ins.dp_noise_std = dp_noise_for(dp, static_cast<int64_t>(sampled_)).update * dp_clip_ /
+                       std::sqrt(static_cast<double>(std::max<size_t>(sampled_, 1)));
+    ins.dp_seed = dp.dp_seed() > 0 ? worker_seed(static_cast<uint64_t>(dp.dp_seed()), round, worker.name) : 0;
+  }
   if (options_.testing().names(worker.name)) {
     ins.attack = options_.testing().attack();
     ins.attack_scale = options_.testing().attack_scale();
@@ -74,12 +155,23 @@ void FedAvgCoordinator::accumulate_fit(uint32_t round, const WorkerInfo& worker,
   } catch (const Error& e) {
     FEDRA_FAIL("rejected update from {}: {}", worker.name, e.what());
   }
+  if (options_.scaffold()) accept_control(worker, std::move(result.delta_control));
   if (options_.robust().clip_norm() > 0) clip_to_norm(global_, result.weights, options_.robust().clip_norm());
   const auto n = static_cast<double>(result.num_examples);
   const double loss = result.train_loss;
   worker_train_s_ = std::max(worker_train_s_, result.train_s);
   worker_load_s_ = std::max(worker_load_s_, result.load_s);
-  accumulate(worker, std::move(result));
+  const DpOptions& dp = options_.privacy();
+  if (dp.dp() == DpMode::kServer) {
+    dp_unclipped_ += dp_mean_.add(result.weights, dp_clip_) <= dp_clip_ ? 1 : 0;
+  } else if (dp.dp() == DpMode::kClient) {
+    FEDRA_REQUIRE(result.dp_unclipped == 0 || result.dp_unclipped == 1,
+                  "rejected update from {}: under dp=client its 'fedavg.fit_result' needs dp_unclipped 0 or 1", worker.name);
+    dp_mean_.add(result.weights, 0);  // clipped and noised by the worker
+    dp_unclipped_ += static_cast<double>(result.dp_unclipped);
+  } else {
+    accumulate(worker, std::move(result));
+  }
   // Only reached when the result was taken.
   accumulate_s_ += seconds_since(t0);
   loss_sum_ += loss * n;
@@ -88,15 +180,26 @@ void FedAvgCoordinator::accumulate_fit(uint32_t round, const WorkerInfo& worker,
   ++accepted_;
 }
 
+// SCAFFOLD: checks a worker's delta c_i and adds it to the round's sum. A result is taken whole
+// or not at all: a bad delta rejects the update too, before anything is added.
+void FedAvgCoordinator::accept_control(const WorkerInfo& worker, NamedTensors&& delta) {
+  try {
+    FEDRA_REQUIRE(!delta.empty(), "it sent no SCAFFOLD control variate (scaffold.dc/...) though asked to");
+    check_layout(control_, delta);
+    check_finite(delta);
+  } catch (const Error& e) {
+    FEDRA_FAIL("rejected update from {}: {}", worker.name, e.what());
+  }
+  if (control_delta_sum_.empty()) {
+    for (const auto& [name, d] : delta) control_delta_sum_.emplace_back(name, d.to(at::kDouble));
+    return;
+  }
+  for (size_t i = 0; i < delta.size(); ++i) control_delta_sum_[i].second.add_(delta[i].second);
+}
+
 void FedAvgCoordinator::accumulate(const WorkerInfo& worker, FitRes&& result) {
   if (options_.robust().holds_updates()) {
-    double bytes = 0;
-    for (const auto& [name, t] : result.weights) bytes += static_cast<double>(t.nbytes());
-    if (held_bytes_ + bytes > options_.robust().hold_budget_mb() * 1e6) {
-      ++over_budget_;  // the round fails in aggregate(), saying why
-      return;
-    }
-    held_bytes_ += bytes;
+    // Within hold_budget_mb: select_workers asked no more workers than the budget holds.
     held_.push_back(std::move(result.weights));  // may reference the received frame: no copy
     return;
   }
@@ -107,22 +210,25 @@ void FedAvgCoordinator::accumulate(const WorkerInfo& worker, FitRes&& result) {
   }
 }
 
-void FedAvgCoordinator::drop_held() {
-  held_.clear();
-  held_bytes_ = 0;
-  over_budget_ = 0;
+// DP-FedAvg: global + (sum of clipped updates + noise) / sampled, then adaptive clipping's step.
+NamedTensors FedAvgCoordinator::dp_aggregate() {
+  const DpOptions& dp = options_.privacy();
+  const auto m = static_cast<int64_t>(sampled_);
+  const DpNoise noise = dp_noise_for(dp, m);
+  const double noise_std = dp.dp() == DpMode::kServer ? noise.update * dp_clip_ : 0.0;
+  NamedTensors next = dp_mean_.finish(noise_std, static_cast<double>(m), dp_gen_);
+  if (dp.dp_adaptive()) {
+    const double noisy = dp_unclipped_ + at::empty({1}, at::kDouble).normal_(0, noise.count, dp_gen_).item<double>();
+    dp_last_unclipped_fraction_ = noisy / static_cast<double>(m);
+    dp_clip_ *= std::exp(-dp.dp_clip_lr() * (dp_last_unclipped_fraction_ - dp.dp_quantile()));
+  }
+  return next;
 }
 
-NamedTensors FedAvgCoordinator::aggregate(uint32_t round) {
+NamedTensors FedAvgCoordinator::aggregate(uint32_t) {
   if (!options_.robust().holds_updates()) return average_.take_average();
   std::vector<NamedTensors> held = std::move(held_);
-  const size_t refused = over_budget_;
-  drop_held();
-  FEDRA_REQUIRE(refused == 0,
-                "round {}: aggregate={} holds every update, and {} more would exceed fedavg.hold_budget_mb = {} "
-                "({} held); raise the budget, sample fewer workers (fraction) or use aggregate=mean",
-                round, enum_name(options_.robust().aggregate()), refused, options_.robust().hold_budget_mb(),
-                held.size());
+  held_.clear();
   return robust_aggregate(options_.robust(), held);
 }
 
@@ -138,14 +244,30 @@ Metrics FedAvgCoordinator::aggregate_fit(uint32_t round, const std::vector<Failu
   accepted_ = 0;
   loss_sum_ = weight_sum_ = 0;
   examples_ = 0;
+  if (!refusal_.empty()) FEDRA_FAIL("{}", refusal_);
+  const DpOptions& dp = options_.privacy();
+  if (dp.on() && got > 0) {
+    // Charged whenever updates were taken, even if the round then fails: the workers released them.
+    accountant_.add(static_cast<double>(sampled_) / static_cast<double>(std::max(connected_, sampled_)), dp.dp_noise());
+  }
   if (static_cast<int64_t>(got) < options_.min_results()) {
     if (average_.count() > 0) average_.take_average();  // discard the partial sum
-    drop_held();
+    held_.clear();
+    control_delta_sum_.clear();
     FEDRA_FAIL("round {}: {} result(s) accepted, min_results is {}{}", round, got, options_.min_results(),
                failures.empty() ? std::string() : "; failures: " + describe_failures(failures));
   }
   const auto t0 = std::chrono::steady_clock::now();
-  server_update(round, aggregate(round));
+  server_update(round, dp.on() ? dp_aggregate() : aggregate(round));
+  if (!control_delta_sum_.empty()) {
+    // c <- c + (1/N) sum over the round's workers of delta c_i (Karimireddy et al., Algorithm 1),
+    // N the workers connected when the round began.
+    const double n = static_cast<double>(std::max<size_t>(connected_, got));
+    for (size_t i = 0; i < control_.size(); ++i) {
+      control_[i].second = (control_[i].second + control_delta_sum_[i].second / n).to(control_[i].second.scalar_type());
+    }
+    control_delta_sum_.clear();
+  }
   Metrics m = {{"train_loss", loss},
                {"train_examples", examples},
                {"accumulate_s", accumulate_s_},
@@ -162,6 +284,84 @@ Metrics FedAvgCoordinator::evaluate(uint32_t, RunContext& ctx) {
   load_model_state(*model_, global_);
   const EvalStats s = evaluate_model(model_, *ctx.test_set, job_.loss);
   return {{"test_accuracy", s.accuracy}, {"test_loss", s.loss}};
+}
+
+Metrics FedAvgCoordinator::evaluate_federated(uint32_t round, uint32_t total, Cohort& cohort, RunContext& ctx) {
+  const FedEvalOptions& o = options_.fed_eval();
+  if (!o.due(round, round == total)) return {};
+  // A draw of its own, different from the round's fit sample.
+  const uint64_t seed = (ctx.job.seed ^ 0xE7A1ULL) * 0x9E3779B97F4A7C15ULL + round;
+  std::map<WorkerId, std::string> names;
+  for (const WorkerInfo& w : cohort.workers()) names[w.id] = w.name;
+  Message ask(kEvaluate, round);
+  ask.tensors = global_;  // shared, not copied
+  std::vector<Instruction> instructions;
+  for (WorkerId id : cohort.sample(o.fed_eval_fraction(), 1, seed)) instructions.push_back({id, ask});
+  const size_t asked = instructions.size();
+  struct Reply {
+    std::string worker;
+    EvaluateRes res;
+  };
+  std::vector<Reply> replies;
+  std::vector<Failure> failures = cohort.request_all(
+      std::move(instructions), Clock::now() + round_config().fit_timeout, [&](const WorkerInfo& w, Message&& m) {
+        EvaluateRes r = EvaluateRes::decode(std::move(m), round, w.name);
+        if (!replies.empty()) {
+          const auto& first = replies.front().res;
+          FEDRA_REQUIRE(r.counts.size() == first.counts.size() &&
+                            (r.counts.empty() || r.counts[0].second.sizes() == first.counts[0].second.sizes()),
+                        "evaluation from {}: its class counts do not match {}'s", w.name, replies.front().worker);
+          FEDRA_REQUIRE(r.extra.size() == first.extra.size(), "evaluation from {}: its metrics differ from {}'s",
+                        w.name, replies.front().worker);
+        }
+        replies.push_back({w.name, std::move(r)});
+      });
+  for (const auto& f : failures) {
+    spdlog::warn("round {}: federated evaluation on {} failed ({}): {}", round, f.name, error_kind_name(f.kind),
+                 f.message);
+  }
+  Metrics m = {{"fed_eval_workers_asked", static_cast<int64_t>(asked)},
+               {"fed_eval_workers_ok", static_cast<int64_t>(replies.size())},
+               {"fed_eval_workers_failed", static_cast<int64_t>(failures.size())}};
+  if (replies.empty()) return m;
+  std::sort(replies.begin(), replies.end(), [](const Reply& a, const Reply& b) { return a.worker < b.worker; });
+  int64_t examples = 0, correct = 0;
+  double loss = 0;
+  std::map<std::string, double> extra;
+  at::Tensor class_examples, class_correct;
+  std::vector<double> weights;
+  std::string workers;
+  for (const Reply& r : replies) {
+    examples += r.res.num_examples;
+    correct += r.res.correct;
+    const auto n = static_cast<double>(r.res.num_examples);
+    loss += r.res.loss * n;
+    for (const auto& [name, value] : r.res.extra) extra[name] += value * n;
+    if (!r.res.counts.empty()) {
+      class_examples = class_examples.defined() ? class_examples + r.res.counts[0].second : r.res.counts[0].second.clone();
+      class_correct = class_correct.defined() ? class_correct + r.res.counts[1].second : r.res.counts[1].second.clone();
+    }
+    weights.push_back(n);
+    workers += (workers.empty() ? "" : ",") + r.worker;
+  }
+  for (double& w : weights) w /= static_cast<double>(examples);
+  m.emplace_back("fed_eval_loss", loss / static_cast<double>(examples));
+  m.emplace_back("fed_eval_accuracy", static_cast<double>(correct) / static_cast<double>(examples));
+  m.emplace_back("fed_eval_examples", examples);
+  m.emplace_back("fed_eval_workers", workers);
+  m.emplace_back("fed_eval_weights", weights);
+  if (class_examples.defined()) {
+    std::vector<double> counts, accuracy;
+    for (int64_t c = 0; c < class_examples.size(0); ++c) {
+      const auto n = class_examples[c].item<int64_t>();
+      counts.push_back(static_cast<double>(n));
+      accuracy.push_back(n > 0 ? static_cast<double>(class_correct[c].item<int64_t>()) / static_cast<double>(n) : 0.0);
+    }
+    m.emplace_back("fed_eval_class_examples", counts);
+    m.emplace_back("fed_eval_class_accuracy", accuracy);
+  }
+  for (const auto& [name, sum] : extra) m.emplace_back("fed_eval_" + name, sum / static_cast<double>(examples));
+  return m;
 }
 
 }  // namespace fedra::fedavg

@@ -16,14 +16,17 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include <torch/nn/modules/container/sequential.h>
 
 #include "core/aggregation.h"
+#include "core/dataset.h"
 #include "core/message.h"
 #include "core/option_groups.h"
+#include "core/privacy.h"
 #include "core/registry.h"
 #include "core/robust_aggregation.h"
 #include "core/round_strategy.h"
@@ -33,6 +36,12 @@ namespace fedra::fedavg {
 
 inline constexpr const char* kFit = "fedavg.fit";
 inline constexpr const char* kFitResult = "fedavg.fit_result";
+inline constexpr const char* kEvaluate = "fedavg.evaluate";
+inline constexpr const char* kEvaluateResult = "fedavg.evaluate_result";
+// SCAFFOLD's control variates travel beside the model under these prefixes.
+inline constexpr const char* kControlPrefix = "scaffold.c/";         // fedavg.fit: the server's c
+inline constexpr const char* kDeltaControlPrefix = "scaffold.dc/";   // fit_result: the worker's delta c_i
+inline constexpr const char* kControlStatePrefix = "scaffold/c/";    // the checkpoint's c
 
 // How an update is corrupted, for robustness tests (--fedavg.testing.attack).
 enum class Attack { kNone, kSignFlip, kScale, kNoise };
@@ -56,6 +65,23 @@ struct FedAvgTesting {
   bool names(const std::string& worker) const;
 };
 
+// Federated evaluation: workers evaluate the global model on the data they hold out (--holdout).
+struct FedEvalOptions {
+  FEDRA_ARG(int64_t, fed_eval_every) = 0;
+  FEDRA_ARG(double, fed_eval_fraction) = 1.0;
+  template <class F>
+  void visit(F&& f) {
+    f("fed_eval_every", fed_eval_every_,
+      "ask workers to evaluate the global model on their held-out data (--holdout) every N rounds "
+      "and after the last; 0 = never");
+    f("fed_eval_fraction", fed_eval_fraction_, "fraction of connected workers asked to evaluate, (0, 1]");
+  }
+  void validate(const std::string& scope) const;
+  bool due(uint32_t round, bool last) const {
+    return fed_eval_every_ > 0 && (round % static_cast<uint32_t>(fed_eval_every_) == 0 || last);
+  }
+};
+
 struct FedAvgOptions {
   FEDRA_ARG(int64_t, rounds) = 10;
   FEDRA_ARG(double, fraction) = 1.0;
@@ -66,10 +92,13 @@ struct FedAvgOptions {
   FEDRA_ARG(int64_t, batch_size) = 32;
   FEDRA_ARG(OptimizerOptions, optim) = OptimizerOptions().momentum(0.9);
   FEDRA_ARG(double, proximal_mu) = 0;
+  FEDRA_ARG(bool, scaffold) = false;
   FEDRA_ARG(ServerOptOptions, server);
   FEDRA_ARG(RobustOptions, robust);
+  FEDRA_ARG(DpOptions, privacy);
   FEDRA_ARG(double, round_timeout) = 600;
   FEDRA_ARG(EvalOptions, eval);
+  FEDRA_ARG(FedEvalOptions, fed_eval);
   FEDRA_ARG(FedAvgTesting, testing);
 
   template <class F>
@@ -86,10 +115,15 @@ struct FedAvgOptions {
     f.group(optim_);
     f("proximal_mu", proximal_mu_,
       "FedProx (Li et al. 2020): workers add mu/2 * ||w - w_global||^2 to their local loss; 0 = FedAvg");
+    f("scaffold", scaffold_,
+      "SCAFFOLD (Karimireddy et al. 2020): control variates correct each local step for client drift; "
+      "needs plain SGD (momentum 0); doubles the bytes of parameters each way");
     f.group(server_);
     f.group(robust_);
+    f.group(privacy_);
     f("round_timeout", round_timeout_, "seconds a round waits for results before failing stragglers");
     f.group(eval_);
+    f.group(fed_eval_);
     f.testing(testing_);
   }
   void validate() const;
@@ -105,6 +139,12 @@ struct FitIns {
   int64_t batch_size = 32;
   OptimizerOptions optim;
   double proximal_mu = 0;  // FedProx's mu; 0: plain local training
+  bool scaffold = false;
+  NamedTensors control;    // SCAFFOLD: the server's control variate c, one per parameter
+  // dp=client: clip the update to dp_clip and add N(0, dp_noise_std^2) per coordinate, noise drawn
+  // with dp_seed (0: from the operating system). dp_clip 0: no DP on the worker.
+  double dp_clip = 0, dp_noise_std = 0;
+  uint64_t dp_seed = 0;
   uint64_t seed = 1;  // the worker's local shuffling
   Attack attack = Attack::kNone;  // tests only: how to corrupt the result (FedAvgTesting)
   double attack_scale = 0;
@@ -118,15 +158,18 @@ struct FitIns {
 struct FitRes {
   uint32_t round = 0;
   NamedTensors weights;
+  NamedTensors delta_control;  // SCAFFOLD: c_i+ - c_i, one per parameter (empty otherwise)
   int64_t num_examples = 0;  // the weight of this result in the average
   double train_loss = 0;     // mean loss over the local steps
   int64_t steps = 0;
   double load_s = 0, train_s = 0, fit_s = 0;  // where the worker's time went
+  int64_t dp_unclipped = -1;  // dp=client: 1 if the update was within the clip norm, else 0
 
   template <class F>
   void metrics(F&& f) {
     f("num_examples", num_examples, Field::kRequired);
     f("train_loss", train_loss, Field::kRequired);
+    f("dp_unclipped", dp_unclipped);
     f("steps", steps);
     f("load_s", load_s);
     f("train_s", train_s);
@@ -136,6 +179,28 @@ struct FitRes {
   // Refuses another kind, another round, a missing or negative num_examples or a missing
   // train_loss, naming the worker and the field.
   static FitRes decode(Message&& m, uint32_t round, const std::string& worker);
+};
+
+// fedavg.evaluate_result: the global model evaluated on a worker's held-out data.
+struct EvaluateRes {
+  uint32_t round = 0;
+  // "class_examples" and "class_correct" (int64 [classes]) when the data has classes.
+  NamedTensors counts;
+  int64_t num_examples = 0;
+  double loss = 0;
+  int64_t correct = 0;
+  std::map<std::string, double> extra;  // a variant's own metrics (FedAvgWorker::evaluation_metrics)
+
+  template <class F>
+  void metrics(F&& f) {
+    f("num_examples", num_examples, Field::kRequired);
+    f("loss", loss, Field::kRequired);
+    f("correct", correct, Field::kRequired);
+  }
+  Message encode() const;
+  // Refuses another kind or round, a missing or non-positive count, a loss that is not finite,
+  // correct or class counts that do not add up, naming the worker.
+  static EvaluateRes decode(Message&& m, uint32_t round, const std::string& worker);
 };
 
 class FedAvgCoordinator : public RoundStrategy {
@@ -156,6 +221,8 @@ class FedAvgCoordinator : public RoundStrategy {
   // server_opt steps on the pseudo-gradient global() - aggregate; with none, the aggregate is
   // the next global model).
   virtual void server_update(uint32_t round, NamedTensors aggregate);
+  // Figures every round's line carries, failed rounds included (default: the privacy spent).
+  Metrics standing_metrics(uint32_t round) override;
   // Extra metrics for the round's line (default: none).
   virtual Metrics round_metrics(uint32_t round) {
     (void)round;
@@ -173,13 +240,19 @@ class FedAvgCoordinator : public RoundStrategy {
   void accumulate_fit(uint32_t round, const WorkerInfo& worker, Message&& result) override;
   Metrics aggregate_fit(uint32_t round, const std::vector<Failure>& failures) override;
   Metrics evaluate(uint32_t round, RunContext& ctx) override;
+  // Federated evaluation (fed_eval_every): a sample of workers evaluates the global model on its
+  // held-out data; the figures are example-weighted (fed_eval_* in metrics.jsonl).
+  Metrics evaluate_federated(uint32_t round, uint32_t total, Cohort& cohort, RunContext& ctx) override;
+  std::vector<WorkerId> select_workers(uint32_t round, Cohort& cohort, const RunContext& ctx) override;
   bool resumable() const override { return true; }
-  // The global model, then the server optimiser's state ("server_opt/..." names).
+  // The global model, then the server optimiser's state ("server_opt/..." names) and SCAFFOLD's
+  // control variate ("scaffold/c/...").
   NamedTensors checkpoint_state() const override;
   void restore(NamedTensors state) override;
 
  private:
-  void drop_held();  // forgets the round's held updates and the budget count
+  void accept_control(const WorkerInfo& worker, NamedTensors&& delta);  // SCAFFOLD
+  NamedTensors dp_aggregate();  // DP-FedAvg's noised mean (options_.privacy())
 
   Job job_;
   FedAvgOptions options_;
@@ -187,9 +260,21 @@ class FedAvgCoordinator : public RoundStrategy {
   NamedTensors global_;
   ServerOptimizer server_;
   std::vector<NamedTensors> held_;  // a robust aggregate's updates this round
-  double held_bytes_ = 0;
-  size_t over_budget_ = 0;          // updates turned away this round: hold_budget_mb reached
   WeightedAverage average_;
+  // SCAFFOLD: the server's control variate c (per parameter), this round's sum of the workers'
+  // delta c, and how many workers were connected when the round began (N in c += sum / N).
+  NamedTensors control_;
+  NamedTensors control_delta_sum_;
+  size_t connected_ = 0, sampled_ = 0;
+  std::string refusal_;  // why this round asked nobody (the hold budget), if it did not
+  // Differential privacy (options_.privacy()): the clipped sum, the current clip norm C, the
+  // updates within C this round, the accountant and the noise's generator.
+  DpMean dp_mean_;
+  double dp_clip_ = 0;
+  double dp_unclipped_ = 0;
+  double dp_last_unclipped_fraction_ = -1;
+  RdpAccountant accountant_;
+  at::Generator dp_gen_;
   size_t accepted_ = 0;
   double loss_sum_ = 0, weight_sum_ = 0;
   int64_t examples_ = 0;
@@ -204,11 +289,24 @@ class FedAvgWorker : public WorkerStrategy {
   explicit FedAvgWorker(const Job& job);
   Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) override;
 
+ protected:
+  // Override point for a variant's own evaluation figures: called with the global model loaded
+  // and the worker's held-out data; each value is averaged over workers weighted by example count
+  // and written as fed_eval_NAME (docs/plugins.md). Default: none.
+  virtual std::map<std::string, double> evaluation_metrics(torch::nn::Sequential& model, const Dataset& held_out) {
+    (void)model;
+    (void)held_out;
+    return {};
+  }
+
  private:
+  Message fit(const Message& request, WorkerContext& ctx);
+  Message evaluate(const Message& request, WorkerContext& ctx);
   void attack(const FitIns& ins, NamedTensors& weights) const;
 
   Job job_;
   torch::nn::Sequential model_{nullptr};
+  NamedTensors control_;  // SCAFFOLD: this worker's c_i, kept across rounds (zero at first)
 };
 
 StrategyInfo fedavg_strategy();

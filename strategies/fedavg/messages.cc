@@ -2,6 +2,9 @@
 #include "strategies/fedavg/fedavg.h"
 
 #include <cmath>
+#include <string_view>
+
+#include <torch/torch.h>
 
 namespace fedra::fedavg {
 
@@ -16,7 +19,42 @@ void FedAvgOptions::validate() const {
   FEDRA_REQUIRE(batch_size_ >= 1, "fedavg.batch_size must be >= 1, got {}", batch_size_);
   FEDRA_REQUIRE(proximal_mu_ >= 0, "fedavg.proximal_mu must be >= 0, got {}", proximal_mu_);
   FEDRA_REQUIRE(round_timeout_ > 0, "fedavg.round_timeout must be > 0 seconds, got {}", round_timeout_);
+  FEDRA_REQUIRE(!scaffold_ || (optim_.optimizer() == OptimizerKind::kSgd && optim_.momentum() == 0),
+                "fedavg.scaffold updates its control variates from the local steps' mean gradient "
+                "(option II of Karimireddy et al. 2020), which holds for plain SGD only: set "
+                "--fedavg.momentum 0 (and --fedavg.optimizer sgd)");
+  FEDRA_REQUIRE(!privacy_.on() || robust_.aggregate() == Aggregator::kMean,
+                "fedavg.dp needs aggregate=mean: its guarantee is for the noised mean of clipped updates, "
+                "not for {}", enum_name(robust_.aggregate()));
 }
+
+void FedEvalOptions::validate(const std::string& scope) const {
+  FEDRA_REQUIRE(fed_eval_every_ >= 0, "{}.fed_eval_every must be >= 0 (0: never), got {}", scope, fed_eval_every_);
+  FEDRA_REQUIRE(fed_eval_fraction_ > 0 && fed_eval_fraction_ <= 1, "{}.fed_eval_fraction must be in (0, 1], got {}",
+                scope, fed_eval_fraction_);
+}
+
+namespace {
+
+// Moves the tensors whose names start with `prefix` out of `all`, the prefix dropped.
+NamedTensors take_prefixed(NamedTensors& all, std::string_view prefix) {
+  NamedTensors taken, rest;
+  for (auto& [name, t] : all) {
+    if (name.compare(0, prefix.size(), prefix) == 0) {
+      taken.emplace_back(name.substr(prefix.size()), std::move(t));
+    } else {
+      rest.emplace_back(std::move(name), std::move(t));
+    }
+  }
+  all = std::move(rest);
+  return taken;
+}
+
+void append_prefixed(NamedTensors& all, std::string_view prefix, const NamedTensors& extra) {
+  for (const auto& [name, t] : extra) all.emplace_back(std::string(prefix) + name, t);
+}
+
+}  // namespace
 
 bool FedAvgTesting::names(const std::string& worker) const {
   size_t start = 0;
@@ -47,6 +85,15 @@ Message FitIns::encode() const {
   for (const auto& [k, v] : options_to_map(optim)) m.options[k] = v;
   m.options["seed"] = std::to_string(seed);
   m.options["proximal_mu"] = fmt::format("{:.17g}", proximal_mu);
+  if (dp_clip > 0) {
+    m.options["dp.clip"] = fmt::format("{:.17g}", dp_clip);
+    m.options["dp.noise_std"] = fmt::format("{:.17g}", dp_noise_std);
+    m.options["dp.seed"] = std::to_string(dp_seed);
+  }
+  if (scaffold) {
+    m.options["scaffold"] = "true";
+    append_prefixed(m.tensors, kControlPrefix, control);
+  }
   if (attack != Attack::kNone) {
     m.options["testing.attack"] = enum_name(attack);
     m.options["testing.attack_scale"] = fmt::format("{:.17g}", attack_scale);
@@ -61,6 +108,10 @@ FitIns FitIns::decode(const Message& m) {
   FitIns ins;
   ins.round = m.round;
   ins.weights = m.tensors;
+  ins.scaffold = m.options.count("scaffold") != 0;
+  ins.control = take_prefixed(ins.weights, kControlPrefix);
+  FEDRA_REQUIRE(ins.scaffold || ins.control.empty(), "'{}' carries control variates without the option 'scaffold'",
+                kFit);
   ins.local_epochs = o.get_int("local_epochs", 0);
   ins.local_steps = o.get_int("local_steps", 0);
   ins.batch_size = o.get_int("batch_size", 0);
@@ -75,6 +126,14 @@ FitIns FitIns::decode(const Message& m) {
   ins.seed = static_cast<uint64_t>(o.get_int("seed", 0));
   ins.proximal_mu = o.get_double("proximal_mu", -1);
   FEDRA_REQUIRE(ins.proximal_mu >= 0, "'{}' asks for proximal_mu {}", kFit, ins.proximal_mu);
+  if (m.options.count("dp.clip")) {
+    m.require_options({"dp.noise_std", "dp.seed"});
+    ins.dp_clip = o.get_double("dp.clip", 0);
+    ins.dp_noise_std = o.get_double("dp.noise_std", -1);
+    ins.dp_seed = static_cast<uint64_t>(o.get_int("dp.seed", 0));
+    FEDRA_REQUIRE(ins.dp_clip > 0 && ins.dp_noise_std >= 0, "'{}' asks for dp.clip {} and dp.noise_std {}", kFit,
+                  ins.dp_clip, ins.dp_noise_std);
+  }
   if (m.options.count("testing.attack")) {
     ins.attack = o.get_enum<Attack>("testing.attack", Attack::kNone);
     ins.attack_scale = o.get_double("testing.attack_scale", 0);
@@ -85,7 +144,11 @@ FitIns FitIns::decode(const Message& m) {
   return ins;
 }
 
-Message FitRes::encode() const { return encode_reply(kFitResult, round, *this, &FitRes::weights); }
+Message FitRes::encode() const {
+  Message m = encode_reply(kFitResult, round, *this, &FitRes::weights);
+  append_prefixed(m.tensors, kDeltaControlPrefix, delta_control);
+  return m;
+}
 
 FitRes FitRes::decode(Message&& m, uint32_t round, const std::string& worker) {
   m.expect_kind(kFitResult, worker);
@@ -96,6 +159,47 @@ FitRes FitRes::decode(Message&& m, uint32_t round, const std::string& worker) {
   FitRes r = decode_reply(std::move(m), kFitResult, worker, fmt::format("rejected update from {}: its", worker),
                           &FitRes::weights);
   r.round = round;
+  r.delta_control = take_prefixed(r.weights, kDeltaControlPrefix);
+  return r;
+}
+
+Message EvaluateRes::encode() const {
+  Message m = encode_reply(kEvaluateResult, round, *this, &EvaluateRes::counts);
+  for (const auto& [name, value] : extra) m.metrics["extra." + name] = value;
+  return m;
+}
+
+EvaluateRes EvaluateRes::decode(Message&& m, uint32_t round, const std::string& worker) {
+  m.expect_kind(kEvaluateResult, worker);
+  FEDRA_REQUIRE(m.round == round, "{} evaluated for round {} in round {}", worker, m.round, round);
+  const std::string whose = fmt::format("evaluation from {}: its", worker);
+  std::map<std::string, double> extra;
+  for (const auto& [key, value] : m.metrics) {
+    if (key.rfind("extra.", 0) == 0) extra[key.substr(6)] = value;
+  }
+  EvaluateRes r = decode_reply(std::move(m), kEvaluateResult, worker, whose, &EvaluateRes::counts);
+  r.round = round;
+  r.extra = std::move(extra);
+  FEDRA_REQUIRE(r.num_examples > 0, "evaluation from {}: num_examples is {}", worker, r.num_examples);
+  FEDRA_REQUIRE(std::isfinite(r.loss), "evaluation from {}: the loss is {}", worker, r.loss);
+  FEDRA_REQUIRE(r.correct >= 0 && r.correct <= r.num_examples, "evaluation from {}: {} correct of {} examples",
+                worker, r.correct, r.num_examples);
+  for (const auto& [name, value] : r.extra) {
+    FEDRA_REQUIRE(std::isfinite(value), "evaluation from {}: its metric '{}' is {}", worker, name, value);
+  }
+  if (r.counts.empty()) return r;
+  FEDRA_REQUIRE(r.counts.size() == 2 && r.counts[0].first == "class_examples" && r.counts[1].first == "class_correct",
+                "evaluation from {}: expected the tensors class_examples and class_correct", worker);
+  const at::Tensor& examples = r.counts[0].second;
+  const at::Tensor& right = r.counts[1].second;
+  FEDRA_REQUIRE(examples.scalar_type() == at::kLong && examples.dim() == 1 && right.sizes() == examples.sizes() &&
+                    right.scalar_type() == at::kLong,
+                "evaluation from {}: class counts are {} and {}, expected two int64 vectors of one length", worker,
+                describe_tensor(examples), describe_tensor(right));
+  FEDRA_REQUIRE(examples.sum().item<int64_t>() == r.num_examples && right.sum().item<int64_t>() == r.correct &&
+                    (right <= examples).all().item<bool>() && (right >= 0).all().item<bool>(),
+                "evaluation from {}: its class counts do not add up to {} examples, {} correct", worker,
+                r.num_examples, r.correct);
   return r;
 }
 

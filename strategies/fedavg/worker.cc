@@ -1,10 +1,12 @@
 // FedAvg's worker half.
 #include <chrono>
 #include <limits>
+#include <map>
 
 #include <torch/torch.h>
 
 #include "core/model.h"
+#include "core/tensor_checks.h"
 #include "core/training.h"
 #include "strategies/fedavg/fedavg.h"
 
@@ -33,6 +35,31 @@ void FedAvgWorker::attack(const FitIns& ins, NamedTensors& weights) const {
 }
 
 Message FedAvgWorker::handle(const Message& request, WorkerContext& ctx, WorkerLink&) {
+  if (request.kind == kEvaluate) return evaluate(request, ctx);
+  return fit(request, ctx);
+}
+
+Message FedAvgWorker::evaluate(const Message& request, WorkerContext& ctx) {
+  FEDRA_REQUIRE(ctx.eval_data != nullptr && ctx.eval_data->size() > 0,
+                "worker {} holds no data out for federated evaluation; start workers with --holdout F "
+                "(e.g. 0.1) or set fedavg.fed_eval_every 0",
+                ctx.name);
+  load_model_state(*model_, request.tensors);
+  const EvalStats s = evaluate_model(model_, *ctx.eval_data, job_.loss);
+  EvaluateRes res;
+  res.round = request.round;
+  res.num_examples = s.examples;
+  res.loss = s.loss;
+  res.correct = s.correct;
+  if (!s.class_examples.empty()) {
+    res.counts.emplace_back("class_examples", at::tensor(s.class_examples, at::kLong));
+    res.counts.emplace_back("class_correct", at::tensor(s.class_correct, at::kLong));
+  }
+  res.extra = evaluation_metrics(model_, *ctx.eval_data);
+  return res.encode();
+}
+
+Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx) {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
   const FitIns ins = FitIns::decode(request);
@@ -48,11 +75,40 @@ Message FedAvgWorker::handle(const Message& request, WorkerContext& ctx, WorkerL
   t.loss = job_.loss;
   t.seed = ins.seed;
   FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data", ctx.name);
+  if (ins.scaffold) {
+    if (control_.empty()) {
+      for (const auto& p : model_->named_parameters()) control_.emplace_back(p.key(), torch::zeros_like(p.value()));
+    }
+    check_layout(control_, ins.control);
+    for (size_t i = 0; i < control_.size(); ++i) t.grad_correction.push_back(ins.control[i].second - control_[i].second);
+  }
   const TrainStats s = train_local(model_, *ctx.data, t);
   const auto t_trained = Clock::now();
   FitRes res;
   res.round = request.round;
   res.weights = model_state(*model_);
+  if (ins.scaffold && s.steps > 0) {
+    // Option II: c_i+ = c_i - c + (x - y) / (K lr), x the global model, y the trained one, K steps.
+    torch::NoGradGuard no_grad;
+    const double scale = 1.0 / (static_cast<double>(s.steps) * t.optim.lr);
+    std::map<std::string, const at::Tensor*> global;
+    for (const auto& [name, x] : ins.weights) global[name] = &x;
+    const auto trained = model_->named_parameters();
+    for (size_t i = 0; i < control_.size(); ++i) {
+      const std::string& name = control_[i].first;
+      const at::Tensor& y = trained[name];
+      const at::Tensor next = control_[i].second - ins.control[i].second + (*global.at(name) - y) * scale;
+      res.delta_control.emplace_back(name, next - control_[i].second);
+      control_[i].second = next;
+    }
+  } else if (ins.scaffold) {
+    for (const auto& [name, c] : control_) res.delta_control.emplace_back(name, torch::zeros_like(c));
+  }
+  if (ins.dp_clip > 0) {
+    check_layout(ins.weights, res.weights);
+    at::Generator gen = dp_generator(static_cast<int64_t>(ins.dp_seed));
+    res.dp_unclipped = clip_and_noise(ins.weights, res.weights, ins.dp_clip, ins.dp_noise_std, gen) <= ins.dp_clip;
+  }
   if (ins.attack != Attack::kNone) attack(ins, res.weights);
   res.num_examples = ctx.data->size();
   res.train_loss = s.mean_loss;

@@ -594,6 +594,15 @@ Envelope BlockingChannel::receive(std::optional<std::chrono::milliseconds> timeo
   return decode(frame, conn_->limits());
 }
 
+std::optional<Envelope> BlockingChannel::poll_receive() {
+  io_.restart();
+  io_.poll();
+  if (inbox_.empty()) return std::nullopt;
+  InFrame frame = std::move(inbox_.front());
+  inbox_.pop_front();
+  return decode(frame, conn_->limits());
+}
+
 void BlockingChannel::close() {
   conn_->close(Error(ErrorKind::kDisconnected, "closed by this side"));
   io_.restart();

@@ -193,6 +193,9 @@ class BlockingChannel {
   // Blocks until a frame arrives and decodes it. Throws Error(kOverloaded) on timeout,
   // Error(kDisconnected) when the peer closes, Error(kFailed) for a malformed frame.
   Envelope receive(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+  // A frame that has already arrived, decoded, without waiting; nullopt if none has (or the
+  // connection closed: the next receive() says why).
+  std::optional<Envelope> poll_receive();
   void close();
 
   const std::string& peer() const { return conn_->peer(); }

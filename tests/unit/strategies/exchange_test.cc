@@ -3,6 +3,7 @@
 #include "tests/testing.h"
 
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include <torch/torch.h>
@@ -11,6 +12,7 @@
 #include "core/local_cohort.h"
 #include "core/model.h"
 #include "core/partition.h"
+#include "core/privacy.h"
 #include "core/training.h"
 #include "strategies/builtin.h"
 #include "strategies/fedavg/fedavg.h"
@@ -57,13 +59,15 @@ struct InProcessRun {
 };
 
 // Runs `coordinator` against worker halves built from the registry, as `fedra simulate` would.
+// `lines`, if given, collects the rounds' lines as they are reported (kept if the run throws).
 InProcessRun run(CoordinatorStrategy& coordinator, const Job& job, std::vector<LocalWorker> workers,
-                 const std::string& dataset = "") {
+                 const std::string& dataset = "", InProcessRun* lines = nullptr) {
   StrategyRegistry registry;
   register_builtin_strategies(registry);
   LocalCohort cohort(job, registry, std::move(workers));
   TempDir dir;
-  InProcessRun r;
+  InProcessRun own;
+  InProcessRun& r = lines != nullptr ? *lines : own;
   RunContext ctx;
   ctx.job = job;
   ctx.dataset = dataset;
@@ -111,11 +115,61 @@ NamedTensors train_plain(const std::string& data, const std::string& model_spec,
   return cloned(model_state(*model));
 }
 
+// A worker's first round of FedAvg done directly: one epoch from the initial model, batch 16, SGD
+// lr 0.1 momentum 0.9, bce, the worker's seed for round 1.
+torch::nn::Sequential train_first_round(const Job& job, const LocalWorker& worker) {
+  torch::nn::Sequential local = build_model(job.model, job.seed);
+  TrainOptions t;
+  t.batch_size = 16;
+  t.optim.lr = 0.1;
+  t.optim.momentum = 0.9;
+  t.loss = "bce";
+  t.seed = worker_seed(job.seed, 1, worker.name);
+  train_local(local, *worker.data, t);
+  return local;
+}
+
 // FedAvg's coordinator with its global model in view.
 struct Probe : fedavg::FedAvgCoordinator {
   using FedAvgCoordinator::FedAvgCoordinator;
+  using FedAvgCoordinator::checkpoint_state;
   using FedAvgCoordinator::global;
 };
+
+// Each worker's part split into training data and a held-out part for federated evaluation.
+std::vector<LocalWorker> held_out_workers(const std::string& data, int64_t n, double holdout) {
+  std::vector<LocalWorker> out = iid_workers(data, n);
+  for (size_t k = 0; k < out.size(); ++k) {
+    auto [train, held] = holdout_split(*out[k].data, holdout, 100 + k);
+    out[k].data = std::make_shared<Dataset>(std::move(train));
+    out[k].eval_data = std::make_shared<Dataset>(std::move(held));
+  }
+  return out;
+}
+
+// FedAvg's weighted mean of the given local models, in float64.
+NamedTensors weighted_mean(const std::vector<NamedTensors>& models, const std::vector<double>& weights) {
+  double total = 0;
+  for (double w : weights) total += w;
+  NamedTensors mean;
+  for (size_t k = 0; k < models.size(); ++k) {
+    for (size_t i = 0; i < models[k].size(); ++i) {
+      const at::Tensor t = models[k][i].second.to(at::kDouble) * (weights[k] / total);
+      if (k == 0) {
+        mean.emplace_back(models[k][i].first, t);
+      } else {
+        mean[i].second += t;
+      }
+    }
+  }
+  return mean;
+}
+
+NamedTensors as_double(const NamedTensors& m) {
+  NamedTensors out;
+  for (const auto& [n, t] : m) out.emplace_back(n, t.to(at::kDouble));
+  return out;
+}
 
 const char* kData = "synthetic:n=240,features=16,classes=2,seed=3";
 
@@ -137,14 +191,7 @@ TEST_CASE("fedavg in one process: the new global model is the example-weighted m
   // Each worker's local training, done here directly, then the example-weighted mean.
   NamedTensors want;
   for (size_t k = 0; k < workers.size(); ++k) {
-    torch::nn::Sequential local = build_model(job.model, job.seed);
-    TrainOptions t;
-    t.batch_size = 16;
-    t.optim.lr = 0.1;
-    t.optim.momentum = 0.9;
-    t.loss = "bce";
-    t.seed = worker_seed(job.seed, 1, workers[k].name);
-    train_local(local, *workers[k].data, t);
+    torch::nn::Sequential local = train_first_round(job, workers[k]);
     const double w = static_cast<double>(sizes[k]) / 240.0;
     const auto state = model_state(*local);
     if (want.empty()) {
@@ -205,11 +252,222 @@ TEST_CASE("a fedavg result without train_loss is refused with the field named, n
   RunContext ctx;
   ctx.job = job;
   ctx.report_round = [&](uint32_t, uint32_t, Metrics m) { lines.push_back(std::move(m)); };
-  registry.get("fedavg").make_coordinator(job)->run(cohort, ctx);
+  CHECK_THROWS_WITH_AS(registry.get("fedavg").make_coordinator(job)->run(cohort, ctx),
+                       doctest::Contains("the last round (1) failed, so the model is that of an earlier round (0 of 1"),
+                       fedra::Error);
   REQUIRE(lines.size() == 1);
   CHECK(metric<std::string>(lines[0], "status") == "failed");
   CHECK(metric<int64_t>(lines[0], "workers_failed") == 1);
   CHECK(contains(metric<std::string>(lines[0], "reason"), "rejected update from worker-1: its 'fedavg.fit_result' lacks the metric 'train_loss'"));
+}
+
+TEST_CASE("federated evaluation: the workers' held-out figures, example-weighted, equal evaluating on their union") {
+  // A variant's own figure through FedAvgWorker::evaluation_metrics: the fraction predicted positive.
+  struct Positives : fedavg::FedAvgWorker {
+    using FedAvgWorker::FedAvgWorker;
+    std::map<std::string, double> evaluation_metrics(torch::nn::Sequential& model, const Dataset& held) override {
+      torch::NoGradGuard no_grad;
+      return {{"positives", (model->forward(held.inputs) > 0).to(at::kDouble).mean().item<double>()}};
+    }
+  };
+  StrategyRegistry registry;
+  registry.add(fedavg::variant<Probe, fedavg::FedAvgOptions, Positives>("fedavg", "test"));
+  const Job job = job_of("fedavg", "mlp:16-8-1", "bce",
+                         {{"rounds", "2"}, {"batch_size", "16"}, {"fed_eval_every", "1"}, {"eval_every", "0"}});
+  std::vector<LocalWorker> workers = held_out_workers(kData, 3, 0.25);
+  workers.push_back({"worker-3", workers[0].data});  // holds nothing out: its evaluation fails, saying why
+  std::vector<at::Tensor> xs, ys;
+  for (size_t k = 0; k < 3; ++k) {
+    xs.push_back(workers[k].eval_data->inputs);
+    ys.push_back(workers[k].eval_data->targets);
+  }
+  Dataset all_held;
+  all_held.num_classes = 2;
+  all_held.inputs = torch::cat(xs);
+  all_held.targets = torch::cat(ys);
+  LocalCohort cohort(job, registry, std::move(workers));
+  std::vector<Metrics> lines;
+  RunContext ctx;
+  ctx.job = job;
+  ctx.report_round = [&](uint32_t, uint32_t, Metrics m) { lines.push_back(std::move(m)); };
+  Probe coordinator(job, parse_options<fedavg::FedAvgOptions>(job.options));
+  coordinator.run(cohort, ctx);
+  REQUIRE(lines.size() == 2);
+  const Metrics& last = lines.back();
+  CHECK(metric<int64_t>(last, "fed_eval_workers_asked") == 4);
+  CHECK(metric<int64_t>(last, "fed_eval_workers_ok") == 3);
+  CHECK(metric<int64_t>(last, "fed_eval_workers_failed") == 1);
+  CHECK(metric<std::string>(last, "fed_eval_workers") == "worker-0,worker-1,worker-2");
+  CHECK(metric<int64_t>(last, "fed_eval_examples") == all_held.size());
+  const auto weights = metric<std::vector<double>>(last, "fed_eval_weights");
+  REQUIRE(weights.size() == 3);
+  CHECK(weights[0] + weights[1] + weights[2] == doctest::Approx(1.0));
+  // The same figures from the final global model evaluated here on the union of the held-out parts.
+  torch::nn::Sequential model = build_model(job.model, job.seed);
+  load_model_state(*model, coordinator.global());
+  const EvalStats want = evaluate_model(model, all_held, "bce");
+  CHECK(metric<double>(last, "fed_eval_accuracy") == doctest::Approx(want.accuracy).epsilon(1e-12));
+  CHECK(metric<double>(last, "fed_eval_loss") == doctest::Approx(want.loss).epsilon(1e-5));
+  const auto per_class = metric<std::vector<double>>(last, "fed_eval_class_examples");
+  REQUIRE(per_class.size() == 2);
+  CHECK(per_class[0] == static_cast<double>(want.class_examples[0]));
+  CHECK(per_class[1] == static_cast<double>(want.class_examples[1]));
+  const auto class_accuracy = metric<std::vector<double>>(last, "fed_eval_class_accuracy");
+  CHECK(class_accuracy[1] ==
+        doctest::Approx(static_cast<double>(want.class_correct[1]) / static_cast<double>(want.class_examples[1])));
+  torch::NoGradGuard no_grad;
+  CHECK(metric<double>(last, "fed_eval_positives") ==
+        doctest::Approx((model->forward(all_held.inputs) > 0).to(at::kDouble).mean().item<double>()).epsilon(1e-12));
+}
+
+TEST_CASE("scaffold: two rounds equal the control-variate algorithm done by hand") {
+  const int64_t steps = 5;
+  const double lr = 0.1;
+  const Job job = job_of("fedavg", "mlp:16-8-1", "bce",
+                         {{"rounds", "2"}, {"local_steps", std::to_string(steps)}, {"local_epochs", "0"},
+                          {"batch_size", "16"}, {"lr", "0.1"}, {"momentum", "0"}, {"scaffold", "true"}});
+  const std::vector<LocalWorker> workers = iid_workers(kData, 2);
+  // By hand (Karimireddy et al. 2020, Algorithm 1, option II): y_i from x with grad + c - c_i, then
+  // c_i+ = c_i - c + (x - y_i) / (K lr), x <- weighted mean of y_i, c <- c + sum (c_i+ - c_i) / N.
+  torch::nn::Sequential ref = build_model(job.model, job.seed);
+  NamedTensors x = cloned(model_state(*ref));
+  std::vector<at::Tensor> c(ref->parameters().size());
+  for (size_t i = 0; i < c.size(); ++i) c[i] = torch::zeros_like(ref->parameters()[i]);
+  std::vector<std::vector<at::Tensor>> ci(2, c);
+  for (uint32_t round = 1; round <= 2; ++round) {
+    std::vector<NamedTensors> ys;
+    std::vector<double> sizes;
+    std::vector<at::Tensor> c_sum(c.size());
+    for (size_t k = 0; k < 2; ++k) {
+      torch::nn::Sequential local = build_model(job.model, job.seed);
+      load_model_state(*local, x);
+      TrainOptions t;
+      t.epochs = std::numeric_limits<int64_t>::max();
+      t.max_steps = steps;
+      t.batch_size = 16;
+      t.optim.lr = lr;
+      t.loss = "bce";
+      t.seed = worker_seed(job.seed, round, workers[k].name);
+      for (size_t i = 0; i < c.size(); ++i) t.grad_correction.push_back(c[i] - ci[k][i]);
+      train_local(local, *workers[k].data, t);
+      const auto params = local->parameters();
+      for (size_t i = 0; i < c.size(); ++i) {
+        const at::Tensor next = ci[k][i] - c[i] + (x[i].second - params[i].detach()) / (steps * lr);
+        c_sum[i] = k == 0 ? next - ci[k][i] : c_sum[i] + (next - ci[k][i]);
+        ci[k][i] = next;
+      }
+      ys.push_back(cloned(model_state(*local)));
+      sizes.push_back(static_cast<double>(workers[k].data->size()));
+    }
+    NamedTensors mean = weighted_mean(ys, sizes);
+    x.clear();
+    for (const auto& [n, t] : mean) x.emplace_back(n, t.to(at::kFloat));
+    for (size_t i = 0; i < c.size(); ++i) c[i] = c[i] + c_sum[i] / 2.0;
+  }
+  Probe coordinator(job, parse_options<fedavg::FedAvgOptions>(job.options));
+  const auto r = run(coordinator, job, workers);
+  REQUIRE(r.lines.size() == 2);
+  CHECK(max_diff(as_double(coordinator.global()), as_double(x)) < 1e-5);
+  // The server's c is checkpointed beside the model.
+  NamedTensors saved_c;
+  for (const auto& [n, t] : coordinator.checkpoint_state()) {
+    if (n.rfind("scaffold/c/", 0) == 0) saved_c.emplace_back(n, t);
+  }
+  REQUIRE(saved_c.size() == c.size());
+  for (size_t i = 0; i < c.size(); ++i) CHECK((saved_c[i].second - c[i]).abs().max().item<double>() < 1e-5);
+  CHECK((c[0].abs().sum().item<double>()) > 0);  // the control variate moved
+  CHECK_THROWS_WITH_AS(parse_options<fedavg::FedAvgOptions>(OptionMap("fedavg", {{"scaffold", "true"}})),
+                       doctest::Contains("set --fedavg.momentum 0"), fedra::Error);
+}
+
+TEST_CASE("dp: clipped updates averaged over the sampled workers, noise as asked, epsilon from the accountant") {
+  const auto dp_job = [](const std::string& mode, const std::string& noise, const std::string& seed) {
+    return job_of("fedavg", "mlp:16-8-1", "bce",
+                  {{"rounds", "2"}, {"batch_size", "16"}, {"lr", "0.1"}, {"fraction", "0.5"}, {"dp", mode},
+                   {"dp_clip", "0.05"}, {"dp_noise", noise}, {"dp_seed", seed}});
+  };
+  const auto final_model = [](const Job& job, std::vector<Metrics>* lines = nullptr) {
+    Probe coordinator(job, parse_options<fedavg::FedAvgOptions>(job.options));
+    auto r = run(coordinator, job, iid_workers(kData, 4));
+    if (lines != nullptr) *lines = r.lines;
+    return cloned(coordinator.global());
+  };
+  // Without noise, server-side and client-side clipping give the same model: x + sum clip(u_i) / m.
+  const NamedTensors server = final_model(dp_job("server", "0", "1"));
+  const NamedTensors client = final_model(dp_job("client", "0", "1"));
+  CHECK(max_diff(as_double(server), as_double(client)) < 1e-6);
+  // Round 1 by hand: the 2 sampled workers' updates clipped to 0.05, summed, divided by 2.
+  {
+    const Job one = job_of("fedavg", "mlp:16-8-1", "bce",
+                           {{"rounds", "1"}, {"batch_size", "16"}, {"lr", "0.1"}, {"fraction", "0.5"}, {"dp", "server"},
+                            {"dp_clip", "0.05"}, {"dp_noise", "0"}});
+    const NamedTensors got = final_model(one);
+    const auto workers = iid_workers(kData, 4);
+    const NamedTensors x = cloned(model_state(*build_model(one.model, one.seed)));
+    // The sampled pair: the workers whose update the coordinator used; find it by trying each pair.
+    double best = 1e9;
+    for (size_t a = 0; a < 4; ++a) {
+      for (size_t b = a + 1; b < 4; ++b) {
+        NamedTensors sum = as_double(x);
+        for (size_t k : {a, b}) {
+          torch::nn::Sequential local = train_first_round(one, workers[k]);
+          NamedTensors w = cloned(model_state(*local));
+          auto gen = dp_generator(1);
+          clip_and_noise(x, w, 0.05, 0, gen);
+          for (size_t i = 0; i < sum.size(); ++i) sum[i].second += (w[i].second.to(at::kDouble) - x[i].second.to(at::kDouble)) / 2.0;
+        }
+        best = std::min(best, max_diff(as_double(got), sum));
+      }
+    }
+    CHECK(best < 1e-6);
+    CHECK(update_norm(x, got) <= 0.05 + 1e-6);  // the mean of two updates within 0.05
+  }
+  // The same dp_seed gives the same noise; the noise has the asked size: z C / m per coordinate.
+  std::vector<Metrics> lines;
+  const NamedTensors noisy = final_model(dp_job("server", "1.5", "7"), &lines);
+  CHECK(max_diff(as_double(noisy), as_double(final_model(dp_job("server", "1.5", "7")))) == 0);
+  CHECK(max_diff(as_double(noisy), as_double(final_model(dp_job("server", "1.5", "8")))) > 0);
+  // Epsilon after each round: two rounds at q = 2/4, z = 1.5, from the accountant.
+  REQUIRE(lines.size() == 2);
+  for (size_t r = 0; r < 2; ++r) {
+    RdpAccountant want;
+    want.add(0.5, 1.5, static_cast<int64_t>(r + 1));
+    CHECK(metric<double>(lines[r], "dp_epsilon") == doctest::Approx(want.epsilon(1e-5)));
+    CHECK(metric<double>(lines[r], "dp_delta") == 1e-5);
+  }
+  CHECK_THROWS_WITH_AS(parse_options<fedavg::FedAvgOptions>(OptionMap("fedavg", {{"dp", "server"}, {"aggregate", "median"}})),
+                       doctest::Contains("fedavg.dp needs aggregate=mean"), fedra::Error);
+}
+
+TEST_CASE("dp adaptive clipping moves C towards the target quantile of the update norms") {
+  // Every update is far above C = 1e-4, so the unclipped fraction is ~0 and C grows each round by
+  // about exp(eta * quantile); with no noise on the count exactly that.
+  const Job job = job_of("fedavg", "mlp:16-8-1", "bce",
+                         {{"rounds", "3"}, {"batch_size", "16"}, {"lr", "0.1"}, {"dp", "server"}, {"dp_clip", "1e-4"},
+                          {"dp_noise", "0"}, {"dp_adaptive", "true"}, {"dp_clip_lr", "0.5"}, {"dp_quantile", "0.5"}});
+  Probe coordinator(job, parse_options<fedavg::FedAvgOptions>(job.options));
+  const auto r = run(coordinator, job, iid_workers(kData, 3));
+  REQUIRE(r.lines.size() == 3);
+  for (size_t k = 0; k < 3; ++k) {
+    CHECK(metric<double>(r.lines[k], "dp_unclipped_fraction") == 0);
+    CHECK(metric<double>(r.lines[k], "dp_clip") == doctest::Approx(1e-4 * std::exp(0.25 * static_cast<double>(k + 1))));
+  }
+}
+
+TEST_CASE("a robust rule whose held updates would pass hold_budget_mb asks nobody and fails the round, saying why") {
+  // mlp:784-200-200-10 is 0.8 MB: a budget of 2 MB holds two updates of the three sampled.
+  const Job job = job_of("fedavg", "mlp:784-200-200-10", "ce",
+                         {{"rounds", "1"}, {"aggregate", "median"}, {"hold_budget_mb", "2"}});
+  Probe coordinator(job, parse_options<fedavg::FedAvgOptions>(job.options));
+  InProcessRun r;
+  CHECK_THROWS_WITH_AS(run(coordinator, job, iid_workers("synthetic:n=30,features=784,classes=10,seed=3", 3), "", &r),
+                       doctest::Contains("the last round (1) failed"), fedra::Error);
+  REQUIRE(r.lines.size() == 1);
+  CHECK(metric<std::string>(r.lines[0], "status") == "failed");
+  CHECK(metric<int64_t>(r.lines[0], "workers_asked") == 0);  // nobody trained for nothing
+  CHECK(metric<std::string>(r.lines[0], "reason") ==
+        "round 1: aggregate=median holds every update, and 3 updates of 0.8 MB need 2.4 MB, over "
+        "fedavg.hold_budget_mb = 2; raise the budget, sample fewer workers (fraction) or use aggregate=mean");
 }
 
 TEST_CASE("gradsum in one process: replicas averaging gradients take one model's steps") {
