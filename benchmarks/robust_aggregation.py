@@ -35,7 +35,7 @@ def main():
     clean = None
     for name, extra in RUNS:
         d = os.path.join(out, name.split()[0] + ("-clean" if "clean" in name else ""))
-        s, lines, wall = simulate_default(a.fedra, d, rounds, a.quick, extra)
+        s, lines, wall = simulate_default(a.fedra, d, rounds, a.quick, extra, may_fail=bool(extra))
         ok = [line for line in lines if line["status"] == "ok"]  # a diverged model fails its later rounds
         agg = sum(line["average_s"] for line in ok) / max(len(ok), 1)
         acc = s["final"]["test_accuracy"]

@@ -51,8 +51,9 @@ struct TcpCohort::Impl {
   struct Member {
     WorkerInfo info;
     std::shared_ptr<tcp::Connection> conn;
-    bool ready = false;
-    bool rejected = false;
+    bool ready = false;     // past the handshake
+    bool rejected = false;  // refused or dropped: its connection is closing
+    bool active() const { return ready && !rejected; }  // listed, sampled, asked
     std::optional<asio::steady_timer> handshake_timer;
     // At most one request is outstanding per worker.
     uint64_t pending_id = 0;
@@ -111,7 +112,7 @@ struct TcpCohort::Impl {
 
   size_t ready_count() const {
     return static_cast<size_t>(std::count_if(members.begin(), members.end(),
-                                             [](const auto& m) { return m.second->ready; }));
+                                             [](const auto& m) { return m.second->active(); }));
   }
 
   void accept(asio::ip::tcp::socket socket) {
@@ -138,7 +139,12 @@ struct TcpCohort::Impl {
 
   void reject(Member& m, const Error& why) {
     m.rejected = true;
-    spdlog::warn("rejected connection from {}: {}", m.info.address, why.what());
+    if (m.ready) {
+      // Dropped mid-job: from now on it is neither listed nor sampled, and on_close says it left.
+      spdlog::warn("dropping worker {}: {}", m.info.name, why.what());
+    } else {
+      spdlog::warn("rejected connection from {}: {}", m.info.address, why.what());
+    }
     m.conn->send_error_and_close(why);
   }
 
@@ -154,6 +160,7 @@ struct TcpCohort::Impl {
       const std::string msg = fmt::format("malformed message '{}' from {}: {}", env.kind,
                                           m.info.name, e.what());
       if (m.pending_id != 0 && (env.request_id == 0 || env.request_id == m.pending_id)) {
+        send_refusal(m.info.id, m.pending_id, ErrorKind::kFailed, msg);
         return fail_pending(m, ErrorKind::kFailed, msg);
       }
       spdlog::warn("{} (discarded)", msg);
@@ -194,8 +201,9 @@ struct TcpCohort::Impl {
       spdlog::warn("worker {} reported: {}", m.info.name, env.error->message);
       return;
     }
-    spdlog::debug("discarding '{}' from {} (request {} is not pending; a late reply?)", env.kind,
-                  m.info.name, env.request_id);
+    spdlog::warn("discarding '{}' from {}: request {} is not pending (a reply after its deadline, or to "
+                 "a request never sent)",
+                 env.kind, m.info.name, env.request_id);
   }
 
   void hello(Member& m, transport::Envelope& env) {
@@ -223,14 +231,53 @@ struct TcpCohort::Impl {
                              "coordinator's (check --token on both sides)"));
     }
     m.info.name = hi.sender.empty() ? fmt::format("worker-{}", m.info.id) : hi.sender;
+    for (const auto& [id, other] : members) {
+      if (other.get() != &m && other->active() && other->info.name == m.info.name) {
+        return reject(m, Error(ErrorKind::kFailed,
+                               fmt::format("a worker named '{}' is already connected (from {}); give each worker "
+                                           "its own --name",
+                                           m.info.name, other->info.address)));
+      }
+    }
     m.info.certificate = m.conn->peer_certificate();
-    m.info.num_examples = static_cast<int64_t>(hi.metric_or("num_examples", 0));
+    const auto examples = hi.metrics.find("num_examples");
+    if (examples == hi.metrics.end()) {
+      return reject(m, Error(ErrorKind::kFailed, "hello lacks the metric 'num_examples' (the worker's count of "
+                                                 "training examples)"));
+    }
+    if (!(examples->second >= 0) || examples->second != std::floor(examples->second) || examples->second > 1e15) {
+      return reject(m, Error(ErrorKind::kFailed,
+                             fmt::format("hello: num_examples must be a whole number >= 0, got {}", examples->second)));
+    }
+    m.info.num_examples = static_cast<int64_t>(examples->second);
     for (const auto& [name, t] : hi.tensors) {
       if (name != "label_histogram") continue;
       if (t.scalar_type() != at::kLong || t.dim() != 1) {
         return reject(m, Error(ErrorKind::kFailed, "hello: label_histogram must be int64 [classes]"));
       }
       const int64_t* p = t.data_ptr<int64_t>();
+      int64_t sum = 0;
+      for (int64_t c = 0; c < t.numel(); ++c) {
+        if (p[c] < 0) {
+          return reject(m, Error(ErrorKind::kFailed, fmt::format("hello: label_histogram has {} examples of class {}",
+                                                                 p[c], c)));
+        }
+        sum += p[c];
+      }
+      if (sum != m.info.num_examples) {
+        return reject(m, Error(ErrorKind::kFailed,
+                               fmt::format("hello: label_histogram counts {} examples but num_examples is {}", sum,
+                                           m.info.num_examples)));
+      }
+      for (const auto& [id, other] : members) {
+        if (other.get() != &m && other->active() && !other->info.label_histogram.empty() &&
+            static_cast<int64_t>(other->info.label_histogram.size()) != t.numel()) {
+          return reject(m, Error(ErrorKind::kFailed,
+                                 fmt::format("hello: label_histogram has {} classes, but worker {}'s has {}: "
+                                             "the workers hold different datasets",
+                                             t.numel(), other->info.name, other->info.label_histogram.size())));
+        }
+      }
       m.info.label_histogram.assign(p, p + t.numel());
     }
     m.ready = true;
@@ -272,7 +319,9 @@ struct TcpCohort::Impl {
       return;
     }
     const bool pending = m->pending_id != 0;
-    if (reason.kind() == ErrorKind::kDisconnected && !pending) {
+    if (m->rejected) {
+      spdlog::info("worker {} left (dropped for a protocol error)", m->info.name);
+    } else if (reason.kind() == ErrorKind::kDisconnected && !pending) {
       spdlog::info("worker {} left: {}", m->info.name, reason.what());
     } else {
       spdlog::warn("worker {} lost{}: {}", m->info.name, pending ? " mid-request" : "",
@@ -286,6 +335,23 @@ struct TcpCohort::Impl {
     m.on_part = nullptr;
     m.on_reply = nullptr;
     m.on_fail = nullptr;
+  }
+
+  // Tells a worker that its answer to `request_id` was refused and why (protocol: an `error`
+  // envelope naming the request; the worker logs it and stays). Nothing if it is gone.
+  void send_refusal(WorkerId id, uint64_t request_id, ErrorKind kind, const std::string& message) {
+    auto it = members.find(id);
+    if (it == members.end() || !it->second->conn->is_open()) return;
+    transport::Envelope env;
+    env.kind = protocol::kError;
+    env.sender = protocol::kCoordinatorName;
+    env.request_id = request_id;
+    env.error = transport::WireError{kind, message};
+    try {
+      it->second->conn->send(transport::encode(env, config.limits));
+    } catch (const Error& e) {
+      spdlog::warn("cannot tell {} its reply was refused: {}", it->second->info.name, e.what());
+    }
   }
 
   void fail_pending(Member& m, ErrorKind kind, const std::string& message) {
@@ -336,7 +402,7 @@ size_t TcpCohort::size() const { return impl_->ready_count(); }
 std::vector<WorkerInfo> TcpCohort::workers() const {
   std::vector<WorkerInfo> out;
   for (const auto& [id, m] : impl_->members) {
-    if (m->ready) out.push_back(m->info);
+    if (m->active()) out.push_back(m->info);
   }
   return out;
 }
@@ -401,7 +467,7 @@ std::vector<Failure> TcpCohort::exchange(std::vector<Instruction> instructions, 
   std::vector<std::shared_ptr<Impl::Member>> asked;
   for (auto& ins : instructions) {
     auto it = impl_->members.find(ins.worker);
-    if (it == impl_->members.end() || !it->second->ready) {
+    if (it == impl_->members.end() || !it->second->active()) {
       fail({ins.worker, fmt::format("worker #{}", ins.worker), ErrorKind::kDisconnected,
             "not connected"});
       continue;
@@ -421,24 +487,29 @@ std::vector<Failure> TcpCohort::exchange(std::vector<Instruction> instructions, 
     }
     m->pending_id = env.request_id;
     const WorkerInfo info = m->info;
+    const uint64_t request_id = env.request_id;
+    Impl* impl = impl_.get();
     if (handlers.on_part) {
-      Impl* impl = impl_.get();
-      m->on_part = std::make_shared<std::function<void(Message&&)>>([impl, &handlers, info](Message&& part) {
+      m->on_part = std::make_shared<std::function<void(Message&&)>>([impl, &handlers, info, request_id](Message&& part) {
         try {
           handlers.on_part(info, std::move(part));
         } catch (const std::exception& e) {
           auto member = impl->members.find(info.id);
+          impl->send_refusal(info.id, request_id, ErrorKind::kFailed, e.what());
           if (member != impl->members.end()) impl->fail_pending(*member->second, ErrorKind::kFailed, e.what());
         }
       });
     }
-    m->on_reply = [&fail, &outstanding, &handlers, info](Message&& reply) {
+    // A reply the strategy refuses (throws on) is a failure here and an error envelope there.
+    m->on_reply = [&fail, &outstanding, &handlers, info, impl, request_id](Message&& reply) {
       --outstanding;
       try {
         handlers.on_reply(info, std::move(reply));
       } catch (const Error& e) {
+        impl->send_refusal(info.id, request_id, e.kind(), e.what());
         fail({info.id, info.name, e.kind(), e.what()});
       } catch (const std::exception& e) {
+        impl->send_refusal(info.id, request_id, ErrorKind::kFailed, e.what());
         fail({info.id, info.name, ErrorKind::kFailed, e.what()});
       }
     };
@@ -460,6 +531,12 @@ std::vector<Failure> TcpCohort::exchange(std::vector<Instruction> instructions, 
                                 : fmt::format("no reply before the deadline");
     for (auto& m : asked) {
       if (m->pending_id != 0) {
+        // Told, so that a worker that was away (stopped, swapped out) skips the stale request
+        // instead of doing its work first.
+        if (!impl_->stop) {
+          impl_->send_refusal(m->info.id, m->pending_id, ErrorKind::kOverloaded,
+                              fmt::format("request {} expired ({}); the coordinator moved on", m->pending_id, why));
+        }
         impl_->fail_pending(*m, impl_->stop ? ErrorKind::kFailed : ErrorKind::kOverloaded, why);
       }
     }

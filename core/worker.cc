@@ -45,6 +45,21 @@ std::vector<Dataset> load_private_data(const WorkerConfig& c, int64_t count = 1)
   return parts;
 }
 
+// Before hanging up on a coordinator whose message this worker could not take (a malformed frame,
+// an unusable welcome): an `error` without a request id saying why, as the protocol promises.
+// Best effort: the connection may be gone already.
+void tell_coordinator(tcp::BlockingChannel& channel, const std::string& name, const Error& e) {
+  if (e.kind() != ErrorKind::kFailed) return;  // gone or timed out: nobody to tell, or nothing wrong with it
+  transport::Envelope env;
+  env.kind = protocol::kError;
+  env.sender = name;
+  env.error = transport::WireError{ErrorKind::kFailed, fmt::format("worker {} hangs up: {}", name, e.what())};
+  try {
+    channel.send(env);
+  } catch (const Error&) {
+  }
+}
+
 Message error_reply(const Message& request, ErrorKind kind, const std::string& what) {
   Message reply(protocol::kError, request.round);
   reply.step = request.step;
@@ -157,6 +172,7 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     spdlog::info("joined {} as worker #{}: strategy {}, model {}", channel->peer(), ctx.worker_id,
                  ctx.job.strategy, ctx.job.model);
   } catch (const Error& e) {
+    tell_coordinator(*channel, name, e);
     const std::string what = e.what();
     if (what.rfind("TLS handshake", 0) == 0) {
       spdlog::error("{}", what);
@@ -182,7 +198,10 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
       try {
         env = channel->receive();
       } catch (const Error& e) {
-        spdlog::error("connection to the coordinator lost: {}", e.what());
+        tell_coordinator(*channel, name, e);
+        spdlog::error("{}: {}", e.kind() == ErrorKind::kFailed ? "cannot read the coordinator's message"
+                                                               : "connection to the coordinator lost",
+                      e.what());
         return 1;
       }
     }
@@ -243,13 +262,22 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     try {
       channel->send(out);
     } catch (const Error& e) {
-      // The coordinator may have ended the job while we worked: its shutdown is then waiting.
+      // The coordinator may have ended the job while we worked: its shutdown is then waiting,
+      // maybe behind other messages (a notice that this request expired).
       try {
-        Message next = from_envelope(channel->receive(std::chrono::milliseconds(0)));
-        if (next.kind == protocol::kShutdown) {
-          spdlog::info("coordinator ended the job while this worker was busy: {}",
-                       next.option_or("reason", "no reason given"));
-          return 0;
+        for (;;) {
+          Message next;
+          if (!ahead.empty()) {
+            next = from_envelope(std::move(ahead.front()));
+            ahead.pop_front();
+          } else {
+            next = from_envelope(channel->receive(std::chrono::milliseconds(0)));
+          }
+          if (next.kind == protocol::kShutdown) {
+            spdlog::info("coordinator ended the job while this worker was busy: {}",
+                         next.option_or("reason", "no reason given"));
+            return 0;
+          }
         }
       } catch (const Error&) {
       }

@@ -354,9 +354,14 @@ void decode_into(const InFrame& frame, const Limits& limits, Envelope& env) {
       FEDRA_REQUIRE(!t.name.empty(), "a tensor in message '{}' has an empty name", env.kind);
       FEDRA_REQUIRE(names.insert(t.name).second, "tensor name '{}' appears twice in message '{}'",
                     t.name, env.kind);
-      auto chunks = tr.getChunks();
+      // Each chunk is read once: Cap'n Proto charges the traversal limit on every read of a
+      // blob, so reading them twice made frames above half of --max-frame-bytes fail (issue 21).
+      std::vector<capnp::Data::Reader> chunks;
       uint64_t received = 0;
-      for (auto c : chunks) received += c.size();
+      for (auto c : tr.getChunks()) {
+        chunks.push_back(c);
+        received += c.size();
+      }
       decoded += 8 * chunks.size() + received;
       check_decoded(t.name.c_str());
       const uint64_t expected = t.numel() * dtype_size(t.dtype);

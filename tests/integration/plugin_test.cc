@@ -43,7 +43,9 @@ TEST_CASE("fedmedian keeps training with a worker sending huge updates; the mean
                                 "--fedmedian.rule", aggregate, "--out", out},
                                dir / (aggregate + ".log"), std::chrono::seconds(120));
     INFO(read_file(dir / (aggregate + ".log")));
-    CHECK(code == 0);
+    // The mean's model may be wrecked so far that its last round's updates are NaN: that round
+    // fails, and so does the job (exit 1).
+    CHECK((code == 0 || (aggregate == "mean" && code == 1)));
     return read_jsonl(out + "/metrics.jsonl");
   };
   const auto median = run("median");

@@ -167,6 +167,39 @@ TEST_CASE("tensors above the chunk size are split into chunks and joined on deco
   CHECK(std::memcmp(got.tensors[0].data, data.get(), n) == 0);
 }
 
+TEST_CASE("a frame just under the size cap decodes, in one chunk or many (the traversal limit reads it once)") {
+  // Issue 21: with --max-frame-bytes 40000 the 32,032-byte fit frame of mlp:784-10 was refused
+  // ("Exceeded message traversal limit"): decode read each chunk twice, and Cap'n Proto charges
+  // the traversal limit on every read, so frames above about half the cap failed.
+  for (uint64_t chunk : {uint64_t{1} << 20, uint64_t{1024}}) {
+    Limits limits;
+    limits.max_frame_bytes = 40000;
+    limits.chunk_bytes = chunk;
+    const uint64_t n = 7850 * 4;  // mlp:784-10's weights and bias: 31,400 bytes
+    auto data = pattern(n, 9);
+    Envelope in;
+    in.kind = "fedavg.fit";
+    in.tensors.push_back(tensor("w", DType::kFloat32, {7850}, data.get()));
+    CAPTURE(chunk);
+    const Envelope got = round_trip(in, limits);
+    REQUIRE(got.tensors.size() == 1);
+    CHECK(std::memcmp(got.tensors[0].data, data.get(), n) == 0);
+    // And at the boundary: the largest tensor the cap allows still decodes.
+    const OutFrame probe = encode(in, limits);
+    const uint64_t room = limits.max_frame_bytes - probe.size_bytes();
+    const uint64_t bigger = (n + room - room / 16) / 4 * 4;  // what is left, less room for chunk pointers
+    auto more = pattern(bigger, 10);
+    Envelope edge;
+    edge.kind = "fedavg.fit";
+    edge.tensors.push_back(tensor("w", DType::kFloat32, {static_cast<int64_t>(bigger / 4)}, more.get()));
+    const OutFrame out = encode(edge, limits);
+    CHECK(out.size_bytes() <= limits.max_frame_bytes);
+    CHECK(out.size_bytes() > limits.max_frame_bytes * 3 / 4);
+    const std::vector<std::byte> bytes = out.to_bytes();
+    CHECK_NOTHROW(decode(InFrame::from_bytes(bytes.data(), bytes.size(), limits), limits));
+  }
+}
+
 TEST_CASE("a tensor over Cap'n Proto's 512 MiB blob limit round-trips with the default limits") {
   const uint64_t n = uint64_t{600} << 20;
   auto data = allocate_aligned(n);
