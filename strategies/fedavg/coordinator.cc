@@ -155,7 +155,8 @@ void FedAvgCoordinator::accumulate_fit(uint32_t round, const WorkerInfo& worker,
   } catch (const Error& e) {
     FEDRA_FAIL("rejected update from {}: {}", worker.name, e.what());
   }
-  if (options_.scaffold()) accept_control(worker, std::move(result.delta_control));
+  NamedTensors delta_control = std::move(result.delta_control);
+  if (options_.scaffold()) check_control(worker, delta_control);
   if (options_.robust().clip_norm() > 0) clip_to_norm(global_, result.weights, options_.robust().clip_norm());
   const auto n = static_cast<double>(result.num_examples);
   const double loss = result.train_loss;
@@ -172,7 +173,8 @@ void FedAvgCoordinator::accumulate_fit(uint32_t round, const WorkerInfo& worker,
   } else {
     accumulate(worker, std::move(result));
   }
-  // Only reached when the result was taken.
+  // Only reached when the result was taken: its control variate is added with it, or not at all.
+  if (options_.scaffold()) add_control(delta_control);
   accumulate_s_ += seconds_since(t0);
   loss_sum_ += loss * n;
   weight_sum_ += n;
@@ -180,9 +182,9 @@ void FedAvgCoordinator::accumulate_fit(uint32_t round, const WorkerInfo& worker,
   ++accepted_;
 }
 
-// SCAFFOLD: checks a worker's delta c_i and adds it to the round's sum. A result is taken whole
-// or not at all: a bad delta rejects the update too, before anything is added.
-void FedAvgCoordinator::accept_control(const WorkerInfo& worker, NamedTensors&& delta) {
+// SCAFFOLD: a worker's delta c_i must fit the control variate (a bad one rejects the update too);
+// it joins the round's sum only once the update itself was taken.
+void FedAvgCoordinator::check_control(const WorkerInfo& worker, const NamedTensors& delta) const {
   try {
     FEDRA_REQUIRE(!delta.empty(), "it sent no SCAFFOLD control variate (scaffold.dc/...) though asked to");
     check_layout(control_, delta);
@@ -190,6 +192,9 @@ void FedAvgCoordinator::accept_control(const WorkerInfo& worker, NamedTensors&& 
   } catch (const Error& e) {
     FEDRA_FAIL("rejected update from {}: {}", worker.name, e.what());
   }
+}
+
+void FedAvgCoordinator::add_control(const NamedTensors& delta) {
   if (control_delta_sum_.empty()) {
     for (const auto& [name, d] : delta) control_delta_sum_.emplace_back(name, d.to(at::kDouble));
     return;
@@ -291,8 +296,6 @@ Metrics FedAvgCoordinator::evaluate_federated(uint32_t round, uint32_t total, Co
   if (!o.due(round, round == total)) return {};
   // A draw of its own, different from the round's fit sample.
   const uint64_t seed = (ctx.job.seed ^ 0xE7A1ULL) * 0x9E3779B97F4A7C15ULL + round;
-  std::map<WorkerId, std::string> names;
-  for (const WorkerInfo& w : cohort.workers()) names[w.id] = w.name;
   Message ask(kEvaluate, round);
   ask.tensors = global_;  // shared, not copied
   std::vector<Instruction> instructions;

@@ -251,7 +251,8 @@ class FedAvgCoordinator : public RoundStrategy {
   void restore(NamedTensors state) override;
 
  private:
-  void accept_control(const WorkerInfo& worker, NamedTensors&& delta);  // SCAFFOLD
+  void check_control(const WorkerInfo& worker, const NamedTensors& delta) const;  // SCAFFOLD
+  void add_control(const NamedTensors& delta);
   NamedTensors dp_aggregate();  // DP-FedAvg's noised mean (options_.privacy())
 
   Job job_;
