@@ -176,53 +176,21 @@ void RdpAccountant::set_rdp(std::vector<double> rdp) {
   rdp_ = std::move(rdp);
 }
 
-double update_norm(const NamedTensors& global, const NamedTensors& weights) {
-  torch::NoGradGuard no_grad;
-  double sq = 0;
-  for (size_t i = 0; i < global.size(); ++i) {
-    if (!at::isFloatingType(global[i].second.scalar_type())) continue;
-    sq += (weights[i].second.to(at::kDouble) - global[i].second.to(at::kDouble)).pow(2).sum().item<double>();
-  }
-  return std::sqrt(sq);
-}
-
-namespace {
-
-// The update w - global in float64 per floating-point tensor (undefined for integer ones), scaled
-// down to L2 norm `clip` when longer (clip 0: never); *norm gets its norm before scaling.
-std::vector<at::Tensor> clipped_update(const NamedTensors& global, const NamedTensors& weights, double clip,
-                                       double* norm) {
-  torch::NoGradGuard no_grad;
-  *norm = update_norm(global, weights);
-  const double scale = clip > 0 && *norm > clip ? clip / *norm : 1.0;
-  std::vector<at::Tensor> u(global.size());
-  for (size_t i = 0; i < global.size(); ++i) {
-    const at::Tensor& g = global[i].second;
-    if (at::isFloatingType(g.scalar_type())) u[i] = (weights[i].second.to(at::kDouble) - g.to(at::kDouble)) * scale;
-  }
-  return u;
-}
-
-}  // namespace
-
 void DpMean::reset(const NamedTensors& global) {
   global_ = global;
   sum_.assign(global.size(), at::Tensor());
-  count_ = 0;
 }
 
 double DpMean::add(const NamedTensors& weights, double clip) {
-  double norm = 0;
-  std::vector<at::Tensor> u = clipped_update(global_, weights, clip, &norm);
-  for (size_t i = 0; i < u.size(); ++i) {
-    if (!u[i].defined()) continue;
-    if (sum_[i].defined()) {
-      sum_[i].add_(u[i]);
-    } else {
-      sum_[i] = std::move(u[i]);
-    }
+  torch::NoGradGuard no_grad;
+  const double norm = update_norm(global_, weights);
+  const double scale = clip > 0 && norm > clip ? clip / norm : 1.0;
+  for (size_t i = 0; i < global_.size(); ++i) {
+    const at::Tensor& g = global_[i].second;
+    if (!at::isFloatingType(g.scalar_type())) continue;
+    const at::Tensor u = (weights[i].second.to(at::kDouble) - g.to(at::kDouble)) * scale;
+    sum_[i] = sum_[i].defined() ? sum_[i].add_(u) : u;
   }
-  ++count_;
   return norm;
 }
 
@@ -241,20 +209,20 @@ NamedTensors DpMean::finish(double noise_std, double denominator, at::Generator&
     next.emplace_back(name, (g.to(at::kDouble) + sum / denominator).to(g.scalar_type()));
   }
   sum_.assign(global_.size(), at::Tensor());
-  count_ = 0;
   return next;
 }
 
 double clip_and_noise(const NamedTensors& global, NamedTensors& weights, double clip, double noise_std,
                       at::Generator& gen) {
   torch::NoGradGuard no_grad;
-  double norm = 0;
-  std::vector<at::Tensor> u = clipped_update(global, weights, clip, &norm);
-  for (size_t i = 0; i < u.size(); ++i) {
-    if (!u[i].defined()) continue;
-    const at::Tensor& g = global[i].second;
-    if (noise_std > 0) u[i] += at::empty(g.sizes(), u[i].options()).normal_(0, noise_std, gen);
-    weights[i].second = (g.to(at::kDouble) + u[i]).to(g.scalar_type());
+  const double norm = clip_to_norm(global, weights, clip);
+  if (noise_std > 0) {
+    for (size_t i = 0; i < global.size(); ++i) {
+      at::Tensor& w = weights[i].second;
+      if (!at::isFloatingType(w.scalar_type())) continue;
+      w = (w.to(at::kDouble) + at::empty(w.sizes(), w.options().dtype(at::kDouble)).normal_(0, noise_std, gen))
+              .to(w.scalar_type());
+    }
   }
   return norm;
 }

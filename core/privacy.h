@@ -32,6 +32,7 @@
 
 #include "core/message.h"
 #include "core/options.h"
+#include "core/robust_aggregation.h"
 
 namespace fedra {
 
@@ -112,18 +113,14 @@ class DpMean {
   double add(const NamedTensors& weights, double clip);
   // global + (sum + N(0, noise_std^2) per coordinate) / denominator; `gen` draws the noise.
   NamedTensors finish(double noise_std, double denominator, at::Generator& gen);
-  size_t count() const { return count_; }
 
  private:
   NamedTensors global_;
   std::vector<at::Tensor> sum_;  // float64, one per tensor (undefined for integer ones)
-  size_t count_ = 0;
 };
 
-// The L2 norm of w - global over the floating-point tensors.
-double update_norm(const NamedTensors& global, const NamedTensors& weights);
-// Clips w - global to norm C in place (w <- global + min(1, C / norm) (w - global)) and adds
-// N(0, noise_std^2) to every floating coordinate of w; returns the norm before clipping.
+// Clips w - global to norm C in place (clip_to_norm) and adds N(0, noise_std^2) to every
+// floating coordinate of w; returns the norm before clipping.
 double clip_and_noise(const NamedTensors& global, NamedTensors& weights, double clip, double noise_std,
                       at::Generator& gen);
 

@@ -205,14 +205,19 @@ NamedTensors robust_aggregate(const RobustOptions& o, const std::vector<NamedTen
   return plain_mean(updates, all);
 }
 
-double clip_to_norm(const NamedTensors& global, NamedTensors& update, double c) {
+double update_norm(const NamedTensors& global, const NamedTensors& update) {
   torch::NoGradGuard no_grad;
   double sq = 0;
   for (size_t i = 0; i < global.size(); ++i) {
     if (!at::isFloatingType(global[i].second.scalar_type())) continue;
     sq += (update[i].second.to(at::kDouble) - global[i].second.to(at::kDouble)).pow(2).sum().item<double>();
   }
-  const double norm = std::sqrt(sq);
+  return std::sqrt(sq);
+}
+
+double clip_to_norm(const NamedTensors& global, NamedTensors& update, double c) {
+  torch::NoGradGuard no_grad;
+  const double norm = update_norm(global, update);
   if (c > 0 && norm > c) {
     const double scale = c / norm;
     for (size_t i = 0; i < global.size(); ++i) {

@@ -65,6 +65,8 @@ std::vector<size_t> krum_select(const std::vector<NamedTensors>& updates, int64_
 NamedTensors plain_mean(const std::vector<NamedTensors>& updates, const std::vector<size_t>& which);
 NamedTensors robust_aggregate(const RobustOptions& o, const std::vector<NamedTensors>& updates);
 
+// The L2 norm of update - global over the floating-point tensors.
+double update_norm(const NamedTensors& global, const NamedTensors& update);
 // Scales `update`'s difference from `global` to L2 norm `c` if it is larger (floating tensors
 // only); returns the norm it had.
 double clip_to_norm(const NamedTensors& global, NamedTensors& update, double c);

@@ -30,19 +30,36 @@ RunIns RunIns::decode(const Message& m, const std::string& kind) {
   return r;
 }
 
+NamedTensors take_prefixed(NamedTensors& all, std::string_view prefix) {
+  NamedTensors taken, rest;
+  for (auto& [name, t] : all) {
+    if (name.compare(0, prefix.size(), prefix) == 0) {
+      taken.emplace_back(name.substr(prefix.size()), std::move(t));
+    } else {
+      rest.emplace_back(std::move(name), std::move(t));
+    }
+  }
+  all = std::move(rest);
+  return taken;
+}
+
+void append_prefixed(NamedTensors& all, std::string_view prefix, const NamedTensors& extra) {
+  for (const auto& [name, t] : extra) all.emplace_back(std::string(prefix) + name, t);
+}
+
 std::pair<NamedTensors, NamedTensors> params_and_opt_state(const NamedTensors& tensors,
                                                            const std::vector<std::string>& skip) {
-  NamedTensors params, opt;
-  for (const auto& [name, t] : tensors) {
-    if (name.rfind("opt/", 0) == 0) opt.emplace_back(name.substr(4), t);
-    else if (std::find(skip.begin(), skip.end(), name) == skip.end()) params.emplace_back(name, t);
-  }
+  NamedTensors params = tensors;
+  NamedTensors opt = take_prefixed(params, "opt/");
+  params.erase(std::remove_if(params.begin(), params.end(),
+                              [&](const auto& p) { return std::find(skip.begin(), skip.end(), p.first) != skip.end(); }),
+               params.end());
   return {params, opt};
 }
 
 void append_params_and_opt_state(NamedTensors& out, const NamedTensors& params, const NamedTensors& opt_state) {
   for (const auto& p : params) out.push_back(p);
-  for (const auto& [name, t] : opt_state) out.emplace_back("opt/" + name, t);
+  append_prefixed(out, "opt/", opt_state);
 }
 
 }  // namespace fedra

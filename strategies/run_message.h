@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -30,6 +31,12 @@ struct RunIns {
   Message encode(const std::string& kind) const;
   static RunIns decode(const Message& m, const std::string& kind);
 };
+
+// Moves the tensors whose names start with `prefix` out of `all` (order kept), the prefix
+// dropped; and the reverse, appending `extra` under `prefix`. Messages carry state beside a
+// model this way ("opt/NAME", SCAFFOLD's "scaffold.c/NAME").
+NamedTensors take_prefixed(NamedTensors& all, std::string_view prefix);
+void append_prefixed(NamedTensors& all, std::string_view prefix, const NamedTensors& extra);
 
 // A reply's tensors: the part's parameters, and its optimiser state ("opt/" names, the prefix
 // removed); the tensors named in `skip` (per-step losses and the like) are left out of both.

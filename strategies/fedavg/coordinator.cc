@@ -11,6 +11,7 @@
 #include "core/tensor_checks.h"
 #include "core/training.h"
 #include "strategies/fedavg/fedavg.h"
+#include "strategies/run_message.h"
 
 namespace fedra::fedavg {
 
@@ -90,20 +91,17 @@ NamedTensors FedAvgCoordinator::checkpoint_state() const {
 }
 
 void FedAvgCoordinator::restore(NamedTensors state) {
-  NamedTensors model, server, control;
-  const std::string prefix = kControlStatePrefix;
-  for (auto& [name, t] : state) {
-    if (name.rfind(prefix, 0) == 0) {
-      control.emplace_back(name.substr(prefix.size()), std::move(t));
-    } else if (name == "dp/rdp") {
+  NamedTensors control = take_prefixed(state, kControlStatePrefix);
+  for (auto& [name, t] : take_prefixed(state, "dp/")) {
+    if (name == "rdp") {
       const at::Tensor r = t.to(at::kDouble).contiguous();
       accountant_.set_rdp(std::vector<double>(r.data_ptr<double>(), r.data_ptr<double>() + r.numel()));
-    } else if (name == "dp/clip") {
+    } else if (name == "clip") {
       dp_clip_ = t.item<double>();
-    } else {
-      (ServerOptimizer::is_state(name) ? server : model).emplace_back(name, std::move(t));
     }
   }
+  NamedTensors model, server;
+  for (auto& [name, t] : state) (ServerOptimizer::is_state(name) ? server : model).emplace_back(name, std::move(t));
   check_layout(global_, model);  // the checkpoint must be of this model
   global_ = std::move(model);
   server_.load_state(server);

@@ -1,5 +1,6 @@
 // FedAvg's options, instruction and result: each field written and read in one place.
 #include "strategies/fedavg/fedavg.h"
+#include "strategies/run_message.h"
 
 #include <cmath>
 #include <string_view>
@@ -33,28 +34,6 @@ void FedEvalOptions::validate(const std::string& scope) const {
   FEDRA_REQUIRE(fed_eval_fraction_ > 0 && fed_eval_fraction_ <= 1, "{}.fed_eval_fraction must be in (0, 1], got {}",
                 scope, fed_eval_fraction_);
 }
-
-namespace {
-
-// Moves the tensors whose names start with `prefix` out of `all`, the prefix dropped.
-NamedTensors take_prefixed(NamedTensors& all, std::string_view prefix) {
-  NamedTensors taken, rest;
-  for (auto& [name, t] : all) {
-    if (name.compare(0, prefix.size(), prefix) == 0) {
-      taken.emplace_back(name.substr(prefix.size()), std::move(t));
-    } else {
-      rest.emplace_back(std::move(name), std::move(t));
-    }
-  }
-  all = std::move(rest);
-  return taken;
-}
-
-void append_prefixed(NamedTensors& all, std::string_view prefix, const NamedTensors& extra) {
-  for (const auto& [name, t] : extra) all.emplace_back(std::string(prefix) + name, t);
-}
-
-}  // namespace
 
 bool FedAvgTesting::names(const std::string& worker) const {
   size_t start = 0;
