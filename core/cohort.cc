@@ -468,8 +468,8 @@ std::vector<Failure> TcpCohort::exchange(std::vector<Instruction> instructions, 
   for (auto& ins : instructions) {
     auto it = impl_->members.find(ins.worker);
     if (it == impl_->members.end() || !it->second->active()) {
-      fail({ins.worker, fmt::format("worker #{}", ins.worker), ErrorKind::kDisconnected,
-            "not connected"});
+      fail({ins.worker, it == impl_->members.end() ? fmt::format("worker #{}", ins.worker) : it->second->info.name,
+            ErrorKind::kDisconnected, "not connected (it left before this request)"});
       continue;
     }
     auto m = it->second;

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -86,7 +88,8 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
                     config_.out_dir);
     }
     FEDRA_REQUIRE(strategy_->resumable(),
-                  "strategy '{}' keeps no checkpoints, so it cannot resume (fedavg does; see docs/running.md)",
+                  "strategy '{}' keeps no checkpoints, so it cannot resume (every built-in strategy does; a plugin's "
+                  "says so with resumable(); see docs/running.md)",
                   job.strategy);
     const std::string state_path = config_.out_dir + "/checkpoint/state.json";
     std::ifstream in(state_path);
@@ -121,6 +124,8 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
     down_offset_ = state.value("bytes_down", uint64_t{0});
     elapsed_offset_ = state.value("elapsed_s", 0.0);
     resume_state_ = load_model_file(config_.out_dir + "/checkpoint/" + state.value("state_file", std::string()));
+    // Per-step losses of the rounds after the checkpoint run again: their rows go.
+    keep_csv_rounds(config_.out_dir + "/losses.csv", resume_round_);
     spdlog::info("resuming {} from its checkpoint after round {}", config_.out_dir, resume_round_);
   }
   recorder_ = std::make_unique<RunRecorder>(config_.out_dir, config_.resume ? int64_t{resume_round_} : -1);
@@ -163,19 +168,26 @@ int Coordinator::run() {
   ctx.stop_requested = [this] { return cohort_->stop_requested(); };
   ctx.resume_round = resume_round_;
   ctx.resume_state = std::move(resume_state_);
+  ctx.round_retries = config_.round_retries;
   if (!config_.out_dir.empty() && strategy_->resumable()) {
     // The state goes to a file of its round first, then state.json names it (both written
-    // atomically: temporary file, fsync, rename), then older state files go. A crash at any
-    // point leaves a state.json that names a complete file.
-    ctx.checkpoint = [this, last = resume_round_, elapsed, bytes_up, bytes_down](uint32_t round,
-                                                                               const NamedTensors& state) mutable {
+    // atomically: temporary file, fsync, rename, fsync of the directory), then state files
+    // beyond the newest checkpoint_keep go. A crash at any point leaves a state.json that names a
+    // complete file.
+    ctx.checkpoint = [this, last = resume_round_, last_time = Clock::now(), elapsed, bytes_up, bytes_down](
+                         uint32_t round, uint32_t total, const std::function<NamedTensors()>& state) mutable {
+      const uint32_t every = config_.checkpoint_every;
+      const double seconds = config_.checkpoint_seconds;
+      const bool due = round >= total || (every > 0 && round % every == 0) ||
+                       (seconds > 0 && Seconds(Clock::now() - last_time).count() >= seconds);
+      if (!due) return;
       const std::string dir = config_.out_dir + "/checkpoint";
       const std::string file = fmt::format("round-{}.bin", round);
       std::error_code ec;
       try {
         std::filesystem::create_directories(dir, ec);
         FEDRA_REQUIRE(!ec, "cannot create '{}': {}", dir, ec.message());
-        save_model_file(dir + "/" + file, state);
+        save_model_file(dir + "/" + file, state());
         nlohmann::ordered_json j;
         j["round"] = round;
         j["state_file"] = file;
@@ -196,9 +208,25 @@ int Coordinator::run() {
                              : std::string("no checkpoint was written yet"));
       }
       last = round;
+      last_time = Clock::now();
+      // Keep the newest checkpoint_keep state files (by round); a resumed run's later files
+      // from before its crash (rounds above this one) go too.
+      std::vector<std::pair<uint32_t, std::filesystem::path>> files;
       for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
         const std::string name = e.path().filename().string();
-        if (name.rfind("round-", 0) == 0 && name != file) std::filesystem::remove(e.path(), ec);
+        unsigned r = 0;
+        if (std::sscanf(name.c_str(), "round-%u.bin", &r) == 1 && name == fmt::format("round-{}.bin", r)) {
+          files.emplace_back(r, e.path());
+        }
+      }
+      std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+      size_t kept = 0;
+      for (const auto& [r, path] : files) {
+        if (r <= round && kept < std::max<uint32_t>(1, config_.checkpoint_keep)) {
+          ++kept;
+        } else {
+          std::filesystem::remove(path, ec);
+        }
       }
     };
   }

@@ -31,6 +31,14 @@ struct CoordinatorConfig {
   // Continue the run in out_dir from its last checkpoint (OUT/checkpoint/state.json): the
   // strategy's state and round are restored and metrics.jsonl keeps the rounds before it.
   bool resume = false;
+  // When checkpoints are written (resumable strategies, with out_dir): after every Nth round
+  // (0: not by count), and after a round that ends `checkpoint_seconds` or more after the last
+  // checkpoint (0: not by time); always after the last round. The newest `checkpoint_keep` are
+  // kept.
+  uint32_t checkpoint_every = 1;
+  double checkpoint_seconds = 0;
+  uint32_t checkpoint_keep = 1;
+  int round_retries = 0;  // RunContext::round_retries
   std::map<std::string, std::string> resolved_config;  // recorded in summary.json
 };
 

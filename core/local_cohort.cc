@@ -85,6 +85,8 @@ struct LocalCohort::Impl {
     uint64_t id_;
   };
 
+  std::function<std::unique_ptr<WorkerStrategy>()> make_worker;
+  WorkerId next_id = 1;
   std::mutex mu;
   std::condition_variable coordinator_cv;
   std::deque<Item> to_coord;
@@ -163,6 +165,7 @@ struct LocalCohort::Impl {
 LocalCohort::LocalCohort(const Job& job, const StrategyRegistry& registry, std::vector<LocalWorker> workers)
     : impl_(std::make_unique<Impl>()) {
   const StrategyInfo& info = registry.get(job.strategy);
+  impl_->make_worker = [make = info.make_worker, job] { return make(job); };
   WorkerId id = 1;
   for (auto& w : workers) {
     auto m = std::make_unique<Impl::Member>();
@@ -183,6 +186,7 @@ LocalCohort::LocalCohort(const Job& job, const StrategyRegistry& registry, std::
     m->strategy = info.make_worker(job);
     impl_->members.emplace(id++, std::move(m));
   }
+  impl_->next_id = id;
   for (auto& [wid, m] : impl_->members) {
     Impl::Member* member = m.get();
     m->thread = std::thread([this, member] { impl_->serve(*member); });
@@ -219,6 +223,30 @@ void LocalCohort::disconnect(const std::string& name) {
   }
 }
 
+void LocalCohort::rejoin(const std::string& name) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  const Impl::Member* old = nullptr;
+  for (const auto& [id, m] : impl_->members) {
+    FEDRA_REQUIRE(m->info.name != name || m->gone, "worker {} is still connected", name);
+    if (m->info.name == name) old = m.get();
+  }
+  FEDRA_REQUIRE(old != nullptr, "no worker {} was ever here", name);
+  auto m = std::make_unique<Impl::Member>();
+  const WorkerId id = impl_->next_id++;
+  m->info = old->info;
+  m->info.id = id;
+  m->data = old->data;
+  m->eval_data = old->eval_data;
+  m->ctx = old->ctx;
+  m->ctx.worker_id = id;
+  m->ctx.data = m->data.get();
+  m->ctx.eval_data = m->eval_data.get();
+  m->strategy = impl_->make_worker();
+  Impl::Member* member = m.get();
+  impl_->members.emplace(id, std::move(m));
+  member->thread = std::thread([this, member] { impl_->serve(*member); });
+}
+
 size_t LocalCohort::size() const { return workers().size(); }
 
 std::vector<WorkerInfo> LocalCohort::workers() const {
@@ -251,7 +279,8 @@ std::vector<Failure> LocalCohort::exchange(std::vector<Instruction> instructions
       auto it = impl_->members.find(ins.worker);
       if (it == impl_->members.end() || it->second->gone) {
         lock.unlock();
-        fail({ins.worker, fmt::format("worker #{}", ins.worker), ErrorKind::kDisconnected, "not connected"});
+        fail({ins.worker, it == impl_->members.end() ? fmt::format("worker #{}", ins.worker) : it->second->info.name,
+              ErrorKind::kDisconnected, "not connected (it left before this request)"});
         lock.lock();
         continue;
       }

@@ -37,6 +37,9 @@ class LocalCohort : public Cohort {
   // The worker of that name is gone from now on: its pending request fails (kDisconnected), it
   // is no longer listed, and nothing more from it is read.
   void disconnect(const std::string& name);
+  // A worker of that name (gone, as after disconnect()) comes back as a restarted process would:
+  // a new id, a fresh worker half built from the registry, the same data.
+  void rejoin(const std::string& name);
 
   std::string local_address() const override { return "in-process"; }
   size_t size() const override;

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -51,6 +52,33 @@ void write_file_atomically(const std::string& path, const std::string& text) {
   ::close(fd);
   FEDRA_REQUIRE(::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '{}' to '{}': {}", tmp,
                 path, std::strerror(errno));
+  // The rename is durable only once the directory entry is: fsync the directory too.
+  const std::string parent = std::filesystem::path(path).parent_path().string();
+  const int dir = ::open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  FEDRA_REQUIRE(dir >= 0, "cannot open directory '{}' to flush it: {}", parent, std::strerror(errno));
+  const int rc = ::fsync(dir);
+  const int err = errno;
+  ::close(dir);
+  FEDRA_REQUIRE(rc == 0, "cannot flush directory '{}' to disk: {}", parent, std::strerror(err));
+}
+
+void keep_csv_rounds(const std::string& path, int64_t keep_rounds) {
+  std::ifstream in(path);
+  if (!in.good()) return;
+  std::string line, kept;
+  bool header = true;
+  while (std::getline(in, line)) {
+    if (header) {
+      kept += line + "\n";
+      header = false;
+      continue;
+    }
+    char* end = nullptr;
+    const long long round = std::strtoll(line.c_str(), &end, 10);
+    if (end == line.c_str() || *end != ',' || round > keep_rounds) break;  // a later round, or cut short
+    kept += line + "\n";
+  }
+  write_file_atomically(path, kept);
 }
 
 RunRecorder::RunRecorder(std::string out_dir, int64_t keep_rounds) : out_dir_(std::move(out_dir)) {

@@ -50,7 +50,12 @@ class RunRecorder {
   std::vector<Metrics> rounds_;
 };
 
-// Writes `text` to `path` atomically: a temporary file in the same directory, fsync, rename.
+// Writes `text` to `path` atomically: a temporary file in the same directory, fsync, rename,
+// fsync of the directory.
 void write_file_atomically(const std::string& path, const std::string& text);
+
+// A resumed run's CSV whose first column is the round (OUT/losses.csv): keeps the header and the
+// rows of rounds 1..keep_rounds, rewritten atomically; a missing file is left missing.
+void keep_csv_rounds(const std::string& path, int64_t keep_rounds);
 
 }  // namespace fedra

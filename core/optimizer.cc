@@ -100,6 +100,7 @@ void ParamOptimizer::load_state(const NamedTensors& state) {
   std::map<std::string, const at::Tensor*> by_name;
   for (const auto& [n, t] : state) by_name[n] = &t;
   size_t used = 0;
+  step_count_ = 0;  // the loaded state's, below
   auto take = [&](const std::string& name, const at::Tensor& like) -> at::Tensor {
     auto it = by_name.find(name);
     if (it == by_name.end()) return {};

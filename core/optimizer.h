@@ -91,6 +91,9 @@ class ModuleOptimizer {
   void step();
   // Steps taken so far: a saved forward pass can tell whether the weights changed under it.
   uint64_t updates() const { return updates_; }
+  // ParamOptimizer::state() and load_state() of the optimiser within (the update count stays).
+  NamedTensors state() const { return opt_.state(); }
+  void load_state(const NamedTensors& state) { opt_.load_state(state); }
 
  private:
   std::vector<at::Tensor> live_;  // the module's parameters (they carry .grad)

@@ -21,7 +21,7 @@
 
 #include "core/registry.h"
 
-#define FEDRA_PLUGIN_ABI 3  // 3: WorkerContext.eval_data, list metrics, FedAvg's DP, SCAFFOLD and evaluation
+#define FEDRA_PLUGIN_ABI 4  // 4: checkpoints of step-driven strategies (RunContext.checkpoint, round_retries)
 
 #ifndef FEDRA_VERSION
 #define FEDRA_VERSION "unknown"

@@ -110,7 +110,7 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
     line.emplace_back("fit_s", fit_s);
     line.emplace_back("eval_s", eval_s);
     ctx.report_round(round, total, std::move(line));
-    if (resumable() && ctx.checkpoint) ctx.checkpoint(round, checkpoint_state());
+    if (resumable() && ctx.checkpoint) ctx.checkpoint(round, total, [&] { return checkpoint_state(); });
     last_failure = reason;
     if (status == "ok") ++updated;
   }

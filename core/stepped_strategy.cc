@@ -1,6 +1,12 @@
 #include "core/stepped_strategy.h"
 
 #include <algorithm>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/ranges.h>
 
 #include <spdlog/spdlog.h>
 
@@ -12,6 +18,29 @@ namespace fedra {
 
 torch::nn::Sequential SteppedStrategy::initial_model(const RunContext& ctx, const InitOptions& init) const {
   return build_initial_model(job_.model, job_.seed, enum_name(init.init()), init.init_skip(), ctx.dataset);
+}
+
+NamedTensors model_and_optimizer_state(const torch::nn::Module& model, const ParamOptimizer& optimizer) {
+  NamedTensors s;
+  for (const auto& [name, t] : model_state(model)) s.emplace_back("model/" + name, t.clone());
+  for (auto& [name, t] : optimizer.state()) s.emplace_back("opt/" + name, std::move(t));
+  return s;
+}
+
+void restore_model_and_optimizer(const NamedTensors& state, torch::nn::Module& model, ParamOptimizer& optimizer,
+                                 const std::string& strategy) {
+  NamedTensors weights, opt;
+  for (const auto& [name, t] : state) {
+    if (name.rfind("model/", 0) == 0) {
+      weights.emplace_back(name.substr(6), t);
+    } else if (name.rfind("opt/", 0) == 0) {
+      opt.emplace_back(name.substr(4), t);
+    } else {
+      FEDRA_FAIL("the checkpoint holds '{}', which {} does not keep", name, strategy);
+    }
+  }
+  load_model_state(model, weights);
+  optimizer.load_state(opt);
 }
 
 StepPlan StepPlan::from(const ScheduleOptions& s, int64_t examples_per_epoch) {
@@ -48,6 +77,43 @@ void SteppedStrategy::run(Cohort& cohort, RunContext& ctx) {
   }
 }
 
+namespace {
+
+constexpr const char* kLoopStep = "loop/step";  // the loop's own entries in a checkpoint
+
+std::vector<std::string> worker_names(const Cohort& cohort) {
+  std::vector<std::string> names;
+  for (const auto& w : cohort.workers_by_name()) names.push_back(w.name);
+  return names;
+}
+
+// Before a retry: waits up to ctx.wait_timeout for every worker of the failed attempt to be
+// connected again (a restarted worker rejoins under its name), so the retry runs with the same
+// workers and gives the same result; then the retry goes on with whoever is there.
+void wait_for_return(Cohort& cohort, const RunContext& ctx, const std::vector<std::string>& names) {
+  const auto deadline = Clock::now() + ctx.wait_timeout;
+  for (;;) {
+    std::vector<std::string> missing;
+    const auto now = worker_names(cohort);
+    for (const auto& n : names) {
+      if (!std::binary_search(now.begin(), now.end(), n)) missing.push_back(n);
+    }
+    if (missing.empty()) return;
+    if (Clock::now() >= deadline || ctx.stop_requested()) {
+      spdlog::warn("{} did not come back within {} s; the round runs again without {}", fmt::join(missing, ", "),
+                   ctx.wait_timeout.count() / 1000.0, missing.size() == 1 ? "it" : "them");
+      return;
+    }
+    const auto t0 = Clock::now();
+    if (!cohort.wait_for_workers(now.size() + 1, std::min(deadline, t0 + std::chrono::milliseconds(200))) &&
+        Clock::now() - t0 < std::chrono::milliseconds(5)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // a cohort that does not wait (LocalCohort)
+    }
+  }
+}
+
+}  // namespace
+
 void SteppedStrategy::train(Cohort& cohort, RunContext& ctx) {
   prepare(ctx);
   require_workers(cohort, ctx, workers_needed(), 0);
@@ -58,12 +124,59 @@ void SteppedStrategy::train(Cohort& cohort, RunContext& ctx) {
   spdlog::info("{}", describe(plan));
 
   int64_t step = 0;
-  for (uint32_t round = 1; step < plan.total; ++round) {
+  uint32_t round = 1;
+  if (ctx.resume_round > 0) {
+    FEDRA_REQUIRE(ctx.resume_round <= rounds, "the checkpoint is of round {}, but the job has {} rounds",
+                  ctx.resume_round, rounds);
+    NamedTensors own;
+    for (auto& [name, t] : ctx.resume_state) {
+      if (name == kLoopStep) {
+        step = t.item<int64_t>();
+      } else {
+        own.emplace_back(std::move(name), std::move(t));
+      }
+    }
+    const int64_t want = std::min(plan.total, static_cast<int64_t>(ctx.resume_round) * plan.per_round);
+    FEDRA_REQUIRE(step == want, "the checkpoint is of step {} after round {}, but this plan has step {} there "
+                  "(were the schedule options or the workers' data changed?)", step, ctx.resume_round, want);
+    restore(own);
+    round = ctx.resume_round + 1;
+    completed_ = ctx.resume_round;
+    spdlog::info("resuming after round {} of {} (step {} of {})", ctx.resume_round, rounds, step, plan.total);
+  }
+  for (; step < plan.total; ++round) {
     if (ctx.stop_requested()) FEDRA_FAIL("interrupted");
     require_workers(cohort, ctx, workers_needed(), round);
     const int64_t count = std::min(plan.per_round, plan.total - step);
-    const auto t0 = Clock::now();
-    Metrics line = run_round(cohort, ctx, {round, step, count});
+    auto t0 = Clock::now();
+    NamedTensors at_start;
+    std::vector<std::string> names;  // who took part in the attempt
+    if (ctx.round_retries > 0) {
+      at_start = state();
+      names = worker_names(cohort);
+    }
+    Metrics line;
+    for (int attempt = 0;; ++attempt) {
+      try {
+        line = run_round(cohort, ctx, {round, step, count});
+        break;
+      } catch (const Error& e) {
+        if (attempt >= ctx.round_retries || ctx.stop_requested()) {
+          if (attempt == 0) throw;
+          FEDRA_THROW(e.kind(), "{} (after {} retr{} of round {})", e.what(), attempt, attempt == 1 ? "y" : "ies",
+                      round);
+        }
+        spdlog::warn("round {} failed: {}; rolling it back to step {} and running it again once {} worker(s) are "
+                     "connected (retry {} of {})", round, e.what(), step, workers_needed(), attempt + 1,
+                     ctx.round_retries);
+        restore(at_start);
+        at_start = state();  // restore() may keep the tensors it was given: the next retry needs its own copy
+        wait_for_return(cohort, ctx, names);
+        require_workers(cohort, ctx, workers_needed(), round);
+        names = worker_names(cohort);
+        t0 = Clock::now();
+      }
+    }
     const double fit_s = Seconds(Clock::now() - t0).count();
     step += count;
     line.emplace_back("fit_s", fit_s);
@@ -81,6 +194,13 @@ void SteppedStrategy::train(Cohort& cohort, RunContext& ctx) {
     }
     ctx.report_round(round, rounds, std::move(line));
     completed_ = round;
+    if (ctx.checkpoint) {
+      ctx.checkpoint(round, rounds, [&] {
+        NamedTensors s = state();
+        s.emplace_back(kLoopStep, at::tensor({step}, at::kLong).reshape({}));
+        return s;
+      });
+    }
   }
   if (!ctx.out_dir.empty()) save_model_file(ctx.out_dir + "/model.bin", model_state(*model()));
 }

@@ -10,9 +10,19 @@
 //     + fit_s, step_ms, epoch     timing the loop adds to the strategy's own metrics
 //     + evaluation                test_accuracy, test_loss, eval_s when EvalOptions says so
 //     ctx.report_round            one metrics line and the progress line
+//     checkpoint                  state() with the loop's step and round, when one is due
 //   model.bin                     the trained model, written at the end, and also when a round
 //                                 fails after others completed, if save_on_failure(), so the
 //                                 file holds the last recorded round (the message says which)
+// Checkpoints and retries. Between rounds the coordinator holds all a job needs to continue:
+// state() returns it (weights, optimiser state, and whatever a strategy keeps of its workers'
+// state, e.g. split learning's bottom optimisers) and restore() takes it back. Batches follow
+// from the job seed, the worker's name and the step (core/batching.h), so no data-order state
+// exists beyond the step. With ctx.resume_round > 0 the loop restores the checkpoint and goes on
+// with the next round. With ctx.round_retries > 0 it keeps a copy of state() at each round's
+// start; a round that throws is rolled back to it (restore()), and run again once
+// workers_needed() are connected (a worker restarted with the same name rejoins), up to
+// round_retries times per round; the failed attempt leaves no metrics line.
 // A strategy supplies its step; everything a user sees around it is the same in all of them.
 #pragma once
 
@@ -23,6 +33,7 @@
 #include <torch/nn/modules/container/sequential.h>
 
 #include "core/cohort.h"
+#include "core/optimizer.h"
 #include "core/option_groups.h"
 #include "core/strategy.h"
 
@@ -39,6 +50,14 @@ struct StepPlan {
   // From the schedule options and the examples of one epoch.
   static StepPlan from(const ScheduleOptions& schedule, int64_t examples_per_epoch);
 };
+
+// The state of a coordinator that holds one model and one optimiser over its parameters
+// (gradsum, psl): "model/NAME" (copies) and "opt/NAME..." (ParamOptimizer::state()).
+NamedTensors model_and_optimizer_state(const torch::nn::Module& model, const ParamOptimizer& optimizer);
+// The reverse: loads "model/" into `model` in place and "opt/" into `optimizer`; refuses any
+// other entry, naming it and `strategy`.
+void restore_model_and_optimizer(const NamedTensors& state, torch::nn::Module& model, ParamOptimizer& optimizer,
+                                 const std::string& strategy);
 
 struct RoundSteps {
   uint32_t round = 0;
@@ -70,6 +89,16 @@ class SteppedStrategy : public CoordinatorStrategy {
   // The whole model as it stands between rounds: evaluated and written to model.bin.
   virtual torch::nn::Sequential model() const = 0;
   virtual bool save_on_failure() const { return false; }
+  // The strategy's state between rounds (copies: later rounds must not change it), and its
+  // restoration, after start(). restore() also tells the strategy that its workers' own state
+  // may be behind (they get theirs again with their next request).
+  virtual NamedTensors state() const = 0;
+  virtual void restore(const NamedTensors& state) = 0;
+
+ public:
+  bool resumable() const final { return true; }
+
+ protected:
 
   const Job& job() const { return job_; }
   // The job's model, drawn as `init` says (core/model.h: build_initial_model).

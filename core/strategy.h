@@ -61,12 +61,18 @@ struct RunContext {
   std::function<void(uint32_t round, uint32_t total_rounds, Metrics)> report_round;
   // True once the user asked the coordinator to stop (SIGINT/SIGTERM).
   std::function<bool()> stop_requested = [] { return false; };
-  // Checkpoints (strategies that say resumable()): called after every round with the state to
-  // keep; the runtime writes it atomically under OUT/checkpoint/. Unset when there is no --out.
-  std::function<void(uint32_t round, const NamedTensors& state)> checkpoint;
+  // Checkpoints (strategies that say resumable()): called after every round; when a checkpoint
+  // is due (--checkpoint-every, --checkpoint-seconds, and always after the last round) the
+  // runtime calls `state` and writes what it returns atomically under OUT/checkpoint/. Unset when
+  // there is no --out.
+  std::function<void(uint32_t round, uint32_t total_rounds, const std::function<NamedTensors()>& state)> checkpoint;
   // With --resume: the last checkpointed round (0: a fresh start) and the state saved with it.
   uint32_t resume_round = 0;
   NamedTensors resume_state;
+  // Step-driven strategies: how often one round may be rolled back to its start and run again
+  // after it failed (a worker lost mid-round), once enough workers are connected again; a worker
+  // restarted with the same name thus rejoins the job (--round-retries).
+  int round_retries = 0;
 };
 
 // The worker's side of an exchange (Cohort::exchange): while handle() runs, a strategy can send

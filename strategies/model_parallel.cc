@@ -26,6 +26,25 @@ std::vector<WorkerInfo> ModelParallelCoordinator::pick(const Cohort& cohort) con
 
 void ModelParallelCoordinator::start(Cohort&, const std::vector<WorkerInfo>&) { opt_state_.assign(plan_.parts, {}); }
 
+NamedTensors ModelParallelCoordinator::state() const {
+  NamedTensors s;
+  for (const auto& [name, t] : model_state(*model_)) s.emplace_back("model/" + name, t.clone());
+  for (size_t i = 0; i < opt_state_.size(); ++i) {
+    NamedTensors opt;
+    for (const auto& [name, t] : opt_state_[i]) opt.emplace_back(name, t.clone());
+    append_prefixed(s, fmt::format("opt/{}/", i), opt);
+  }
+  return s;
+}
+
+void ModelParallelCoordinator::restore(const NamedTensors& state) {
+  NamedTensors all = state;
+  load_model_state(*model_, take_prefixed(all, "model/"));
+  opt_state_.assign(plan_.parts, {});
+  for (size_t i = 0; i < plan_.parts; ++i) opt_state_[i] = take_prefixed(all, fmt::format("opt/{}/", i));
+  FEDRA_REQUIRE(all.empty(), "the checkpoint holds '{}', which {} does not keep", all.front().first, plan_.strategy);
+}
+
 StepPlan ModelParallelCoordinator::plan_steps(const std::vector<WorkerInfo>& workers) const {
   return StepPlan::from(plan_.schedule, workers.front().num_examples);
 }

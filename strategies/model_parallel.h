@@ -73,6 +73,10 @@ class ModelParallelCoordinator : public SteppedStrategy {
   Metrics run_round(Cohort& cohort, const RunContext& ctx, const RoundSteps& steps) override;
   torch::nn::Sequential model() const override { return model_; }
   bool save_on_failure() const override { return true; }
+  // Between rounds the whole model and every part's optimiser state are here (workers get theirs
+  // with each run request): "model/NAME", and "opt/PART/NAME" per part.
+  NamedTensors state() const override;
+  void restore(const NamedTensors& state) override;
 
   RoundPlan plan_;
   torch::nn::Sequential model_{nullptr};

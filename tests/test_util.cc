@@ -2,6 +2,8 @@
 
 #include "tests/test_util.h"
 
+#include "core/partition.h"
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -108,6 +110,35 @@ double max_diff(const NamedTensors& got, const NamedTensors& want) {
     worst = std::max(worst, (got[i].second - want[i].second).abs().max().item<double>());
   }
   return worst;
+}
+
+bool identical(const NamedTensors& a, const NamedTensors& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].first != b[i].first || !a[i].second.equal(b[i].second)) return false;
+  }
+  return true;
+}
+
+Job make_job(const std::string& strategy, const std::string& model, const std::string& loss,
+             std::map<std::string, std::string> options, uint64_t seed) {
+  Job job;
+  job.strategy = strategy;
+  job.model = model;
+  job.loss = loss;
+  job.seed = seed;
+  job.options = OptionMap(strategy, std::move(options));
+  return job;
+}
+
+std::vector<LocalWorker> iid_workers(const std::string& data, int64_t n, uint64_t seed) {
+  const Dataset all = load_dataset(data, Splits::kTrain).train;
+  const Partition p = partition_dataset(all.targets, all.num_classes, "iid", n, seed);
+  std::vector<LocalWorker> out;
+  for (int64_t k = 0; k < n; ++k) {
+    out.push_back({fmt::format("worker-{}", k), std::make_shared<Dataset>(subset(all, p.clients[static_cast<size_t>(k)]))});
+  }
+  return out;
 }
 
 }  // namespace fedra::test

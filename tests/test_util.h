@@ -3,12 +3,15 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "core/local_cohort.h"
 #include "core/message.h"
+#include "core/strategy.h"
 #include "core/subprocess.h"
 
 namespace fedra::test {
@@ -49,5 +52,13 @@ int run_experiment(const TempDir& dir, const std::string& name);
 
 // The largest absolute difference between two models of the same names and shapes (checked).
 double max_diff(const NamedTensors& got, const NamedTensors& want);
+// Same names in the same order, and the same bits.
+bool identical(const NamedTensors& a, const NamedTensors& b);
+
+// A job as the coordinator resolves it: the strategy's options as given, the rest defaulted.
+Job make_job(const std::string& strategy, const std::string& model, const std::string& loss,
+             std::map<std::string, std::string> options, uint64_t seed);
+// `n` workers "worker-0".., each with its iid part (drawn with `seed`) of `data`'s training split.
+std::vector<LocalWorker> iid_workers(const std::string& data, int64_t n, uint64_t seed);
 
 }  // namespace fedra::test

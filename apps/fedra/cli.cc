@@ -1,5 +1,7 @@
 #include "apps/fedra/cli.h"
 
+#include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <sstream>
 #include <thread>
@@ -113,8 +115,19 @@ struct Groups {
         ("out", po::value<std::string>(),
          "directory for metrics.jsonl and summary.json (docs/outputs.md)")
         ("resume", po::value<std::string>(),
-         "continue the run in this directory from its last checkpoint (fedavg writes one after "
-         "every round); give the same options as the first time");
+         "continue the run in this directory from its last checkpoint (every built-in strategy "
+         "writes them, see --checkpoint-every); give the same options as the first time")
+        ("checkpoint-every", po::value<int64_t>()->default_value(1),
+         "with --out: checkpoint after every Nth round (a step-driven strategy's round is its "
+         "steps_per_round steps); 0 = only by --checkpoint-seconds and after the last round")
+        ("checkpoint-seconds", po::value<double>()->default_value(0),
+         "also checkpoint after a round that ends this long after the last checkpoint; 0 = off")
+        ("checkpoint-keep", po::value<int64_t>()->default_value(1),
+         "checkpoints kept in OUT/checkpoint (the newest; state.json names the newest)")
+        ("round-retries", po::value<int64_t>()->default_value(0),
+         "step-driven strategies (gradsum, split, psl, tensor, pipeline): roll a failed round back "
+         "to its start and run it again, up to N times, once enough workers are connected: a "
+         "worker restarted with the same name rejoins; 0 = a failed round ends the job");
     worker.add_options()
         ("connect", po::value<std::string>()->default_value("127.0.0.1:7000"), "coordinator HOST:PORT")
         ("name", po::value<std::string>(), "worker name in logs and metrics; default: host-pid")
@@ -386,6 +399,19 @@ CoordinatorConfig coordinator_config(const po::variables_map& vm, const Strategy
                   "--resume {} continues that run in place; --out {} names another directory", dir, c.out_dir);
     c.out_dir = dir;
     c.resume = true;
+  }
+  {
+    const int64_t every = vm["checkpoint-every"].as<int64_t>(), keep = vm["checkpoint-keep"].as<int64_t>();
+    const int64_t retries = vm["round-retries"].as<int64_t>();
+    const double seconds = vm["checkpoint-seconds"].as<double>();
+    FEDRA_REQUIRE(every >= 0 && every <= UINT32_MAX, "--checkpoint-every must be >= 0, got {}", every);
+    FEDRA_REQUIRE(keep >= 1 && keep <= UINT32_MAX, "--checkpoint-keep must be >= 1, got {}", keep);
+    FEDRA_REQUIRE(seconds >= 0 && std::isfinite(seconds), "--checkpoint-seconds must be >= 0, got {}", seconds);
+    FEDRA_REQUIRE(retries >= 0 && retries <= 1000, "--round-retries must be in 0..1000, got {}", retries);
+    c.checkpoint_every = static_cast<uint32_t>(every);
+    c.checkpoint_keep = static_cast<uint32_t>(keep);
+    c.checkpoint_seconds = seconds;
+    c.round_retries = static_cast<int>(retries);
   }
   if (vm.count("port-file")) c.port_file = vm["port-file"].as<std::string>();
   if (vm.count("tls-cert") || vm.count("tls-key") || vm.count("tls-ca")) {

@@ -54,6 +54,12 @@ class GradSumCoordinator : public SteppedStrategy {
     return run_round(cohort, s.round, s.first, s.count);
   }
   torch::nn::Sequential model() const override { return model_; }
+  // Replicas hold nothing between rounds (each round's run request brings the parameters, and
+  // the optimiser state for sync=gradient): the coordinator's model and optimiser are the state.
+  NamedTensors state() const override { return model_and_optimizer_state(*model_, *optimizer_); }
+  void restore(const NamedTensors& state) override {
+    restore_model_and_optimizer(state, *model_, *optimizer_, "gradsum");
+  }
 
  private:
   // The state of one round's exchange.

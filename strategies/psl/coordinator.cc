@@ -17,6 +17,7 @@
 #include "core/tensor_checks.h"
 #include "core/training.h"
 #include "strategies/psl/internal.h"
+#include "strategies/run_message.h"
 
 namespace fedra::psl {
 
@@ -90,6 +91,7 @@ class PslCoordinator : public SteppedStrategy {
   }
 
   Metrics run_round(Cohort& cohort, const RunContext&, const RoundSteps& r) override {
+    refresh_owners(cohort);
     const uint64_t up0 = cohort.bytes_up(), down0 = cohort.bytes_down();
     double loss_sum = 0;
     for (int64_t step = r.first; step < r.first + r.count; ++step) loss_sum += run_step(cohort, r.round, step);
@@ -108,8 +110,28 @@ class PslCoordinator : public SteppedStrategy {
   }
 
   torch::nn::Sequential model() const override { return model_; }
+  // Workers hold nothing between steps (each step brings their sub-network's weights): the
+  // coordinator's weights and optimiser are the state. The pair assignment follows from the
+  // workers' names (start()), so a resumed run with the same workers assigns the same.
+  NamedTensors state() const override { return model_and_optimizer_state(*model_, *optimizer_); }
+  void restore(const NamedTensors& state) override { restore_model_and_optimizer(state, *model_, *optimizer_, "psl"); }
 
  private:
+  // A worker that left and came back under its name (a round's retry) has a new id: each part
+  // follows its owner's name.
+  void refresh_owners(const Cohort& cohort) {
+    std::map<std::string, WorkerId> by_name;
+    for (const auto& w : cohort.workers()) by_name[w.name] = w.id;
+    part_of_.clear();
+    for (size_t k = 0; k < parts_.size(); ++k) {
+      const auto it = by_name.find(parts_[k].name);
+      FEDRA_REQUIRE(it != by_name.end(), "psl: {} (owner of the pairs {}) is not connected; its elements are "
+                    "needed for every step", parts_[k].name, parts_[k].pairs_text);
+      parts_[k].id = it->second;
+      part_of_[it->second] = k;
+    }
+  }
+
   struct Part {
     WorkerId id = 0;
     std::string name;

@@ -22,6 +22,7 @@
 #include "core/optimizer.h"
 #include "core/tensor_checks.h"
 #include "core/training.h"
+#include "strategies/run_message.h"
 
 namespace fedra::split {
 
@@ -59,8 +60,11 @@ class SplitCoordinator : public SteppedStrategy {
                        ushaped_ ? fmt::format(" (+ head {})", count_parameters(*model_.head)) : std::string(),
                        count_parameters(*model_.top), enum_name(o_.labels()), enum_name(o_.schedule()), o_.pipeline());
   }
-  Metrics run_round(Cohort& cohort, const RunContext&, const RoundSteps& steps) override {
+  Metrics run_round(Cohort& cohort, const RunContext& ctx, const RoundSteps& steps) override {
     const uint32_t round = steps.round;
+    // The workers' optimiser state is worth its bytes only when it is kept: for checkpoints, or
+    // to roll a failed round back.
+    want_state_ = static_cast<bool>(ctx.checkpoint) || ctx.round_retries > 0;
     const auto t0 = Clock::now();
     stats_ = RoundStats{};
     const auto workers = cohort.workers_by_name();
@@ -82,6 +86,34 @@ class SplitCoordinator : public SteppedStrategy {
     return line;
   }
   torch::nn::Sequential model() const override { return model_.full; }
+  // The coordinator's part and its optimiser ("top/", "top_opt/"), the client-side weights it
+  // relays ("relay/"), and each worker's optimiser state as last returned ("worker/NAME/...").
+  NamedTensors state() const override {
+    NamedTensors s;
+    for (const auto& [name, t] : model_state(*model_.top)) s.emplace_back("top/" + name, t.clone());
+    append_prefixed(s, "top_opt/", top_.opt->state());
+    append_prefixed(s, "relay/", clone_state(relay_));
+    for (const auto& [name, opt] : worker_opt_) append_prefixed(s, "worker/" + name + "/", clone_state(opt));
+    return s;
+  }
+  void restore(const NamedTensors& state) override {
+    NamedTensors all = state;
+    load_model_state(*model_.top, take_prefixed(all, "top/"));
+    top_.opt->load_state(take_prefixed(all, "top_opt/"));
+    NamedTensors relay = take_prefixed(all, "relay/");
+    check_layout(relay_, relay);
+    relay_ = std::move(relay);
+    load_relay();
+    worker_opt_.clear();
+    opt_holder_.clear();  // every worker takes up its record with its next turn
+    NamedTensors workers = take_prefixed(all, "worker/");
+    for (auto& [name, t] : workers) {
+      const size_t slash = name.find('/');
+      FEDRA_REQUIRE(slash != std::string::npos, "the checkpoint's worker state '{}' names no worker", name);
+      worker_opt_[name.substr(0, slash)].emplace_back(name.substr(slash + 1), std::move(t));
+    }
+    FEDRA_REQUIRE(all.empty(), "the checkpoint holds '{}', which split does not keep", all.front().first);
+  }
 
  private:
   // A worker's turn in progress.
@@ -115,7 +147,21 @@ class SplitCoordinator : public SteppedStrategy {
       t.count = o_.max_steps() > 0 ? std::min(o_.max_steps(), per_epoch) : per_epoch;
       t.first = static_cast<int64_t>(round - 1) * per_epoch;
       t.next_act = t.first;
-      const TurnIns turn{round, t.first, t.count, w.id == last, relay_};
+      TurnIns turn;
+      turn.round = round;
+      turn.first = t.first;
+      turn.steps = t.count;
+      turn.last = w.id == last;
+      turn.weights = relay_;
+      turn.want_state = want_state_;
+      const auto held = opt_holder_.find(w.name);
+      if (held == opt_holder_.end() || held->second != w.id) {
+        // This worker's optimisers may not be what the record says (a resume, a rolled-back
+        // round, a worker that rejoined): it takes up the record (none: fresh optimisers).
+        const auto rec = worker_opt_.find(w.name);
+        turn.set_opt_state = want_state_ || rec != worker_opt_.end();
+        if (rec != worker_opt_.end()) turn.opt_state = rec->second;
+      }
       instructions.push_back({w.id, turn.encode()});
       turns_[w.id] = std::move(t);
     }
@@ -141,6 +187,10 @@ class SplitCoordinator : public SteppedStrategy {
       last_progress_ = Clock::now();
       Turn& t = turns_.at(w.id);
       TurnDone done = TurnDone::decode(std::move(m), w.name);
+      if (want_state_) {
+        worker_opt_[w.name] = std::move(done.opt_state);
+        opt_holder_[w.name] = w.id;
+      }
       FEDRA_REQUIRE(t.next_act == t.first + t.count && t.pending.empty(),
                     "{} ended its turn after {} of {} steps", w.name, t.next_act - t.first, t.count);
       try {
@@ -328,6 +378,9 @@ class SplitCoordinator : public SteppedStrategy {
   SplitModel model_;
   Part top_;  // the top, or the middle when U-shaped
   NamedTensors relay_;  // client-side weights: the last turn's (sequential) or the average
+  bool want_state_ = false;                          // workers return their optimiser state
+  std::map<std::string, NamedTensors> worker_opt_;   // by worker name: its optimisers' state
+  std::map<std::string, WorkerId> opt_holder_;       // by name: the connection that state came from
   std::map<WorkerId, Turn> turns_;
   RoundStats stats_;
   Clock::time_point last_progress_;

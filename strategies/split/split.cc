@@ -4,6 +4,7 @@
 #include <map>
 
 #include "core/model.h"
+#include "strategies/run_message.h"
 
 namespace fedra::split {
 
@@ -48,6 +49,11 @@ Message TurnIns::encode() const {
   m.tensors = weights;
   m.options["steps"] = std::to_string(steps);
   m.options["last"] = last ? "1" : "0";
+  if (set_opt_state) {
+    m.options["opt_state"] = "1";
+    append_prefixed(m.tensors, "opt/", opt_state);
+  }
+  if (want_state) m.options["want_state"] = "1";
   return m;
 }
 
@@ -61,14 +67,24 @@ TurnIns TurnIns::decode(const Message& m) {
   t.steps = o.get_int("steps", 0);
   t.last = o.get_int("last", 0) == 1;
   t.weights = m.tensors;
+  t.opt_state = take_prefixed(t.weights, "opt/");
+  t.set_opt_state = o.get_int("opt_state", 0) == 1;
+  t.want_state = o.get_int("want_state", 0) == 1;
+  FEDRA_REQUIRE(t.set_opt_state || t.opt_state.empty(), "'{}' carries optimiser state without opt_state=1", kRun);
   FEDRA_REQUIRE(t.steps >= 0, "'{}' asks for {} steps", kRun, t.steps);
   return t;
 }
 
-Message TurnDone::encode(uint32_t round) const { return encode_reply(kDone, round, *this, &TurnDone::weights); }
+Message TurnDone::encode(uint32_t round) const {
+  Message m = encode_reply(kDone, round, *this, &TurnDone::weights);
+  append_prefixed(m.tensors, "opt/", opt_state);
+  return m;
+}
 
 TurnDone TurnDone::decode(Message&& m, const std::string& worker) {
-  return decode_reply(std::move(m), kDone, worker, worker + "'s", &TurnDone::weights);
+  TurnDone d = decode_reply(std::move(m), kDone, worker, worker + "'s", &TurnDone::weights);
+  d.opt_state = take_prefixed(d.weights, "opt/");
+  return d;
 }
 
 StrategyInfo split_strategy() {

@@ -130,6 +130,15 @@ struct TurnIns {
   int64_t steps = 0;   // steps in the turn
   bool last = false;   // the worker is the last by name (where the test injections act)
   NamedTensors weights;  // the client-side weights: the bottom, and the head when U-shaped
+  // The worker's optimiser state to take up before the turn ("opt/bottom/NAME", "opt/head/NAME"
+  // on the wire, option "opt_state" = 1), sent when the worker's own may differ from the
+  // coordinator's record: after a resume, a rolled-back round, or a worker that rejoined. Empty
+  // with set_opt_state: start from a fresh optimiser.
+  bool set_opt_state = false;
+  NamedTensors opt_state;
+  // The worker is to return its optimiser state with split.done ("opt/..." tensors beside the
+  // weights; option "want_state" = 1): the coordinator checkpoints it or may roll the round back.
+  bool want_state = false;
 
   Message encode() const;
   // Refuses another kind or a missing field, naming it.
@@ -139,6 +148,8 @@ struct TurnIns {
 // split.done: the end of a worker's turn.
 struct TurnDone {
   NamedTensors weights;  // the client-side weights after the turn
+  NamedTensors opt_state;  // with TurnIns::want_state: the worker's optimiser state, "bottom/..", "head/.."
+
   int64_t examples = 0;  // trained on: the weight of these weights in SplitFed's average
   int64_t steps = 0;
   int64_t recomputes = 0;

@@ -20,6 +20,7 @@
 #include "core/optimizer.h"
 #include "core/tensor_checks.h"
 #include "core/training.h"
+#include "strategies/run_message.h"
 
 namespace fedra::split {
 
@@ -42,6 +43,12 @@ class SplitWorker : public WorkerStrategy {
     if (!batches_) batches_.emplace(enum_name(o_.batches()), o_.batch_size(), job_.seed, ctx.name);
     load_model_state(*bottom_.net, state_for(turn.weights, *bottom_.net));
     if (ushaped_) load_model_state(*head_.net, state_for(turn.weights, *head_.net));
+    if (turn.set_opt_state) {  // the coordinator's record of this worker's optimisers
+      NamedTensors opt = turn.opt_state;
+      bottom_.opt->load_state(take_prefixed(opt, "bottom/"));
+      if (ushaped_) head_.opt->load_state(take_prefixed(opt, "head/"));
+      FEDRA_REQUIRE(opt.empty(), "'{}' carries optimiser state '{}' for no part of this worker", kRun, opt.front().first);
+    }
     const int64_t first = turn.first;
     const int64_t count = turn.steps;
     const bool last = turn.last;
@@ -100,6 +107,10 @@ class SplitWorker : public WorkerStrategy {
     done.weights = model_state(*bottom_.net);
     if (ushaped_) {
       for (auto& nt : model_state(*head_.net)) done.weights.push_back(std::move(nt));
+    }
+    if (turn.want_state) {
+      append_prefixed(done.opt_state, "bottom/", bottom_.opt->state());
+      if (ushaped_) append_prefixed(done.opt_state, "head/", head_.opt->state());
     }
     const double n = static_cast<double>(std::max<int64_t>(1, count));
     done.examples = examples_;

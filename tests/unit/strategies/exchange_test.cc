@@ -25,15 +25,7 @@ namespace {
 
 constexpr uint64_t kSeed = 5;
 
-std::vector<LocalWorker> iid_workers(const std::string& data, int64_t n) {
-  const Dataset all = load_dataset(data, Splits::kTrain).train;
-  const Partition p = partition_dataset(all.targets, all.num_classes, "iid", n, kSeed);
-  std::vector<LocalWorker> out;
-  for (int64_t k = 0; k < n; ++k) {
-    out.push_back({fmt::format("worker-{}", k), std::make_shared<Dataset>(subset(all, p.clients[static_cast<size_t>(k)]))});
-  }
-  return out;
-}
+std::vector<LocalWorker> iid_workers(const std::string& data, int64_t n) { return test::iid_workers(data, n, kSeed); }
 
 std::vector<LocalWorker> full_workers(const std::string& data, int64_t n) {
   auto all = std::make_shared<Dataset>(load_dataset(data, Splits::kTrain).train);
@@ -44,13 +36,7 @@ std::vector<LocalWorker> full_workers(const std::string& data, int64_t n) {
 
 Job job_of(const std::string& strategy, const std::string& model, const std::string& loss,
            std::map<std::string, std::string> options) {
-  Job job;
-  job.strategy = strategy;
-  job.model = model;
-  job.loss = loss;
-  job.seed = kSeed;
-  job.options = OptionMap(strategy, std::move(options));
-  return job;
+  return make_job(strategy, model, loss, std::move(options), kSeed);
 }
 
 struct InProcessRun {
@@ -583,7 +569,7 @@ TEST_CASE("the local cohort carries parts both ways, fails a worker that left an
     };
     const auto failures = cohort.exchange({{1, go}, {2, go}, {3, go}}, ex);
     REQUIRE(failures.size() == 2);
-    CHECK(failures[0].name == "worker #2");
+    CHECK(failures[0].name == "worker-1");  // named, though it left
     CHECK(failures[0].kind == ErrorKind::kDisconnected);
     CHECK(failures[1].name == "worker-0");
     CHECK(failures[1].message == "cancelled by the coordinator: enough");
