@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/model.h"
+#include "core/training.h"
 #include "core/process.h"
 #include "core/stop.h"
 #include "transport/codec.h"
@@ -50,6 +51,8 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
       spdlog::warn("dataset '{}' has no test split: rounds will not be evaluated",
                    config_.test_data);
     }
+    check_model_fits(job.model, job.seed, test_data_.test, job.loss,
+                     fmt::format("the test data of '{}' (--test-data)", config_.test_data));
   }
   if (!config_.resume && !config_.out_dir.empty()) {
     // A forgotten --resume must not cost the checkpoint: a fresh run would overwrite it.

@@ -12,6 +12,7 @@
 #include "core/dataset.h"
 #include "core/metrics.h"
 #include "core/options.h"
+#include "core/script_model.h"
 
 namespace fedra {
 
@@ -128,6 +129,13 @@ torch::nn::Sequential build_model(const std::string& spec_text, uint64_t seed) {
 }
 
 torch::nn::Sequential build_model_unseeded(const std::string& full_spec) {
+  if (full_spec.rfind(kTorchScriptPrefix, 0) == 0) {
+    const ModelSpec ms = parse_model_spec(full_spec);
+    FEDRA_REQUIRE(ms.cut.empty() && ms.head.empty(),
+                  "model '{}': cutting a TorchScript model (cut=, head=) is not supported yet; train it whole "
+                  "(fedavg, gradsum, fedra train)", full_spec);
+    return scripted_model(ms.network.substr(std::string(kTorchScriptPrefix).size()));
+  }
   const std::string spec_text = parse_model_spec(full_spec).network;
   const auto colon = spec_text.find(':');
   const std::string name = spec_text.substr(0, colon);
@@ -181,15 +189,23 @@ std::vector<std::string> layer_names(const torch::nn::Sequential& model) {
 }
 
 SplitModel split_model(const std::string& spec_text, uint64_t seed, bool with_head) {
+  FEDRA_REQUIRE(!is_torchscript(spec_text), "split learning cannot cut a TorchScript model yet ('{}'); train it "
+                "whole with fedavg, gradsum or fedra train (docs/models.md)", spec_text);
   const ModelSpec spec = parse_model_spec(spec_text);
   SplitModel m;
   m.full = build_model(spec.network, seed);
   const std::vector<std::string> names = layer_names(m.full);
   const std::string listing = fmt::format("{}", fmt::join(names, ", "));
-  FEDRA_REQUIRE(!spec.cut.empty(),
-                "split learning needs a cut in the model spec, e.g. '{}:cut={}' (the layers of '{}' "
-                "are {})",
-                spec.network, names.front(), spec.network, listing);
+  if (spec.cut.empty()) {
+    // The hint: a cut right after the first layer with weights, in the spec's own syntax.
+    size_t suggest = 0;
+    const auto children = m.full->children();
+    while (suggest + 1 < children.size() && children[suggest]->parameters().empty()) ++suggest;
+    suggest = std::min(suggest + 1, names.size() - 1);
+    FEDRA_FAIL("split learning needs a cut in the model spec, e.g. '{}{}cut={}' (the layers of '{}' are {})",
+               spec.network, spec.network.find(':') == std::string::npos ? ":" : ",", names[suggest], spec.network,
+               listing);
+  }
   auto index_of = [&](const std::string& layer, const char* what) {
     const auto it = std::find(names.begin(), names.end(), layer);
     FEDRA_REQUIRE(it != names.end(), "model '{}': no layer '{}' for {}; its layers are {}", spec_text, layer,

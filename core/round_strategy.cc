@@ -114,6 +114,7 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
     last_failure = reason;
     if (status == "ok") ++updated;
   }
+  finished(ctx);
   // A job whose last round failed did not deliver what was asked (its model is older than the
   // job's rounds say): it ends failed, so that a script or scheduler can tell. Earlier failed
   // rounds that later ones made up for are only in the metrics.

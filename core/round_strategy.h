@@ -70,6 +70,9 @@ class RoundStrategy : public CoordinatorStrategy {
   // local seeds follow from the job seed and the round) and takes it back in restore().
   virtual NamedTensors checkpoint_state() const { return {}; }
   virtual void restore(NamedTensors state) { (void)state; }
+  // After the last round (also when it failed, before the job fails): e.g. FedAvg writes the
+  // model files to ctx.out_dir.
+  virtual void finished(RunContext& ctx) { (void)ctx; }
 };
 
 }  // namespace fedra

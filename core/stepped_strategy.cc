@@ -12,6 +12,7 @@
 
 #include "core/batching.h"
 #include "core/model.h"
+#include "core/script_model.h"
 #include "core/training.h"
 
 namespace fedra {
@@ -72,7 +73,7 @@ void SteppedStrategy::run(Cohort& cohort, RunContext& ctx) {
     train(cohort, ctx);
   } catch (const Error& e) {
     if (!save_on_failure() || completed_ == 0 || ctx.out_dir.empty()) throw;
-    save_model_file(ctx.out_dir + "/model.bin", model_state(*model()));
+    save_trained_model(ctx.out_dir, model());
     FEDRA_THROW(e.kind(), "{}; model.bin holds the model after round {}", e.what(), completed_);
   }
 }
@@ -202,7 +203,7 @@ void SteppedStrategy::train(Cohort& cohort, RunContext& ctx) {
       });
     }
   }
-  if (!ctx.out_dir.empty()) save_model_file(ctx.out_dir + "/model.bin", model_state(*model()));
+  if (!ctx.out_dir.empty()) save_trained_model(ctx.out_dir, model());
 }
 
 }  // namespace fedra

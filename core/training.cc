@@ -3,8 +3,35 @@
 #include <torch/torch.h>
 
 #include "core/message.h"
+#include "core/model.h"
+#include "core/tensor_checks.h"
 
 namespace fedra {
+
+void check_model_fits(const std::string& spec, uint64_t seed, const Dataset& data, const std::string& loss,
+                      const std::string& where) {
+  if (data.size() == 0) return;
+  torch::nn::Sequential model = build_model(spec, seed);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const at::Tensor x = data.inputs.narrow(0, 0, 1);
+  const std::string hint = "change --model, or --dataset";
+  at::Tensor out;
+  try {
+    out = model->forward(x);
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    FEDRA_FAIL("model '{}' cannot take {}: one example is {} ({}); {}", spec, where, describe_tensor(x),
+               msg.substr(0, msg.find('\n')), hint);
+  } catch (const Error& e) {
+    FEDRA_FAIL("{} (one example of {}); {}", e.what(), where, hint);
+  }
+  if (loss == "ce" && data.num_classes > 0) {
+    FEDRA_REQUIRE(out.dim() == 2 && out.size(1) >= data.num_classes,
+                  "model '{}' gives {} for one example of {}, which has {} classes: its last layer needs {} "
+                  "outputs; {}", spec, describe_tensor(out), where, data.num_classes, data.num_classes, hint);
+  }
+}
 
 void check_loss_name(const std::string& loss) {
   FEDRA_REQUIRE(loss == "ce" || loss == "bce" || loss == "psl" || loss == "psl2",

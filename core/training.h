@@ -53,6 +53,13 @@ struct EvalStats {
 };
 
 void check_loss_name(const std::string& loss);
+
+// Before any training: one example of `data` through the model of `spec` (evaluation mode, no
+// gradient). Throws Error, one line naming the model, the example's shape, what went wrong and
+// the options to change (--model, --dataset), if the model cannot take it, or if with loss "ce"
+// it has fewer outputs than the data has classes. `where` names the data ("worker-1's data").
+void check_model_fits(const std::string& spec, uint64_t seed, const Dataset& data, const std::string& loss,
+                      const std::string& where);
 void check_optimizer_name(const std::string& optimizer);
 at::Tensor compute_loss(const at::Tensor& logits, const at::Tensor& targets, const std::string& loss);
 // The partially separable loss (docs/strategies.md#psl): mean over the batch of

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <deque>
+#include <mutex>
+#include <set>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -14,6 +16,8 @@
 #include "core/process.h"
 #include "core/partition.h"
 #include "core/protocol.h"
+#include "core/tensor_checks.h"
+#include "core/training.h"
 #include "transport/tcp/connection.h"
 
 namespace fedra {
@@ -183,6 +187,27 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
                         : "");
     }
     return 1;
+  }
+
+  try {
+    // One example through the job's model before any request: a model that does not fit this
+    // worker's data is one clear line here and at the coordinator, not a backtrace mid-round.
+    // Once per process for a model and an example shape: virtual clients share the answer.
+    static std::mutex mu;
+    static std::set<std::string> fits;
+    const std::string key = fmt::format("{} {} {} {} {}", ctx.job.model, ctx.job.seed, ctx.job.loss,
+                                        ctx.data->size() > 0 ? describe_tensor(ctx.data->inputs[0]) : "",
+                                        ctx.data->num_classes);
+    std::lock_guard<std::mutex> lock(mu);
+    if (fits.count(key) == 0) {
+      check_model_fits(ctx.job.model, ctx.job.seed, *ctx.data, ctx.job.loss,
+                       fmt::format("{}'s data ('{}')", name, config.dataset));
+      fits.insert(key);
+    }
+  } catch (const Error& e) {
+    tell_coordinator(*channel, name, e);
+    spdlog::error("{}", e.what());
+    return 2;
   }
 
   std::deque<transport::Envelope> ahead;  // frames read ahead of the one being handled

@@ -9,6 +9,7 @@
 
 #include "core/batching.h"
 #include "core/model.h"
+#include "core/script_model.h"
 #include "core/training.h"
 #include "strategies/losses.h"
 #include "strategies/run_message.h"
@@ -16,7 +17,9 @@
 namespace fedra {
 
 ModelParallelCoordinator::ModelParallelCoordinator(Job job, RoundPlan plan, EvalOptions eval)
-    : SteppedStrategy(std::move(job), plan.strategy, eval), plan_(std::move(plan)) {}
+    : SteppedStrategy(std::move(job), plan.strategy, eval), plan_(std::move(plan)) {
+  refuse_torchscript(this->job().model, plan_.strategy, "it cuts the network by its layers, which a script hides");
+}
 
 std::vector<WorkerInfo> ModelParallelCoordinator::pick(const Cohort& cohort) const {
   auto workers = cohort.workers_by_name();

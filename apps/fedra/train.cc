@@ -12,6 +12,7 @@
 #include "core/model.h"
 #include "core/optimizer.h"
 #include "core/process.h"
+#include "core/script_model.h"
 #include "core/training.h"
 
 namespace fedra::cli {
@@ -49,6 +50,7 @@ int run_training(const boost::program_options::variables_map& vm, const StopSign
   const auto t_start = Clock::now();
   DatasetSplits data = load_dataset(dataset);
   FEDRA_REQUIRE(data.train.size() > 0, "dataset '{}' has no training examples", dataset);
+  check_model_fits(spec, seed, data.train, loss, fmt::format("the data of '{}'", dataset));
   torch::nn::Sequential model = build_model(spec, seed);
   ModuleOptimizer opt(*model, oc);
   BatchOrder order(batches, batch, seed, "central");
@@ -115,7 +117,7 @@ int run_training(const boost::program_options::variables_map& vm, const StopSign
   summary.elapsed_s = Seconds(Clock::now() - t_start).count();
   summary.peak_rss_bytes = peak_rss_bytes();
   if (!out_dir.empty()) {
-    save_model_file(out_dir + "/model.bin", model_state(*model));
+    save_trained_model(out_dir, model);
     recorder.write_summary(summary);
     spdlog::info("results in {}", out_dir);
   }

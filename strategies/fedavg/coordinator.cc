@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "core/model.h"
+#include "core/script_model.h"
 #include "core/tensor_checks.h"
 #include "core/training.h"
 #include "strategies/fedavg/fedavg.h"
@@ -280,6 +281,12 @@ Metrics FedAvgCoordinator::aggregate_fit(uint32_t round, const std::vector<Failu
   accumulate_s_ = worker_train_s_ = worker_load_s_ = 0;
   for (auto& extra : round_metrics(round)) m.push_back(std::move(extra));
   return m;
+}
+
+void FedAvgCoordinator::finished(RunContext& ctx) {
+  if (ctx.out_dir.empty()) return;
+  load_model_state(*model_, global_);
+  save_trained_model(ctx.out_dir, model_);
 }
 
 Metrics FedAvgCoordinator::evaluate(uint32_t, RunContext& ctx) {

@@ -249,6 +249,8 @@ class FedAvgCoordinator : public RoundStrategy {
   // control variate ("scaffold/c/...").
   NamedTensors checkpoint_state() const override;
   void restore(NamedTensors state) override;
+  // The global model as OUT/model.bin (and OUT/model.pt for a TorchScript model).
+  void finished(RunContext& ctx) override;
 
  private:
   void check_control(const WorkerInfo& worker, const NamedTensors& delta) const;  // SCAFFOLD

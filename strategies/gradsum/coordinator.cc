@@ -11,6 +11,7 @@
 #include "core/cohort.h"
 #include "core/model.h"
 #include "core/optimizer.h"
+#include "core/script_model.h"
 #include "core/stepped_strategy.h"
 #include "core/tensor_checks.h"
 #include "core/training.h"
@@ -25,7 +26,16 @@ namespace {
 class GradSumCoordinator : public SteppedStrategy {
  public:
   GradSumCoordinator(const Job& job, GradSumOptions options)
-      : SteppedStrategy(job, "gradsum", options.eval()), o_(std::move(options)) {}
+      : SteppedStrategy(job, "gradsum", options.eval()), o_(std::move(options)) {
+    if (is_torchscript(job.model)) {
+      // Replicas exchange parameters and gradients only: buffers (batch norm's running
+      // statistics) would drift apart on every replica.
+      const auto buffers = build_model(job.model, job.seed)->named_buffers();
+      FEDRA_REQUIRE(buffers.is_empty(), "gradsum keeps replicas in step by their parameters only, and '{}' has "
+                    "buffers ({}: batch norm's running statistics?) that would drift apart; train it with fedavg, "
+                    "or use a model without buffers", job.model, buffers.begin()->key());
+    }
+  }
 
  protected:
 

@@ -13,6 +13,7 @@
 #include "core/dataset.h"
 #include "core/model.h"
 #include "core/optimizer.h"
+#include "core/script_model.h"
 #include "core/stepped_strategy.h"
 #include "core/tensor_checks.h"
 #include "core/training.h"
@@ -27,6 +28,7 @@ class PslCoordinator : public SteppedStrategy {
  public:
   PslCoordinator(const Job& job, PslOptions options)
       : SteppedStrategy(job, "psl", options.eval()), o_(std::move(options)) {
+    refuse_torchscript(job.model, "psl", "it builds class towers from its own psnet spec");
     FEDRA_REQUIRE(job.loss == "psl" || job.loss == "psl2", "the psl strategy needs --loss psl or psl2, got '{}'",
                   job.loss);
   }

@@ -106,7 +106,12 @@ TEST_CASE("split_model cuts the seeded network into parts that share its modules
   CHECK(layer_names(split_model("lenet5:cut=pool2,head=fc2", 1, true).head) ==
         std::vector<std::string>{"fc2", "relu4", "fc3"});
 
-  CHECK_THROWS_WITH_AS(split_model("cnn", 1, false), doctest::Contains("needs a cut"), Error);
+  CHECK_THROWS_WITH_AS(split_model("cnn", 1, false), doctest::Contains("needs a cut in the model spec, e.g. 'cnn:cut=relu1'"),
+                       Error);
+  // The hint is a spec that works: after mlp's widths the cut follows a comma.
+  CHECK_THROWS_WITH_AS(split_model("mlp:784-32-10", 1, false),
+                       doctest::Contains("e.g. 'mlp:784-32-10,cut=relu1'"), Error);
+  CHECK_NOTHROW(split_model("mlp:784-32-10,cut=relu1", 1, false));
   CHECK_THROWS_WITH_AS(split_model("cnn:cut=fc9", 1, false),
                        doctest::Contains("no layer 'fc9' for cut=; its layers are conv1, relu1, pool1"), Error);
   CHECK_THROWS_WITH_AS(split_model("cnn:cut=fc2", 1, false), doctest::Contains("nothing is left above the cut"),

@@ -1,0 +1,152 @@
+// TorchScript models (--model torchscript:PATH): a network scripted in Python
+// (tests/reference/byo_model.py: a conv block with BatchNorm, Dropout, a classifier), trained by
+// `fedra train` and FedAvg with real processes, its model.pt read back in Python; and the one-line
+// errors for a model that does not fit the data.
+#include "tests/testing.h"
+
+#include <torch/torch.h>
+
+#include "core/model.h"
+#include "core/script_model.h"
+#include "tests/test_util.h"
+
+using namespace fedra;
+using namespace fedra::test;
+
+namespace {
+
+const std::string kReference = std::string(FEDRA_SOURCE_DIR) + "/tests/reference/byo_model.py";
+
+// Runs a command, returns its stdout (a test failure if it fails).
+std::string python(const std::vector<std::string>& args, const TempDir& dir) {
+  std::vector<std::string> argv = {"/usr/bin/python3", kReference};
+  argv.insert(argv.end(), args.begin(), args.end());
+  static int calls = 0;
+  const std::string out = dir / ("python-" + std::to_string(calls++) + ".out");
+  const ChildProcess child = spawn(argv, out);
+  REQUIRE(finish(child, std::chrono::seconds(120)) == 0);
+  return read_file(out);
+}
+
+// Python's accuracy of MODEL.pt on the first n Fashion-MNIST test images, as Fedra reads them.
+double python_accuracy(const std::string& model, int n, const TempDir& dir) {
+  const std::string out = python({"evaluate", model, std::to_string(n)}, dir);
+  return nlohmann::json::parse(out.substr(out.rfind('{')))["accuracy"].get<double>();
+}
+
+}  // namespace
+
+TEST_CASE("a scripted module inside Fedra: its own tensors, its own forward, train() and eval() reach it") {
+  TempDir dir;
+  python({"make", dir / "net.pt", "3"}, dir);
+  torch::nn::Sequential model = build_model("torchscript:" + (dir / "net.pt"), 1);
+  NamedTensors state;  // a copy: model_state() shares the model's storage
+  for (const auto& [n, t] : model_state(*model)) state.emplace_back(n, t.clone());
+  std::vector<std::string> names;
+  for (const auto& [n, t] : state) names.push_back(n);
+  CHECK(names == std::vector<std::string>{"net.block_a.conv.weight", "net.block_a.conv.bias", "net.block_a.bn.weight",
+                                          "net.block_a.bn.bias", "net.fc.weight", "net.fc.bias",
+                                          "net.block_a.bn.running_mean", "net.block_a.bn.running_var",
+                                          "net.block_a.bn.num_batches_tracked"});
+  // The file's weights are the initial model, whatever the seed.
+  CHECK(identical(state, model_state(*build_model("torchscript:" + (dir / "net.pt"), 99))));
+  const at::Tensor x = torch::rand({4, 1, 28, 28});
+  model->eval();
+  const at::Tensor a = model->forward(x), b = model->forward(x);
+  CHECK(torch::equal(a, b));  // eval: no dropout, running statistics
+  model->train();
+  CHECK(!torch::equal(model->forward(x), model->forward(x)));  // train: dropout draws
+  // Batch norm in train mode updated the running statistics, which are the script's buffers.
+  REQUIRE(state[6].first == "net.block_a.bn.running_mean");
+  CHECK(torch::equal(state[6].second, torch::zeros({8})));  // as saved by a fresh BatchNorm2d
+  CHECK(!torch::equal(model_state(*model)[6].second, state[6].second));
+  // Loading weights into the Fedra module changes what the script computes.
+  model->eval();
+  NamedTensors zeroed;
+  for (const auto& [n, t] : model_state(*model)) zeroed.emplace_back(n, torch::zeros_like(t));
+  load_model_state(*model, zeroed);
+  CHECK(torch::equal(model->forward(x), torch::zeros({4, 10})));
+  // And the gradient of the script's forward lands on the Fedra module's parameters.
+  load_model_state(*model, state);
+  model->train();
+  model->forward(x).sum().backward();
+  for (const auto& p : model->parameters()) CHECK(p.grad().defined());
+}
+
+TEST_CASE("fedra train and fedavg train a scripted model; model.pt read in Python gives Fedra's accuracy") {
+  TempDir dir;
+  python({"make", dir / "net.pt", "1"}, dir);
+  const std::string model = "torchscript:" + (dir / "net.pt");
+  const std::string data = "fmnist:limit=2000,test_limit=500";
+
+  REQUIRE(run_fedra({"train", "--model", model, "--dataset", data, "--epochs", "1", "--lr", "0.05", "--batch-size",
+                     "32", "--threads", "1", "--out", dir / "train"},
+                    dir / "train.log", std::chrono::seconds(120)) == 0);
+  const auto train = read_jsonl(dir / "train/metrics.jsonl");
+  REQUIRE(train.size() == 1);
+  CHECK(train[0]["test_accuracy"].get<double>() > 0.5);
+  CHECK(python_accuracy(dir / "train/model.pt", 500, dir) == train[0]["test_accuracy"].get<double>());
+
+  REQUIRE(run_fedra({"simulate", "--workers", "2", "--model", model, "--dataset", data, "--fedavg.rounds", "3",
+                     "--fedavg.local_epochs", "1", "--out", dir / "fedavg"},
+                    dir / "fedavg.log", std::chrono::seconds(180)) == 0);
+  const auto rounds = read_jsonl(dir / "fedavg/metrics.jsonl");
+  REQUIRE(rounds.size() == 3);
+  CHECK(python_accuracy(dir / "fedavg/model.pt", 500, dir) == rounds.back()["test_accuracy"].get<double>());
+  // Batch norm's running statistics travel and are averaged like the weights.
+  const NamedTensors global = load_model_file(dir / "fedavg/model.bin");
+  bool running_mean = false;
+  for (const auto& [n, t] : global) running_mean |= n == "net.block_a.bn.running_mean" && t.abs().sum().item<double>() > 0;
+  CHECK(running_mean);
+}
+
+TEST_CASE("a model that does not fit the data: one line naming model, example shape and the options, exit 2") {
+  TempDir dir;
+  python({"make", dir / "net.pt"}, dir);
+  CHECK(run_fedra({"train", "--model", "torchscript:" + (dir / "net.pt"), "--dataset", "synthetic:n=100,features=20"},
+                  dir / "a.log", std::chrono::seconds(60)) == 2);
+  const std::string a = read_file(dir / "a.log");
+  INFO(a);
+  CHECK(contains(a, "TorchScript model '" + (dir / "net.pt") + "' cannot take an input of float32[1,20]: "));
+  CHECK(contains(a, "change --model, or --dataset"));
+  CHECK(!contains(a, "Traceback"));
+  CHECK(std::count(a.begin(), a.end(), '\n') == 1);
+
+  // The default 784-input model on a 20-feature CSV-like dataset: refused by the coordinator before
+  // any worker starts (its test data is the same data).
+  CHECK(run_fedra({"simulate", "--workers", "2", "--model", "mlp:784-200-10", "--dataset", "synthetic:n=100,features=20"},
+                  dir / "b.log", std::chrono::seconds(60)) == 2);
+  const std::string b = read_file(dir / "b.log");
+  INFO(b);
+  CHECK(contains(b, "model 'mlp:784-200-10' cannot take the test data of 'synthetic:n=100,features=20' (--test-data): "
+                    "one example is float32[1,20]"));
+  // Without test data, each worker refuses at its first step, says why to the coordinator, and the
+  // job fails at once with that reason.
+  CHECK(run_fedra({"simulate", "--workers", "2", "--model", "mlp:784-200-10", "--dataset", "synthetic:n=100,features=20",
+                   "--test-data", "none"},
+                  dir / "c.log", std::chrono::seconds(60)) == 1);
+  const std::string c = read_file(dir / "c.log");
+  INFO(c);
+  CHECK(contains(c, "cannot take worker-"));
+  CHECK(!contains(c, "Exception raised from"));
+
+  // Strategies that cut or rebuild the network by its layers refuse a script, saying which to use.
+  const std::string script = "torchscript:" + (dir / "net.pt");
+  for (const std::string strategy : {"tensor", "pipeline", "split", "gradsum"}) {
+    INFO(strategy);
+    CHECK(run_fedra({"simulate", "--workers", "2", "--strategy", strategy, "--model", script, "--dataset", "fmnist:limit=500"},
+                    dir / (strategy + ".log"), std::chrono::seconds(60)) == 2);
+    const std::string log = read_file(dir / (strategy + ".log"));
+    INFO(log);
+    CHECK(contains(log, strategy == "split" ? "split learning cannot cut a TorchScript model yet"
+                        : strategy == "gradsum" ? "gradsum keeps replicas in step by their parameters only, and '" +
+                                                      script + "' has buffers (net.block_a.bn.running_mean"
+                                                : strategy + " cannot train a TorchScript model"));
+  }
+
+  // A missing file and a file that is not a script.
+  CHECK(run_fedra({"train", "--model", "torchscript:" + (dir / "nope.pt")}, dir / "d.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "d.log"), "TorchScript model '" + (dir / "nope.pt") + "' does not exist"));
+  CHECK(run_fedra({"train", "--model", "torchscript:" + (dir / "a.log")}, dir / "e.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "e.log"), "cannot load '" + (dir / "a.log") + "' as a TorchScript model"));
+}
