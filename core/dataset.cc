@@ -10,8 +10,11 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <fmt/ranges.h>
+#include <torch/csrc/jit/serialization/pickle.h>
 
 #include "core/options.h"
+#include "core/tensor_checks.h"
 
 namespace fedra {
 
@@ -216,6 +219,70 @@ DatasetSplits load_csv(const OptionMap& a, bool train, bool test) {
   return s;
 }
 
+// A file of torch.save({'x': X, 'y': Y}, PATH), read with LibTorch's own unpickler.
+Dataset read_tensors(const std::string& path, const std::string& xkey, const std::string& ykey, int64_t limit) {
+  FEDRA_REQUIRE(std::filesystem::is_regular_file(path),
+                "tensors file '{}' does not exist (write it in Python with torch.save({{'{}': X, '{}': Y}}, PATH))", path,
+                xkey, ykey);
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  c10::IValue value;
+  try {
+    value = torch::pickle_load(bytes);
+  } catch (const std::exception& e) {
+    const std::string msg = e.what();
+    FEDRA_FAIL("cannot read '{}' as a torch.save file: {}", path, msg.substr(0, msg.find('\n')));
+  }
+  FEDRA_REQUIRE(value.isGenericDict(), "'{}' holds a {}, not a dict {{'{}': X, '{}': Y}}", path, value.tagKind(), xkey,
+                ykey);
+  const auto dict = value.toGenericDict();
+  auto get = [&](const std::string& key) {
+    std::vector<std::string> keys;
+    for (const auto& e : dict) {
+      if (!e.key().isString()) continue;
+      keys.push_back(e.key().toStringRef());
+      if (e.key().toStringRef() == key) {
+        FEDRA_REQUIRE(e.value().isTensor(), "'{}': '{}' is a {}, not a tensor", path, key, e.value().tagKind());
+        return e.value().toTensor();
+      }
+    }
+    FEDRA_FAIL("'{}' has no tensor '{}' (its keys: {}; name them with x= and y=)", path, key, fmt::join(keys, ", "));
+  };
+  at::Tensor x = get(xkey), y = get(ykey);
+  FEDRA_REQUIRE(x.dim() >= 1 && x.size(0) > 0, "'{}': '{}' is {}, not one example per row", path, xkey,
+                describe_tensor(x));
+  if (y.dim() == 2 && y.size(1) == 1) y = y.reshape({-1});
+  FEDRA_REQUIRE(y.dim() == 1 && y.size(0) == x.size(0), "'{}': '{}' is {} for {} examples in '{}'", path, ykey,
+                describe_tensor(y), x.size(0), xkey);
+  FEDRA_REQUIRE(!at::isFloatingType(y.scalar_type()) && !at::isComplexType(y.scalar_type()),
+                "'{}': '{}' is {}: regression targets; tensors files hold class labels (integers) so far", path, ykey,
+                describe_tensor(y));
+  FEDRA_REQUIRE(at::isFloatingType(x.scalar_type()) || at::isIntegralType(x.scalar_type(), /*includeBool=*/true),
+                "'{}': '{}' is {}, not numbers", path, xkey, describe_tensor(x));
+  Dataset d;
+  d.name = path;
+  d.inputs = head(x.to(at::kFloat).contiguous(), limit);
+  d.targets = head(y.to(at::kLong).contiguous(), limit);
+  FEDRA_REQUIRE(d.targets.min().item<int64_t>() >= 0, "'{}': '{}' has negative class labels", path, ykey);
+  return d;
+}
+
+DatasetSplits load_tensors(const OptionMap& a, bool train, bool test) {
+  a.require_known({"train", "test", "x", "y", "limit", "test_limit"});
+  FEDRA_REQUIRE(a.has("train"), "tensors dataset needs a file: tensors:PATH or tensors:train=PATH[,test=PATH]");
+  const std::string x = a.get_string("x", "x"), y = a.get_string("y", "y");
+  DatasetSplits s;
+  if (train) s.train = read_tensors(a.get_string("train", ""), x, y, a.get_int("limit", 0));
+  if (test && a.has("test")) {
+    s.test = read_tensors(a.get_string("test", ""), x, y, a.get_int("test_limit", 0));
+    FEDRA_REQUIRE(!train || s.test.inputs.sizes().slice(1) == s.train.inputs.sizes().slice(1),
+                  "the test file's examples are {}, the training file's {}", describe_tensor(s.test.inputs[0]),
+                  describe_tensor(s.train.inputs[0]));
+  }
+  set_classes(s);
+  return s;
+}
+
 Dataset synthetic_split(int64_t n, int64_t features, int64_t classes, uint64_t seed) {
   // One generator for x then y, in the notebook's order, so the values equal Python's
   // torch.manual_seed(seed); x = rand([n, features]); y = randint(0, classes, [n, 1]).
@@ -245,7 +312,17 @@ DatasetSplits load_synthetic(const OptionMap& a) {
 
 }  // namespace
 
-DatasetSplits load_dataset(const std::string& spec_text, Splits which) {
+DatasetSplits load_dataset(const std::string& given, Splits which) {
+  FEDRA_REQUIRE(given.find("{client}") == std::string::npos,
+                "dataset '{}' has a {{client}} placeholder (one file per worker): only workers read it; give the "
+                "coordinator's evaluation data with --test-data (or none)", given);
+  std::string spec_text = given;
+  if (spec_text.rfind("tensors:", 0) == 0) {
+    // tensors:PATH[,...] is tensors:train=PATH[,...]
+    const std::string first = spec_text.substr(8, spec_text.find(',') == std::string::npos ? std::string::npos
+                                                                                            : spec_text.find(',') - 8);
+    if (first.find('=') == std::string::npos) spec_text = "tensors:train=" + spec_text.substr(8);
+  }
   const Spec spec = parse_spec(spec_text, "dataset");
   const bool train = which != Splits::kTest;
   const bool test = which != Splits::kTrain;
@@ -253,9 +330,10 @@ DatasetSplits load_dataset(const std::string& spec_text, Splits which) {
   if (spec.name == "fmnist") s = load_fmnist(spec.args, train, test);
   else if (spec.name == "idx") s = load_idx(spec.args, train, test);
   else if (spec.name == "csv") s = load_csv(spec.args, train, test);
+  else if (spec.name == "tensors") s = load_tensors(spec.args, train, test);
   else if (spec.name == "synthetic") s = load_synthetic(spec.args);  // generated, not read
-  else FEDRA_FAIL("unknown dataset '{}'; use fmnist, idx:..., csv:... or synthetic:...", spec.name);
-  if (train) FEDRA_REQUIRE(s.train.size() > 0, "dataset '{}' has no training examples", spec_text);
+  else FEDRA_FAIL("unknown dataset '{}'; use fmnist, idx:..., csv:..., tensors:... or synthetic:...", spec.name);
+  if (train) FEDRA_REQUIRE(s.train.size() > 0, "dataset '{}' has no training examples", given);
   if (!train) s.train = Dataset();
   if (!test) s.test = Dataset();
   return s;

@@ -34,7 +34,19 @@ std::string default_name() {
 
 // The training data of clients client_index .. client_index + count - 1: the dataset loaded and
 // partitioned once, whatever the count.
+// With a {client} placeholder in the spec (one file per site), client i reads its own file, whole.
 std::vector<Dataset> load_private_data(const WorkerConfig& c, int64_t count = 1) {
+  if (c.dataset.find("{client}") != std::string::npos) {
+    std::vector<Dataset> parts;
+    for (int64_t i = 0; i < count; ++i) {
+      std::string spec = c.dataset;
+      for (size_t at; (at = spec.find("{client}")) != std::string::npos;) {
+        spec.replace(at, 8, std::to_string(c.client_index + i));
+      }
+      parts.push_back(load_dataset(spec, Splits::kTrain).train);
+    }
+    return parts;
+  }
   DatasetSplits splits = load_dataset(c.dataset, Splits::kTrain);
   if (c.num_clients <= 1) return {std::move(splits.train)};
   FEDRA_REQUIRE(c.client_index >= 0 && c.client_index < c.num_clients,

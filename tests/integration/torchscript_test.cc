@@ -100,6 +100,32 @@ TEST_CASE("fedra train and fedavg train a scripted model; model.pt read in Pytho
   CHECK(running_mean);
 }
 
+TEST_CASE("data as a PyTorch user has it: one torch.save file per site, {client} in the spec") {
+  TempDir dir;
+  python({"make", dir / "net.pt", "2"}, dir);
+  python({"sites", dir.path(), "2", "600"}, dir);
+  REQUIRE(run_fedra({"simulate", "--workers", "2", "--model", "torchscript:" + (dir / "net.pt"), "--dataset",
+                     "tensors:" + (dir / "site-{client}.pt"), "--test-data",
+                     "tensors:train=" + (dir / "site-0.pt") + ",test=" + (dir / "test.pt"), "--fedavg.rounds", "2",
+                     "--out", dir / "out"},
+                    dir / "sim.log", std::chrono::seconds(180)) == 0);
+  // Each worker read its own file, whole: 600 examples each, no partitioning.
+  for (int i = 0; i < 2; ++i) {
+    const std::string log = read_file(dir / ("out/logs/worker-" + std::to_string(i) + ".log"));
+    INFO(log);
+    CHECK(contains(log, "600 training examples"));
+  }
+  const auto lines = read_jsonl(dir / "out/metrics.jsonl");
+  REQUIRE(lines.size() == 2);
+  CHECK(lines.back()["train_examples"] == 1200);
+  // test.pt holds the first 500 test images as Fedra reads them: Python's figure on those equals Fedra's.
+  CHECK(python_accuracy(dir / "out/model.pt", 500, dir) == lines.back()["test_accuracy"].get<double>());
+  // The coordinator is not a site: a {client} spec as its evaluation data is refused, naming the option.
+  CHECK(run_fedra({"simulate", "--workers", "2", "--dataset", "tensors:" + (dir / "site-{client}.pt")}, dir / "b.log",
+                  std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "b.log"), "give the coordinator's evaluation data with --test-data"));
+}
+
 TEST_CASE("a model that does not fit the data: one line naming model, example shape and the options, exit 2") {
   TempDir dir;
   python({"make", dir / "net.pt"}, dir);

@@ -8,6 +8,10 @@ Python: the reference side of tests/integration/torchscript_test.cc.
                                       N Fashion-MNIST test images, read as Fedra's fmnist dataset
                                       reads them ((pixels / 255 - 0.2860) / 0.3530, core/dataset.cc);
                                       prints {"correct": C, "accuracy": C / N}
+  byo_model.py sites DIR K N            per-site data as a PyTorch user has it: DIR/site-I.pt for
+                                      I < K, each torch.save({'x': X, 'y': Y}) of N training images
+                                      (float32 [N, 1, 28, 28], normalised as above; int64 labels),
+                                      and DIR/test.pt, the first 500 test images
 """
 import gzip
 import json
@@ -43,11 +47,11 @@ class Net(nn.Module):
         return self.fc(self.drop(self.flat(self.block_a(x))))
 
 
-def test_images(n):
-    with gzip.open(f"{FMNIST}/t10k-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n]
-    with gzip.open(f"{FMNIST}/t10k-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)[:n]
+def test_images(n, split="t10k", start=0):
+    with gzip.open(f"{FMNIST}/{split}-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 1, 28, 28)[start:start + n]
+    with gzip.open(f"{FMNIST}/{split}-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)[start:start + n]
     x = torch.from_numpy(images.astype(np.float32)).div_(255.0).sub_(0.2860).div_(0.3530)
     return x, torch.from_numpy(labels.astype(np.int64))
 
@@ -63,6 +67,13 @@ def main():
         with torch.no_grad():
             correct = int(model(x).argmax(1).eq(y).sum())
         print(json.dumps({"correct": correct, "accuracy": correct / len(y)}))
+    elif sys.argv[1] == "sites":
+        out, k, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        for i in range(k):
+            x, y = test_images(n, "train", i * n)
+            torch.save({"x": x, "y": y}, f"{out}/site-{i}.pt")
+        x, y = test_images(500)
+        torch.save({"x": x, "y": y}, f"{out}/test.pt")
     else:
         sys.exit(__doc__)
 

@@ -9,6 +9,7 @@
 #include "tests/test_util.h"
 
 using namespace fedra;
+using fedra::test::TempDir;
 
 TEST_CASE("Fashion-MNIST loads from Debian's package: 60,000 + 10,000 28x28 images, 10 classes") {
   const DatasetSplits d = load_dataset("fmnist");
@@ -83,4 +84,49 @@ TEST_CASE("bad dataset specs say what is wrong") {
   CHECK_THROWS_WITH_AS(load_dataset("fmnist:dir=/nonexistent"),
                        doctest::Contains("install Debian's dataset-fashion-mnist"), fedra::Error);
   CHECK_THROWS_WITH_AS(load_dataset("fmnist:limt=5"), doctest::Contains("unknown option 'limt'"), fedra::Error);
+}
+
+namespace {
+
+// What torch.save({'x': x, 'y': y}, path) writes, written by LibTorch's own pickler.
+void save_tensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& entries) {
+  c10::Dict<std::string, at::Tensor> dict;
+  for (const auto& [k, v] : entries) dict.insert(k, v);
+  const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+}  // namespace
+
+TEST_CASE("tensors files (torch.save of {'x': X, 'y': Y}) load; wrong contents say what is wrong") {
+  TempDir dir;
+  const at::Tensor x = torch::rand({6, 3}, at::kDouble);
+  save_tensors(dir / "d.pt", {{"x", x}, {"y", torch::tensor({0, 2, 1, 2, 0, 1}).reshape({6, 1})}});
+  const DatasetSplits s = load_dataset("tensors:" + (dir / "d.pt") + ",limit=5");
+  CHECK(s.train.size() == 5);
+  CHECK((s.train.inputs.scalar_type() == at::kFloat));  // float64 features become float32
+  CHECK(torch::allclose(s.train.inputs, x.narrow(0, 0, 5).to(at::kFloat)));
+  CHECK(torch::equal(s.train.targets, torch::tensor({0, 2, 1, 2, 0}, at::kLong)));  // [N, 1] labels flattened
+  CHECK(s.train.num_classes == 3);
+  save_tensors(dir / "t.pt", {{"features", x}, {"label", torch::tensor({1, 1, 0, 0, 1, 1})}});
+  save_tensors(dir / "n.pt", {{"features", x}, {"label", torch::tensor({2, 0, 1, 2, 0, 1})}});
+  const DatasetSplits named = load_dataset("tensors:train=" + (dir / "n.pt") + ",test=" + (dir / "t.pt") + ",x=features,y=label");
+  CHECK(named.train.size() == 6);
+  CHECK(named.test.size() == 6);
+  CHECK(torch::equal(named.test.targets, torch::tensor({1, 1, 0, 0, 1, 1}, at::kLong)));
+
+  save_tensors(dir / "reg.pt", {{"x", x}, {"y", torch::rand({6})}});
+  CHECK_THROWS_WITH_AS(load_dataset("tensors:" + (dir / "reg.pt")), doctest::Contains("regression targets"), Error);
+  CHECK_THROWS_WITH_AS(load_dataset("tensors:" + (dir / "d.pt") + ",y=labels"),
+                       doctest::Contains("has no tensor 'labels' (its keys: x, y; name them with x= and y=)"), Error);
+  save_tensors(dir / "short.pt", {{"x", x}, {"y", torch::tensor({0, 1})}});
+  CHECK_THROWS_WITH_AS(load_dataset("tensors:" + (dir / "short.pt")), doctest::Contains("for 6 examples"), Error);
+  std::ofstream(dir / "junk.pt") << "not a zip";
+  CHECK_THROWS_WITH_AS(load_dataset("tensors:" + (dir / "junk.pt")), doctest::Contains("as a torch.save file"), Error);
+  const std::vector<char> bare = torch::pickle_save(c10::IValue(x));
+  std::ofstream(dir / "bare.pt", std::ios::binary).write(bare.data(), static_cast<std::streamsize>(bare.size()));
+  CHECK_THROWS_WITH_AS(load_dataset("tensors:" + (dir / "bare.pt")), doctest::Contains("holds a Tensor, not a dict"), Error);
+  CHECK_THROWS_WITH_AS(load_dataset("tensors:" + (dir / "nope.pt")), doctest::Contains("does not exist"), Error);
+  // A per-site spec is for workers; the coordinator is told to name its own evaluation data.
+  CHECK_THROWS_WITH_AS(load_dataset("tensors:site-{client}.pt"), doctest::Contains("--test-data"), Error);
 }
