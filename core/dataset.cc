@@ -230,8 +230,7 @@ Dataset read_tensors(const std::string& path, const std::string& xkey, const std
   try {
     value = torch::pickle_load(bytes);
   } catch (const std::exception& e) {
-    const std::string msg = e.what();
-    FEDRA_FAIL("cannot read '{}' as a torch.save file: {}", path, msg.substr(0, msg.find('\n')));
+    FEDRA_FAIL("cannot read '{}' as a torch.save file: {}", path, torch_error_reason(e));
   }
   FEDRA_REQUIRE(value.isGenericDict(), "'{}' holds a {}, not a dict {{'{}': X, '{}': Y}}", path, value.tagKind(), xkey,
                 ykey);

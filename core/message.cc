@@ -2,6 +2,7 @@
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <c10/util/Exception.h>
 
 namespace fedra {
 
@@ -45,6 +46,19 @@ transport::DType to_wire_dtype(c10::ScalarType type) {
     if (p.torch == type) return p.wire;
   }
   FEDRA_FAIL("torch dtype {} cannot be sent over the wire", c10::toString(type));
+}
+
+std::string torch_error_reason(const std::exception& e) {
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) {
+    const std::string msg = c10->what_without_backtrace();
+    return msg.substr(0, msg.find('\n'));
+  }
+  std::string msg = e.what();
+  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+  const size_t last = msg.rfind('\n');
+  if (last != std::string::npos) msg = msg.substr(last + 1);
+  if (msg.rfind("RuntimeError: ", 0) == 0) msg = msg.substr(14);
+  return msg;
 }
 
 std::string describe_tensor(const at::Tensor& t) {

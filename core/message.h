@@ -16,6 +16,7 @@
 #include <map>
 #include <initializer_list>
 #include <optional>
+#include <exception>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -119,6 +120,9 @@ T decode_reply(Message&& m, std::string_view kind, std::string_view worker, std:
 
 // "float32[2,3]": dtype and shape, for error messages.
 std::string describe_tensor(const at::Tensor& t);
+// The reason in a LibTorch or TorchScript error, one line: a c10::Error's first line without its
+// backtrace; the interpreter's last line (after its script traceback) without "RuntimeError: ".
+std::string torch_error_reason(const std::exception& e);
 
 c10::ScalarType to_scalar_type(transport::DType dtype);
 transport::DType to_wire_dtype(c10::ScalarType type);

@@ -129,7 +129,7 @@ torch::nn::Sequential build_model(const std::string& spec_text, uint64_t seed) {
 }
 
 torch::nn::Sequential build_model_unseeded(const std::string& full_spec) {
-  if (full_spec.rfind(kTorchScriptPrefix, 0) == 0) {
+  if (is_torchscript(full_spec)) {
     const ModelSpec ms = parse_model_spec(full_spec);
     FEDRA_REQUIRE(ms.cut.empty() && ms.head.empty(),
                   "model '{}': cutting a TorchScript model (cut=, head=) is not supported yet; train it whole "

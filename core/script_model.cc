@@ -1,26 +1,18 @@
 #include "core/script_model.h"
 
-#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <sstream>
 
 #include <torch/torch.h>
 
 #include "core/error.h"
+#include "core/metrics.h"
 #include "core/model.h"
 #include "core/tensor_checks.h"
 
 namespace fedra {
-
-namespace {
-
-std::string first_line(const c10::Error& e) {
-  const std::string msg = e.what_without_backtrace();
-  return msg.substr(0, msg.find('\n'));
-}
-
-}  // namespace
 
 bool is_torchscript(const std::string& spec) { return spec.rfind(kTorchScriptPrefix, 0) == 0; }
 
@@ -38,9 +30,9 @@ torch::jit::Module load_script(const std::string& path) {
     torch::jit::Module m = torch::jit::load(path);
     m.eval();  // train() decides; a fresh model is evaluated as loaded
     return m;
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     FEDRA_FAIL("cannot load '{}' as a TorchScript model (a file of torch.jit.script or torch.jit.trace, "
-               "saved with .save()): {}", path, first_line(e));
+               "saved with .save()): {}", path, torch_error_reason(e));
   }
 }
 
@@ -79,17 +71,8 @@ ScriptedImpl::ScriptedImpl(torch::jit::Module module, std::string what)
 at::Tensor ScriptedImpl::forward(const at::Tensor& x) {
   try {
     return module_.forward({x}).toTensor();
-  } catch (const c10::Error& e) {
-    FEDRA_FAIL("{} cannot take an input of {}: {}", what_,
-               describe_tensor(x), first_line(e));
   } catch (const std::exception& e) {
-    // The interpreter's error is its script traceback; the reason is its last line.
-    std::string msg = e.what();
-    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-    msg = msg.substr(msg.rfind('\n') == std::string::npos ? 0 : msg.rfind('\n') + 1);
-    if (msg.rfind("RuntimeError: ", 0) == 0) msg = msg.substr(14);
-    FEDRA_FAIL("{} cannot take an input of {}: {}", what_,
-               describe_tensor(x), msg);
+    FEDRA_FAIL("{} cannot take an input of {}: {}", what_, describe_tensor(x), torch_error_reason(e));
   }
 }
 
@@ -114,16 +97,15 @@ bool save_scripted(const torch::nn::Sequential& model, const std::string& path) 
   if (model->size() != 1) return false;
   const auto scripted = model->ptr(0)->as<ScriptedImpl>();
   if (scripted == nullptr) return false;
-  const std::string tmp = path + ".tmp";
+  std::ostringstream bytes;
   try {
     torch::jit::Module copy = scripted->script().clone();  // saved in eval mode, as torch.jit.load users expect
     copy.eval();
-    copy.save(tmp);
-  } catch (const c10::Error& e) {
-    std::remove(tmp.c_str());
-    FEDRA_FAIL("cannot write '{}': {}", tmp, first_line(e));
+    copy.save(bytes);
+  } catch (const std::exception& e) {
+    FEDRA_FAIL("cannot write the TorchScript model '{}': {}", path, torch_error_reason(e));
   }
-  FEDRA_REQUIRE(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '{}' to '{}'", tmp, path);
+  write_file_atomically(path, bytes.str());
   return true;
 }
 

@@ -56,7 +56,7 @@ torch::nn::Sequential scripted_model(const std::string& path);
 void save_trained_model(const std::string& out_dir, const torch::nn::Sequential& model);
 
 // If `model` is a scripted model (one Scripted child), writes its script with the current
-// weights to `path` (atomically: a temporary file, then rename) and returns true; false for a
+// weights to `path` (write_file_atomically) and returns true; false for a
 // model built from a spec.
 bool save_scripted(const torch::nn::Sequential& model, const std::string& path);
 

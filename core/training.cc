@@ -19,12 +19,11 @@ void check_model_fits(const std::string& spec, uint64_t seed, const Dataset& dat
   at::Tensor out;
   try {
     out = model->forward(x);
-  } catch (const c10::Error& e) {
-    const std::string msg = e.what_without_backtrace();
-    FEDRA_FAIL("model '{}' cannot take {}: one example is {} ({}); {}", spec, where, describe_tensor(x),
-               msg.substr(0, msg.find('\n')), hint);
-  } catch (const Error& e) {
+  } catch (const Error& e) {  // a script's forward says what it was fed
     FEDRA_FAIL("{} (one example of {}); {}", e.what(), where, hint);
+  } catch (const std::exception& e) {
+    FEDRA_FAIL("model '{}' cannot take {}: one example is {} ({}); {}", spec, where, describe_tensor(x),
+               torch_error_reason(e), hint);
   }
   if (loss == "ce" && data.num_classes > 0) {
     FEDRA_REQUIRE(out.dim() == 2 && out.size(1) >= data.num_classes,

@@ -74,8 +74,7 @@ auto guarded(const std::string& what, F&& f) -> decltype(f()) {
   try {
     return f();
   } catch (const c10::Error& e) {
-    const std::string msg = e.what_without_backtrace();
-    FEDRA_FAIL("{}: {}", what, msg.substr(0, msg.find('\n')));
+    FEDRA_FAIL("{}: {}", what, torch_error_reason(e));
   }
 }
 
