@@ -130,11 +130,10 @@ torch::nn::Sequential build_model(const std::string& spec_text, uint64_t seed) {
 
 torch::nn::Sequential build_model_unseeded(const std::string& full_spec) {
   if (is_torchscript(full_spec)) {
-    const ModelSpec ms = parse_model_spec(full_spec);
-    FEDRA_REQUIRE(ms.cut.empty() && ms.head.empty(),
-                  "model '{}': cutting a TorchScript model (cut=, head=) is not supported yet; train it whole "
-                  "(fedavg, gradsum, fedra train)", full_spec);
-    return scripted_model(ms.network.substr(std::string(kTorchScriptPrefix).size()));
+    // cut= and head= matter to split learning only (split_model); every other use trains the whole
+    // network: the script, or the chain of part files.
+    const ScriptSpec s = parse_script_spec(full_spec);
+    return s.parts() ? script_chain(full_spec).full : scripted_model(s.path);
   }
   const std::string spec_text = parse_model_spec(full_spec).network;
   const auto colon = spec_text.find(':');
@@ -189,11 +188,21 @@ std::vector<std::string> layer_names(const torch::nn::Sequential& model) {
 }
 
 SplitModel split_model(const std::string& spec_text, uint64_t seed, bool with_head) {
-  FEDRA_REQUIRE(!is_torchscript(spec_text), "split learning cannot cut a TorchScript model yet ('{}'); train it "
-                "whole with fedavg, gradsum or fedra train (docs/models.md)", spec_text);
-  const ModelSpec spec = parse_model_spec(spec_text);
   SplitModel m;
-  m.full = build_model(spec.network, seed);
+  ModelSpec spec;
+  if (is_torchscript(spec_text)) {
+    ScriptChain chain = script_chain(spec_text);
+    m.full = chain.full;
+    spec.cut = chain.cut;
+    spec.head = chain.head;
+    spec.network = spec_text.substr(0, spec_text.find(','));
+    FEDRA_REQUIRE(!with_head || !parse_script_spec(spec_text).parts() || !chain.head.empty(),
+                  "model '{}': the U-shaped variant (split.labels=worker) needs the head as a third file, "
+                  "torchscript:bottom=PATH,top=PATH,head=PATH", spec_text);
+  } else {
+    spec = parse_model_spec(spec_text);
+    m.full = build_model(spec.network, seed);
+  }
   const std::vector<std::string> names = layer_names(m.full);
   const std::string listing = fmt::format("{}", fmt::join(names, ", "));
   if (spec.cut.empty()) {

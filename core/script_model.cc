@@ -3,7 +3,9 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <cstring>
 #include <sstream>
+#include <utility>
 
 #include <torch/torch.h>
 
@@ -36,8 +38,8 @@ torch::jit::Module load_script(const std::string& path) {
   }
 }
 
-ScriptedImpl::ScriptedImpl(torch::jit::Module module, std::string what)
-    : module_(std::move(module)), what_(std::move(what)) {
+ScriptedImpl::ScriptedImpl(torch::jit::Module module, std::string what, std::optional<torch::jit::Module> root)
+    : module_(std::move(module)), what_(std::move(what)), root_(std::move(root)) {
   // Placeholder modules mirror the script's hierarchy, so the names are the script's
   // ("block_a.conv.weight"); the tensors registered are the script's own.
   std::map<std::string, torch::nn::Module*> nodes{{"", this}};
@@ -88,24 +90,166 @@ torch::nn::Sequential scripted_model(const std::string& path) {
   return seq;
 }
 
+std::vector<std::string> batchnorm_tensor_names(const torch::nn::Module& model) {
+  std::vector<std::string> names;
+  auto add = [&](const std::string& prefix, const std::string& leaf) { names.push_back(prefix.empty() ? leaf : prefix + "." + leaf); };
+  for (const auto& item : model.named_modules()) {
+    const std::string& at = item.key();
+    const auto& m = item.value();
+    if (m->name().find("BatchNorm") != std::string::npos) {
+      for (const auto& p : m->named_parameters(/*recurse=*/false)) add(at, p.key());
+      for (const auto& b : m->named_buffers(/*recurse=*/false)) add(at, b.key());
+    } else if (const auto* scripted = m->as<ScriptedImpl>()) {
+      for (const auto& sub : scripted->script().named_modules()) {
+        const auto type = sub.value.type()->name();
+        if (!type || type->name().find("BatchNorm") == std::string::npos) continue;
+        const std::string prefix = sub.name.empty() ? at : (at.empty() ? sub.name : at + "." + sub.name);
+        for (const auto& p : sub.value.named_parameters(/*recurse=*/false)) add(prefix, p.name);
+        for (const auto& b : sub.value.named_buffers(/*recurse=*/false)) add(prefix, b.name);
+      }
+    }
+  }
+  return names;
+}
+
+ScriptSpec parse_script_spec(const std::string& spec) {
+  FEDRA_REQUIRE(is_torchscript(spec), "'{}' is not a TorchScript model spec", spec);
+  const std::string body = spec.substr(std::string(kTorchScriptPrefix).size());
+  const std::string forms = "torchscript:PATH[,cut=NAME[,head=NAME]] or torchscript:bottom=PATH,top=PATH[,head=PATH]";
+  ScriptSpec s;
+  std::string head;
+  size_t at = 0;
+  for (int i = 0; at <= body.size(); ++i) {
+    const size_t comma = body.find(',', at);
+    const std::string item = body.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    auto value = [&](const char* key) {
+      const std::string v = item.substr(std::strlen(key));
+      FEDRA_REQUIRE(!v.empty(), "model '{}': {} needs a value ({})", spec, key, forms);
+      return v;
+    };
+    if (item.rfind("cut=", 0) == 0) {
+      s.cut = value("cut=");
+    } else if (item.rfind("head=", 0) == 0) {
+      head = value("head=");
+    } else if (item.rfind("bottom=", 0) == 0) {
+      s.bottom = value("bottom=");
+    } else if (item.rfind("top=", 0) == 0) {
+      s.top = value("top=");
+    } else {
+      FEDRA_REQUIRE(i == 0, "model '{}': unknown item '{}'; a TorchScript model is {}", spec, item, forms);
+      s.path = item;
+    }
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  if (!s.bottom.empty() || !s.top.empty()) {
+    FEDRA_REQUIRE(!s.bottom.empty() && !s.top.empty() && s.path.empty() && s.cut.empty(),
+                  "model '{}': a network given as part files needs bottom= and top= (and head= for the "
+                  "U-shaped variant), nothing else: {}", spec, forms);
+    s.head_file = head;
+  } else {
+    FEDRA_REQUIRE(!s.path.empty(), "--model torchscript:PATH needs the file, e.g. torchscript:net.pt");
+    s.head = head;
+  }
+  return s;
+}
+
+ScriptChain script_chain(const std::string& spec) {
+  const ScriptSpec s = parse_script_spec(spec);
+  ScriptChain chain;
+  chain.full = torch::nn::Sequential();
+  if (s.parts()) {
+    for (const auto& [name, path] : {std::pair<std::string, std::string>{"bottom", s.bottom}, {"top", s.top},
+                                     {"head", s.head_file}}) {
+      if (path.empty()) continue;
+      chain.full->push_back(std::string(name), Scripted(load_script(path), fmt::format("the {} part '{}'", name, path)));
+    }
+    chain.cut = "bottom";
+    if (!s.head_file.empty()) chain.head = "head";
+  } else {
+    torch::jit::Module root = load_script(s.path);
+    std::vector<std::string> own;
+    for (const auto& p : root.named_parameters(/*recurse=*/false)) own.push_back(p.name);
+    for (const auto& b : root.named_buffers(/*recurse=*/false)) own.push_back(b.name);
+    FEDRA_REQUIRE(own.empty(), "TorchScript model '{}' holds {} itself, outside its children, so it cannot be cut by "
+                  "child name; give the parts as separate scripts, torchscript:bottom=PATH,top=PATH (docs/models.md)",
+                  s.path, fmt::join(own, ", "));
+    for (const auto& child : root.named_children()) {
+      chain.full->push_back(std::string(child.name), Scripted(child.value, fmt::format("child '{}' of TorchScript model '{}'",
+                                                                          child.name, s.path), root));
+    }
+    FEDRA_REQUIRE(chain.full->size() >= 2, "TorchScript model '{}' has {} top-level child module(s), too few to cut; "
+                  "give the parts as separate scripts, torchscript:bottom=PATH,top=PATH (docs/models.md)",
+                  s.path, chain.full->size());
+    chain.cut = s.cut;
+    chain.head = s.head;
+  }
+  chain.full->train();
+  return chain;
+}
+
+void check_children_in_order(const std::string& spec, const at::Tensor& x) {
+  const ScriptSpec s = parse_script_spec(spec);
+  if (s.parts() || s.cut.empty()) return;
+  torch::NoGradGuard no_grad;
+  torch::jit::Module whole = load_script(s.path);
+  whole.eval();
+  const at::Tensor want = whole.forward({x}).toTensor();
+  ScriptChain chain = script_chain(spec);
+  chain.full->eval();
+  std::vector<std::string> names;
+  for (const auto& c : chain.full->named_children()) names.push_back(c.key());
+  const std::string advice = fmt::format(
+      "the forward of TorchScript model '{}' is not its top-level children run in order ({}), so cutting it by "
+      "child name would change the network; give the parts as separate scripts, "
+      "torchscript:bottom=PATH,top=PATH (docs/models.md)", s.path, fmt::join(names, ", "));
+  at::Tensor got;
+  try {
+    got = chain.full->forward(x);
+  } catch (const std::exception& e) {
+    FEDRA_FAIL("{} ({})", advice, torch_error_reason(e));
+  }
+  FEDRA_REQUIRE(got.sizes() == want.sizes() && torch::allclose(got, want, 1e-4, 1e-5), "{}", advice);
+}
+
 void save_trained_model(const std::string& out_dir, const torch::nn::Sequential& model) {
   save_model_file(out_dir + "/model.bin", model_state(*model));
   save_scripted(model, out_dir + "/model.pt");
 }
 
-bool save_scripted(const torch::nn::Sequential& model, const std::string& path) {
-  if (model->size() != 1) return false;
-  const auto scripted = model->ptr(0)->as<ScriptedImpl>();
-  if (scripted == nullptr) return false;
+namespace {
+
+void save_script(const torch::jit::Module& script, const std::string& path) {
   std::ostringstream bytes;
   try {
-    torch::jit::Module copy = scripted->script().clone();  // saved in eval mode, as torch.jit.load users expect
+    torch::jit::Module copy = script.clone();  // saved in eval mode, as torch.jit.load users expect
     copy.eval();
     copy.save(bytes);
   } catch (const std::exception& e) {
     FEDRA_FAIL("cannot write the TorchScript model '{}': {}", path, torch_error_reason(e));
   }
   write_file_atomically(path, bytes.str());
+}
+
+}  // namespace
+
+bool save_scripted(const torch::nn::Sequential& model, const std::string& path) {
+  std::vector<std::pair<std::string, const ScriptedImpl*>> parts;
+  for (const auto& child : model->named_children()) {
+    const auto* scripted = child.value()->as<ScriptedImpl>();
+    if (scripted == nullptr) return false;
+    parts.emplace_back(child.key(), scripted);
+  }
+  if (parts.empty()) return false;
+  if (parts.size() == 1 && !parts[0].second->root()) {  // the whole script
+    save_script(parts[0].second->script(), path);
+  } else if (parts[0].second->root()) {  // children of one script: the whole script holds them
+    save_script(*parts[0].second->root(), path);
+  } else {  // part files
+    const std::string stem = path.size() > 3 && path.substr(path.size() - 3) == ".pt" ? path.substr(0, path.size() - 3)
+                                                                                      : path;
+    for (const auto& [name, scripted] : parts) save_script(scripted->script(), stem + "." + name + ".pt");
+  }
   return true;
 }
 

@@ -15,7 +15,9 @@
 // whatever the seed.
 #pragma once
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/sequential.h>
@@ -28,16 +30,20 @@ inline constexpr const char* kTorchScriptPrefix = "torchscript:";
 
 class ScriptedImpl : public torch::nn::Module {
  public:
-  // `what` names the module in errors (the file, and the child for a part).
-  ScriptedImpl(torch::jit::Module module, std::string what);
+  // `what` names the module in errors (the file, and the child for a part). `root`: for a child
+  // of a script cut by child name, the whole script (it shares the child's tensors), which is
+  // what model.pt holds.
+  ScriptedImpl(torch::jit::Module module, std::string what, std::optional<torch::jit::Module> root = std::nullopt);
   at::Tensor forward(const at::Tensor& x);
   void train(bool on = true) override;
   const torch::jit::Module& script() const { return module_; }
   const std::string& what() const { return what_; }
+  const std::optional<torch::jit::Module>& root() const { return root_; }
 
  private:
   torch::jit::Module module_;
   std::string what_;
+  std::optional<torch::jit::Module> root_;
 };
 TORCH_MODULE(Scripted);
 
@@ -51,13 +57,50 @@ torch::jit::Module load_script(const std::string& path);
 // The Sequential build_model returns for "torchscript:PATH".
 torch::nn::Sequential scripted_model(const std::string& path);
 
+// The names (as model_state() lists them) of the parameters and buffers of every batch norm layer
+// in `model`: scripted BatchNorm1d/2d/3d modules and LibTorch's BatchNorm modules.
+std::vector<std::string> batchnorm_tensor_names(const torch::nn::Module& model);
+
+// The three forms of a TorchScript model spec (docs/models.md):
+//   torchscript:PATH                          the whole script, its own forward
+//   torchscript:PATH,cut=NAME[,head=NAME]     for split learning: the script's top-level children
+//                                             run in order, cut after child NAME (head=NAME: the
+//                                             U-shaped variant's head starts at child NAME); every
+//                                             other use trains the whole script
+//   torchscript:bottom=PATH,top=PATH[,head=PATH]  a network given as separate scripts run one after
+//                                             the other (bottom, top, head); split learning cuts
+//                                             between the files, other uses train the chain
+struct ScriptSpec {
+  std::string path;                     // the whole script (first two forms)
+  std::string cut, head;                // child names (second form)
+  std::string bottom, top, head_file;  // the parts (third form)
+  bool parts() const { return !bottom.empty(); }
+};
+ScriptSpec parse_script_spec(const std::string& spec);
+
+// The network as a Sequential of scripted parts for split learning: the script's top-level
+// children (tensor names are the script's: "block_a.conv.weight"), or the part files (named
+// bottom, top, head: "bottom.conv.weight"). `cut` and `head` are the Sequential's child names
+// where split_model (core/model.h) cuts; head is empty when the spec names none.
+struct ScriptChain {
+  torch::nn::Sequential full{nullptr};
+  std::string cut, head;
+};
+ScriptChain script_chain(const std::string& spec);
+
+// For the second form: Throws Error (one line) unless running the script's children one after the
+// other on `x` gives what the script's own forward gives (evaluation mode), i.e. unless cutting it
+// by child name keeps the network.
+void check_children_in_order(const std::string& spec, const at::Tensor& x);
+
 // The trained model's files in `out_dir`: model.bin (the state as one wire frame, every model)
 // and, for a TorchScript model, model.pt (its script with these weights: torch.jit.load reads it).
 void save_trained_model(const std::string& out_dir, const torch::nn::Sequential& model);
 
-// If `model` is a scripted model (one Scripted child), writes its script with the current
-// weights to `path` (write_file_atomically) and returns true; false for a
-// model built from a spec.
+// If `model` is a scripted model, writes its script with the current weights to `path`
+// (write_file_atomically) and returns true; false for a model built from a spec. A network cut by
+// child name writes the whole script; one given as part files writes each part beside `path`
+// (model.pt -> model.bottom.pt, model.top.pt, model.head.pt).
 bool save_scripted(const torch::nn::Sequential& model, const std::string& path);
 
 }  // namespace fedra

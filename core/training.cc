@@ -4,6 +4,7 @@
 
 #include "core/message.h"
 #include "core/model.h"
+#include "core/script_model.h"
 #include "core/tensor_checks.h"
 
 namespace fedra {
@@ -25,6 +26,7 @@ void check_model_fits(const std::string& spec, uint64_t seed, const Dataset& dat
     FEDRA_FAIL("model '{}' cannot take {}: one example is {} ({}); {}", spec, where, describe_tensor(x),
                torch_error_reason(e), hint);
   }
+  if (is_torchscript(spec)) check_children_in_order(spec, x);
   if (loss == "ce" && data.num_classes > 0) {
     FEDRA_REQUIRE(out.dim() == 2 && out.size(1) >= data.num_classes,
                   "model '{}' gives {} for one example of {}, which has {} classes: its last layer needs {} "
@@ -107,6 +109,10 @@ TrainStats train_local(torch::nn::Sequential& model, const Dataset& data, const 
     }
   }
   auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+  // A model's own random draws in training (dropout) come from torch's global generator: seeded
+  // here, they are reproducible from the round's seed (with one client per process; virtual
+  // clients on threads share the generator, so their draws interleave).
+  torch::manual_seed(o.seed);
   double loss_sum = 0;
   for (int64_t epoch = 0; epoch < o.epochs; ++epoch) {
     at::Tensor perm = torch::randperm(n, gen, torch::kLong);

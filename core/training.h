@@ -6,7 +6,8 @@
 // separable element loss of PSL.md and its squared variant, for class-score models).
 //
 // train_local() makes a fresh optimiser each call (FedAvg's convention: optimiser state does not
-// cross rounds), shuffles with a generator seeded from options.seed, and runs `epochs` passes or
+// cross rounds), shuffles with a generator seeded from options.seed (torch.randperm per epoch),
+// seeds torch's global generator (dropout's draws) with options.seed too, and runs `epochs` passes or
 // `max_steps` steps, whichever ends first (max_steps = 0 means no cap).
 #pragma once
 

@@ -30,6 +30,8 @@ FedAvgCoordinator::FedAvgCoordinator(const Job& job, FedAvgOptions options)
   if (options_.scaffold()) {
     for (const auto& p : model_->named_parameters()) control_.emplace_back(p.key(), torch::zeros_like(p.value()));
   }
+  FEDRA_REQUIRE(!options_.local_bn() || !batchnorm_tensor_names(*model_).empty(),
+                "fedavg.local_bn keeps batch norm layers local, and model '{}' has none", job.model);
   dp_clip_ = options_.privacy().dp_clip();
   if (options_.privacy().on()) dp_gen_ = dp_generator(options_.privacy().dp_seed());
 }
@@ -124,6 +126,7 @@ FitIns FedAvgCoordinator::configure(uint32_t round, const WorkerInfo& worker) {
   ins.optim = options_.optim();
   ins.proximal_mu = options_.proximal_mu();
   ins.scaffold = options_.scaffold();
+  ins.local_bn = options_.local_bn();
   if (ins.scaffold) ins.control = control_;  // shared, not copied
   const DpOptions& dp = options_.privacy();
   if (dp.dp() == DpMode::kClient) {

@@ -93,6 +93,7 @@ struct FedAvgOptions {
   FEDRA_ARG(OptimizerOptions, optim) = OptimizerOptions().momentum(0.9);
   FEDRA_ARG(double, proximal_mu) = 0;
   FEDRA_ARG(bool, scaffold) = false;
+  FEDRA_ARG(bool, local_bn) = false;
   FEDRA_ARG(ServerOptOptions, server);
   FEDRA_ARG(RobustOptions, robust);
   FEDRA_ARG(DpOptions, privacy);
@@ -118,6 +119,10 @@ struct FedAvgOptions {
     f("scaffold", scaffold_,
       "SCAFFOLD (Karimireddy et al. 2020): control variates correct each local step for client drift; "
       "needs plain SGD (momentum 0); doubles the bytes of parameters each way");
+    f("local_bn", local_bn_,
+      "FedBN (Li et al. 2021): each worker keeps its batch norm layers' weights and running statistics "
+      "across rounds instead of taking the global ones (the coordinator's model, which it evaluates and "
+      "saves, holds their average); needs a model with batch norm");
     f.group(server_);
     f.group(robust_);
     f.group(privacy_);
@@ -141,6 +146,7 @@ struct FitIns {
   double proximal_mu = 0;  // FedProx's mu; 0: plain local training
   bool scaffold = false;
   NamedTensors control;    // SCAFFOLD: the server's control variate c, one per parameter
+  bool local_bn = false;   // FedBN: keep this worker's batch norm tensors from its last round
   // dp=client: clip the update to dp_clip and add N(0, dp_noise_std^2) per coordinate, noise drawn
   // with dp_seed (0: from the operating system). dp_clip 0: no DP on the worker.
   double dp_clip = 0, dp_noise_std = 0;
@@ -306,10 +312,12 @@ class FedAvgWorker : public WorkerStrategy {
   Message fit(const Message& request, WorkerContext& ctx);
   Message evaluate(const Message& request, WorkerContext& ctx);
   void attack(const FitIns& ins, NamedTensors& weights) const;
+  void keep_local_batchnorm();
 
   Job job_;
   torch::nn::Sequential model_{nullptr};
   NamedTensors control_;  // SCAFFOLD: this worker's c_i, kept across rounds (zero at first)
+  NamedTensors local_bn_;  // FedBN: this worker's batch norm tensors after its last round
 };
 
 StrategyInfo fedavg_strategy();

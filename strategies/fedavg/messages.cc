@@ -69,6 +69,7 @@ Message FitIns::encode() const {
     m.options["dp.noise_std"] = fmt::format("{:.17g}", dp_noise_std);
     m.options["dp.seed"] = std::to_string(dp_seed);
   }
+  if (local_bn) m.options["local_bn"] = "true";
   if (scaffold) {
     m.options["scaffold"] = "true";
     append_prefixed(m.tensors, kControlPrefix, control);
@@ -88,6 +89,7 @@ FitIns FitIns::decode(const Message& m) {
   ins.round = m.round;
   ins.weights = m.tensors;
   ins.scaffold = m.options.count("scaffold") != 0;
+  ins.local_bn = m.options.count("local_bn") != 0;
   ins.control = take_prefixed(ins.weights, kControlPrefix);
   FEDRA_REQUIRE(ins.scaffold || ins.control.empty(), "'{}' carries control variates without the option 'scaffold'",
                 kFit);

@@ -2,10 +2,12 @@
 #include <chrono>
 #include <limits>
 #include <map>
+#include <set>
 
 #include <torch/torch.h>
 
 #include "core/model.h"
+#include "core/script_model.h"
 #include "core/tensor_checks.h"
 #include "core/training.h"
 #include "strategies/fedavg/fedavg.h"
@@ -59,11 +61,20 @@ Message FedAvgWorker::evaluate(const Message& request, WorkerContext& ctx) {
   return res.encode();
 }
 
+void FedAvgWorker::keep_local_batchnorm() {
+  if (local_bn_.empty()) return;  // the first round: the global ones
+  torch::NoGradGuard no_grad;
+  std::map<std::string, at::Tensor> mine;
+  for (const auto& [name, t] : model_state(*model_)) mine.emplace(name, t);
+  for (const auto& [name, t] : local_bn_) mine.at(name).copy_(t);
+}
+
 Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx) {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
   const FitIns ins = FitIns::decode(request);
   load_model_state(*model_, ins.weights);
+  if (ins.local_bn) keep_local_batchnorm();
   const auto t_loaded = Clock::now();
   TrainOptions t;
   t.epochs = ins.local_epochs;
@@ -83,6 +94,15 @@ Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx) {
     for (size_t i = 0; i < control_.size(); ++i) t.grad_correction.push_back(ins.control[i].second - control_[i].second);
   }
   const TrainStats s = train_local(model_, *ctx.data, t);
+  if (ins.local_bn) {
+    // FedBN: the next round starts from these batch norm tensors, whatever the global ones are.
+    local_bn_.clear();
+    const auto names = batchnorm_tensor_names(*model_);
+    const std::set<std::string> wanted(names.begin(), names.end());
+    for (const auto& [name, tensor] : model_state(*model_)) {
+      if (wanted.count(name)) local_bn_.emplace_back(name, tensor.clone());
+    }
+  }
   const auto t_trained = Clock::now();
   FitRes res;
   res.round = request.round;

@@ -6,8 +6,11 @@
 
 #include <torch/torch.h>
 
+#include "core/batching.h"
+#include "core/dataset.h"
 #include "core/model.h"
 #include "core/script_model.h"
+#include "core/training.h"
 #include "tests/test_util.h"
 
 using namespace fedra;
@@ -100,15 +103,48 @@ TEST_CASE("fedra train and fedavg train a scripted model; model.pt read in Pytho
   CHECK(running_mean);
 }
 
-TEST_CASE("data as a PyTorch user has it: one torch.save file per site, {client} in the spec") {
+TEST_CASE("fedavg of a scripted model with BatchNorm and Dropout over per-site files equals FedAvg by hand in Python") {
   TempDir dir;
   python({"make", dir / "net.pt", "2"}, dir);
   python({"sites", dir.path(), "2", "600"}, dir);
   REQUIRE(run_fedra({"simulate", "--workers", "2", "--model", "torchscript:" + (dir / "net.pt"), "--dataset",
                      "tensors:" + (dir / "site-{client}.pt"), "--test-data",
                      "tensors:train=" + (dir / "site-0.pt") + ",test=" + (dir / "test.pt"), "--fedavg.rounds", "2",
-                     "--out", dir / "out"},
+                     "--fedavg.local_epochs", "2", "--fedavg.batch_size", "32", "--fedavg.lr", "0.05", "--fedavg.momentum", "0",
+                     "--seed", "5",
+                     "--threads", "1", "--out", dir / "out"},
                     dir / "sim.log", std::chrono::seconds(180)) == 0);
+  // The same two rounds in one Python process (tests/reference/byo_model.py fedavg): parameters
+  // and batch norm buffers averaged, dropout drawn from the round's seed.
+  python({"fedavg", dir / "net.pt", dir.path(), "2", "2", "2", "32", "0.05", "5", dir / "reference.pt"}, dir);
+  const NamedTensors got = load_model_file(dir / "out/model.bin");
+  const NamedTensors want = model_state(*build_model("torchscript:" + (dir / "reference.pt"), 0));
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) CHECK(got[i].first == want[i].first);
+  CHECK(max_diff(got, want) < 1e-5);
+  CHECK(!identical(got, model_state(*build_model("torchscript:" + (dir / "net.pt"), 0))));  // it trained
+  for (const auto& [n, t] : got) {
+    if (n == "net.block_a.bn.running_var") CHECK(!torch::equal(t, torch::ones_like(t)));  // statistics moved
+    if (n == "net.block_a.bn.num_batches_tracked") CHECK(t.item<int64_t>() == 2 * 2 * 19);  // ceil(600/32) a pass
+  }
+
+  // FedBN (fedavg.local_bn): each worker starts round 2 from its own batch norm tensors; the
+  // coordinator's model averages them. Python does the same by hand.
+  REQUIRE(run_fedra({"simulate", "--workers", "2", "--model", "torchscript:" + (dir / "net.pt"), "--dataset",
+                     "tensors:" + (dir / "site-{client}.pt"), "--test-data", "tensors:" + (dir / "test.pt"),
+                     "--fedavg.rounds", "2", "--fedavg.local_epochs", "2", "--fedavg.batch_size", "32", "--fedavg.lr",
+                     "0.05", "--fedavg.momentum", "0", "--fedavg.local_bn", "true", "--seed", "5", "--threads", "1",
+                     "--out", dir / "fedbn"},
+                    dir / "fedbn.log", std::chrono::seconds(180)) == 0);
+  python({"fedavg", dir / "net.pt", dir.path(), "2", "2", "2", "32", "0.05", "5", dir / "fedbn.pt", "local_bn"}, dir);
+  const NamedTensors fedbn = load_model_file(dir / "fedbn/model.bin");
+  CHECK(max_diff(fedbn, model_state(*build_model("torchscript:" + (dir / "fedbn.pt"), 0))) < 1e-5);
+  CHECK(max_diff(fedbn, got) > 1e-4);  // and that is not plain FedAvg
+  // A model without batch norm has nothing to keep local: refused before any round.
+  CHECK(run_fedra({"simulate", "--workers", "2", "--fedavg.local_bn", "true", "--dataset", "fmnist:limit=100"},
+                  dir / "nobn.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "nobn.log"), "fedavg.local_bn keeps batch norm layers local, and model"));
+
   // Each worker read its own file, whole: 600 examples each, no partitioning.
   for (int i = 0; i < 2; ++i) {
     const std::string log = read_file(dir / ("out/logs/worker-" + std::to_string(i) + ".log"));
@@ -164,7 +200,8 @@ TEST_CASE("a model that does not fit the data: one line naming model, example sh
                     dir / (strategy + ".log"), std::chrono::seconds(60)) == 2);
     const std::string log = read_file(dir / (strategy + ".log"));
     INFO(log);
-    CHECK(contains(log, strategy == "split" ? "split learning cannot cut a TorchScript model yet"
+    CHECK(contains(log, strategy == "split" ? "split learning needs a cut in the model spec, e.g. '" + script +
+                                                  ",cut=flat' (the layers of '" + script + "' are block_a, flat, drop, fc)"
                         : strategy == "gradsum" ? "gradsum keeps replicas in step by their parameters only, and '" +
                                                       script + "' has buffers (net.block_a.bn.running_mean"
                                                 : strategy + " cannot train a TorchScript model"));
@@ -175,4 +212,91 @@ TEST_CASE("a model that does not fit the data: one line naming model, example sh
   CHECK(contains(read_file(dir / "d.log"), "TorchScript model '" + (dir / "nope.pt") + "' does not exist"));
   CHECK(run_fedra({"train", "--model", "torchscript:" + (dir / "a.log")}, dir / "e.log", std::chrono::seconds(60)) == 2);
   CHECK(contains(read_file(dir / "e.log"), "cannot load '" + (dir / "a.log") + "' as a TorchScript model"));
+}
+
+namespace {
+
+// The whole script trained in one process as one split worker's epochs run: sequential batches of
+// 32, cross-entropy, torch::optim::SGD with momentum; named as split names the cut network's
+// tensors (the script's names, without build_model's "net.").
+NamedTensors train_whole_in_one_process(const std::string& script, const Dataset& data, int64_t epochs) {
+  torch::nn::Sequential model = build_model("torchscript:" + script, 0);
+  model->train();
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+  const int64_t per_epoch = steps_per_epoch(data.size(), 32);
+  for (int64_t s = 0; s < epochs * per_epoch; ++s) {
+    const auto [b, end] = batch_rows("sequential", s, 0, 32, data.size());
+    opt.zero_grad();
+    compute_loss(model->forward(data.inputs.narrow(0, b, end - b)), data.targets.narrow(0, b, end - b), "ce").backward();
+    opt.step();
+  }
+  NamedTensors out;
+  for (auto& [n, t] : model_state(*model)) out.emplace_back(n.substr(4), t.clone());
+  return out;
+}
+
+NamedTensors by_name(NamedTensors t) {
+  std::sort(t.begin(), t.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("split learning cuts a scripted network by child name or takes it as part files, and equals one process") {
+  TempDir dir;
+  python({"make-parts", dir.path(), "4"}, dir);  // bottom.pt, top.pt and whole.pt (block_a, flat | fc1, act, fc2)
+  python({"sites", dir.path(), "1", "256"}, dir);
+  const Dataset data = load_dataset("tensors:" + (dir / "site-0.pt"), Splits::kTrain).train;
+  const NamedTensors want = by_name(train_whole_in_one_process(dir / "whole.pt", data, 2));
+  auto split = [&](const std::string& name, const std::string& model, std::vector<std::string> extra) {
+    std::vector<std::string> args = {
+        "simulate", "--strategy", "split", "--workers", "1", "--model", model, "--dataset",
+        "tensors:" + (dir / "site-{client}.pt"), "--test-data", "tensors:" + (dir / "test.pt"), "--split.epochs", "2",
+        "--split.batch_size", "32", "--split.batches", "sequential", "--split.lr", "0.05", "--split.momentum", "0.9",
+        "--threads", "1", "--worker-threads", "1", "--out", dir / name};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const int code = run_fedra(args, dir / (name + ".log"), std::chrono::seconds(120));
+    INFO(read_file(dir / (name + ".log")));
+    REQUIRE(code == 0);
+    return load_model_file(dir / (name + "/model.bin"));
+  };
+  SUBCASE("cut by child name: model.pt is the whole script with the trained weights") {
+    const NamedTensors got = by_name(split("cut", "torchscript:" + (dir / "whole.pt") + ",cut=flat", {}));
+    CHECK(got.front().first == "block_a.bn.bias");
+    CHECK(max_diff(got, want) < 1e-5);
+    NamedTensors saved;
+    for (auto& [n, t] : model_state(*build_model("torchscript:" + (dir / "cut/model.pt"), 0))) saved.emplace_back(n.substr(4), t);
+    CHECK(identical(by_name(saved), got));
+    // U-shaped: fc2 (the head) and the labels stay on the worker.
+    const NamedTensors u = by_name(split("ushape", "torchscript:" + (dir / "whole.pt") + ",cut=flat,head=fc2",
+                                         {"--split.labels", "worker"}));
+    CHECK(max_diff(u, want) < 1e-5);
+  }
+  SUBCASE("part files: model.bottom.pt and model.top.pt hold the trained parts") {
+    const NamedTensors got = split("parts", "torchscript:bottom=" + (dir / "bottom.pt") + ",top=" + (dir / "top.pt"), {});
+    NamedTensors renamed;  // bottom.block_a.conv.weight -> block_a.conv.weight, as the whole script names it
+    for (const auto& [n, t] : got) renamed.emplace_back(n.substr(n.find('.') + 1), t);
+    CHECK(max_diff(by_name(renamed), want) < 1e-5);
+    CHECK(std::filesystem::exists(dir / "parts/model.bottom.pt"));
+    NamedTensors top;
+    for (auto& [n, t] : model_state(*build_model("torchscript:" + (dir / "parts/model.top.pt"), 0)))
+      top.emplace_back("top." + n.substr(4), t);
+    NamedTensors got_top;
+    for (const auto& [n, t] : got) if (n.rfind("top.", 0) == 0) got_top.emplace_back(n, t);
+    CHECK(identical(by_name(top), by_name(got_top)));
+  }
+}
+
+TEST_CASE("a script whose forward is not its children in order is not cut by child name: one line, exit 2") {
+  TempDir dir;
+  python({"make-tangled", dir / "tangled.pt"}, dir);
+  CHECK(run_fedra({"simulate", "--strategy", "split", "--workers", "1", "--model",
+                   "torchscript:" + (dir / "tangled.pt") + ",cut=block_a", "--dataset", "fmnist:limit=200,test_limit=100"},
+                  dir / "a.log", std::chrono::seconds(60)) == 2);
+  const std::string a = read_file(dir / "a.log");
+  INFO(a);
+  CHECK(contains(a, "the forward of TorchScript model '" + (dir / "tangled.pt") +
+                        "' is not its top-level children run in order (fc, block_a, flat)"));
+  CHECK(contains(a, "torchscript:bottom=PATH,top=PATH"));
+  CHECK(std::count(a.begin(), a.end(), '\n') == 1);
 }
