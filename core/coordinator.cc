@@ -47,6 +47,13 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
   info.make_worker(job);  // the worker half validates the same options now, not on every worker
   if (!config_.test_data.empty()) {
     test_data_ = load_dataset(config_.test_data, Splits::kTest);
+    if (test_data_.test.size() == 0 && config_.test_data_given) {
+      DatasetSplits whole = load_dataset(config_.test_data, Splits::kTrain);
+      if (whole.train.size() > 0) {
+        spdlog::info("evaluating on all of '{}' (--test-data names no separate test split)", config_.test_data);
+        test_data_.test = std::move(whole.train);
+      }
+    }
     if (test_data_.test.size() == 0) {
       spdlog::warn("dataset '{}' has no test split: rounds will not be evaluated",
                    config_.test_data);
@@ -248,7 +255,7 @@ int Coordinator::run() {
     full.emplace_back("elapsed_s", elapsed());
     recorder_->record_round(full);
     std::string scores;
-    for (const char* key : {"test_accuracy", "test_loss", "train_loss"}) {
+    for (const char* key : {"test_accuracy", "test_rmse", "test_loss", "train_loss"}) {
       if (const MetricValue* v = find_metric(full, key)) scores += fmt::format("  {} {}", key, format_metric(*v));
     }
     const MetricValue* ok = find_metric(full, "workers_ok");

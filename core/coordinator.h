@@ -25,6 +25,9 @@ struct CoordinatorConfig {
   size_t min_workers = 1;
   std::chrono::milliseconds wait_timeout{120000};
   std::string test_data;  // dataset spec whose test split is evaluated; empty: none
+  // test_data was given as --test-data: a spec naming one file and no test split (tensors:PATH,
+  // csv:train=PATH) is the test set as a whole.
+  bool test_data_given = false;
   int threads = 0;        // LibTorch intra-op threads; 0: all cores
   std::string out_dir;    // metrics.jsonl and summary.json; empty: none
   std::string port_file;  // if set, the bound port is written here once listening

@@ -98,7 +98,9 @@ Dataset idx_split(const std::string& name, const std::string& images_path,
 void set_classes(DatasetSplits& s) {
   int64_t c = 0;
   for (const Dataset* d : {&s.train, &s.test}) {
-    if (d->size() > 0) c = std::max(c, d->targets.max().item<int64_t>() + 1);
+    if (d->size() > 0 && !at::isFloatingType(d->targets.scalar_type())) {
+      c = std::max(c, d->targets.max().item<int64_t>() + 1);
+    }
   }
   s.train.num_classes = s.test.num_classes = c;
 }
@@ -144,11 +146,11 @@ DatasetSplits load_idx(const OptionMap& a, bool train, bool test) {
 }
 
 Dataset read_csv(const std::string& path, int64_t label_col, const std::string& header,
-                 char sep, int64_t limit) {
+                 char sep, bool float_target, int64_t limit) {
   std::ifstream in(path);
   FEDRA_REQUIRE(in.good(), "cannot open CSV file '{}'", path);
   std::vector<float> values;
-  std::vector<int64_t> labels;
+  std::vector<double> labels;
   int64_t width = -1;
   std::string line;
   int64_t line_no = 0;
@@ -178,9 +180,11 @@ Dataset read_csv(const std::string& path, int64_t label_col, const std::string& 
     FEDRA_REQUIRE(lc >= 0 && lc < width, "'{}': label column {} out of range (0..{})", path,
                   label_col, width - 1);
     const double lab = row[static_cast<size_t>(lc)];
-    FEDRA_REQUIRE(lab >= 0 && lab == static_cast<double>(static_cast<int64_t>(lab)),
-                  "'{}' line {}: label {} is not a class index (0, 1, 2, ...)", path, line_no, lab);
-    labels.push_back(static_cast<int64_t>(lab));
+    FEDRA_REQUIRE(float_target || (lab >= 0 && lab == static_cast<double>(static_cast<int64_t>(lab))),
+                  "'{}' line {}: label {} is not a class index (0, 1, 2, ...); for regression targets add "
+                  "target=float to the csv spec", path, line_no, lab);
+    FEDRA_REQUIRE(std::isfinite(lab), "'{}' line {}: the target is {}", path, line_no, lab);
+    labels.push_back(lab);
     for (int64_t i = 0; i < width; ++i) {
       if (i != lc) values.push_back(static_cast<float>(row[static_cast<size_t>(i)]));
     }
@@ -191,12 +195,15 @@ Dataset read_csv(const std::string& path, int64_t label_col, const std::string& 
   d.name = "csv";
   const auto n = static_cast<int64_t>(labels.size());
   d.inputs = at::from_blob(values.data(), {n, width - 1}, at::kFloat).clone();
-  d.targets = at::from_blob(labels.data(), {n}, at::kLong).clone();
+  d.targets = at::from_blob(labels.data(), {n}, at::kDouble).to(float_target ? at::kFloat : at::kLong);
   return d;
 }
 
 DatasetSplits load_csv(const OptionMap& a, bool train, bool test) {
-  a.require_known({"train", "test", "label", "header", "sep", "limit", "test_limit"});
+  a.require_known({"train", "test", "label", "target", "header", "sep", "limit", "test_limit"});
+  const std::string target = a.get_string("target", "class");
+  FEDRA_REQUIRE(target == "class" || target == "float", "csv target must be class or float, not '{}'", target);
+  const bool float_target = target == "float";
   FEDRA_REQUIRE(a.has("train"), "csv dataset needs train=PATH");
   const std::string sep_name = a.get_string("sep", "comma");
   char sep = ',';
@@ -208,9 +215,9 @@ DatasetSplits load_csv(const OptionMap& a, bool train, bool test) {
                 "csv header must be auto, true or false, not '{}'", header);
   const int64_t label = a.get_int("label", 0);
   DatasetSplits s;
-  if (train) s.train = read_csv(a.get_string("train", ""), label, header, sep, a.get_int("limit", 0));
+  if (train) s.train = read_csv(a.get_string("train", ""), label, header, sep, float_target, a.get_int("limit", 0));
   if (test && a.has("test")) {
-    s.test = read_csv(a.get_string("test", ""), label, header, sep, a.get_int("test_limit", 0));
+    s.test = read_csv(a.get_string("test", ""), label, header, sep, float_target, a.get_int("test_limit", 0));
     FEDRA_REQUIRE(!train || s.test.inputs.size(1) == s.train.inputs.size(1),
                   "csv test file has {} features, the training file {}", s.test.inputs.size(1),
                   s.train.inputs.size(1));
@@ -251,18 +258,23 @@ Dataset read_tensors(const std::string& path, const std::string& xkey, const std
   FEDRA_REQUIRE(x.dim() >= 1 && x.size(0) > 0, "'{}': '{}' is {}, not one example per row", path, xkey,
                 describe_tensor(x));
   if (y.dim() == 2 && y.size(1) == 1) y = y.reshape({-1});
-  FEDRA_REQUIRE(y.dim() == 1 && y.size(0) == x.size(0), "'{}': '{}' is {} for {} examples in '{}'", path, ykey,
-                describe_tensor(y), x.size(0), xkey);
-  FEDRA_REQUIRE(!at::isFloatingType(y.scalar_type()) && !at::isComplexType(y.scalar_type()),
-                "'{}': '{}' is {}: regression targets; tensors files hold class labels (integers) so far", path, ykey,
-                describe_tensor(y));
+  const bool real = at::isFloatingType(y.scalar_type());  // regression or multi-label targets
+  FEDRA_REQUIRE(!at::isComplexType(y.scalar_type()), "'{}': '{}' is {}, not numbers", path, ykey, describe_tensor(y));
+  FEDRA_REQUIRE((y.dim() == 1 || (real && y.dim() == 2)) && y.size(0) == x.size(0),
+                "'{}': '{}' is {} for {} examples in '{}' (class labels are [N] integers; float targets [N] or "
+                "[N, K])", path, ykey, describe_tensor(y), x.size(0), xkey);
   FEDRA_REQUIRE(at::isFloatingType(x.scalar_type()) || at::isIntegralType(x.scalar_type(), /*includeBool=*/true),
                 "'{}': '{}' is {}, not numbers", path, xkey, describe_tensor(x));
   Dataset d;
   d.name = path;
   d.inputs = head(x.to(at::kFloat).contiguous(), limit);
-  d.targets = head(y.to(at::kLong).contiguous(), limit);
-  FEDRA_REQUIRE(d.targets.min().item<int64_t>() >= 0, "'{}': '{}' has negative class labels", path, ykey);
+  if (real) {
+    d.targets = head(y.to(at::kFloat).contiguous(), limit);
+    FEDRA_REQUIRE(d.targets.isfinite().all().item<bool>(), "'{}': '{}' holds NaN or infinite targets", path, ykey);
+  } else {
+    d.targets = head(y.to(at::kLong).contiguous(), limit);
+    FEDRA_REQUIRE(d.targets.min().item<int64_t>() >= 0, "'{}': '{}' has negative class labels", path, ykey);
+  }
   return d;
 }
 
@@ -376,7 +388,7 @@ std::pair<Dataset, Dataset> holdout_split(const Dataset& data, double fraction, 
 
 std::vector<int64_t> label_histogram(const Dataset& data) {
   std::vector<int64_t> h(static_cast<size_t>(std::max<int64_t>(data.num_classes, 0)), 0);
-  if (data.size() == 0) return h;
+  if (data.size() == 0 || at::isFloatingType(data.targets.scalar_type())) return h;
   at::Tensor counts = at::bincount(data.targets, {}, data.num_classes);
   for (int64_t c = 0; c < counts.size(0) && c < static_cast<int64_t>(h.size()); ++c) {
     h[static_cast<size_t>(c)] = counts[c].item<int64_t>();

@@ -1,14 +1,19 @@
 // Datasets: examples as tensors, loaded from a spec string.
 //
-// A Dataset is inputs (float32, [N, ...]) and targets (int64 class indices, [N]). Specs:
+// A Dataset is inputs (float32, [N, ...]) and targets: int64 class indices [N], or float32 [N] or
+// [N, K] for regression (losses mse, l1) and multi-label (bce) tasks, with num_classes 0. Specs:
 //   fmnist[:dir=D,limit=N,test_limit=N]   Fashion-MNIST from the gzip IDX files of Debian's
 //                                        dataset-fashion-mnist (default dir
 //                                        /usr/share/datasets/fashion-mnist), [N,1,28,28],
 //                                        standardised with the training set's mean and std
 //   idx:train_images=P,train_labels=P[,test_images=P,test_labels=P,limit=N,test_limit=N]
 //                                        any IDX files (gzip or raw); uint8 images scaled to [0,1]
-//   csv:train=P[,test=P,label=0,header=auto,sep=comma|semicolon|tab,limit=N,test_limit=N]
+//   csv:train=P[,test=P,label=0,target=class|float,header=auto,sep=comma|semicolon|tab,limit=N,test_limit=N]
 //                                        one example per row, the label column an integer class
+//                                        (target=float: a real number, for regression)
+//   tensors:PATH[,test=P,x=x,y=y,limit=N,test_limit=N]
+//                                        a torch.save({'x': X, 'y': Y}) file: integer Y class
+//                                        labels, float Y [N] or [N, K] regression/multi-label
 //   synthetic[:n=320,features=16,classes=2,seed=40,test_n=0]
 //                                        the notebook's task: x = rand([n, features]),
 //                                        y = randint(0, classes) from one generator seeded with
@@ -33,7 +38,7 @@ namespace fedra {
 struct Dataset {
   std::string name;
   at::Tensor inputs;   // float32 [N, ...]
-  at::Tensor targets;  // int64 [N]
+  at::Tensor targets;  // int64 [N] class indices, or float32 [N] / [N, K]
   int64_t num_classes = 0;
 
   int64_t size() const { return targets.defined() ? targets.size(0) : 0; }

@@ -189,8 +189,7 @@ void SteppedStrategy::train(Cohort& cohort, RunContext& ctx) {
       const auto e0 = Clock::now();
       auto m = model();
       const EvalStats s = evaluate_model(m, *ctx.test_set, job_.loss);
-      line.emplace_back("test_accuracy", s.accuracy);
-      line.emplace_back("test_loss", s.loss);
+      for (const auto& [key, value] : eval_metrics(s)) line.emplace_back(key, value);
       line.emplace_back("eval_s", Seconds(Clock::now() - e0).count());
     }
     ctx.report_round(round, rounds, std::move(line));

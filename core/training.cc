@@ -1,5 +1,7 @@
 #include "core/training.h"
 
+#include <cmath>
+
 #include <torch/torch.h>
 
 #include "core/message.h"
@@ -32,11 +34,28 @@ void check_model_fits(const std::string& spec, uint64_t seed, const Dataset& dat
                   "model '{}' gives {} for one example of {}, which has {} classes: its last layer needs {} "
                   "outputs; {}", spec, describe_tensor(out), where, data.num_classes, data.num_classes, hint);
   }
+  // The loss against this example's target: a loss that does not fit the task says which does.
+  try {
+    (void)compute_loss(out, data.targets.narrow(0, 0, 1), loss);
+  } catch (const Error& e) {
+    FEDRA_FAIL("{} ({}); change --loss, --model or --dataset", e.what(), where);
+  } catch (const std::exception& e) {
+    FEDRA_FAIL("loss {} cannot compare the output {} of model '{}' with the target {} of {} ({}); change --loss, "
+               "--model or --dataset", loss, describe_tensor(out), spec, describe_tensor(data.targets.narrow(0, 0, 1)),
+               where, torch_error_reason(e));
+  }
 }
 
 void check_loss_name(const std::string& loss) {
-  FEDRA_REQUIRE(loss == "ce" || loss == "bce" || loss == "psl" || loss == "psl2",
-                "unknown loss '{}'; use ce, bce, psl or psl2", loss);
+  FEDRA_REQUIRE(loss == "ce" || loss == "bce" || loss == "psl" || loss == "psl2" || loss == "mse" || loss == "l1",
+                "unknown loss '{}'; use ce, bce, mse, l1, psl or psl2", loss);
+}
+
+bool is_regression_loss(const std::string& loss) { return loss == "mse" || loss == "l1"; }
+
+std::vector<std::pair<std::string, double>> eval_metrics(const EvalStats& s, const std::string& prefix) {
+  if (s.regression) return {{prefix + "mae", s.mae}, {prefix + "rmse", s.rmse}, {prefix + "loss", s.loss}};
+  return {{prefix + "accuracy", s.accuracy}, {prefix + "loss", s.loss}};
 }
 
 void check_optimizer_name(const std::string& optimizer) {
@@ -44,8 +63,34 @@ void check_optimizer_name(const std::string& optimizer) {
                 "unknown optimizer '{}'; use sgd or adam", optimizer);
 }
 
+namespace {
+
+// Regression and multi-label targets in the model's output shape: [N] targets for [N, 1] outputs.
+at::Tensor shaped_targets(const at::Tensor& out, const at::Tensor& targets, const std::string& loss) {
+  FEDRA_REQUIRE(at::isFloatingType(targets.scalar_type()),
+                "loss {} needs real-valued targets, and the data has class labels ({}); use --loss ce for classes",
+                loss, describe_tensor(targets));
+  at::Tensor y = targets.to(out.scalar_type());
+  if (y.dim() == 1 && out.dim() == 2 && out.size(1) == 1) y = y.reshape({-1, 1});
+  FEDRA_REQUIRE(y.sizes() == out.sizes(), "loss {}: the model gives {} for targets {}; its output must have the "
+                "targets' shape", loss, describe_tensor(out), describe_tensor(targets));
+  return y;
+}
+
+}  // namespace
+
 at::Tensor compute_loss(const at::Tensor& logits, const at::Tensor& targets, const std::string& loss) {
-  if (loss == "ce") return torch::nn::functional::cross_entropy(logits, targets);
+  if (loss == "ce") {
+    FEDRA_REQUIRE(!at::isFloatingType(targets.scalar_type()),
+                  "loss ce needs class labels, and the data has real-valued targets ({}); use --loss mse or l1 for "
+                  "regression, bce for multi-label 0/1 targets", describe_tensor(targets));
+    return torch::nn::functional::cross_entropy(logits, targets);
+  }
+  if (loss == "mse") return torch::mse_loss(logits, shaped_targets(logits, targets, loss));
+  if (loss == "l1") return torch::l1_loss(logits, shaped_targets(logits, targets, loss));
+  if (loss == "bce" && at::isFloatingType(targets.scalar_type())) {  // multi-label: [N, K] 0/1 targets
+    return torch::binary_cross_entropy_with_logits(logits, shaped_targets(logits, targets, loss));
+  }
   if (loss == "bce") {
     FEDRA_REQUIRE(logits.dim() == 2 && logits.size(1) == 1,
                   "loss bce needs a model with one output, this one gives {}",
@@ -85,8 +130,14 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(torch::nn::Sequential& m
       model->parameters(), torch::optim::SGDOptions(c.lr).momentum(c.momentum).weight_decay(c.weight_decay));
 }
 
-at::Tensor predict(const at::Tensor& logits, const std::string& loss) {
-  return loss == "bce" ? (logits.reshape({-1}) > 0).to(at::kLong) : logits.argmax(1);
+// 1 where the prediction is right: the class (ce, psl), the 0/1 label (bce), or for multi-label
+// targets [N, K] every label of the example.
+at::Tensor hits(const at::Tensor& logits, const at::Tensor& y, const std::string& loss) {
+  if (loss == "bce" && at::isFloatingType(y.scalar_type())) {
+    const at::Tensor right = (logits > 0).eq(y.reshape(logits.sizes()) > 0.5);
+    return right.dim() > 1 ? right.all(1) : right;
+  }
+  return (loss == "bce" ? (logits.reshape({-1}) > 0).to(at::kLong) : logits.argmax(1)).eq(y);
 }
 
 }  // namespace
@@ -158,6 +209,8 @@ EvalStats evaluate_model(torch::nn::Sequential& model, const Dataset& data, cons
   double loss_sum = 0;
   const int64_t classes = data.num_classes > 0 ? data.num_classes : 0;
   at::Tensor class_examples = at::zeros({classes}, at::kLong), class_correct = at::zeros({classes}, at::kLong);
+  double abs_sum = 0, sq_sum = 0;  // regression: errors over every output value
+  int64_t values = 0;
   for (int64_t begin = 0; begin < data.size(); begin += batch_size) {
     const int64_t end = std::min(data.size(), begin + batch_size);
     at::Tensor x = data.inputs.slice(0, begin, end);
@@ -171,18 +224,30 @@ EvalStats evaluate_model(torch::nn::Sequential& model, const Dataset& data, cons
                  "give test data that fits the model (--test-data)", describe_tensor(x), e.what_without_backtrace());
     }
     loss_sum += compute_loss(logits, y, loss).item<double>() * static_cast<double>(end - begin);
-    const at::Tensor hit = predict(logits, loss).eq(y);
+    s.examples += end - begin;
+    if (is_regression_loss(loss)) {
+      const at::Tensor err = (logits - shaped_targets(logits, y, loss)).to(at::kDouble);
+      abs_sum += err.abs().sum().item<double>();
+      sq_sum += err.square().sum().item<double>();
+      values += err.numel();
+      continue;
+    }
+    const at::Tensor hit = hits(logits, y, loss);
     s.correct += hit.sum().item<int64_t>();
     if (classes > 0 && y.scalar_type() == at::kLong) {
       class_examples += at::bincount(y, {}, classes).narrow(0, 0, classes);
       class_correct += at::bincount(y.masked_select(hit), {}, classes).narrow(0, 0, classes);
     }
-    s.examples += end - begin;
   }
   model->train();
   if (s.examples > 0) {
     s.loss = loss_sum / static_cast<double>(s.examples);
     s.accuracy = static_cast<double>(s.correct) / static_cast<double>(s.examples);
+  }
+  s.regression = is_regression_loss(loss);
+  if (values > 0) {
+    s.mae = abs_sum / static_cast<double>(values);
+    s.rmse = std::sqrt(sq_sum / static_cast<double>(values));
   }
   if (classes > 0 && class_examples.sum().item<int64_t>() == s.examples) {
     s.class_examples.assign(class_examples.data_ptr<int64_t>(), class_examples.data_ptr<int64_t>() + classes);

@@ -1,9 +1,14 @@
 // Local training and evaluation loops shared by the strategies.
 //
-// Losses by name: "ce" (softmax cross-entropy over logits, int64 class targets) and "bce"
-// (sigmoid binary cross-entropy, for one-output models with 0/1 targets; the same value as
-// PyTorch's Sigmoid + BCELoss, computed stably from logits), "psl" and "psl2" (the partially
-// separable element loss of PSL.md and its squared variant, for class-score models).
+// Losses by name: "ce" (softmax cross-entropy over logits, int64 class targets); "bce" (sigmoid
+// binary cross-entropy computed stably from logits, the value of PyTorch's BCEWithLogitsLoss: a
+// one-output model with 0/1 class targets, or multi-label: float 0/1 targets [N, K] for K
+// outputs); "mse" and "l1" (regression: float targets [N] for one output, or [N, K]; the mean
+// over every value, as PyTorch's MSELoss and L1Loss); "psl" and "psl2" (the partially separable
+// element loss of PSL.md and its squared variant, for class-score models).
+//
+// Evaluation: accuracy for classes (multi-label: an example counts when every label is right),
+// MAE and RMSE over every output value for mse and l1.
 //
 // train_local() makes a fresh optimiser each call (FedAvg's convention: optimiser state does not
 // cross rounds), shuffles with a generator seeded from options.seed (torch.randperm per epoch),
@@ -13,6 +18,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -51,7 +57,14 @@ struct EvalStats {
   int64_t correct = 0;
   // Per class (when the data says how many classes it has): examples and correct predictions.
   std::vector<int64_t> class_examples, class_correct;
+  bool regression = false;  // mse, l1: mae and rmse are the scores, accuracy is meaningless
+  double mae = 0, rmse = 0;
 };
+
+bool is_regression_loss(const std::string& loss);
+// The scores of an evaluation for a metrics line: PREFIXaccuracy and PREFIXloss, or for regression
+// PREFIXmae, PREFIXrmse and PREFIXloss.
+std::vector<std::pair<std::string, double>> eval_metrics(const EvalStats& s, const std::string& prefix = "test_");
 
 void check_loss_name(const std::string& loss);
 

@@ -52,8 +52,12 @@ std::vector<Dataset> load_private_data(const WorkerConfig& c, int64_t count = 1)
   FEDRA_REQUIRE(c.client_index >= 0 && c.client_index < c.num_clients,
                 "--client {}/{}: the index must be in 0..{}", c.client_index, c.num_clients,
                 c.num_clients - 1);
-  Partition p = partition_dataset(splits.train.targets, splits.train.num_classes, c.partition,
-                                  c.num_clients, c.seed);
+  const bool real = at::isFloatingType(splits.train.targets.scalar_type());
+  FEDRA_REQUIRE(!real || c.partition == "iid", "--partition {} splits by class label, and '{}' has real-valued "
+                "targets (regression or multi-label); use --partition iid, or one file per site with {{client}}",
+                c.partition, c.dataset);
+  Partition p = partition_dataset(real ? at::zeros({splits.train.size()}, at::kLong) : splits.train.targets,
+                                  real ? 1 : splits.train.num_classes, c.partition, c.num_clients, c.seed);
   std::vector<Dataset> parts;
   for (int64_t i = 0; i < count; ++i) {
     parts.push_back(subset(splits.train, p.clients[static_cast<size_t>(c.client_index + i)]));
@@ -164,7 +168,7 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     hello.sender = name;
     if (!config.token.empty()) hello.options["token"] = config.token;
     hello.metrics["num_examples"] = static_cast<double>(data.size());
-    if (!config.private_labels) {
+    if (!config.private_labels && !at::isFloatingType(data.targets.scalar_type())) {  // class labels only
       const auto hist = label_histogram(data);
       hello.tensors.emplace_back("label_histogram", at::tensor(hist, at::kLong));
     }

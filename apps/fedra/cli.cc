@@ -49,10 +49,11 @@ struct Groups {
         ("strategy", po::value<std::string>()->default_value("fedavg"),
          "training scheme; `fedra strategies` lists them")
         ("model", po::value<std::string>()->default_value("mlp:784-200-200-10"),
-         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5, psnet; split learning adds the cut, e.g. "
-         "cnn:cut=pool1 (docs/strategies.md)")
+         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5, psnet, or torchscript:PATH (docs/models.md); split "
+         "learning adds the cut, e.g. cnn:cut=pool1 or torchscript:net.pt,cut=NAME (docs/strategies.md)")
         ("loss", po::value<std::string>()->default_value("ce"),
-         "ce (cross-entropy), bce (binary), psl or psl2 (the partially separable loss)");
+         "ce (cross-entropy over classes), bce (binary or multi-label 0/1 targets), mse or l1 (regression: "
+         "scored by MAE and RMSE), psl or psl2 (the partially separable loss)");
     seed.add_options()
         ("seed", po::value<uint64_t>()->default_value(1),
          "seed for model initialisation, worker sampling, local shuffling and the data partition");
@@ -160,9 +161,11 @@ struct Groups {
          "mutual TLS on every connection, with a throwaway CA and certificates made in OUT/certs");
     train_model.add_options()
         ("model", po::value<std::string>()->default_value("mlp:784-200-200-10"),
-         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5, psnet (a cut= is ignored)")
+         "model spec: mlp:IN-H1-...-OUT, cnn, lenet5, psnet, or torchscript:PATH (docs/models.md; a cut= is "
+         "ignored)")
         ("loss", po::value<std::string>()->default_value("ce"),
-         "ce (cross-entropy), bce (binary), psl or psl2 (the partially separable loss)")
+         "ce (cross-entropy over classes), bce (binary or multi-label 0/1 targets), mse or l1 (regression: "
+         "scored by MAE and RMSE), psl or psl2 (the partially separable loss)")
         ("dataset", po::value<std::string>()->default_value("fmnist"),
          "fmnist[:limit=N], idx:..., csv:..., synthetic:... (docs/data.md); the whole training split");
     train.add_options()
@@ -390,6 +393,7 @@ CoordinatorConfig coordinator_config(const po::variables_map& vm, const Strategy
                 : vm.count("dataset") ? vm["dataset"].as<std::string>()
                                       : std::string("fmnist");
   if (c.test_data == "none") c.test_data.clear();
+  c.test_data_given = vm.count("test-data") != 0;
   c.threads = std::max(0, vm["threads"].as<int>());
   if (vm.count("dump-frames")) c.cohort.dump_frames_dir = vm["dump-frames"].as<std::string>();
   if (vm.count("out")) c.out_dir = vm["out"].as<std::string>();

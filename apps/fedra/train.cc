@@ -101,9 +101,10 @@ int run_training(const boost::program_options::variables_map& vm, const StopSign
     std::string score;
     if (data.test.size() > 0) {
       const EvalStats e = evaluate_model(model, data.test, loss);
-      line.emplace_back("test_accuracy", e.accuracy);
-      line.emplace_back("test_loss", e.loss);
-      score = fmt::format("  test_accuracy {:.4f}  test_loss {:.4f}", e.accuracy, e.loss);
+      for (const auto& [key, value] : eval_metrics(e)) {
+        line.emplace_back(key, value);
+        score += fmt::format("  {} {:.4f}", key, value);
+      }
     }
     line.emplace_back("bytes_up", int64_t{0});
     line.emplace_back("bytes_down", int64_t{0});

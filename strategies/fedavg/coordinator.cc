@@ -296,7 +296,8 @@ Metrics FedAvgCoordinator::evaluate(uint32_t, RunContext& ctx) {
   if (ctx.test_set == nullptr) return {};
   load_model_state(*model_, global_);
   const EvalStats s = evaluate_model(model_, *ctx.test_set, job_.loss);
-  return {{"test_accuracy", s.accuracy}, {"test_loss", s.loss}};
+  const auto scores = eval_metrics(s);
+  return {scores.begin(), scores.end()};
 }
 
 Metrics FedAvgCoordinator::evaluate_federated(uint32_t round, uint32_t total, Cohort& cohort, RunContext& ctx) {

@@ -300,3 +300,39 @@ TEST_CASE("a script whose forward is not its children in order is not cut by chi
   CHECK(contains(a, "torchscript:bottom=PATH,top=PATH"));
   CHECK(std::count(a.begin(), a.end(), '\n') == 1);
 }
+
+TEST_CASE("a regression task on a tensors file: mse trains and reports MAE and RMSE, no accuracy") {
+  TempDir dir;
+  python({"regression", dir.path(), "4000"}, dir);
+  REQUIRE(run_fedra({"simulate", "--workers", "2", "--model", "mlp:8-64-1", "--loss", "mse", "--dataset",
+                     "tensors:" + (dir / "reg-train.pt"), "--test-data", "tensors:" + (dir / "reg-test.pt"),
+                     "--fedavg.rounds", "4", "--fedavg.local_epochs", "2", "--fedavg.lr", "0.02", "--threads", "1",
+                     "--out", dir / "out"},
+                    dir / "sim.log", std::chrono::seconds(180)) == 0);
+  const auto lines = read_jsonl(dir / "out/metrics.jsonl");
+  REQUIRE(lines.size() == 4);
+  for (const auto& l : lines) {
+    CHECK(l.contains("test_mae"));
+    CHECK(!l.contains("test_accuracy"));
+  }
+  const double first = lines.front()["test_rmse"].get<double>(), last = lines.back()["test_rmse"].get<double>();
+  MESSAGE("test RMSE: round 1 " << first << ", round 4 " << last);
+  // Predicting the mean scores the targets' standard deviation (1.23 here); the network learns.
+  const Dataset test = load_dataset("tensors:" + (dir / "reg-test.pt"), Splits::kTrain).train;
+  const double spread = test.targets.std(/*unbiased=*/false).item<double>();
+  CHECK(last < 0.6 * spread);
+  CHECK(last <= first);
+  CHECK(lines.back()["test_mae"].get<double>() <= last);  // MAE <= RMSE always
+  CHECK(contains(read_file(dir / "sim.log"), "test_rmse"));
+  // Class-label partitions cannot split real-valued targets; ce on them names the losses that fit.
+  CHECK(run_fedra({"simulate", "--workers", "2", "--model", "mlp:8-64-1", "--loss", "mse", "--partition", "dirichlet:alpha=0.5",
+                   "--dataset", "tensors:" + (dir / "reg-train.pt"), "--test-data", "none"},
+                  dir / "b.log", std::chrono::seconds(60)) != 0);
+  CHECK(contains(read_file(dir / "b.log"), "--partition dirichlet:alpha=0.5 splits by class label"));
+  CHECK(run_fedra({"train", "--model", "mlp:8-64-1", "--dataset", "tensors:" + (dir / "reg-train.pt")}, dir / "c.log",
+                  std::chrono::seconds(60)) == 2);
+  const std::string c = read_file(dir / "c.log");
+  INFO(c);
+  CHECK(contains(c, "loss ce needs class labels, and the data has real-valued targets"));
+  CHECK(contains(c, "change --loss, --model or --dataset"));
+}

@@ -10,6 +10,9 @@ Python: the reference side of tests/integration/torchscript_test.cc.
   byo_model.py make-parts DIR [SEED]   the same network as two scripts, DIR/bottom.pt (block_a, flat)
                                       and DIR/top.pt (fc1, act, fc2), and the whole as DIR/whole.pt
   byo_model.py make-tangled PATH       children registered out of the order forward uses them
+  byo_model.py regression DIR N        a regression task as tensors files: DIR/reg-train.pt (N rows)
+                                      and DIR/reg-test.pt (500 rows), x float32 [., 8] ~ N(0, 1),
+                                      y float32 [.] = sin(x0) + x1 * x2 + 0.5 x3 + N(0, 0.1^2)
   byo_model.py fedavg MODEL.pt DIR K ROUNDS EPOCHS BATCH LR SEED OUT.pt [local_bn]
                                       FedAvg by hand in one process: each round, sites 0..K-1
                                       (DIR/site-I.pt, Fedra's worker-I) train a copy of the global
@@ -213,6 +216,12 @@ def main():
         torch.jit.script(net).save(f"{sys.argv[2]}/whole.pt")
     elif sys.argv[1] == "make-tangled":
         torch.jit.script(Tangled()).save(sys.argv[2])
+    elif sys.argv[1] == "regression":
+        gen = torch.Generator().manual_seed(0)
+        for name, n in (("reg-train", int(sys.argv[3])), ("reg-test", 500)):
+            x = torch.randn(n, 8, generator=gen)
+            y = torch.sin(x[:, 0]) + x[:, 1] * x[:, 2] + 0.5 * x[:, 3] + 0.1 * torch.randn(n, generator=gen)
+            torch.save({"x": x, "y": y}, f"{sys.argv[2]}/{name}.pt")
     elif sys.argv[1] == "fedavg":
         a = sys.argv[2:]
         fedavg(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), float(a[6]), int(a[7]), a[8],

@@ -63,6 +63,14 @@ TEST_CASE("CSV files load with a header, a label column and a separator") {
   std::ofstream(dir / "bad.csv") << "1,2\n1,x\n";
   CHECK_THROWS_WITH_AS(load_dataset("csv:train=" + (dir / "bad.csv")),
                        doctest::Contains("line 2: not all cells are numbers"), fedra::Error);
+  // Regression: target=float keeps the label column as real numbers; without it they are refused.
+  std::ofstream(dir / "reg.csv") << "y,a,b\n0.25,1,2\n-1.5,3,4\n";
+  const DatasetSplits r = load_dataset("csv:train=" + (dir / "reg.csv") + ",target=float");
+  CHECK(torch::equal(r.train.targets, torch::tensor({0.25f, -1.5f})));
+  CHECK(r.train.num_classes == 0);
+  CHECK_THROWS_WITH_AS(load_dataset("csv:train=" + (dir / "reg.csv")),
+                       doctest::Contains("label 0.25 is not a class index (0, 1, 2, ...); for regression targets add "
+                                         "target=float"), fedra::Error);
 }
 
 TEST_CASE("IDX files load, gzip or not") {
@@ -115,8 +123,18 @@ TEST_CASE("tensors files (torch.save of {'x': X, 'y': Y}) load; wrong contents s
   CHECK(named.test.size() == 6);
   CHECK(torch::equal(named.test.targets, torch::tensor({1, 1, 0, 0, 1, 1}, at::kLong)));
 
-  save_tensors(dir / "reg.pt", {{"x", x}, {"y", torch::rand({6})}});
-  CHECK_THROWS_WITH_AS(load_dataset("tensors:" + (dir / "reg.pt")), doctest::Contains("regression targets"), Error);
+  // Float targets are regression (or multi-label) targets: kept as float32, [N] or [N, K], no classes.
+  const at::Tensor yr = torch::rand({6, 2}, at::kDouble);
+  save_tensors(dir / "reg.pt", {{"x", x}, {"y", yr}});
+  const DatasetSplits reg = load_dataset("tensors:" + (dir / "reg.pt"));
+  CHECK((reg.train.targets.scalar_type() == at::kFloat));
+  CHECK(torch::allclose(reg.train.targets, yr.to(at::kFloat)));
+  CHECK(reg.train.num_classes == 0);
+  CHECK(label_histogram(reg.train).empty());
+  save_tensors(dir / "nan.pt", {{"x", x}, {"y", torch::full({6}, std::nan(""), at::kFloat)}});
+  CHECK_THROWS_WITH_AS(load_dataset("tensors:" + (dir / "nan.pt")), doctest::Contains("holds NaN or infinite targets"), Error);
+  save_tensors(dir / "cube.pt", {{"x", x}, {"y", torch::rand({6, 2, 2})}});
+  CHECK_THROWS_WITH_AS(load_dataset("tensors:" + (dir / "cube.pt")), doctest::Contains("float targets [N] or [N, K]"), Error);
   CHECK_THROWS_WITH_AS(load_dataset("tensors:" + (dir / "d.pt") + ",y=labels"),
                        doctest::Contains("has no tensor 'labels' (its keys: x, y; name them with x= and y=)"), Error);
   save_tensors(dir / "short.pt", {{"x", x}, {"y", torch::tensor({0, 1})}});

@@ -121,3 +121,46 @@ TEST_CASE("split_model cuts the seeded network into parts that share its modules
   CHECK_THROWS_WITH_AS(split_model("cnn:cut=pool1,head=fc2", 1, false), doctest::Contains("only the U-shaped"),
                        Error);
 }
+
+TEST_CASE("regression and multi-label losses: PyTorch's values, the right shapes, scores that fit the task") {
+  const at::Tensor out = torch::tensor({{1.0f}, {2.0f}, {4.0f}});
+  const at::Tensor y = torch::tensor({1.5f, 2.0f, 2.0f});  // [N] targets for a one-output model
+  // MSELoss and L1Loss: the mean over every value.
+  CHECK(compute_loss(out, y, "mse").item<double>() == doctest::Approx((0.25 + 0 + 4) / 3));
+  CHECK(compute_loss(out, y, "l1").item<double>() == doctest::Approx((0.5 + 0 + 2) / 3));
+  // A loss that does not fit the targets says which would.
+  CHECK_THROWS_WITH(compute_loss(out, torch::tensor({1L, 0L, 1L}), "mse"),
+                    doctest::Contains("loss mse needs real-valued targets, and the data has class labels"));
+  CHECK_THROWS_WITH(compute_loss(torch::zeros({3, 4}), y, "ce"),
+                    doctest::Contains("use --loss mse or l1 for regression"));
+  CHECK_THROWS_WITH(compute_loss(torch::zeros({3, 2}), y, "mse"),
+                    doctest::Contains("the model gives float32[3,2] for targets float32[3]"));
+  // Multi-label BCE: BCEWithLogitsLoss over [N, K] 0/1 targets.
+  const at::Tensor logits = torch::tensor({{2.0f, -1.0f}, {0.5f, 3.0f}});
+  const at::Tensor labels = torch::tensor({{1.0f, 0.0f}, {0.0f, 1.0f}});
+  const double want = (std::log1p(std::exp(-2.0)) + std::log1p(std::exp(-1.0)) + std::log1p(std::exp(0.5)) +
+                       std::log1p(std::exp(-3.0))) / 4;
+  CHECK(compute_loss(logits, labels, "bce").item<double>() == doctest::Approx(want));
+
+  // Evaluation: MAE and RMSE over every value for regression, no accuracy.
+  Dataset reg;
+  reg.inputs = torch::tensor({{1.0f}, {2.0f}, {3.0f}, {4.0f}});
+  reg.targets = torch::tensor({1.0f, 2.0f, 3.0f, 6.0f});
+  torch::nn::Sequential identity{torch::nn::Identity()};
+  const EvalStats r = evaluate_model(identity, reg, "mse", 3);  // two batches
+  CHECK(r.regression);
+  CHECK(r.mae == doctest::Approx(0.5));         // errors 0, 0, 0, 2
+  CHECK(r.rmse == doctest::Approx(1.0));        // sqrt(4 / 4)
+  CHECK(r.loss == doctest::Approx(1.0));        // the mean squared error
+  const auto scores = eval_metrics(r);
+  REQUIRE(scores.size() == 3);
+  CHECK(scores[0].first == "test_mae");
+  CHECK(scores[1].first == "test_rmse");
+  // Multi-label: an example counts as right when every one of its labels is.
+  Dataset ml;
+  ml.inputs = torch::tensor({{2.0f, -1.0f}, {0.5f, 3.0f}, {-1.0f, -1.0f}});
+  ml.targets = torch::tensor({{1.0f, 0.0f}, {0.0f, 1.0f}, {0.0f, 0.0f}});
+  const EvalStats m = evaluate_model(identity, ml, "bce");
+  CHECK(m.correct == 2);  // the second example's first label is wrong
+  CHECK(eval_metrics(m)[0].first == "test_accuracy");
+}
