@@ -6,6 +6,7 @@
 
 #include "apps/fedra/cli.h"
 #include "apps/fedra/simulate.h"
+#include "apps/fedra/export.h"
 #include "apps/fedra/train.h"
 #include "core/plugin.h"
 #include "core/log.h"
@@ -25,6 +26,7 @@ constexpr const char* kUsage =
     "  worker        hold private data and train for a coordinator\n"
     "  train         train the whole model in one process (the centralised baseline)\n"
     "  certs         make a test CA and TLS certificates (docs/security.md)\n"
+    "  export        write a run's checkpoint as a TorchScript model.pt\n"
     "  strategies    list the training strategies this binary can run\n"
     "  version       print the Fedra and protocol versions\n"
     "\n"
@@ -60,6 +62,14 @@ int main(int argc, char** argv) {
   }
 
   if (cmd == "strategies") return list_strategies(registry);
+  if (cmd == "export") {
+    try {
+      return fedra::cli::run_export(argc - 1, argv + 1);
+    } catch (const fedra::Error& e) {
+      std::cerr << "fedra export: " << e.what() << "\n";
+      return 2;
+    }
+  }
   if (cmd == "version") {
     std::cout << fmt::format("fedra {} (wire protocol {})\n", FEDRA_VERSION,
                              fedra::transport::kProtocolVersion);

@@ -336,3 +336,39 @@ TEST_CASE("a regression task on a tensors file: mse trains and reports MAE and R
   CHECK(contains(c, "loss ce needs class labels, and the data has real-valued targets"));
   CHECK(contains(c, "change --loss, --model or --dataset"));
 }
+
+TEST_CASE("built-in specs write model.pt too, and fedra export turns any strategy's checkpoint into it") {
+  TempDir dir;
+  // gradsum on the CNN: model.pt (written by Fedra from the spec, no Python involved) read in
+  // Python gives the accuracy Fedra reported for the last round.
+  REQUIRE(run_fedra({"simulate", "--strategy", "gradsum", "--workers", "2", "--model", "cnn", "--dataset",
+                     "fmnist:limit=1000,test_limit=500", "--gradsum.steps", "20", "--gradsum.steps_per_round", "10",
+                     "--threads", "1", "--worker-threads", "1", "--checkpoint-keep", "2", "--out", dir / "gradsum"},
+                    dir / "gradsum.log", std::chrono::seconds(180)) == 0);
+  const auto lines = read_jsonl(dir / "gradsum/metrics.jsonl");
+  REQUIRE(lines.size() == 2);
+  CHECK(python_accuracy(dir / "gradsum/model.pt", 500, dir) == lines.back()["test_accuracy"].get<double>());
+  // The checkpoint of round 2 (the latest) exported: the same weights as model.pt.
+  REQUIRE(run_fedra({"export", dir / "gradsum", "--out", dir / "export.pt"}, dir / "export.log",
+                    std::chrono::seconds(60)) == 0);
+  CHECK(contains(read_file(dir / "export.log"), "round 2 of a gradsum run, model 'cnn', 1663370 weights"));
+  const auto a = model_state(*build_model("torchscript:" + (dir / "export.pt"), 0));
+  const auto b = model_state(*build_model("torchscript:" + (dir / "gradsum/model.pt"), 0));
+  CHECK(identical(a, b));
+  // Round 1's checkpoint (kept by --checkpoint-keep 2) gives round 1's model.
+  REQUIRE(run_fedra({"export", dir / "gradsum", "--round", "1", "--out", dir / "round1.pt"}, dir / "export1.log",
+                    std::chrono::seconds(60)) == 0);
+  CHECK(python_accuracy(dir / "round1.pt", 500, dir) == lines.front()["test_accuracy"].get<double>());
+  // Split learning: the checkpoint holds the top and the relayed bottom; the export assembles them.
+  REQUIRE(run_fedra({"simulate", "--strategy", "split", "--workers", "1", "--model", "mlp:784-64-10,cut=relu1",
+                     "--dataset", "fmnist:limit=500,test_limit=500", "--split.epochs", "1", "--threads", "1",
+                     "--worker-threads", "1", "--out", dir / "split"},
+                    dir / "split.log", std::chrono::seconds(120)) == 0);
+  REQUIRE(run_fedra({"export", dir / "split/checkpoint/state.json", "--out", dir / "split.pt"}, dir / "e2.log",
+                    std::chrono::seconds(60)) == 0);
+  const auto split_lines = read_jsonl(dir / "split/metrics.jsonl");
+  CHECK(python_accuracy(dir / "split.pt", 500, dir) == split_lines.back()["test_accuracy"].get<double>());
+  // Nothing to export: one line naming what to give.
+  CHECK(run_fedra({"export", dir.path()}, dir / "e3.log", std::chrono::seconds(60)) == 2);
+  CHECK(contains(read_file(dir / "e3.log"), "no checkpoint at '" + dir.path() + "'"));
+}
