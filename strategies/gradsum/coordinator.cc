@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include "core/aggregation.h"
 #include "core/cohort.h"
 #include "core/model.h"
 #include "core/optimizer.h"
@@ -26,21 +27,14 @@ namespace {
 class GradSumCoordinator : public SteppedStrategy {
  public:
   GradSumCoordinator(const Job& job, GradSumOptions options)
-      : SteppedStrategy(job, "gradsum", options.eval()), o_(std::move(options)) {
-    if (is_torchscript(job.model)) {
-      // Replicas exchange parameters and gradients only: buffers (batch norm's running
-      // statistics) would drift apart on every replica.
-      const auto buffers = build_model(job.model, job.seed)->named_buffers();
-      FEDRA_REQUIRE(buffers.is_empty(), "gradsum keeps replicas in step by their parameters only, and '{}' has "
-                    "buffers ({}: batch norm's running statistics?) that would drift apart; train it with fedavg, "
-                    "or use a model without buffers", job.model, buffers.begin()->key());
-    }
-  }
+      : SteppedStrategy(job, "gradsum", options.eval()), o_(std::move(options)) {}
 
  protected:
 
   void prepare(const RunContext& ctx) override {
     model_ = initial_model(ctx, o_.init());
+    buffer_layout_.clear();
+    for (const auto& b : model_->named_buffers()) buffer_layout_.emplace_back(b.key(), b.value());
     layout_ = layout_of(*model_, static_cast<uint64_t>(o_.bucket_kb()) << 10);
     optimizer_.emplace(OptimizerConfig::from(o_.optim()), layout_.names, layout_.params);
     for (const auto& bucket : layout_.buckets) {
@@ -125,6 +119,10 @@ class GradSumCoordinator : public SteppedStrategy {
     run.steps = count;
     run.world = static_cast<int64_t>(r.ids.size());
     for (size_t i = 0; i < layout_.params.size(); ++i) run.params.emplace_back(layout_.names[i], layout_.params[i]);
+    // Buffers (batch norm's running statistics) go down with the parameters and come back in
+    // each replica's done; the coordinator's model takes their average (below).
+    for (const auto& b : model_->named_buffers()) run.params.emplace_back(b.key(), b.value());
+    WeightedAverage buffers;
     if (o_.sync() == Sync::kGradient) run.opt_state = optimizer_->state();
     std::vector<Instruction> instructions;
     for (size_t k = 0; k < r.ids.size(); ++k) {
@@ -139,6 +137,14 @@ class GradSumCoordinator : public SteppedStrategy {
     ex.on_part = [&](const WorkerInfo& w, Message&& m) { on_part(cohort, r, w, std::move(m)); };
     ex.on_reply = [&](const WorkerInfo& w, Message&& m) {
       m.expect_kind(kDone, w.name);
+      if (!m.tensors.empty()) {
+        try {
+          check_layout(buffer_layout_, m.tensors);
+          buffers.add(m.tensors, 1.0);
+        } catch (const Error& e) {
+          FEDRA_FAIL("worker {}'s buffers at the end of round {}: {}", w.name, round, e.what());
+        }
+      }
       r.worker_compute_ms = std::max(r.worker_compute_ms, m.metric_or("compute_ms", 0));
       r.worker_wait_ms = std::max(r.worker_wait_ms, m.metric_or("wait_ms", 0));
       ++r.done;
@@ -152,6 +158,7 @@ class GradSumCoordinator : public SteppedStrategy {
     at::set_num_threads(1);
     const auto failures = cohort.exchange(std::move(instructions), ex);
     at::set_num_threads(threads);
+    if (buffers.count() > 0) load_buffers(buffers.take_average());
 
     if (!r.abort_reason.empty()) {
       FEDRA_FAIL("gradsum round {} failed at step {}: {}{}", round, r.step, r.abort_reason,
@@ -307,6 +314,14 @@ class GradSumCoordinator : public SteppedStrategy {
 
   GradSumOptions o_;
   torch::nn::Sequential model_{nullptr};
+  NamedTensors buffer_layout_;  // the model's buffers (names, shapes, dtypes a replica's done must match)
+
+  void load_buffers(const NamedTensors& average) {
+    torch::NoGradGuard no_grad;
+    std::map<std::string, at::Tensor> mine;
+    for (const auto& b : model_->named_buffers()) mine.emplace(b.key(), b.value());
+    for (const auto& [name, t] : average) mine.at(name).copy_(t);
+  }
   Layout layout_;
   std::optional<ParamOptimizer> optimizer_;
   std::vector<NamedTensors> bucket_refs_;

@@ -7,6 +7,9 @@
 //   sync=gradient  it sends the reduced gradient; every replica (and the coordinator's copy)
 //                  steps an identical optimiser, whose state travels with each round's start
 // Either way the coordinator holds the authoritative model, evaluates it and writes model.bin.
+// Buffers (batch norm's running statistics) are not gradients: each replica updates its own
+// within a round, returns them in gradsum.done, and the coordinator's model (and every replica
+// at the next round's start) takes their mean; integer buffers (num_batches_tracked) the first.
 //
 // Streaming. Parameters are grouped into buckets (bucket_kb, filled from the last layer back,
 // the order backward produces gradients). A worker sends each bucket from an autograd hook as

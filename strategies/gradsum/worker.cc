@@ -83,6 +83,7 @@ class GradSumWorker : public WorkerStrategy {
       }
     }
     Message done(kDone, request.round);
+    for (const auto& b : model_->named_buffers()) done.tensors.emplace_back(b.key(), b.value());  // averaged upstream
     done.metrics["compute_ms"] = count > 0 ? 1000 * compute_s / static_cast<double>(count) : 0;
     done.metrics["wait_ms"] = count > 0 ? 1000 * wait_s / static_cast<double>(count) : 0;
     done.metrics["steps"] = static_cast<double>(count);
