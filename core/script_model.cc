@@ -192,9 +192,15 @@ ScriptChain script_chain(const std::string& spec) {
   return chain;
 }
 
-void check_children_in_order(const std::string& spec, const at::Tensor& x) {
+torch::nn::Sequential layered_model(const std::string& spec, uint64_t seed, const Dataset* data) {
+  if (!is_torchscript(spec)) return build_model(spec, seed);
+  if (data != nullptr && data->size() > 0) check_children_in_order(spec, data->inputs.narrow(0, 0, 1), true);
+  return script_chain(spec).full;
+}
+
+void check_children_in_order(const std::string& spec, const at::Tensor& x, bool always) {
   const ScriptSpec s = parse_script_spec(spec);
-  if (s.parts() || s.cut.empty()) return;
+  if (s.parts() || (s.cut.empty() && !always)) return;
   torch::NoGradGuard no_grad;
   torch::jit::Module whole = load_script(s.path);
   whole.eval();

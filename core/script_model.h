@@ -24,6 +24,8 @@
 #include <torch/nn/pimpl.h>
 #include <torch/script.h>
 
+#include "core/dataset.h"
+
 namespace fedra {
 
 inline constexpr const char* kTorchScriptPrefix = "torchscript:";
@@ -88,10 +90,17 @@ struct ScriptChain {
 };
 ScriptChain script_chain(const std::string& spec);
 
+// The network as consecutive layers for a strategy that cuts it into stages (pipeline): a
+// TorchScript model as script_chain(spec).full (its top-level children, or the part files),
+// after checking on the first example of `data` (if given) that the children run in order give
+// the script's own output; any other spec as build_model(spec, seed).
+torch::nn::Sequential layered_model(const std::string& spec, uint64_t seed, const Dataset* data = nullptr);
+
 // For the second form: Throws Error (one line) unless running the script's children one after the
 // other on `x` gives what the script's own forward gives (evaluation mode), i.e. unless cutting it
 // by child name keeps the network.
-void check_children_in_order(const std::string& spec, const at::Tensor& x);
+// always: check a first-form spec (no cut=) too.
+void check_children_in_order(const std::string& spec, const at::Tensor& x, bool always = false);
 
 // A model built from a spec (mlp, cnn, lenet5, psnet) as a TorchScript module that computes what
 // it computes, with a copy of its weights under the same names ("fc1.weight"): written by

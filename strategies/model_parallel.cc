@@ -18,7 +18,10 @@ namespace fedra {
 
 ModelParallelCoordinator::ModelParallelCoordinator(Job job, RoundPlan plan, EvalOptions eval)
     : SteppedStrategy(std::move(job), plan.strategy, eval), plan_(std::move(plan)) {
-  refuse_torchscript(this->job().model, plan_.strategy, "it cuts the network by its layers, which a script hides");
+  if (!plan_.script_children) {
+    refuse_torchscript(this->job().model, plan_.strategy, "it shards the network's layers by their own kinds, "
+                       "which a script hides");
+  }
 }
 
 std::vector<WorkerInfo> ModelParallelCoordinator::pick(const Cohort& cohort) const {

@@ -21,6 +21,7 @@
 #include "core/cohort.h"
 #include "core/optimizer.h"
 #include "core/option_groups.h"
+#include "core/script_model.h"
 #include "core/stepped_strategy.h"
 #include "core/strategy.h"
 #include "strategies/run_message.h"
@@ -33,6 +34,9 @@ struct RoundPlan {
   size_t parts = 1;         // workers taking part
   ScheduleOptions schedule;
   InitOptions init;         // how the whole model is drawn before it is cut into parts
+  // A TorchScript model is taken as its top-level children run in order (script_chain), which
+  // the strategy cuts like a spec's layers; false: the strategy refuses TorchScript models.
+  bool script_children = false;
 };
 
 class ModelParallelCoordinator : public SteppedStrategy {
@@ -64,7 +68,8 @@ class ModelParallelCoordinator : public SteppedStrategy {
 
   // SteppedStrategy's hooks, the same for every model-parallel strategy.
   void prepare(const RunContext& ctx) final {
-    model_ = initial_model(ctx, plan_.init);
+    model_ = is_torchscript(job().model) ? layered_model(job().model, job().seed, ctx.test_set)
+                                          : initial_model(ctx, plan_.init);
     partition();
   }
   size_t workers_needed() const override { return plan_.parts; }

@@ -30,7 +30,8 @@ class PipelineCoordinator : public ModelParallelCoordinator {
  public:
   PipelineCoordinator(const Job& job, const PipelineOptions& o)
       : ModelParallelCoordinator(
-            job, {"pipeline", "stage", static_cast<size_t>(o.stages()), o.schedule(), o.init()}, o.eval()),
+            job, {"pipeline", "stage", static_cast<size_t>(o.stages()), o.schedule(), o.init(), /*script_children=*/true},
+            o.eval()),
         o_(o) {}
 
  private:

@@ -11,6 +11,8 @@
 
 namespace fedra::pipeline {
 
+// A stage's parameters then its buffers (batch norm statistics), as a round hands them out and
+// takes them back.
 NamedTensors parameters_of(const torch::nn::Sequential& stage);
 std::string describe_stages(const std::vector<torch::nn::Sequential>& stages);
 

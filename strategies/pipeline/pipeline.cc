@@ -26,6 +26,7 @@ namespace fedra::pipeline {
 NamedTensors parameters_of(const torch::nn::Sequential& stage) {
   NamedTensors out;
   for (const auto& p : stage->named_parameters()) out.emplace_back(p.key(), p.value().detach());
+  for (const auto& b : stage->named_buffers()) out.emplace_back(b.key(), b.value());
   return out;
 }
 

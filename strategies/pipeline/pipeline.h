@@ -19,7 +19,14 @@
 // gradient of the forward that produced the loss; the update is applied to the current weights.
 // Without it the backward recomputes the stage's forward with the current weights. Either way a
 // stage keeps only the input of each micro-batch in flight and recomputes its forward for the
-// backward (activation recomputation); the last stage needs neither.
+// backward (activation recomputation); the last stage needs neither. The recomputation replays
+// the forward's random draws (torch's CPU generator state is kept with the micro-batch, as
+// torch.utils.checkpoint does) and leaves batch norm's running statistics as the forward left
+// them, so a micro-batch counts once.
+//
+// A TorchScript model is staged by its top-level children (core/script_model.h script_chain;
+// pipeline.cuts names children), after checking on the test data's first example that running
+// them in order gives the script's own output. Stages return their buffers with their parameters.
 //
 // Messages go through the coordinator: "pipeline.act" from stage s is relayed to s + 1,
 // "pipeline.grad" from s to s - 1, each checked on the way (step, shapes, finite values).

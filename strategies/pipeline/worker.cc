@@ -39,7 +39,7 @@ class PipelineWorker : public ModelParallelWorker {
     FEDRA_REQUIRE(run.world == n, "pipeline: stage {} of {} does not fit pipeline.stages = {}", stage_, run.world, n);
     if (stage_ != built_stage_) {
       // Only this stage's layers are kept: the rest of the network is freed with `stages`.
-      const auto stages = cut_stages(build_model(job_.model, job_.seed), n, o_.cuts());
+      const auto stages = cut_stages(layered_model(job_.model, job_.seed), n, o_.cuts());
       stage_model_ = stages[static_cast<size_t>(stage_)];
       built_stage_ = stage_;
     }
@@ -69,7 +69,9 @@ class PipelineWorker : public ModelParallelWorker {
     }
     compute_s_ = Seconds(Clock::now() - t0).count() - wait_s_;
 
-    Message reply = done(kDone, request.round, last_ ? NamedTensors{{"loss", losses_}, {"examples", examples_}} : NamedTensors{});
+    NamedTensors extra = last_ ? NamedTensors{{"loss", losses_}, {"examples", examples_}} : NamedTensors{};
+    for (const auto& b : stage()->named_buffers()) extra.emplace_back(b.key(), b.value());  // batch norm statistics
+    Message reply = done(kDone, request.round, std::move(extra));
     reply.metrics["compute_s"] = compute_s_;
     reply.metrics["wait_s"] = wait_s_;
     return reply;
@@ -151,8 +153,11 @@ class PipelineWorker : public ModelParallelWorker {
       examples_[step - first_] = rows;
       return;
     }
-    Saved saved{input, target, {}};
+    Saved saved{input, target, {}, {}};
     if (o_.stash()) saved.weights = snapshot();
+    // The recomputation in backward() must draw what this forward draws (dropout), as
+    // torch.utils.checkpoint's preserve_rng_state does.
+    saved.rng = cpu_generator().get_state();
     at::Tensor out;
     {
       torch::NoGradGuard no_grad;
@@ -179,10 +184,23 @@ class PipelineWorker : public ModelParallelWorker {
       restore(saved.weights);
     }
     at::Tensor in = stage_ > 0 ? saved.input.detach().requires_grad_() : saved.input;
+    // The recomputed forward replays the first one: the same random draws, and batch norm's
+    // running statistics must not count the micro-batch twice.
+    std::vector<at::Tensor> statistics;
+    for (const auto& b : stage()->buffers()) statistics.push_back(b.clone());
+    at::Generator gen = cpu_generator();
+    const at::Tensor rng_now = gen.get_state();
+    gen.set_state(saved.rng);
     at::Tensor out = run_stage(in, step);
+    gen.set_state(rng_now);
     FEDRA_REQUIRE(grad.sizes() == out.sizes(), "pipeline stage {}: the gradient of micro-batch {} is {}, its output {}",
                   stage_, step, describe_tensor(grad), describe_tensor(out));
     out.backward(grad);
+    {  // after backward: batch norm's backward reads the buffers the recomputation saw
+      torch::NoGradGuard no_grad;
+      const auto buffers = stage()->buffers();
+      for (size_t i = 0; i < buffers.size(); ++i) buffers[i].copy_(statistics[i]);
+    }
     if (o_.stash()) restore(live);
     if (stage_ > 0) send(kGrad, step, {{"grad", in.grad()}});
     apply_gradients();
@@ -191,7 +209,10 @@ class PipelineWorker : public ModelParallelWorker {
   struct Saved {
     at::Tensor input, target;
     std::vector<at::Tensor> weights;  // with stash: the weights of this micro-batch's forward
+    at::Tensor rng;                   // torch's CPU generator before this micro-batch's forward
   };
+
+  static at::Generator cpu_generator() { return at::globalContext().defaultGenerator(c10::DeviceType::CPU); }
 
   PipelineOptions o_;
   torch::nn::Sequential stage_model_{nullptr};  // this worker's stage (its weights come with each run)
