@@ -51,11 +51,17 @@ class FaultyCohort : public Cohort {
     for (const auto& w : inner_.workers()) {
       for (const auto& ins : instructions) victim_asked |= w.id == ins.worker && w.name == victim_;
     }
-    auto count = [&, this](const WorkerInfo& w, bool reply) {
-      if (++seen_ < at_ || fired_ || !victim_asked || (reply && w.name == victim_)) return;
+    auto fire = [this] {
       fired_ = true;
       inner_.disconnect(victim_);
       if (comes_back_) inner_.rejoin(victim_);
+    };
+    // Past the at_-th message, the victim's reply may have come first in every later round (psl:
+    // one reply per worker per round, in thread order); then it is lost as the next round starts.
+    if (seen_ >= at_ && !fired_ && victim_asked) fire();
+    auto count = [&, this](const WorkerInfo& w, bool reply) {
+      if (++seen_ < at_ || fired_ || !victim_asked || (reply && w.name == victim_)) return;
+      fire();
     };
     ex.on_part = [&](const WorkerInfo& w, Message&& m) {
       count(w, false);
