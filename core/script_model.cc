@@ -226,7 +226,6 @@ torch::jit::Module script_of(const torch::nn::Sequential& model) {
   auto cu = std::make_shared<torch::jit::CompilationUnit>();
   torch::jit::Module root(c10::QualifiedName("__torch__.fedra.Model"), cu);
   std::string body = "def forward(self, x):\n";
-  auto pair = [](const auto& a) { return fmt::format("[{}, {}]", a->at(0), a->at(1)); };
   for (const auto& child : model->named_children()) {
     const std::string& name = child.key();
     const auto& m = child.value();
@@ -274,7 +273,6 @@ torch::jit::Module script_of(const torch::nn::Sequential& model) {
       FEDRA_FAIL("layer '{}' ({}) has no TorchScript rendering; the model is in model.bin", name, m->name());
     }
   }
-  (void)pair;
   body += "    return x\n";
   try {
     root.define(body);
