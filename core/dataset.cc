@@ -98,7 +98,7 @@ Dataset idx_split(const std::string& name, const std::string& images_path,
 void set_classes(DatasetSplits& s) {
   int64_t c = 0;
   for (const Dataset* d : {&s.train, &s.test}) {
-    if (d->size() > 0 && !at::isFloatingType(d->targets.scalar_type())) {
+    if (d->size() > 0 && !d->real_targets()) {
       c = std::max(c, d->targets.max().item<int64_t>() + 1);
     }
   }
@@ -388,7 +388,7 @@ std::pair<Dataset, Dataset> holdout_split(const Dataset& data, double fraction, 
 
 std::vector<int64_t> label_histogram(const Dataset& data) {
   std::vector<int64_t> h(static_cast<size_t>(std::max<int64_t>(data.num_classes, 0)), 0);
-  if (data.size() == 0 || at::isFloatingType(data.targets.scalar_type())) return h;
+  if (data.size() == 0 || data.real_targets()) return h;
   at::Tensor counts = at::bincount(data.targets, {}, data.num_classes);
   for (int64_t c = 0; c < counts.size(0) && c < static_cast<int64_t>(h.size()); ++c) {
     h[static_cast<size_t>(c)] = counts[c].item<int64_t>();

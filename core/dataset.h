@@ -42,6 +42,8 @@ struct Dataset {
   int64_t num_classes = 0;
 
   int64_t size() const { return targets.defined() ? targets.size(0) : 0; }
+  // Regression or multi-label targets (float), not class labels: no classes, no label histogram.
+  bool real_targets() const { return targets.defined() && at::isFloatingType(targets.scalar_type()); }
 };
 
 struct DatasetSplits {

@@ -192,27 +192,22 @@ ScriptChain script_chain(const std::string& spec) {
   return chain;
 }
 
-torch::nn::Sequential layered_model(const std::string& spec, uint64_t seed, const Dataset* data) {
-  if (!is_torchscript(spec)) return build_model(spec, seed);
-  if (data != nullptr && data->size() > 0) check_children_in_order(spec, data->inputs.narrow(0, 0, 1), true);
-  return script_chain(spec).full;
-}
+namespace {
 
-void check_children_in_order(const std::string& spec, const at::Tensor& x, bool always) {
-  const ScriptSpec s = parse_script_spec(spec);
-  if (s.parts() || (s.cut.empty() && !always)) return;
+// Throws unless the children of a chain cut from one script (not part files), run in order on
+// `x`, give what the whole script's forward gives. The script is the children's root: no reload.
+void check_chain(ScriptChain& chain, const std::string& path, const at::Tensor& x) {
   torch::NoGradGuard no_grad;
-  torch::jit::Module whole = load_script(s.path);
+  chain.full->eval();
+  torch::jit::Module whole = *chain.full->ptr(0)->as<ScriptedImpl>()->root();
   whole.eval();
   const at::Tensor want = whole.forward({x}).toTensor();
-  ScriptChain chain = script_chain(spec);
-  chain.full->eval();
   std::vector<std::string> names;
   for (const auto& c : chain.full->named_children()) names.push_back(c.key());
   const std::string advice = fmt::format(
       "the forward of TorchScript model '{}' is not its top-level children run in order ({}), so cutting it by "
       "child name would change the network; give the parts as separate scripts, "
-      "torchscript:bottom=PATH,top=PATH (docs/models.md)", s.path, fmt::join(names, ", "));
+      "torchscript:bottom=PATH,top=PATH (docs/models.md)", path, fmt::join(names, ", "));
   at::Tensor got;
   try {
     got = chain.full->forward(x);
@@ -220,12 +215,31 @@ void check_children_in_order(const std::string& spec, const at::Tensor& x, bool 
     FEDRA_FAIL("{} ({})", advice, torch_error_reason(e));
   }
   FEDRA_REQUIRE(got.sizes() == want.sizes() && torch::allclose(got, want, 1e-4, 1e-5), "{}", advice);
+  chain.full->train();
+}
+
+}  // namespace
+
+torch::nn::Sequential layered_model(const std::string& spec, uint64_t seed, const Dataset* data) {
+  if (!is_torchscript(spec)) return build_model(spec, seed);
+  ScriptChain chain = script_chain(spec);
+  const ScriptSpec s = parse_script_spec(spec);
+  if (!s.parts() && data != nullptr && data->size() > 0) check_chain(chain, s.path, data->inputs.narrow(0, 0, 1));
+  return chain.full;
+}
+
+void check_children_in_order(const std::string& spec, const at::Tensor& x, bool always) {
+  const ScriptSpec s = parse_script_spec(spec);
+  if (s.parts() || (s.cut.empty() && !always)) return;
+  ScriptChain chain = script_chain(spec);
+  check_chain(chain, s.path, x);
 }
 
 torch::jit::Module script_of(const torch::nn::Sequential& model) {
   auto cu = std::make_shared<torch::jit::CompilationUnit>();
   torch::jit::Module root(c10::QualifiedName("__torch__.fedra.Model"), cu);
   std::string body = "def forward(self, x):\n";
+  auto pair = [](const torch::ExpandingArray<2>& a) { return fmt::format("[{}, {}]", (*a)[0], (*a)[1]); };
   for (const auto& child : model->named_children()) {
     const std::string& name = child.key();
     const auto& m = child.value();
@@ -249,21 +263,15 @@ torch::jit::Module script_of(const torch::nn::Sequential& model) {
                     "TorchScript rendering here", name);
       hold();
       body += fmt::format("    x = torch.conv2d(x, self.{0}.weight, self.{0}.bias, {1}, {2}, {3})\n", name,
-                          fmt::format("[{}, {}]", (*o.stride())[0], (*o.stride())[1]),
-                          fmt::format("[{}, {}]", (**padding)[0], (**padding)[1]),
-                          fmt::format("[{}, {}]", (*o.dilation())[0], (*o.dilation())[1]));
+                          pair(o.stride()), pair(*padding), pair(o.dilation()));
     } else if (m->as<torch::nn::ReLUImpl>()) {
       body += "    x = torch.relu(x)\n";
     } else if (m->as<torch::nn::SigmoidImpl>()) {
       body += "    x = torch.sigmoid(x)\n";
     } else if (auto* p = m->as<torch::nn::MaxPool2dImpl>()) {
-      const auto& o = p->options;
-      body += fmt::format("    x = torch.max_pool2d(x, [{}, {}], [{}, {}])\n", (*o.kernel_size())[0], (*o.kernel_size())[1],
-                          (*o.stride())[0], (*o.stride())[1]);
+      body += fmt::format("    x = torch.max_pool2d(x, {}, {})\n", pair(p->options.kernel_size()), pair(p->options.stride()));
     } else if (auto* a = m->as<torch::nn::AvgPool2dImpl>()) {
-      const auto& o = a->options;
-      body += fmt::format("    x = torch.avg_pool2d(x, [{}, {}], [{}, {}])\n", (*o.kernel_size())[0], (*o.kernel_size())[1],
-                          (*o.stride())[0], (*o.stride())[1]);
+      body += fmt::format("    x = torch.avg_pool2d(x, {}, {})\n", pair(a->options.kernel_size()), pair(a->options.stride()));
     } else if (auto* s = m->as<SeparableLinearImpl>()) {
       hold();
       const int64_t blocks = s->weight.size(0), out = s->weight.size(1), chunk = s->weight.size(2);

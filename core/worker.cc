@@ -52,7 +52,7 @@ std::vector<Dataset> load_private_data(const WorkerConfig& c, int64_t count = 1)
   FEDRA_REQUIRE(c.client_index >= 0 && c.client_index < c.num_clients,
                 "--client {}/{}: the index must be in 0..{}", c.client_index, c.num_clients,
                 c.num_clients - 1);
-  const bool real = at::isFloatingType(splits.train.targets.scalar_type());
+  const bool real = splits.train.real_targets();
   FEDRA_REQUIRE(!real || c.partition == "iid", "--partition {} splits by class label, and '{}' has real-valued "
                 "targets (regression or multi-label); use --partition iid, or one file per site with {{client}}",
                 c.partition, c.dataset);
@@ -168,7 +168,7 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     hello.sender = name;
     if (!config.token.empty()) hello.options["token"] = config.token;
     hello.metrics["num_examples"] = static_cast<double>(data.size());
-    if (!config.private_labels && !at::isFloatingType(data.targets.scalar_type())) {  // class labels only
+    if (!config.private_labels && !data.real_targets()) {
       const auto hist = label_histogram(data);
       hello.tensors.emplace_back("label_histogram", at::tensor(hist, at::kLong));
     }

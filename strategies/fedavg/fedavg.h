@@ -317,7 +317,8 @@ class FedAvgWorker : public WorkerStrategy {
   Job job_;
   torch::nn::Sequential model_{nullptr};
   NamedTensors control_;  // SCAFFOLD: this worker's c_i, kept across rounds (zero at first)
-  NamedTensors local_bn_;  // FedBN: this worker's batch norm tensors after its last round
+  NamedTensors bn_;                    // FedBN: the model's batch norm tensors (its own storage)
+  std::vector<at::Tensor> local_bn_;  // FedBN: copies of them after this worker's last round
 };
 
 StrategyInfo fedavg_strategy();

@@ -62,11 +62,16 @@ Message FedAvgWorker::evaluate(const Message& request, WorkerContext& ctx) {
 }
 
 void FedAvgWorker::keep_local_batchnorm() {
-  if (local_bn_.empty()) return;  // the first round: the global ones
+  if (bn_.empty()) {  // the first round: the global ones; from now on, this worker's own
+    const auto names = batchnorm_tensor_names(*model_);
+    const std::set<std::string> wanted(names.begin(), names.end());
+    for (const auto& [name, t] : model_state(*model_)) {
+      if (wanted.count(name)) bn_.emplace_back(name, t);
+    }
+    return;
+  }
   torch::NoGradGuard no_grad;
-  std::map<std::string, at::Tensor> mine;
-  for (const auto& [name, t] : model_state(*model_)) mine.emplace(name, t);
-  for (const auto& [name, t] : local_bn_) mine.at(name).copy_(t);
+  for (size_t i = 0; i < bn_.size(); ++i) bn_[i].second.copy_(local_bn_[i]);
 }
 
 Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx) {
@@ -97,11 +102,7 @@ Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx) {
   if (ins.local_bn) {
     // FedBN: the next round starts from these batch norm tensors, whatever the global ones are.
     local_bn_.clear();
-    const auto names = batchnorm_tensor_names(*model_);
-    const std::set<std::string> wanted(names.begin(), names.end());
-    for (const auto& [name, tensor] : model_state(*model_)) {
-      if (wanted.count(name)) local_bn_.emplace_back(name, tensor.clone());
-    }
+    for (const auto& bn : bn_) local_bn_.push_back(bn.second.clone());
   }
   const auto t_trained = Clock::now();
   FitRes res;

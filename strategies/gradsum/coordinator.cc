@@ -33,8 +33,8 @@ class GradSumCoordinator : public SteppedStrategy {
 
   void prepare(const RunContext& ctx) override {
     model_ = initial_model(ctx, o_.init());
-    buffer_layout_.clear();
-    for (const auto& b : model_->named_buffers()) buffer_layout_.emplace_back(b.key(), b.value());
+    buffers_.clear();
+    for (const auto& b : model_->named_buffers()) buffers_.emplace_back(b.key(), b.value());
     layout_ = layout_of(*model_, static_cast<uint64_t>(o_.bucket_kb()) << 10);
     optimizer_.emplace(OptimizerConfig::from(o_.optim()), layout_.names, layout_.params);
     for (const auto& bucket : layout_.buckets) {
@@ -121,7 +121,7 @@ class GradSumCoordinator : public SteppedStrategy {
     for (size_t i = 0; i < layout_.params.size(); ++i) run.params.emplace_back(layout_.names[i], layout_.params[i]);
     // Buffers (batch norm's running statistics) go down with the parameters and come back in
     // each replica's done; the coordinator's model takes their average (below).
-    for (const auto& b : model_->named_buffers()) run.params.emplace_back(b.key(), b.value());
+    run.params.insert(run.params.end(), buffers_.begin(), buffers_.end());
     WeightedAverage buffers;
     if (o_.sync() == Sync::kGradient) run.opt_state = optimizer_->state();
     std::vector<Instruction> instructions;
@@ -139,7 +139,7 @@ class GradSumCoordinator : public SteppedStrategy {
       m.expect_kind(kDone, w.name);
       if (!m.tensors.empty()) {
         try {
-          check_layout(buffer_layout_, m.tensors);
+          check_layout(buffers_, m.tensors);
           buffers.add(m.tensors, 1.0);
         } catch (const Error& e) {
           FEDRA_FAIL("worker {}'s buffers at the end of round {}: {}", w.name, round, e.what());
@@ -158,7 +158,11 @@ class GradSumCoordinator : public SteppedStrategy {
     at::set_num_threads(1);
     const auto failures = cohort.exchange(std::move(instructions), ex);
     at::set_num_threads(threads);
-    if (buffers.count() > 0) load_buffers(buffers.take_average());
+    if (buffers.count() > 0) {
+      torch::NoGradGuard no_grad;
+      const NamedTensors average = buffers.take_average();  // in buffers_' order: every layout was checked
+      for (size_t i = 0; i < buffers_.size(); ++i) buffers_[i].second.copy_(average[i].second);
+    }
 
     if (!r.abort_reason.empty()) {
       FEDRA_FAIL("gradsum round {} failed at step {}: {}{}", round, r.step, r.abort_reason,
@@ -314,14 +318,7 @@ class GradSumCoordinator : public SteppedStrategy {
 
   GradSumOptions o_;
   torch::nn::Sequential model_{nullptr};
-  NamedTensors buffer_layout_;  // the model's buffers (names, shapes, dtypes a replica's done must match)
-
-  void load_buffers(const NamedTensors& average) {
-    torch::NoGradGuard no_grad;
-    std::map<std::string, at::Tensor> mine;
-    for (const auto& b : model_->named_buffers()) mine.emplace(b.key(), b.value());
-    for (const auto& [name, t] : average) mine.at(name).copy_(t);
-  }
+  NamedTensors buffers_;  // the model's buffers (its own tensors): sent, checked against, averaged into
   Layout layout_;
   std::optional<ParamOptimizer> optimizer_;
   std::vector<NamedTensors> bucket_refs_;
