@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/model.h"
+#include "core/placement.h"
 #include "core/training.h"
 #include "core/process.h"
 #include "core/stop.h"
@@ -143,6 +144,11 @@ Coordinator::Coordinator(CoordinatorConfig config, const StrategyRegistry& regis
   if (!config_.port_file.empty()) {
     const std::string addr = cohort_->local_address();
     write_file_atomically(config_.port_file, addr.substr(addr.rfind(':') + 1) + "\n");
+  }
+  if (!config_.address_file.empty()) {
+    const std::string addr = advertised_address(config_.advertise, cohort_->local_address());
+    write_file_atomically(config_.address_file, addr + "\n");
+    spdlog::info("workers reach this coordinator at {} (written to {})", addr, config_.address_file);
   }
   spdlog::info("coordinator listening on {} (strategy {}, model {}, {} threads)",
                cohort_->local_address(), job.strategy, job.model, config_.threads);

@@ -31,6 +31,10 @@ struct CoordinatorConfig {
   int threads = 0;        // LibTorch intra-op threads; 0: all cores
   std::string out_dir;    // metrics.jsonl and summary.json; empty: none
   std::string port_file;  // if set, the bound port is written here once listening
+  // If set, HOST:PORT for workers (advertised_address of `advertise` and the bound address) is
+  // written here once listening, for `fedra worker --connect file:PATH` (core/placement.h).
+  std::string address_file;
+  std::string advertise;
   // Continue the run in out_dir from its last checkpoint (OUT/checkpoint/state.json): the
   // strategy's state and round are restored and metrics.jsonl keeps the rounds before it.
   bool resume = false;

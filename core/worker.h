@@ -29,6 +29,7 @@ class TlsContext;
 struct WorkerConfig {
   std::string coordinator = "127.0.0.1:7000";  // HOST:PORT
   std::string name;                            // default: hostname-pid
+  std::string placement;  // how --client auto placed this worker, for the log; empty otherwise
   std::string token;
   std::string dataset = "fmnist";
   std::string partition = "iid";

@@ -1,5 +1,6 @@
 #include "apps/fedra/cli.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -8,6 +9,7 @@
 
 #include <fmt/ranges.h>
 
+#include "core/placement.h"
 #include "transport/tcp/tls.h"
 
 namespace fedra::cli {
@@ -99,7 +101,13 @@ struct Groups {
     listen.add_options()
         ("listen", po::value<std::string>()->default_value("127.0.0.1:7000"),
          "HOST:PORT to accept workers on (0.0.0.0 for all interfaces; port 0 picks one)")
-        ("port-file", po::value<std::string>(), "write the bound port to this file (for scripts)");
+        ("port-file", po::value<std::string>(), "write the bound port to this file (for scripts)")
+        ("address-file", po::value<std::string>(),
+         "write HOST:PORT for workers to this file once listening (on a directory the workers share: "
+         "they read it with --connect file:PATH; docs/deploy.md)")
+        ("advertise", po::value<std::string>(),
+         "HOST or HOST:PORT the workers reach this coordinator by, written to --address-file; default: the "
+         "--listen host, or this machine's host name when listening on all interfaces");
     coordinator.add_options()
         ("min-workers", po::value<int64_t>(), "workers to wait for before training (simulate: --workers)")
         ("wait-timeout", po::value<double>()->default_value(120),
@@ -130,10 +138,17 @@ struct Groups {
          "to its start and run it again, up to N times, once enough workers are connected: a "
          "worker restarted with the same name rejoins; 0 = a failed round ends the job");
     worker.add_options()
-        ("connect", po::value<std::string>()->default_value("127.0.0.1:7000"), "coordinator HOST:PORT")
+        ("connect", po::value<std::string>()->default_value("127.0.0.1:7000"),
+         "coordinator HOST:PORT, or file:PATH to wait for the address the coordinator writes with "
+         "--address-file; with --client auto and MASTER_ADDR/MASTER_PORT set, those are the default")
         ("name", po::value<std::string>(), "worker name in logs and metrics; default: host-pid")
         ("client", po::value<std::string>()->default_value("0/1"),
-         "I/N: hold part I (from 0) of the dataset partitioned N ways; 0/1: all of it")
+         "I/N: hold part I (from 0) of the dataset partitioned N ways; 0/1: all of it. auto: I and N from the "
+         "scheduler (SLURM_PROCID/SLURM_NTASKS, RANK/WORLD_SIZE, or JOB_COMPLETION_INDEX with auto/N; "
+         "docs/deploy.md)")
+        ("rank-offset", po::value<int64_t>()->default_value(0),
+         "with --client auto: scheduler ranks below this are not workers (the coordinator's rank in a "
+         "PyTorchJob or srun --multi-prog); rank r is client r - offset")
         ("virtual-clients", po::value<int64_t>()->default_value(1),
          "host this many clients in this process, I .. I+K-1 of --client I/N, each with its own "
          "connection, name (NAME-i, default worker-i) and part of the data")
@@ -418,6 +433,11 @@ CoordinatorConfig coordinator_config(const po::variables_map& vm, const Strategy
     c.round_retries = static_cast<int>(retries);
   }
   if (vm.count("port-file")) c.port_file = vm["port-file"].as<std::string>();
+  if (vm.count("address-file")) c.address_file = vm["address-file"].as<std::string>();
+  if (vm.count("advertise")) {
+    c.advertise = vm["advertise"].as<std::string>();
+    FEDRA_REQUIRE(!c.advertise.empty(), "--advertise needs HOST or HOST:PORT");
+  }
   if (vm.count("tls-cert") || vm.count("tls-key") || vm.count("tls-ca")) {
     FEDRA_REQUIRE(vm.count("tls-cert") && vm.count("tls-key"),
                   "the coordinator needs --tls-cert and --tls-key for TLS (--tls-ca alone only "
@@ -441,16 +461,34 @@ WorkerConfig worker_config(const po::variables_map& vm) {
   w.dataset = vm["dataset"].as<std::string>();
   w.partition = vm["partition"].as<std::string>();
   const std::string client = vm["client"].as<std::string>();
-  const auto slash = client.find('/');
-  try {
-    FEDRA_REQUIRE(slash != std::string::npos, "");
-    w.client_index = std::stoll(client.substr(0, slash));
-    w.num_clients = std::stoll(client.substr(slash + 1));
-  } catch (const std::exception&) {
-    FEDRA_FAIL("--client '{}' is not I/N (e.g. 3/10: part 3, counting from 0, of 10)", client);
+  if (is_auto_placement(client)) {
+    const Placement p = discover_placement(client, vm["rank-offset"].as<int64_t>(), process_environment());
+    // A process hosting K virtual clients is K consecutive clients: rank r holds r*K .. r*K+K-1.
+    const int64_t k = vm.count("virtual-clients") ? std::max<int64_t>(1, vm["virtual-clients"].as<int64_t>()) : 1;
+    w.client_index = p.index * k;
+    w.num_clients = p.count * k;
+    w.placement = k == 1 ? fmt::format("client {}/{} from {}", p.index, p.count, p.source)
+                         : fmt::format("clients {}..{} of {} from {}, {} per process", w.client_index,
+                                       w.client_index + k - 1, w.num_clients, p.source, k);
+    if (vm["connect"].defaulted() && !p.coordinator.empty()) {
+      w.coordinator = p.coordinator;
+      w.placement += fmt::format("; coordinator {} from MASTER_ADDR, MASTER_PORT", p.coordinator);
+    }
+    if (w.name.empty() && k == 1) w.name = fmt::format("worker-{}", p.index);
+  } else {
+    FEDRA_REQUIRE(vm["rank-offset"].defaulted(), "--rank-offset applies to --client auto only (got --client {})",
+                  client);
+    const auto slash = client.find('/');
+    try {
+      FEDRA_REQUIRE(slash != std::string::npos, "");
+      w.client_index = std::stoll(client.substr(0, slash));
+      w.num_clients = std::stoll(client.substr(slash + 1));
+    } catch (const std::exception&) {
+      FEDRA_FAIL("--client '{}' is not I/N (e.g. 3/10: part 3, counting from 0, of 10) or auto", client);
+    }
+    FEDRA_REQUIRE(w.num_clients >= 1 && w.client_index >= 0 && w.client_index < w.num_clients,
+                  "--client {}: need 0 <= I < N", client);
   }
-  FEDRA_REQUIRE(w.num_clients >= 1 && w.client_index >= 0 && w.client_index < w.num_clients,
-                "--client {}: need 0 <= I < N", client);
   w.seed = vm["seed"].as<uint64_t>();
   w.threads = vm["threads"].as<int>() < 0 ? 1 : vm["threads"].as<int>();
   w.connect_timeout = seconds_option(vm, "connect-timeout");
@@ -466,11 +504,20 @@ WorkerConfig worker_config(const po::variables_map& vm) {
                   "(a worker never connects to a coordinator it cannot verify)");
     transport::tcp::TlsConfig tls;
     tls.ca_file = vm["tls-ca"].as<std::string>();
-    if (vm.count("tls-cert")) tls.cert_file = vm["tls-cert"].as<std::string>();
-    if (vm.count("tls-key")) tls.key_file = vm["tls-key"].as<std::string>();
+    // {client} in a path is this worker's index: one certificate per worker from one command line
+    // (srun, an Indexed Job).
+    const auto with_client = [&](std::string path) {
+      for (size_t at; (at = path.find("{client}")) != std::string::npos;) {
+        path.replace(at, 8, std::to_string(w.client_index));
+      }
+      return path;
+    };
+    if (vm.count("tls-cert")) tls.cert_file = with_client(vm["tls-cert"].as<std::string>());
+    if (vm.count("tls-key")) tls.key_file = with_client(vm["tls-key"].as<std::string>());
     if (vm.count("tls-server-name")) tls.server_name = vm["tls-server-name"].as<std::string>();
     w.tls = std::make_shared<transport::tcp::TlsContext>(transport::tcp::TlsRole::kClient, tls);
   }
+  w.coordinator = resolve_coordinator_address(w.coordinator, w.connect_timeout);
   return w;
 }
 

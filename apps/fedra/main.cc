@@ -109,6 +109,7 @@ int main(int argc, char** argv) {
       case Command::kWorker: {
         const auto config = fedra::cli::worker_config(vm);
         fedra::init_logging(config.name.empty() ? "worker" : config.name, level);
+        if (!config.placement.empty()) spdlog::info("placement: {}", config.placement);
         const int64_t virtual_clients = vm["virtual-clients"].as<int64_t>();
         if (virtual_clients > 1) return fedra::run_virtual_clients(config, virtual_clients, registry);
         return fedra::run_worker(config, registry);
