@@ -23,6 +23,9 @@ packages=(
   clang libclang-rt-14-dev
   # the benchmark suite's plots (PNG via cairo, SVG) and a font to label them with
   gnuplot-nox fonts-dejavu-core
+  # deployment tests (tests/deploy): a single-node Slurm cluster, the Kubernetes API's models for
+  # the manifests' schema check, unshare/nsenter for the multi-host namespaces
+  munge slurmctld slurmd slurm-client python3-kubernetes python3-yaml util-linux
 )
 
 sudo=""
