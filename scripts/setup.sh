@@ -38,6 +38,12 @@ done
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${#missing[@]} Debian packages: ${missing[*]}"
+  # munge's post-install script makes /etc/munge/munge.key by switching to the munge user with su,
+  # which fails where su cannot start a shell (some chroots and containers), and then the slurm
+  # packages stay unconfigured. With a key already there it only sets its owner.
+  if [ ! -e /etc/munge/munge.key ]; then
+    $sudo sh -c 'umask 077 && mkdir -p /etc/munge && head -c 1024 /dev/urandom > /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key'
+  fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update
   $sudo apt-get install -y --no-install-recommends "${packages[@]}"
