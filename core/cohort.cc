@@ -524,7 +524,10 @@ std::vector<Failure> TcpCohort::exchange(std::vector<Instruction> instructions, 
     asked.push_back(m);
     ++outstanding;
   }
-  const bool finished = impl_->run_until_fn([&] { return outstanding == 0; }, handlers.deadline);
+  bool finished = impl_->run_until_fn([&] { return outstanding == 0; }, handlers.deadline);
+  while (!finished && !impl_->stop && handlers.on_deadline && handlers.on_deadline()) {
+    finished = impl_->run_until_fn([&] { return outstanding == 0; }, handlers.deadline);
+  }
   if (!finished) {
     const std::string why = impl_->stop
                                 ? std::string("interrupted by a signal")

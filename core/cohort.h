@@ -105,6 +105,10 @@ struct Exchange {
   // Read on every wake-up, so a strategy can push it back as progress is made (a per-step
   // deadline). Pending requests fail with kOverloaded when it passes.
   std::function<Deadline()> deadline;
+  // Called when the deadline passes with requests still pending: a strategy with steps (secure
+  // aggregation) cancels the late workers and goes on; returning true keeps the exchange running
+  // (with the deadline read again), false (or no handler) fails every pending request.
+  std::function<bool()> on_deadline;
 };
 
 // The interface strategies program against. TcpCohort (below) is the real one; LocalCohort

@@ -307,6 +307,12 @@ std::vector<Failure> LocalCohort::exchange(std::vector<Instruction> instructions
     {
       std::unique_lock<std::mutex> lock(impl_->mu);
       const bool got = impl_->coordinator_cv.wait_until(lock, handlers.deadline(), [&] { return !impl_->to_coord.empty(); });
+      if (!got && handlers.on_deadline) {
+        lock.unlock();
+        const bool go_on = handlers.on_deadline();
+        lock.lock();
+        if (go_on) continue;
+      }
       if (!got) {
         std::vector<WorkerId> late;
         for (const auto& [id, info] : asked) {

@@ -22,6 +22,14 @@ std::vector<WorkerId> RoundStrategy::select_workers(uint32_t round, Cohort& coho
   return cohort.sample(cfg.fraction, static_cast<size_t>(cfg.min_workers), seed);
 }
 
+std::vector<Failure> RoundStrategy::run_fit(uint32_t round, Cohort& cohort, std::vector<Instruction> instructions,
+                                            Deadline deadline, size_t& accepted) {
+  return cohort.request_all(std::move(instructions), deadline, [&](const WorkerInfo& w, Message&& result) {
+    accumulate_fit(round, w, std::move(result));
+    ++accepted;  // only reached when accumulate_fit accepted the result
+  });
+}
+
 void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
   initialize(ctx);
   const RoundConfig cfg = round_config();
@@ -59,12 +67,8 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
     }
     const size_t asked = instructions.size();
     size_t accepted = 0;
-    std::vector<Failure> failures = cohort.request_all(
-        std::move(instructions), Clock::now() + cfg.fit_timeout,
-        [&](const WorkerInfo& w, Message&& result) {
-          accumulate_fit(round, w, std::move(result));
-          ++accepted;  // only reached when accumulate_fit accepted the result
-        });
+    std::vector<Failure> failures =
+        run_fit(round, cohort, std::move(instructions), Clock::now() + cfg.fit_timeout, accepted);
     if (ctx.stop_requested()) FEDRA_FAIL("interrupted during round {}", round);
     for (const auto& f : failures) {
       spdlog::warn("round {}: worker {} failed ({}): {}", round, f.name, error_kind_name(f.kind),

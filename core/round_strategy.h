@@ -46,6 +46,12 @@ class RoundStrategy : public CoordinatorStrategy {
   virtual std::vector<WorkerId> select_workers(uint32_t round, Cohort& cohort,
                                                const RunContext& ctx);
   virtual Message configure_fit(uint32_t round, const WorkerInfo& worker) = 0;
+  // Sends the round's instructions and hands each accepted result to accumulate_fit; returns the
+  // failures and counts the accepted results in `accepted`. Default: Cohort::request_all. A
+  // strategy whose round is a protocol of several messages (secure aggregation) runs its own
+  // exchange here.
+  virtual std::vector<Failure> run_fit(uint32_t round, Cohort& cohort, std::vector<Instruction> instructions,
+                                       Deadline deadline, size_t& accepted);
   virtual void accumulate_fit(uint32_t round, const WorkerInfo& worker, Message&& result) = 0;
   virtual Metrics aggregate_fit(uint32_t round, const std::vector<Failure>& failures) = 0;
   virtual Metrics evaluate(uint32_t round, RunContext& ctx) {
