@@ -1,4 +1,6 @@
 // FedAvg's coordinator half.
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <map>
@@ -17,6 +19,13 @@
 namespace fedra::fedavg {
 
 namespace {
+// CPU time of the calling thread (the strategy's): what the coordinator itself spends on a round.
+double thread_cpu_s() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -148,6 +157,72 @@ Message FedAvgCoordinator::configure_fit(uint32_t round, const WorkerInfo& worke
   return configure(round, worker).encode();
 }
 
+std::vector<Failure> FedAvgCoordinator::run_fit(uint32_t round, Cohort& cohort, std::vector<Instruction> instructions,
+                                                Deadline deadline, size_t& accepted) {
+  const double cpu0 = thread_cpu_s();
+  std::vector<Failure> failures = options_.secure().secagg()
+                                      ? run_secagg(round, cohort, std::move(instructions), deadline, accepted)
+                                      : RoundStrategy::run_fit(round, cohort, std::move(instructions), deadline, accepted);
+  fit_cpu_s_ = thread_cpu_s() - cpu0;
+  return failures;
+}
+
+std::vector<Failure> FedAvgCoordinator::run_secagg(uint32_t round, Cohort& cohort, std::vector<Instruction> instructions,
+                                                   Deadline deadline, size_t& accepted) {
+  // DP-FedAvg's mean is unweighted (each clipped update counts once); FedAvg's weighs by examples.
+  const bool unit_weights = options_.privacy().on();
+  std::map<WorkerId, WorkerInfo> connected;
+  for (WorkerInfo& w : cohort.workers()) connected.emplace(w.id, std::move(w));
+  std::map<WorkerId, std::pair<std::string, double>> asked;
+  for (const Instruction& ins : instructions) {
+    const auto it = connected.find(ins.worker);
+    if (it == connected.end()) continue;
+    asked[ins.worker] = {it->second.name,
+                         unit_weights ? 1.0 : static_cast<double>(std::max<int64_t>(it->second.num_examples, 1))};
+  }
+  secagg_.emplace();
+  try {
+    const uint64_t graph_seed = (job_.seed ^ 0x5ECA66ULL) * 0x9E3779B97F4A7C15ULL + round;
+    SecAggRound protocol(round, options_.secure(), global_, std::move(asked), graph_seed);
+    const double training_s = std::max(1.0, std::chrono::duration<double>(deadline - Clock::now()).count());
+    std::map<WorkerId, std::string> names;
+    for (Instruction& ins : instructions) {
+      SecAggIns s = protocol.instruction(ins.worker, training_s);
+      const std::string& name = connected.count(ins.worker) ? connected.at(ins.worker).name : std::string();
+      // NAME:VALUE or NAME:VALUE@ROUND (that round only).
+      const auto in_round = [&](std::string v) {
+        const auto at = v.find('@');
+        if (at == std::string::npos) return v;
+        return v.substr(at + 1) == std::to_string(round) ? v.substr(0, at) : std::string();
+      };
+      s.drop = in_round(FedAvgTesting::value_for(options_.testing().secagg_drop(), name));
+      s.cheat = in_round(FedAvgTesting::value_for(options_.testing().secagg_cheat(), name));
+      s.encode(ins.message);
+    }
+    std::vector<Failure> failures = protocol.run(cohort, std::move(instructions), deadline);
+    *secagg_ = std::move(protocol.result());
+    const SecAggRound::Result& r = *secagg_;
+    if (r.ok) {
+      for (const auto& [name, f] : r.figures) {
+        const double n = f.count("num_examples") ? f.at("num_examples") : 0;
+        loss_sum_ += (f.count("train_loss") ? f.at("train_loss") : 0) * n;
+        weight_sum_ += n;
+        examples_ += static_cast<int64_t>(n);
+        worker_train_s_ = std::max(worker_train_s_, f.count("train_s") ? f.at("train_s") : 0);
+        worker_load_s_ = std::max(worker_load_s_, f.count("load_s") ? f.at("load_s") : 0);
+        if (f.count("dp_unclipped")) dp_unclipped_ += f.at("dp_unclipped");
+      }
+      accepted_ = r.figures.size();
+      accepted = accepted_;
+    }
+    return failures;
+  } catch (const Error& e) {
+    secagg_->ok = false;
+    secagg_->failure = e.what();
+    return {};
+  }
+}
+
 void FedAvgCoordinator::accumulate_fit(uint32_t round, const WorkerInfo& worker, Message&& message) {
   FitRes result = FitRes::decode(std::move(message), round, worker.name);
   const auto t0 = std::chrono::steady_clock::now();
@@ -232,6 +307,22 @@ NamedTensors FedAvgCoordinator::dp_aggregate() {
   return next;
 }
 
+NamedTensors FedAvgCoordinator::secagg_aggregate() {
+  const SecAggRound::Result& r = *secagg_;
+  // DP-FedAvg: the sum of clipped, noised updates over the sampled workers (as dp_aggregate).
+  const double denom = options_.privacy().on() ? static_cast<double>(std::max<size_t>(sampled_, 1)) : r.weight_sum;
+  NamedTensors next;
+  size_t j = 0;
+  for (const auto& [name, g] : global_) {
+    if (g.is_floating_point()) {
+      next.emplace_back(name, (g.to(at::kDouble) + r.sum[j++].second / denom).to(g.scalar_type()));
+    } else {
+      next.emplace_back(name, g.clone());  // integer buffers (batch counts) are not summed: kept
+    }
+  }
+  return next;
+}
+
 NamedTensors FedAvgCoordinator::aggregate(uint32_t) {
   if (!options_.robust().holds_updates()) return average_.take_average();
   std::vector<NamedTensors> held = std::move(held_);
@@ -252,6 +343,16 @@ Metrics FedAvgCoordinator::aggregate_fit(uint32_t round, const std::vector<Failu
   loss_sum_ = weight_sum_ = 0;
   examples_ = 0;
   if (!refusal_.empty()) FEDRA_FAIL("{}", refusal_);
+  std::optional<SecAggRound::Result> secagg = std::move(secagg_);
+  secagg_.reset();
+  Metrics secagg_figures;
+  if (secagg) {
+    secagg_figures = {{"secagg_dropped", static_cast<int64_t>(secagg->dropped)},
+                      {"secagg_refused", static_cast<int64_t>(secagg->refused)},
+                      {"secagg_worker_cpu_s_max", secagg->worker_cpu_s},
+                      {"secagg_clipped", static_cast<int64_t>(secagg->clipped)}};
+    FEDRA_REQUIRE(secagg->ok, "round {}: {}", round, secagg->failure);
+  }
   const DpOptions& dp = options_.privacy();
   if (dp.on() && got > 0) {
     // Charged whenever updates were taken, even if the round then fails: the workers released them.
@@ -265,7 +366,9 @@ Metrics FedAvgCoordinator::aggregate_fit(uint32_t round, const std::vector<Failu
                failures.empty() ? std::string() : "; failures: " + describe_failures(failures));
   }
   const auto t0 = std::chrono::steady_clock::now();
-  server_update(round, dp.on() ? dp_aggregate() : aggregate(round));
+  if (secagg) secagg_ = std::move(secagg);  // read by secagg_aggregate
+  server_update(round, secagg_ ? secagg_aggregate() : dp.on() ? dp_aggregate() : aggregate(round));
+  secagg_.reset();
   if (!control_delta_sum_.empty()) {
     // c <- c + (1/N) sum over the round's workers of delta c_i (Karimireddy et al., Algorithm 1),
     // N the workers connected when the round began.
@@ -280,8 +383,10 @@ Metrics FedAvgCoordinator::aggregate_fit(uint32_t round, const std::vector<Failu
                {"accumulate_s", accumulate_s_},
                {"average_s", seconds_since(t0)},
                {"worker_load_s_max", worker_load_s_},
-               {"worker_train_s_max", worker_train_s_}};
+               {"worker_train_s_max", worker_train_s_},
+               {"fit_cpu_s", fit_cpu_s_}};
   accumulate_s_ = worker_train_s_ = worker_load_s_ = 0;
+  for (auto& f : secagg_figures) m.push_back(std::move(f));
   for (auto& extra : round_metrics(round)) m.push_back(std::move(extra));
   return m;
 }

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@
 #include "core/robust_aggregation.h"
 #include "core/round_strategy.h"
 #include "core/server_optimizer.h"
+#include "strategies/fedavg/secagg.h"
 
 namespace fedra::fedavg {
 
@@ -55,14 +57,23 @@ struct FedAvgTesting {
   FEDRA_ARG(std::string, byzantine) = "";
   FEDRA_ARG(Attack, attack) = Attack::kSignFlip;
   FEDRA_ARG(double, attack_scale) = 10;
+  FEDRA_ARG(std::string, secagg_drop) = "";
+  FEDRA_ARG(std::string, secagg_cheat) = "";
   template <class F>
   void visit(F&& f) {
     f("byzantine", byzantine_, "comma-separated worker names that attack; empty: none");
     f("attack", attack_, "sign_flip, scale or noise");
     f("attack_scale", attack_scale_, "s: the factor (sign_flip, scale) or the noise's standard deviation");
+    f("secagg_drop", secagg_drop_,
+      "NAME:STEP[:exit][@ROUND],...: under secagg the named worker drops out after sending keys, shares or "
+      "masked (its request fails; with :exit its process exits), every round or round ROUND only");
+    f("secagg_cheat", secagg_cheat_,
+      "NAME:KIND[@ROUND],...: under secagg the named worker cheats: wrong_share, replay or length");
   }
   void validate(const std::string&) const {}
   bool names(const std::string& worker) const;
+  // The value for `worker` in a NAME:VALUE,... list ("" if it is not named).
+  static std::string value_for(const std::string& list, const std::string& worker);
 };
 
 // Federated evaluation: workers evaluate the global model on the data they hold out (--holdout).
@@ -97,6 +108,7 @@ struct FedAvgOptions {
   FEDRA_ARG(ServerOptOptions, server);
   FEDRA_ARG(RobustOptions, robust);
   FEDRA_ARG(DpOptions, privacy);
+  FEDRA_ARG(SecAggOptions, secure);
   FEDRA_ARG(double, round_timeout) = 600;
   FEDRA_ARG(EvalOptions, eval);
   FEDRA_ARG(FedEvalOptions, fed_eval);
@@ -126,6 +138,7 @@ struct FedAvgOptions {
     f.group(server_);
     f.group(robust_);
     f.group(privacy_);
+    f.group(secure_);
     f("round_timeout", round_timeout_, "seconds a round waits for results before failing stragglers");
     f.group(eval_);
     f.group(fed_eval_);
@@ -154,6 +167,7 @@ struct FitIns {
   uint64_t seed = 1;  // the worker's local shuffling
   Attack attack = Attack::kNone;  // tests only: how to corrupt the result (FedAvgTesting)
   double attack_scale = 0;
+  SecAggIns secagg;  // secure aggregation: after training, the protocol instead of fit_result
 
   Message encode() const;
   // Refuses a message of another kind or one lacking a field, naming it.
@@ -243,6 +257,9 @@ class FedAvgCoordinator : public RoundStrategy {
   // RoundStrategy's hooks, written once here.
   RoundConfig round_config() const override { return options_.round_config(); }
   Message configure_fit(uint32_t round, const WorkerInfo& worker) override;
+  // Under secagg the round is secure aggregation's exchange (strategies/fedavg/secagg.h).
+  std::vector<Failure> run_fit(uint32_t round, Cohort& cohort, std::vector<Instruction> instructions,
+                               Deadline deadline, size_t& accepted) override;
   void accumulate_fit(uint32_t round, const WorkerInfo& worker, Message&& result) override;
   Metrics aggregate_fit(uint32_t round, const std::vector<Failure>& failures) override;
   Metrics evaluate(uint32_t round, RunContext& ctx) override;
@@ -262,6 +279,9 @@ class FedAvgCoordinator : public RoundStrategy {
   void check_control(const WorkerInfo& worker, const NamedTensors& delta) const;  // SCAFFOLD
   void add_control(const NamedTensors& delta);
   NamedTensors dp_aggregate();  // DP-FedAvg's noised mean (options_.privacy())
+  NamedTensors secagg_aggregate();  // global + the securely summed updates / their weight
+  std::vector<Failure> run_secagg(uint32_t round, Cohort& cohort, std::vector<Instruction> instructions,
+                                  Deadline deadline, size_t& accepted);
 
   Job job_;
   FedAvgOptions options_;
@@ -284,11 +304,14 @@ class FedAvgCoordinator : public RoundStrategy {
   double dp_last_unclipped_fraction_ = -1;
   RdpAccountant accountant_;
   at::Generator dp_gen_;
+  // Secure aggregation: this round's result (sum of weighted updates, figures, dropouts).
+  std::optional<SecAggRound::Result> secagg_;
   size_t accepted_ = 0;
   double loss_sum_ = 0, weight_sum_ = 0;
   int64_t examples_ = 0;
   // Where a round's time goes, reported in metrics.jsonl.
   double accumulate_s_ = 0, worker_load_s_ = 0, worker_train_s_ = 0;
+  double fit_cpu_s_ = 0;  // the coordinator thread's CPU time in the round's fit exchange
 };
 
 // FedAvg's worker half: loads the global model, trains it locally as FitIns says, returns it.
@@ -309,7 +332,7 @@ class FedAvgWorker : public WorkerStrategy {
   }
 
  private:
-  Message fit(const Message& request, WorkerContext& ctx);
+  Message fit(const Message& request, WorkerContext& ctx, WorkerLink& link);
   Message evaluate(const Message& request, WorkerContext& ctx);
   void attack(const FitIns& ins, NamedTensors& weights) const;
   void keep_local_batchnorm();

@@ -27,6 +27,33 @@ void FedAvgOptions::validate() const {
   FEDRA_REQUIRE(!privacy_.on() || robust_.aggregate() == Aggregator::kMean,
                 "fedavg.dp needs aggregate=mean: its guarantee is for the noised mean of clipped updates, "
                 "not for {}", enum_name(robust_.aggregate()));
+  if (secure_.secagg()) {
+    // The coordinator sees only the sum: whatever needs each update alone cannot run.
+    FEDRA_REQUIRE(robust_.aggregate() == Aggregator::kMean && robust_.clip_norm() == 0,
+                  "fedavg.secagg gives the coordinator the sum of the updates only, so it cannot take a robust "
+                  "aggregate or clip each update (aggregate={}, clip_norm={}): use aggregate=mean, clip_norm 0",
+                  enum_name(robust_.aggregate()), robust_.clip_norm());
+    FEDRA_REQUIRE(privacy_.dp() != DpMode::kServer,
+                  "fedavg.secagg with dp=server: the coordinator cannot clip updates it never sees; use dp=client "
+                  "(each worker clips and noises its own update: distributed DP, docs/security.md)");
+    FEDRA_REQUIRE(!privacy_.dp_adaptive(),
+                  "fedavg.secagg with dp_adaptive: adaptive clipping needs each worker's clipped-or-not bit in the "
+                  "clear; use a fixed dp_clip");
+    FEDRA_REQUIRE(!scaffold_, "fedavg.secagg with scaffold: SCAFFOLD's control variates are not securely summed (yet); "
+                  "turn one of them off");
+  }
+}
+
+std::string FedAvgTesting::value_for(const std::string& list, const std::string& worker) {
+  size_t start = 0;
+  while (start < list.size()) {
+    const size_t end = std::min(list.find(',', start), list.size());
+    const std::string item = list.substr(start, end - start);
+    const size_t colon = item.find(':');
+    if (colon != std::string::npos && item.substr(0, colon) == worker) return item.substr(colon + 1);
+    start = end + 1;
+  }
+  return "";
 }
 
 void FedEvalOptions::validate(const std::string& scope) const {
@@ -78,6 +105,7 @@ Message FitIns::encode() const {
     m.options["testing.attack"] = enum_name(attack);
     m.options["testing.attack_scale"] = fmt::format("{:.17g}", attack_scale);
   }
+  secagg.encode(m);
   return m;
 }
 
@@ -115,6 +143,7 @@ FitIns FitIns::decode(const Message& m) {
     FEDRA_REQUIRE(ins.dp_clip > 0 && ins.dp_noise_std >= 0, "'{}' asks for dp.clip {} and dp.noise_std {}", kFit,
                   ins.dp_clip, ins.dp_noise_std);
   }
+  ins.secagg = SecAggIns::decode(m);
   if (m.options.count("testing.attack")) {
     ins.attack = o.get_enum<Attack>("testing.attack", Attack::kNone);
     ins.attack_scale = o.get_double("testing.attack_scale", 0);

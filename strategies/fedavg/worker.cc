@@ -36,9 +36,9 @@ void FedAvgWorker::attack(const FitIns& ins, NamedTensors& weights) const {
   }
 }
 
-Message FedAvgWorker::handle(const Message& request, WorkerContext& ctx, WorkerLink&) {
+Message FedAvgWorker::handle(const Message& request, WorkerContext& ctx, WorkerLink& link) {
   if (request.kind == kEvaluate) return evaluate(request, ctx);
-  return fit(request, ctx);
+  return fit(request, ctx, link);
 }
 
 Message FedAvgWorker::evaluate(const Message& request, WorkerContext& ctx) {
@@ -74,7 +74,7 @@ void FedAvgWorker::keep_local_batchnorm() {
   for (size_t i = 0; i < bn_.size(); ++i) bn_[i].second.copy_(local_bn_[i]);
 }
 
-Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx) {
+Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx, WorkerLink& link) {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
   const FitIns ins = FitIns::decode(request);
@@ -137,6 +137,11 @@ Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx) {
   res.load_s = std::chrono::duration<double>(t_loaded - t0).count();
   res.train_s = std::chrono::duration<double>(t_trained - t_loaded).count();
   res.fit_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (ins.secagg.on) {
+    // The update leaves this worker only masked, summed with the others' by the protocol.
+    Message figures = res.encode();
+    return secagg_worker(ins.secagg, request.round, ins.weights, res.weights, figures.metrics, ctx, link);
+  }
   return res.encode();
 }
 
