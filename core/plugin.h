@@ -21,7 +21,7 @@
 
 #include "core/registry.h"
 
-#define FEDRA_PLUGIN_ABI 4  // 4: checkpoints of step-driven strategies (RunContext.checkpoint, round_retries)
+#define FEDRA_PLUGIN_ABI 5  // 5: RoundStrategy::run_fit, Exchange::on_deadline, FedAvg with secure aggregation
 
 #ifndef FEDRA_VERSION
 #define FEDRA_VERSION "unknown"
