@@ -24,4 +24,8 @@ void raise_open_file_limit();
 // summary.json and every metrics line report as the coordinator's peak memory.
 uint64_t peak_rss_bytes();
 
+// CPU time the calling thread has used, in seconds (CLOCK_THREAD_CPUTIME_ID): what one side
+// spends on a step, without the other threads of its process.
+double thread_cpu_seconds();
+
 }  // namespace fedra

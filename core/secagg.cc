@@ -68,6 +68,18 @@ uint64_t random_field_element() {
   return mod_p(v);
 }
 
+// y[i] += (or -=) the i-th little-endian word of `stream`, wrapping.
+template <class Word>
+void apply_stream(Word* y, const uint8_t* stream, size_t n, bool subtract) {
+  Word s[16384 / sizeof(Word)];
+  std::memcpy(s, stream, n * sizeof(Word));
+  if (subtract) {
+    for (size_t i = 0; i < n; ++i) y[i] -= s[i];
+  } else {
+    for (size_t i = 0; i < n; ++i) y[i] += s[i];
+  }
+}
+
 }  // namespace
 
 KeyPair KeyPair::generate() {
@@ -133,25 +145,9 @@ void add_mask(void* ring, size_t n, int bits, const Key& seed, bool subtract) {
     int out = 0;
     require_ok(EVP_EncryptUpdate(ctx.get(), stream, &out, zeros, static_cast<int>(len)), "AES-CTR");
     if (bits == 32) {
-      auto* y = reinterpret_cast<uint32_t*>(bytes + done);
-      const size_t m = len / 4;
-      uint32_t s[kChunk / 4];
-      std::memcpy(s, stream, len);
-      if (subtract) {
-        for (size_t i = 0; i < m; ++i) y[i] -= s[i];
-      } else {
-        for (size_t i = 0; i < m; ++i) y[i] += s[i];
-      }
+      apply_stream(reinterpret_cast<uint32_t*>(bytes + done), stream, len / 4, subtract);
     } else {
-      auto* y = reinterpret_cast<uint64_t*>(bytes + done);
-      const size_t m = len / 8;
-      uint64_t s[kChunk / 8];
-      std::memcpy(s, stream, len);
-      if (subtract) {
-        for (size_t i = 0; i < m; ++i) y[i] -= s[i];
-      } else {
-        for (size_t i = 0; i < m; ++i) y[i] += s[i];
-      }
+      apply_stream(reinterpret_cast<uint64_t*>(bytes + done), stream, len / 8, subtract);
     }
     done += len;
   }

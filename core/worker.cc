@@ -32,6 +32,15 @@ std::string default_name() {
   return fmt::format("{}-{}", host, ::getpid());
 }
 
+}  // namespace
+
+std::string with_client_index(std::string text, int64_t index) {
+  for (size_t at; (at = text.find("{client}")) != std::string::npos;) text.replace(at, 8, std::to_string(index));
+  return text;
+}
+
+namespace {
+
 // The training data of clients client_index .. client_index + count - 1: the dataset loaded and
 // partitioned once, whatever the count.
 // With a {client} placeholder in the spec (one file per site), client i reads its own file, whole.
@@ -39,11 +48,7 @@ std::vector<Dataset> load_private_data(const WorkerConfig& c, int64_t count = 1)
   if (c.dataset.find("{client}") != std::string::npos) {
     std::vector<Dataset> parts;
     for (int64_t i = 0; i < count; ++i) {
-      std::string spec = c.dataset;
-      for (size_t at; (at = spec.find("{client}")) != std::string::npos;) {
-        spec.replace(at, 8, std::to_string(c.client_index + i));
-      }
-      parts.push_back(load_dataset(spec, Splits::kTrain).train);
+      parts.push_back(load_dataset(with_client_index(c.dataset, c.client_index + i), Splits::kTrain).train);
     }
     return parts;
   }

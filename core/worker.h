@@ -55,6 +55,9 @@ struct WorkerConfig {
   bool set_threads = true;
 };
 
+// `text` with every {client} replaced by `index` (a per-site data file, certificate, ...).
+std::string with_client_index(std::string text, int64_t index);
+
 // Returns the process exit code: 0 after a shutdown from the coordinator, 1 on an error, 2 if
 // the coordinator refused the worker.
 int run_worker(const WorkerConfig& config, const StrategyRegistry& registry);

@@ -506,14 +506,8 @@ WorkerConfig worker_config(const po::variables_map& vm) {
     tls.ca_file = vm["tls-ca"].as<std::string>();
     // {client} in a path is this worker's index: one certificate per worker from one command line
     // (srun, an Indexed Job).
-    const auto with_client = [&](std::string path) {
-      for (size_t at; (at = path.find("{client}")) != std::string::npos;) {
-        path.replace(at, 8, std::to_string(w.client_index));
-      }
-      return path;
-    };
-    if (vm.count("tls-cert")) tls.cert_file = with_client(vm["tls-cert"].as<std::string>());
-    if (vm.count("tls-key")) tls.key_file = with_client(vm["tls-key"].as<std::string>());
+    if (vm.count("tls-cert")) tls.cert_file = with_client_index(vm["tls-cert"].as<std::string>(), w.client_index);
+    if (vm.count("tls-key")) tls.key_file = with_client_index(vm["tls-key"].as<std::string>(), w.client_index);
     if (vm.count("tls-server-name")) tls.server_name = vm["tls-server-name"].as<std::string>();
     w.tls = std::make_shared<transport::tcp::TlsContext>(transport::tcp::TlsRole::kClient, tls);
   }

@@ -1,6 +1,4 @@
 // FedAvg's coordinator half.
-#include <time.h>
-
 #include <algorithm>
 #include <chrono>
 #include <map>
@@ -10,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "core/model.h"
+#include "core/process.h"
 #include "core/script_model.h"
 #include "core/tensor_checks.h"
 #include "core/training.h"
@@ -19,13 +18,6 @@
 namespace fedra::fedavg {
 
 namespace {
-// CPU time of the calling thread (the strategy's): what the coordinator itself spends on a round.
-double thread_cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -159,11 +151,11 @@ Message FedAvgCoordinator::configure_fit(uint32_t round, const WorkerInfo& worke
 
 std::vector<Failure> FedAvgCoordinator::run_fit(uint32_t round, Cohort& cohort, std::vector<Instruction> instructions,
                                                 Deadline deadline, size_t& accepted) {
-  const double cpu0 = thread_cpu_s();
+  const double cpu0 = thread_cpu_seconds();
   std::vector<Failure> failures = options_.secure().secagg()
                                       ? run_secagg(round, cohort, std::move(instructions), deadline, accepted)
                                       : RoundStrategy::run_fit(round, cohort, std::move(instructions), deadline, accepted);
-  fit_cpu_s_ = thread_cpu_s() - cpu0;
+  fit_cpu_s_ = thread_cpu_seconds() - cpu0;
   return failures;
 }
 

@@ -1,8 +1,6 @@
 // Secure aggregation's protocol (strategies/fedavg/secagg.h), both halves.
 #include "strategies/fedavg/secagg.h"
 
-#include <time.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +9,8 @@
 #include <spdlog/spdlog.h>
 
 #include <torch/torch.h>
+
+#include "core/process.h"
 
 namespace fedra::fedavg {
 
@@ -121,12 +121,6 @@ void maybe_drop(const SecAggIns& ins, const char* step) {
   FEDRA_FAIL("testing: dropped out of secure aggregation after {}", step);
 }
 
-double thread_cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
 const char* step_kind(int step) {
   static const char* kinds[] = {kSecAggKeys, kSecAggShares, kSecAggMasked, kSecAggReveal, "(none)"};
   return kinds[step];
@@ -190,7 +184,7 @@ int64_t secagg_length(const NamedTensors& global) {
 
 Message secagg_worker(const SecAggIns& ins, uint32_t round, const NamedTensors& global, const NamedTensors& trained,
                       const std::map<std::string, double>& figures, WorkerContext& ctx, WorkerLink& link) {
-  const double cpu0 = thread_cpu_s();
+  const double cpu0 = thread_cpu_seconds();
   const WorkerId me = ctx.worker_id;
   FEDRA_REQUIRE(me > 0, "secure aggregation needs the worker's id from the coordinator's welcome");
   FEDRA_REQUIRE(global.size() == trained.size(), "secure aggregation: the trained model has {} tensors, the global {}",
@@ -237,6 +231,9 @@ Message secagg_worker(const SecAggIns& ins, uint32_t round, const NamedTensors& 
   const auto s_shares = secagg::split(s.secret, t, xs);
   const auto b_shares = secagg::split(b, t, xs);
   const secagg::Share own_b = b_shares.back();
+  // One key per neighbour pair, sealing what goes to it and opening what comes from it.
+  std::map<WorkerId, secagg::Key> seal_key;
+  for (WorkerId v : mine) seal_key[v] = secagg::agree(c.secret, keys_of.at(v).first, kSealLabel);
   {
     std::vector<std::vector<uint8_t>> sealed;
     for (size_t i = 0; i < mine.size(); ++i) {
@@ -246,8 +243,8 @@ Message secagg_worker(const SecAggIns& ins, uint32_t round, const NamedTensors& 
       plain.resize(kPlainBytes);
       secagg::write_share(s_shares[i], plain.data() + 16);
       secagg::write_share(b_shares[i], plain.data() + 16 + secagg::kShareBytes);
-      const secagg::Key key = secagg::agree(c.secret, keys_of.at(mine[i]).first, kSealLabel);
-      sealed.push_back(secagg::seal(key, seal_nonce(me), seal_aad(round, me, mine[i]), plain.data(), plain.size()));
+      sealed.push_back(
+          secagg::seal(seal_key.at(mine[i]), seal_nonce(me), seal_aad(round, me, mine[i]), plain.data(), plain.size()));
     }
     Message shares(kSecAggShares, round);
     shares.tensors.emplace_back("to", ids_tensor(mine));
@@ -266,10 +263,9 @@ Message secagg_worker(const SecAggIns& ins, uint32_t round, const NamedTensors& 
     const WorkerId from = senders[i];
     FEDRA_REQUIRE(std::binary_search(mine.begin(), mine.end(), from),
                   "secure aggregation: the inbox holds a share from worker #{}, not a neighbour", from);
-    const secagg::Key key = secagg::agree(c.secret, keys_of.at(from).first, kSealLabel);
     std::vector<uint8_t> plain;
     try {
-      plain = secagg::open(key, seal_nonce(from), seal_aad(round, from, me), sealed_in[i].data(), sealed_in[i].size());
+      plain = secagg::open(seal_key.at(from), seal_nonce(from), seal_aad(round, from, me), sealed_in[i].data(), sealed_in[i].size());
     } catch (const Error& e) {
       FEDRA_FAIL("secure aggregation: the share from worker #{} does not open: {}", from, e.what());
     }
@@ -311,7 +307,7 @@ Message secagg_worker(const SecAggIns& ins, uint32_t round, const NamedTensors& 
     masked.metrics = figures;
     masked.metrics["secagg_clipped"] = clipped;
     // CPU this worker's thread spent on the protocol so far: keys, shares, encoding and masks.
-    masked.metrics["secagg_cpu_s"] = thread_cpu_s() - cpu0;
+    masked.metrics["secagg_cpu_s"] = thread_cpu_seconds() - cpu0;
     link.send(masked);
   }
   maybe_drop(ins, "masked");
