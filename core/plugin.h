@@ -21,7 +21,7 @@
 
 #include "core/registry.h"
 
-#define FEDRA_PLUGIN_ABI 5  // 5: RoundStrategy::run_fit, Exchange::on_deadline, FedAvg with secure aggregation
+#define FEDRA_PLUGIN_ABI 6  // 6: FedAvg with fleets (FleetOptions, round_deadline); 5: RoundStrategy::run_fit, Exchange::on_deadline, secure aggregation
 
 #ifndef FEDRA_VERSION
 #define FEDRA_VERSION "unknown"

@@ -1,5 +1,6 @@
 #include "strategies/builtin.h"
 
+#include "strategies/async/async.h"
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/gradsum/gradsum.h"
 #include "strategies/psl/psl.h"
@@ -16,6 +17,8 @@ void register_builtin_strategies(StrategyRegistry& registry) {
   registry.add(psl::psl_strategy());
   registry.add(tensor::tensor_strategy());
   registry.add(pipeline::pipeline_strategy());
+  registry.add(async::fedasync_strategy());
+  registry.add(async::fedbuff_strategy());
 }
 
 }  // namespace fedra

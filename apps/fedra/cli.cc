@@ -55,7 +55,14 @@ struct Groups {
          "learning adds the cut, e.g. cnn:cut=pool1 or torchscript:net.pt,cut=NAME (docs/strategies.md)")
         ("loss", po::value<std::string>()->default_value("ce"),
          "ce (cross-entropy over classes), bce (binary or multi-label 0/1 targets), mse or l1 (regression: "
-         "scored by MAE and RMSE), psl or psl2 (the partially separable loss)");
+         "scored by MAE and RMSE), psl or psl2 (the partially separable loss)")
+        ("fleet", po::value<std::string>(),
+         "simulated device fleet for fedavg, fedasync and fedbuff (their fleet option): none, lognormal:sigma=S, "
+         "stragglers:fraction=F,slowdown=X or FILE.csv, with step=, latency=, mbps=, online=, offline= "
+         "(docs/fleets.md)")
+        ("clock", po::value<std::string>(),
+         "the fleet's clock (the strategy's clock option): wall (delays slept for real) or virtual "
+         "(simulated time, reproducible from the seed)");
     seed.add_options()
         ("seed", po::value<uint64_t>()->default_value(1),
          "seed for model initialisation, worker sampling, local shuffling and the data partition");
@@ -400,6 +407,17 @@ CoordinatorConfig coordinator_config(const po::variables_map& vm, const Strategy
   const std::string prefix = job.strategy + ".";
   for (const auto& [k, v] : vm) {
     if (k.rfind(prefix, 0) == 0 && !v.defaulted()) job.options.set(k.substr(prefix.size()), v.as<std::string>());
+  }
+  // --fleet and --clock: shorthands for the strategy's own options of those names.
+  for (const char* shorthand : {"fleet", "clock"}) {
+    if (!vm.count(shorthand)) continue;
+    const auto& options = registry.get(job.strategy).options;
+    const bool has = std::any_of(options.begin(), options.end(), [&](const OptionSpec& o) { return o.name == shorthand; });
+    FEDRA_REQUIRE(has, "--{}: strategy {} runs no simulated fleet (fedavg, fedasync and fedbuff do)", shorthand,
+                  job.strategy);
+    FEDRA_REQUIRE(!vm.count(prefix + shorthand) || vm[prefix + shorthand].defaulted(),
+                  "--{0} and --{1}{0} both given; keep one", shorthand, prefix);
+    job.options.set(shorthand, vm[shorthand].as<std::string>());
   }
   c.min_workers = vm.count("min-workers") ? static_cast<size_t>(vm["min-workers"].as<int64_t>()) : 1;
   FEDRA_REQUIRE(c.min_workers >= 1, "--min-workers must be >= 1");

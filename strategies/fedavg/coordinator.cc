@@ -35,12 +35,77 @@ FedAvgCoordinator::FedAvgCoordinator(const Job& job, FedAvgOptions options)
                 "fedavg.local_bn keeps batch norm layers local, and model '{}' has none", job.model);
   dp_clip_ = options_.privacy().dp_clip();
   if (options_.privacy().on()) dp_gen_ = dp_generator(options_.privacy().dp_seed());
+  fleet_ = std::make_shared<Fleet>(options_.fleet().fleet(), job.seed);
+}
+
+bool FedAvgCoordinator::fleet_on() const { return fleet_->active() || options_.round_deadline() > 0; }
+
+double FedAvgCoordinator::fleet_time() const {
+  if (options_.fleet().virtual_clock()) return fleet_now_;
+  return fleet_now_ + (fleet_started_ ? seconds_since(fleet_wall_start_) : 0.0);
+}
+
+// A result of a fleet's device: its duration (simulated from the steps it took, or measured), then
+// whether it went offline first (lost) or missed the round deadline (late, virtual clock).
+void FedAvgCoordinator::fleet_result(const WorkerInfo& worker, int64_t steps) {
+  const double t = round_start_;
+  if (!options_.fleet().virtual_clock()) {
+    const double now = fleet_time();
+    if (fleet_->offline_at(worker.name, t) < now) {
+      ++fleet_lost_;
+      round_device_[worker.name] += now - t;
+      FEDRA_FAIL("{} went offline (fleet churn) while it trained: its update is lost", worker.name);
+    }
+    round_device_[worker.name] += now - t;
+    round_span_ = std::max(round_span_, now - t);
+    return;
+  }
+  uint64_t bytes = 0;
+  for (const auto& [name, g] : global_) bytes += g.nbytes();
+  const double d = fleet_->compute_s(worker.name, steps) + fleet_->network_s(worker.name, bytes, bytes);
+  const double deadline = options_.round_deadline();
+  const double off = fleet_->offline_at(worker.name, t) - t;
+  if (off < d && (deadline == 0 || off < deadline)) {
+    ++fleet_lost_;
+    round_device_[worker.name] += off;
+    FEDRA_FAIL("{} went offline {:.1f} simulated seconds into its {:.1f} s update (fleet churn): the update is lost",
+               worker.name, off, d);
+  }
+  if (deadline > 0 && d > deadline) {
+    ++fleet_late_;
+    round_device_[worker.name] += deadline;
+    FEDRA_FAIL("{}'s update takes {:.1f} simulated seconds, past round_deadline {} s: dropped, its work wasted",
+               worker.name, d, deadline);
+  }
+  round_device_[worker.name] += d;
+  round_span_ = std::max(round_span_, d);
 }
 
 std::vector<WorkerId> FedAvgCoordinator::select_workers(uint32_t round, Cohort& cohort, const RunContext& ctx) {
   connected_ = cohort.size();
   std::vector<WorkerId> chosen = RoundStrategy::select_workers(round, cohort, ctx);
   refusal_.clear();
+  if (fleet_on()) {
+    if (!fleet_started_) {
+      fleet_started_ = true;
+      fleet_wall_start_ = std::chrono::steady_clock::now();
+    }
+    round_start_ = fleet_time();
+    round_span_ = 0;
+    fleet_late_ = fleet_lost_ = fleet_offline_ = 0;
+    // Devices the fleet has offline when the round begins are not asked.
+    std::map<WorkerId, std::string> names;
+    for (const WorkerInfo& w : cohort.workers()) names[w.id] = w.name;
+    std::vector<WorkerId> online;
+    for (WorkerId id : chosen) {
+      if (fleet_->online(names[id], round_start_)) {
+        online.push_back(id);
+      } else {
+        ++fleet_offline_;
+      }
+    }
+    chosen = std::move(online);
+  }
   if (options_.robust().holds_updates()) {
     // Refused up front: nobody trains for a round whose updates could not all be held.
     double model_bytes = 0;
@@ -64,12 +129,21 @@ std::vector<WorkerId> FedAvgCoordinator::select_workers(uint32_t round, Cohort& 
 }
 
 Metrics FedAvgCoordinator::standing_metrics(uint32_t) {
+  Metrics m;
+  if (fleet_on()) {
+    m = {{"virtual_time_s", options_.fleet().virtual_clock() ? fleet_time() : 0.0},
+         {"fleet_time_s", fleet_time()},
+         {"device_s", device_s_},
+         {"updates_late", fleet_late_},
+         {"updates_lost", fleet_lost_},
+         {"workers_offline", fleet_offline_}};
+  }
   const DpOptions& dp = options_.privacy();
-  if (!dp.on()) return {};
-  Metrics m = {{"dp_epsilon", accountant_.epsilon(dp.dp_delta())},
-               {"dp_delta", dp.dp_delta()},
-               {"dp_noise", dp.dp_noise()},
-               {"dp_clip", dp_clip_}};
+  if (!dp.on()) return m;
+  m.insert(m.end(), {{"dp_epsilon", accountant_.epsilon(dp.dp_delta())},
+                     {"dp_delta", dp.dp_delta()},
+                     {"dp_noise", dp.dp_noise()},
+                     {"dp_clip", dp_clip_}});
   if (dp.dp_adaptive() && dp_last_unclipped_fraction_ >= 0) {
     m.emplace_back("dp_unclipped_fraction", dp_last_unclipped_fraction_);
   }
@@ -91,11 +165,18 @@ NamedTensors FedAvgCoordinator::checkpoint_state() const {
     state.emplace_back("dp/rdp", at::tensor(accountant_.rdp(), at::kDouble));
     state.emplace_back("dp/clip", at::tensor({dp_clip_}, at::kDouble));
   }
+  if (fleet_on()) state.emplace_back("fleet/state", at::tensor({fleet_time(), device_s_}, at::kDouble));
   return state;
 }
 
 void FedAvgCoordinator::restore(NamedTensors state) {
   NamedTensors control = take_prefixed(state, kControlStatePrefix);
+  for (auto& [name, t] : take_prefixed(state, "fleet/")) {
+    if (name != "state" || t.numel() != 2) continue;
+    const at::Tensor v = t.to(at::kDouble).contiguous();
+    fleet_now_ = v.data_ptr<double>()[0];  // the clock continues where the checkpoint left it
+    device_s_ = v.data_ptr<double>()[1];
+  }
   for (auto& [name, t] : take_prefixed(state, "dp/")) {
     if (name == "rdp") {
       const at::Tensor r = t.to(at::kDouble).contiguous();
@@ -142,6 +223,12 @@ FitIns FedAvgCoordinator::configure(uint32_t round, const WorkerInfo& worker) {
     ins.attack_scale = options_.testing().attack_scale();
   }
   ins.seed = worker_seed(job_.seed, round, worker.name);
+  if (fleet_->active() && !options_.fleet().virtual_clock()) {
+    uint64_t bytes = 0;
+    for (const auto& [name, g] : global_) bytes += g.nbytes();
+    ins.sleep_factor = std::max(0.0, fleet_->profile(worker.name).slowdown - 1.0);
+    ins.net_s = fleet_->network_s(worker.name, bytes, bytes);
+  }
   return ins;
 }
 
@@ -226,6 +313,7 @@ void FedAvgCoordinator::accumulate_fit(uint32_t round, const WorkerInfo& worker,
   }
   NamedTensors delta_control = std::move(result.delta_control);
   if (options_.scaffold()) check_control(worker, delta_control);
+  if (fleet_on()) fleet_result(worker, result.steps);
   if (options_.robust().clip_norm() > 0) clip_to_norm(global_, result.weights, options_.robust().clip_norm());
   const auto n = static_cast<double>(result.num_examples);
   const double loss = result.train_loss;
@@ -328,6 +416,19 @@ void FedAvgCoordinator::server_update(uint32_t, NamedTensors aggregate) {
 }
 
 Metrics FedAvgCoordinator::aggregate_fit(uint32_t round, const std::vector<Failure>& failures) {
+  // Summed in name order, not arrival order, so the total does not depend on which process ran faster.
+  for (const auto& [name, seconds] : round_device_) device_s_ += seconds;
+  round_device_.clear();
+  if (fleet_on() && options_.fleet().virtual_clock()) {
+    // The round lasts as long as its slowest accepted update, or until the deadline when one was
+    // late; a device lost to churn keeps it waiting until the deadline, or round_timeout.
+    double span = round_span_;
+    if (fleet_late_ > 0) span = std::max(span, options_.round_deadline());
+    if (fleet_lost_ > 0) {
+      span = std::max(span, options_.round_deadline() > 0 ? options_.round_deadline() : options_.round_timeout());
+    }
+    fleet_now_ += span;
+  }
   const size_t got = accepted_;
   const double loss = weight_sum_ > 0 ? loss_sum_ / weight_sum_ : 0;
   const int64_t examples = examples_;

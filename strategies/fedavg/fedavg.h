@@ -25,6 +25,7 @@
 
 #include "core/aggregation.h"
 #include "core/dataset.h"
+#include "core/fleet.h"
 #include "core/message.h"
 #include "core/option_groups.h"
 #include "core/privacy.h"
@@ -110,6 +111,8 @@ struct FedAvgOptions {
   FEDRA_ARG(DpOptions, privacy);
   FEDRA_ARG(SecAggOptions, secure);
   FEDRA_ARG(double, round_timeout) = 600;
+  FEDRA_ARG(double, round_deadline) = 0;
+  FEDRA_ARG(FleetOptions, fleet);
   FEDRA_ARG(EvalOptions, eval);
   FEDRA_ARG(FedEvalOptions, fed_eval);
   FEDRA_ARG(FedAvgTesting, testing);
@@ -140,6 +143,10 @@ struct FedAvgOptions {
     f.group(privacy_);
     f.group(secure_);
     f("round_timeout", round_timeout_, "seconds a round waits for results before failing stragglers");
+    f("round_deadline", round_deadline_,
+      "seconds of the fleet's clock a round waits (clock=virtual: simulated seconds); later results are "
+      "dropped and their work wasted; 0 = wait for every sampled worker");
+    f.group(fleet_);
     f.group(eval_);
     f.group(fed_eval_);
     f.testing(testing_);
@@ -168,6 +175,9 @@ struct FitIns {
   Attack attack = Attack::kNone;  // tests only: how to corrupt the result (FedAvgTesting)
   double attack_scale = 0;
   SecAggIns secagg;  // secure aggregation: after training, the protocol instead of fit_result
+  // A simulated fleet on the wall clock (core/fleet.h): after training, sleep sleep_factor times
+  // the training time plus net_s.
+  double sleep_factor = 0, net_s = 0;
 
   Message encode() const;
   // Refuses a message of another kind or one lacking a field, naming it.
@@ -312,6 +322,18 @@ class FedAvgCoordinator : public RoundStrategy {
   // Where a round's time goes, reported in metrics.jsonl.
   double accumulate_s_ = 0, worker_load_s_ = 0, worker_train_s_ = 0;
   double fit_cpu_s_ = 0;  // the coordinator thread's CPU time in the round's fit exchange
+  // A simulated fleet (options_.fleet()): the fleet's clock when the round began and at the last
+  // round's end (virtual: simulated seconds; wall: since the first round), the longest accepted
+  // update this round, the device seconds spent so far, and this round's late, lost and offline.
+  std::shared_ptr<Fleet> fleet_;
+  double fleet_now_ = 0, round_start_ = 0, round_span_ = 0, device_s_ = 0;
+  std::map<std::string, double> round_device_;  // this round's device seconds by worker
+  int64_t fleet_late_ = 0, fleet_lost_ = 0, fleet_offline_ = 0;
+  std::chrono::steady_clock::time_point fleet_wall_start_;
+  bool fleet_started_ = false;
+  bool fleet_on() const;  // a fleet or a round deadline
+  double fleet_time() const;
+  void fleet_result(const WorkerInfo& worker, int64_t steps);  // throws for a late or lost update
 };
 
 // FedAvg's worker half: loads the global model, trains it locally as FitIns says, returns it.

@@ -20,6 +20,10 @@ void FedAvgOptions::validate() const {
   FEDRA_REQUIRE(batch_size_ >= 1, "fedavg.batch_size must be >= 1, got {}", batch_size_);
   FEDRA_REQUIRE(proximal_mu_ >= 0, "fedavg.proximal_mu must be >= 0, got {}", proximal_mu_);
   FEDRA_REQUIRE(round_timeout_ > 0, "fedavg.round_timeout must be > 0 seconds, got {}", round_timeout_);
+  FEDRA_REQUIRE(round_deadline_ >= 0, "fedavg.round_deadline must be >= 0 seconds (0: none), got {}", round_deadline_);
+  FEDRA_REQUIRE(!secure_.secagg() || (fleet_.fleet() == "none" && round_deadline_ == 0),
+                "fedavg.secagg with a simulated fleet or round_deadline: not supported (the coordinator cannot "
+                "time each update it never sees); turn one of them off");
   FEDRA_REQUIRE(!scaffold_ || (optim_.optimizer() == OptimizerKind::kSgd && optim_.momentum() == 0),
                 "fedavg.scaffold updates its control variates from the local steps' mean gradient "
                 "(option II of Karimireddy et al. 2020), which holds for plain SGD only: set "
@@ -77,7 +81,11 @@ RoundConfig FedAvgOptions::round_config() const {
   c.rounds = rounds_;
   c.fraction = fraction_;
   c.min_workers = min_workers_;
-  c.fit_timeout = std::chrono::milliseconds(static_cast<int64_t>(round_timeout_ * 1000));
+  // On the wall clock a round deadline is a shorter timeout; on the virtual clock the coordinator
+  // applies it in simulated time (coordinator.cc, fleet_result).
+  const double timeout = round_deadline_ > 0 && !fleet_.virtual_clock() ? std::min(round_deadline_, round_timeout_)
+                                                                        : round_timeout_;
+  c.fit_timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000));
   c.eval_every = eval_.eval_every();
   return c;
 }
@@ -104,6 +112,10 @@ Message FitIns::encode() const {
   if (attack != Attack::kNone) {
     m.options["testing.attack"] = enum_name(attack);
     m.options["testing.attack_scale"] = fmt::format("{:.17g}", attack_scale);
+  }
+  if (sleep_factor > 0 || net_s > 0) {
+    m.metrics["fleet.sleep_factor"] = sleep_factor;
+    m.metrics["fleet.net_s"] = net_s;
   }
   secagg.encode(m);
   return m;
@@ -144,6 +156,10 @@ FitIns FitIns::decode(const Message& m) {
                   ins.dp_clip, ins.dp_noise_std);
   }
   ins.secagg = SecAggIns::decode(m);
+  ins.sleep_factor = m.metric_or("fleet.sleep_factor", 0);
+  ins.net_s = m.metric_or("fleet.net_s", 0);
+  FEDRA_REQUIRE(ins.sleep_factor >= 0 && ins.net_s >= 0 && ins.net_s < 1e6, "'{}' asks to sleep {} x training + {} s",
+                kFit, ins.sleep_factor, ins.net_s);
   if (m.options.count("testing.attack")) {
     ins.attack = o.get_enum<Attack>("testing.attack", Attack::kNone);
     ins.attack_scale = o.get_double("testing.attack_scale", 0);

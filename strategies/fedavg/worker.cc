@@ -3,6 +3,7 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <thread>
 
 #include <torch/torch.h>
 
@@ -103,6 +104,11 @@ Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx, WorkerLink
     // FedBN: the next round starts from these batch norm tensors, whatever the global ones are.
     local_bn_.clear();
     for (const auto& bn : bn_) local_bn_.push_back(bn.second.clone());
+  }
+  if (ins.sleep_factor > 0 || ins.net_s > 0) {
+    // A simulated fleet on the wall clock: this device is slower and its link takes time.
+    const double trained_s = std::chrono::duration<double>(Clock::now() - t_loaded).count();
+    std::this_thread::sleep_for(std::chrono::duration<double>(ins.sleep_factor * trained_s + ins.net_s));
   }
   const auto t_trained = Clock::now();
   FitRes res;
