@@ -106,7 +106,7 @@ RunRecorder::RunRecorder(std::string out_dir, int64_t keep_rounds) : out_dir_(st
         else if (v.is_number()) m.emplace_back(k, v.get<double>());
         else if (v.is_string()) m.emplace_back(k, v.get<std::string>());
       }
-      rounds_.push_back(std::move(m));
+      note(m);
       kept += line + "\n";
     }
     write_file_atomically(path, kept);
@@ -122,11 +122,26 @@ RunRecorder::~RunRecorder() {
 }
 
 void RunRecorder::record_round(const Metrics& line) {
-  rounds_.push_back(line);
+  note(line);
   if (fd_ < 0) return;
   const std::string path = out_dir_ + "/metrics.jsonl";
   write_all(fd_, to_json(line).dump() + "\n", path);
   FEDRA_REQUIRE(::fsync(fd_) == 0, "cannot flush '{}' to disk: {}", path, std::strerror(errno));
+}
+
+void RunRecorder::note(const Metrics& line) {
+  ++recorded_;
+  last_ = line;
+  for (const auto& [name, value] : line) {
+    if (name != "test_accuracy" || !std::holds_alternative<double>(value)) continue;
+    if (std::get<double>(value) > best_accuracy_) {
+      best_accuracy_ = std::get<double>(value);
+      best_round_ = 0;
+      for (const auto& [k, v] : line) {
+        if (k == "round" && std::holds_alternative<int64_t>(v)) best_round_ = std::get<int64_t>(v);
+      }
+    }
+  }
 }
 
 void RunRecorder::write_summary(const RunSummary& s) {
@@ -135,24 +150,15 @@ void RunRecorder::write_summary(const RunSummary& s) {
   j["strategy"] = s.strategy;
   j["status"] = s.status;
   if (!s.error.empty()) j["error"] = s.error;
-  j["rounds_recorded"] = rounds_.size();
-  j["final"] = rounds_.empty() ? nlohmann::ordered_json::object() : to_json(rounds_.back());
-  double best = -1;
-  int64_t best_round = 0;
-  for (const auto& r : rounds_) {
-    const nlohmann::ordered_json line = to_json(r);
-    if (line.contains("test_accuracy") && line["test_accuracy"].get<double>() > best) {
-      best = line["test_accuracy"].get<double>();
-      best_round = line.value("round", int64_t{0});
-    }
-  }
-  if (best >= 0) {
-    j["best_test_accuracy"] = best;
-    j["best_round"] = best_round;
+  j["rounds_recorded"] = recorded_;
+  j["final"] = recorded_ == 0 ? nlohmann::ordered_json::object() : to_json(last_);
+  if (best_accuracy_ >= 0) {
+    j["best_test_accuracy"] = best_accuracy_;
+    j["best_round"] = best_round_;
   }
   // The privacy spent (fedavg.dp): every round's line carries the running total, failed ones too.
-  if (!rounds_.empty()) {
-    const nlohmann::ordered_json last = to_json(rounds_.back());
+  if (recorded_ > 0) {
+    const nlohmann::ordered_json last = to_json(last_);
     if (last.contains("dp_epsilon")) {
       j["dp_epsilon"] = last["dp_epsilon"];
       j["dp_delta"] = last["dp_delta"];

@@ -42,12 +42,17 @@ class RunRecorder {
   void write_summary(const RunSummary& summary);
 
   const std::string& out_dir() const { return out_dir_; }
-  const std::vector<Metrics>& rounds() const { return rounds_; }
 
  private:
+  void note(const Metrics& line);  // counts the line, keeps it as the last and the best accuracy
   std::string out_dir_;
   int fd_ = -1;
-  std::vector<Metrics> rounds_;
+  // What summary.json needs, kept as lines arrive (not every line: an asynchronous run of
+  // thousands of server updates, or a line per worker's bytes of 1,000 clients, would pile up).
+  int64_t recorded_ = 0;
+  Metrics last_;
+  double best_accuracy_ = -1;
+  int64_t best_round_ = 0;
 };
 
 // Writes `text` to `path` atomically: a temporary file in the same directory, fsync, rename,

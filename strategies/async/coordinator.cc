@@ -76,6 +76,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
       c.name = w.name;
       c.examples = std::max<int64_t>(w.num_examples, 1);
       index_[w.id] = clients_.size();
+      by_name_[w.name] = clients_.size();
       clients_.push_back(std::move(c));
     }
     FEDRA_REQUIRE(!clients_.empty(), "{}: no clients connected", name);
@@ -249,10 +250,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
         continue;
       }
       const auto [t, name, kind] = *events_.begin();
-      Client* c = nullptr;
-      for (Client& x : clients_) {
-        if (x.name == name) c = &x;
-      }
+      Client* c = &clients_.at(by_name_.at(name));
       if (kind == Event::kUpdate && c->active && !c->arrived) return;  // wait for it
       events_.erase(events_.begin());
       now_ = std::max(now_, t);
@@ -533,6 +531,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
   double wall_offset_ = 0;
   std::vector<Client> clients_;
   std::map<WorkerId, size_t> index_;
+  std::map<std::string, size_t> by_name_;
   std::set<std::tuple<double, std::string, Event>> events_;  // virtual clock: when, whose, what
   std::set<double> wakes_;  // when an offline client comes back (to fill a free slot)
 
