@@ -3,7 +3,7 @@
 FedAsync and FedBuff on the same simulated devices, side by side in one run.
 
   /usr/bin/python3 benchmarks/async_fleet.py [--fedra build/fedra] [--out DIR] [--quick]
-                                             [--plots docs/img]
+                                             [--plots docs/img] [--partition dirichlet:alpha=0.3]
 
 Every run: 100 clients (Fashion-MNIST, iid, 600 images each) in 2 worker processes, MLP 784-200-10,
 one local epoch at batch 32 (19 steps), the fleet lognormal:sigma=1.8 (compute slowdown
@@ -47,8 +47,8 @@ RUNS = {
 }
 
 
-def run(fedra, name, out, quick):
-    args = list(RUNS[name])
+def run(fedra, name, out, quick, partition):
+    args = list(RUNS[name]) + ["--partition", partition]
     if quick:
         for opt, value in (("--fedavg.rounds", "4"), ("--fedasync.updates", "200"), ("--fedbuff.updates", "20")):
             if opt in args:
@@ -85,17 +85,18 @@ def main():
     ap.add_argument("--out", help="directory for the runs (default: a temporary one)")
     ap.add_argument("--plots", help="write the CSV files and SVG plots here (e.g. docs/img)")
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test, not the figures)")
+    ap.add_argument("--partition", default="iid", help="how the data is split over the clients (iid, dirichlet:alpha=A)")
     a = ap.parse_args()
     out = a.out or tempfile.mkdtemp(prefix="fedra-async-")
     results = {}
     for name in RUNS:
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = run(a.fedra, name, os.path.join(out, name), a.quick)
+        results[name] = run(a.fedra, name, os.path.join(out, name), a.quick, a.partition)
     base = results["fedavg"]["points"]
     target = base[-1][2]
     base_time = base[-1][0]
     base_work = base[-1][1]
-    print(f"fleet {FLEET}, 100 clients, virtual clock; target: FedAvg's accuracy after its last round, {target:.4f},"
+    print(f"fleet {FLEET}, 100 clients, {a.partition} data, virtual clock; target: FedAvg's accuracy after its last round, {target:.4f},"
           f" reached at {base_time:.1f} simulated s with {base_work:.1f} device s")
     print(f"{'run':16} {'s to target':>12} {'speed-up':>9} {'acc @ fedavg work':>18} {'final acc':>10} "
           f"{'final sim s':>12} {'device s':>9} {'wall s':>7}")
