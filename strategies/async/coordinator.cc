@@ -123,6 +123,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
     int64_t examples = 1;
     bool active = true;  // its session is open
     bool busy = false;   // training an update
+    bool posted = false;  // busy with a model sent (not a dispatch the virtual clock knows is lost)
     int64_t base_version = 0;
     double dispatched_at = 0, duration = 0;
     Clock::time_point wall_dispatched;
@@ -171,6 +172,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
 
   void dispatch(Client& c, double t) {
     c.busy = true;
+    c.posted = false;
     c.base_version = version_;
     c.dispatched_at = t;
     c.wall_dispatched = Clock::now();
@@ -187,6 +189,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
       }
       events_.insert({t + c.duration, c.name, Event::kUpdate});
     }
+    c.posted = true;
     Message m(initial_ ? kSession : kTrain, static_cast<uint32_t>(version_));
     m.tensors = global_;  // shared: global_ is replaced, never modified, by a server update
     m.options["seed"] = std::to_string(worker_seed(job_.seed, static_cast<uint32_t>(dispatches_), c.name));
@@ -431,7 +434,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
     if (stopping_) return Clock::now() + std::chrono::seconds(60);  // the workers' "done"
     const auto timeout = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.update_timeout()));
     for (const Client& c : clients_) {
-      if (c.active && c.busy && !c.arrived) d = std::min(d, c.wall_dispatched + timeout);
+      if (c.active && c.busy && c.posted && !c.arrived) d = std::min(d, c.wall_dispatched + timeout);
     }
     if (!virtual_ && !wakes_.empty()) {
       const double in = *wakes_.begin() - now_wall();
@@ -450,7 +453,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
     const auto now = Clock::now();
     const auto timeout = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.update_timeout()));
     for (Client& c : clients_) {
-      if (c.active && c.busy && !c.arrived && now >= c.wall_dispatched + timeout) {
+      if (c.active && c.busy && c.posted && !c.arrived && now >= c.wall_dispatched + timeout) {
         cohort_->cancel(c.id, fmt::format("no update within update_timeout = {} s", o_.update_timeout()));
         on_failure({c.id, c.name, ErrorKind::kOverloaded, "no update within update_timeout"});
       }
