@@ -266,7 +266,14 @@ int Coordinator::run() {
     }
     const MetricValue* ok = find_metric(full, "workers_ok");
     const MetricValue* failed = find_metric(full, "workers_failed");
-    spdlog::info("round {}/{}{}  workers {} ok/{} failed  up {}  down {}  {:.1f} s", round, total,
+    // Asynchronous strategies report server updates, not rounds; a simulated fleet its clock.
+    const char* unit = find_metric(full, "updates_applied") ? "update" : "round";
+    if (const MetricValue* v = find_metric(full, "virtual_time_s")) {
+      if (std::holds_alternative<double>(*v) && std::get<double>(*v) > 0) {
+        scores += fmt::format("  simulated {:.1f} s", std::get<double>(*v));
+      }
+    }
+    spdlog::info("{} {}/{}{}  workers {} ok/{} failed  up {}  down {}  {:.1f} s", unit, round, total,
                  scores, ok ? format_metric(*ok) : "?", failed ? format_metric(*failed) : "?",
                  transport::format_bytes(bytes_up()), transport::format_bytes(bytes_down()), elapsed());
   };
