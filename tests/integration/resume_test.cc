@@ -83,7 +83,9 @@ TEST_CASE("split (U-shaped, momentum): a worker SIGKILLed and restarted under it
         sub + "/coordinator.log");
     const std::string port = wait_for_file(sub + "/port", std::chrono::seconds(30));
     auto start_worker = [&](int i, const std::string& log) {
-      return start_fedra({"worker", "--connect", "127.0.0.1:" + port, "--dataset", "fmnist:limit=6000", "--client",
+      // 12,000 images: a round takes long enough (~0.4 s on an idle machine) that the kill below,
+      // 600 ms after round 1's line, lands before round 4 ends (with 6,000 the job once finished first).
+      return start_fedra({"worker", "--connect", "127.0.0.1:" + port, "--dataset", "fmnist:limit=12000", "--client",
                           std::to_string(i) + "/2", "--name", "worker-" + std::to_string(i), "--threads", "1"},
                          sub + "/" + log);
     };
