@@ -1,9 +1,12 @@
 #include "core/fleet.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <thread>
 
 namespace fedra {
 
@@ -11,15 +14,8 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-uint64_t splitmix(uint64_t& state) {
-  uint64_t x = (state += 0x9E3779B97F4A7C15ULL);
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
 // Uniform in (0, 1): never 0, so log() is finite.
-double uniform(uint64_t& state) { return (static_cast<double>(splitmix(state) >> 11) + 0.5) * 0x1.0p-53; }
+double uniform(uint64_t& state) { return (static_cast<double>(splitmix64(state) >> 11) + 0.5) * 0x1.0p-53; }
 
 // Standard normal by Box-Muller: platform-independent, unlike std::normal_distribution.
 double normal(uint64_t& state) {
@@ -53,6 +49,19 @@ void check_profile(const DeviceProfile& p, const std::string& where) {
 
 }  // namespace
 
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t x = (state += 0x9E3779B97F4A7C15ULL);
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+double sleep_as_device(double sleep_factor, double trained_s, double net_s) {
+  const double s = sleep_factor * trained_s + net_s;
+  if (s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(s));
+  return std::max(s, 0.0);
+}
+
 uint64_t device_seed(uint64_t seed, const std::string& name) {
   uint64_t h = 1469598103934665603ULL;
   for (unsigned char c : name) {
@@ -60,10 +69,13 @@ uint64_t device_seed(uint64_t seed, const std::string& name) {
     h *= 1099511628211ULL;
   }
   uint64_t s = h ^ (seed * 0xD1B54A32D192ED03ULL);
-  return splitmix(s);
+  return splitmix64(s);
 }
 
 void FleetOptions::validate(const std::string& scope) const {
+  // A fleet file is read by the coordinator's Fleet only: workers (which parse the same options)
+  // need not have it, and the coordinator does not read it twice.
+  if (ends_with(fleet_, ".csv") || fleet_.rfind("csv:", 0) == 0) return;
   try {
     Fleet check(fleet_, 1);
   } catch (const Error& e) {

@@ -117,4 +117,12 @@ class Fleet {
 // platforms; the fleet's draws for a device start from it.
 uint64_t device_seed(uint64_t seed, const std::string& name);
 
+// splitmix64: advances `state` and returns the next 64-bit value (platform-independent draws).
+uint64_t splitmix64(uint64_t& state);
+
+// A worker under a wall-clock fleet, after training for `trained_s`: sleeps as the slower device
+// and its link would have taken, sleep_factor * trained_s + net_s (no-op when both are 0); returns
+// the seconds slept.
+double sleep_as_device(double sleep_factor, double trained_s, double net_s);
+
 }  // namespace fedra

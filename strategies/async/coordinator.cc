@@ -27,13 +27,6 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-uint64_t next_random(uint64_t& state) {
-  uint64_t x = (state += 0x9E3779B97F4A7C15ULL);
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
 enum class Event { kUpdate = 0, kLost = 1, kWake = 2 };
 
 class AsyncCoordinator : public CoordinatorStrategy {
@@ -110,7 +103,6 @@ class AsyncCoordinator : public CoordinatorStrategy {
     const std::vector<Failure> failures = cohort.exchange(std::move(instructions), handlers);
     cohort_ = nullptr;
     if (ctx.stop_requested()) FEDRA_FAIL("interrupted after server update {}", version_);
-    if (!error_.empty()) FEDRA_FAIL("{}", error_);
     finished(ctx);
     FEDRA_REQUIRE(version_ >= total, "{} stopped after {} of {} server updates: every client's session ended{}",
                   name, version_, total, failures.empty() ? std::string() : ": " + describe_failures(failures));
@@ -133,7 +125,6 @@ class AsyncCoordinator : public CoordinatorStrategy {
   Client& client(WorkerId id) { return clients_.at(index_.at(id)); }
 
   double now_wall() const { return wall_offset_ + seconds_since(start_); }
-  double now() const { return virtual_ ? now_ : now_wall(); }
 
   // --- Dispatch.
   size_t capacity() const {
@@ -164,7 +155,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
         if (std::isfinite(back)) wakes_.insert(back);
         return;
       }
-      Client* pick = idle.size() == 1 ? idle[0] : idle[next_random(rng_) % idle.size()];
+      Client* pick = idle.size() == 1 ? idle[0] : idle[splitmix64(rng_) % idle.size()];
       dispatch(*pick, t);
       ++busy;
     }
@@ -529,7 +520,6 @@ class AsyncCoordinator : public CoordinatorStrategy {
   uint32_t total_ = 0;
   bool virtual_ = false;
   bool stopping_ = false;
-  std::string error_;
   Clock::time_point start_;
   double wall_offset_ = 0;
   std::vector<Client> clients_;

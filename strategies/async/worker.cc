@@ -2,7 +2,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <limits>
-#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -66,8 +65,7 @@ class AsyncWorker : public WorkerStrategy {
     const TrainStats s = train_local(model_, *ctx.data, t);
     const double train_s = std::chrono::duration<double>(Clock::now() - t0).count();
     // Wall clock: this device is `slowdown` times slower and its link takes net_s (core/fleet.h).
-    const double sleep_s = ins.metric_or("sleep_factor", 0) * train_s + ins.metric_or("net_s", 0);
-    if (sleep_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(sleep_s));
+    const double sleep_s = sleep_as_device(ins.metric_or("sleep_factor", 0), train_s, ins.metric_or("net_s", 0));
     Message update(kUpdate, ins.round);
     NamedTensors weights = model_state(*model_);
     if (o_.mode == Mode::kFedBuff) {

@@ -28,6 +28,7 @@ FedAvgCoordinator::FedAvgCoordinator(const Job& job, FedAvgOptions options)
   check_loss_name(job.loss);
   model_ = build_model(job.model, job.seed);
   for (auto& [name, t] : model_state(*model_)) global_.emplace_back(name, t.clone());
+  for (const auto& [name, t] : global_) model_bytes_ += t.nbytes();
   if (options_.scaffold()) {
     for (const auto& p : model_->named_parameters()) control_.emplace_back(p.key(), torch::zeros_like(p.value()));
   }
@@ -60,9 +61,7 @@ void FedAvgCoordinator::fleet_result(const WorkerInfo& worker, int64_t steps) {
     round_span_ = std::max(round_span_, now - t);
     return;
   }
-  uint64_t bytes = 0;
-  for (const auto& [name, g] : global_) bytes += g.nbytes();
-  const double d = fleet_->compute_s(worker.name, steps) + fleet_->network_s(worker.name, bytes, bytes);
+  const double d = fleet_->compute_s(worker.name, steps) + fleet_->network_s(worker.name, model_bytes_, model_bytes_);
   const double deadline = options_.round_deadline();
   const double off = fleet_->offline_at(worker.name, t) - t;
   if (off < d && (deadline == 0 || off < deadline)) {
@@ -108,8 +107,7 @@ std::vector<WorkerId> FedAvgCoordinator::select_workers(uint32_t round, Cohort& 
   }
   if (options_.robust().holds_updates()) {
     // Refused up front: nobody trains for a round whose updates could not all be held.
-    double model_bytes = 0;
-    for (const auto& [name, t] : global_) model_bytes += static_cast<double>(t.nbytes());
+    const auto model_bytes = static_cast<double>(model_bytes_);
     const double need = model_bytes * static_cast<double>(chosen.size());
     if (need > options_.robust().hold_budget_mb() * 1e6) {
       refusal_ = fmt::format(
@@ -224,10 +222,8 @@ FitIns FedAvgCoordinator::configure(uint32_t round, const WorkerInfo& worker) {
   }
   ins.seed = worker_seed(job_.seed, round, worker.name);
   if (fleet_->active() && !options_.fleet().virtual_clock()) {
-    uint64_t bytes = 0;
-    for (const auto& [name, g] : global_) bytes += g.nbytes();
     ins.sleep_factor = std::max(0.0, fleet_->profile(worker.name).slowdown - 1.0);
-    ins.net_s = fleet_->network_s(worker.name, bytes, bytes);
+    ins.net_s = fleet_->network_s(worker.name, model_bytes_, model_bytes_);
   }
   return ins;
 }

@@ -297,6 +297,7 @@ class FedAvgCoordinator : public RoundStrategy {
   FedAvgOptions options_;
   torch::nn::Sequential model_{nullptr};
   NamedTensors global_;
+  uint64_t model_bytes_ = 0;  // the global model's bytes (its layout never changes)
   ServerOptimizer server_;
   std::vector<NamedTensors> held_;  // a robust aggregate's updates this round
   WeightedAverage average_;

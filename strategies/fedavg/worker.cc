@@ -3,7 +3,6 @@
 #include <limits>
 #include <map>
 #include <set>
-#include <thread>
 
 #include <torch/torch.h>
 
@@ -105,11 +104,8 @@ Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx, WorkerLink
     local_bn_.clear();
     for (const auto& bn : bn_) local_bn_.push_back(bn.second.clone());
   }
-  if (ins.sleep_factor > 0 || ins.net_s > 0) {
-    // A simulated fleet on the wall clock: this device is slower and its link takes time.
-    const double trained_s = std::chrono::duration<double>(Clock::now() - t_loaded).count();
-    std::this_thread::sleep_for(std::chrono::duration<double>(ins.sleep_factor * trained_s + ins.net_s));
-  }
+  // A simulated fleet on the wall clock: this device is slower and its link takes time.
+  sleep_as_device(ins.sleep_factor, std::chrono::duration<double>(Clock::now() - t_loaded).count(), ins.net_s);
   const auto t_trained = Clock::now();
   FitRes res;
   res.round = request.round;
