@@ -25,7 +25,7 @@ set(FEDRA_PUBLIC_HEADERS
   core/aggregation.h core/batching.h core/cohort.h core/dataset.h core/message.h core/model.h
   core/error.h core/optimizer.h core/option_groups.h core/options.h core/plugin.h core/registry.h
   core/privacy.h core/robust_aggregation.h core/round_strategy.h core/server_optimizer.h core/stepped_strategy.h core/inbox.h core/local_cohort.h
-  core/strategy.h core/tensor_checks.h core/training.h core/secagg.h core/fleet.h
+  core/strategy.h core/tensor_checks.h core/training.h core/secagg.h core/fleet.h core/peer.h
   transport/codec.h transport/error.h
   strategies/fedavg/fedavg.h strategies/fedavg/secagg.h)
 foreach(header ${FEDRA_PUBLIC_HEADERS})

@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include <asio/posix/stream_descriptor.hpp>
+#include <openssl/rand.h>
 
 #include "core/protocol.h"
 #include "core/stop.h"
@@ -25,6 +26,15 @@ namespace tcp = transport::tcp;
 namespace {
 
 // Constant-time comparison, so the token check does not leak how many bytes matched.
+// 128 random bits, hex.
+std::string random_key() {
+  unsigned char bytes[16];
+  FEDRA_REQUIRE(RAND_bytes(bytes, sizeof(bytes)) == 1, "no randomness for the job's peer key");
+  std::string out;
+  for (unsigned char b : bytes) out += fmt::format("{:02x}", b);
+  return out;
+}
+
 bool same_token(const std::string& a, const std::string& b) {
   unsigned char diff = a.size() == b.size() ? 0 : 1;
   for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
@@ -76,6 +86,9 @@ struct TcpCohort::Impl {
   uint64_t closed_bytes_down = 0;
   std::map<std::string, std::pair<uint64_t, uint64_t>> closed_by_name;  // ready workers' (up, down)
   bool stop = false;
+  // The job's secret for worker-to-worker links: every worker gets it in its welcome and shows it
+  // to the peers it connects to (core/peer.h).
+  std::string peer_key = random_key();
 
   explicit Impl(CohortConfig c) : config(std::move(c)) {
     config.limits.validate();
@@ -240,6 +253,7 @@ struct TcpCohort::Impl {
       }
     }
     m.info.certificate = m.conn->peer_certificate();
+    m.info.peer_address = hi.option_or("peer_address", "");
     const auto examples = hi.metrics.find("num_examples");
     if (examples == hi.metrics.end()) {
       return reject(m, Error(ErrorKind::kFailed, "hello lacks the metric 'num_examples' (the worker's count of "
@@ -283,6 +297,7 @@ struct TcpCohort::Impl {
     m.ready = true;
     m.handshake_timer->cancel();
     Message welcome = protocol::make_welcome(config.job, m.info.id);
+    welcome.options["peer_key"] = peer_key;
     m.conn->send(transport::encode(to_envelope(welcome), config.limits));
     spdlog::info("worker {} joined from {}{} ({} examples{}); {} connected", m.info.name,
                  m.info.address,

@@ -55,6 +55,8 @@ struct WorkerInfo {
   std::string name;
   std::string address;
   std::string certificate;  // subject of the TLS certificate it presented ("" if none)
+  // HOST:PORT of its peer port, for worker-to-worker links (core/peer.h); "" if it has none.
+  std::string peer_address;
   int64_t num_examples = 0;
   std::vector<int64_t> label_histogram;
 };

@@ -90,6 +90,8 @@ class WorkerLink {
   virtual Message receive(std::chrono::milliseconds timeout) = 0;
 };
 
+class PeerHub;
+
 struct WorkerContext {
   Job job;
   std::string name;
@@ -99,6 +101,10 @@ struct WorkerContext {
   // null or empty when it holds none.
   const Dataset* eval_data = nullptr;
   int threads = 1;
+  // This worker's peer port, for direct worker-to-worker links (core/peer.h): rings, stages that
+  // talk to each other. Null where there is none (in-process tests, a TLS worker without a
+  // certificate of its own).
+  PeerHub* peers = nullptr;
 };
 
 class CoordinatorStrategy {

@@ -13,12 +13,14 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include "core/peer.h"
 #include "core/process.h"
 #include "core/partition.h"
 #include "core/protocol.h"
 #include "core/tensor_checks.h"
 #include "core/training.h"
 #include "transport/tcp/connection.h"
+#include "transport/tcp/tls.h"
 
 namespace fedra {
 
@@ -154,6 +156,7 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
   ctx.threads = config.set_threads ? configure_threads(config.threads) : at::get_num_threads();
   Dataset data, held_out;
   std::unique_ptr<tcp::BlockingChannel> channel;
+  std::unique_ptr<PeerHub> peers;
   try {
     data = config.data ? *config.data : std::move(load_private_data(config).front());
     if (config.holdout > 0) {
@@ -169,8 +172,25 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
         tcp::parse_endpoint(config.coordinator), config.limits, config.connect_timeout,
         config.dump_frames_dir.empty() ? nullptr : std::make_shared<tcp::FrameDumper>(config.dump_frames_dir),
         config.tls);
+    if (!config.tls || (!config.tls_cert.empty() && !config.tls_key.empty())) {
+      PeerConfig pc;
+      pc.listen = config.peer_listen;
+      pc.advertise = config.advertise;
+      pc.limits = config.limits;
+      if (config.tls) {
+        tcp::TlsConfig server{config.tls_cert, config.tls_key, config.tls_ca, ""};
+        tcp::TlsConfig client{config.tls_cert, config.tls_key, config.tls_ca, ""};
+        pc.tls_server = std::make_shared<tcp::TlsContext>(tcp::TlsRole::kServer, server);
+        pc.tls_client = std::make_shared<tcp::TlsContext>(tcp::TlsRole::kClient, client);
+      }
+      peers = std::make_unique<PeerHub>(name, std::move(pc), channel->local_host());
+      ctx.peers = peers.get();
+    } else {
+      spdlog::debug("worker {}: no peer port (TLS without --tls-cert/--tls-key)", name);
+    }
     Message hello(protocol::kHello);
     hello.sender = name;
+    if (peers) hello.options["peer_address"] = peers->address();
     if (!config.token.empty()) hello.options["token"] = config.token;
     hello.metrics["num_examples"] = static_cast<double>(data.size());
     if (!config.private_labels && !data.real_targets()) {
@@ -193,6 +213,7 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     }
     ctx.job = protocol::job_from_welcome(welcome);
     ctx.worker_id = std::stoull(welcome.option("worker_id"));
+    if (peers) peers->set_key(welcome.option_or("peer_key", ""));
     strategy = registry.get(ctx.job.strategy).make_worker(ctx.job);
     spdlog::info("joined {} as worker #{}: strategy {}, model {}", channel->peer(), ctx.worker_id,
                  ctx.job.strategy, ctx.job.model);

@@ -46,6 +46,13 @@ struct WorkerConfig {
   std::string dump_frames_dir;  // if set, every frame is written there (docs/protocol.md)
   // TLS in the client role (transport/tcp/tls.h); null: plain TCP. Shared by virtual clients.
   std::shared_ptr<transport::tcp::TlsContext> tls;
+  // Worker-to-worker links (core/peer.h): where this worker listens for its peers (empty: the
+  // local address of its coordinator link, any port) and the HOST[:PORT] it tells them
+  // (--peer-listen, --advertise). With TLS, peer links use these files: the worker's
+  // certificate and key (it is the TLS server for the peer that connects to it) and the CA.
+  std::string peer_listen;
+  std::string advertise;
+  std::string tls_cert, tls_key, tls_ca;
   // Leave the label histogram out of the hello, so nothing about the labels leaves the process
   // (split learning's U-shaped variant keeps labels private).
   bool private_labels = false;

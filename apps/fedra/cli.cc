@@ -10,6 +10,7 @@
 #include <fmt/ranges.h>
 
 #include "core/placement.h"
+#include "transport/tcp/connection.h"
 #include "transport/tcp/tls.h"
 
 namespace fedra::cli {
@@ -26,6 +27,7 @@ struct Groups {
   po::options_description worker_security{"Worker security"};
   po::options_description certs{"Certificates"};
   po::options_description listen{"Listening"};
+  po::options_description reach{"Reachability"};
   po::options_description coordinator{"Coordinator"};
   po::options_description output{"Output"};
   po::options_description worker{"Worker"};
@@ -112,9 +114,13 @@ struct Groups {
         ("address-file", po::value<std::string>(),
          "write HOST:PORT for workers to this file once listening (on a directory the workers share: "
          "they read it with --connect file:PATH; docs/deploy.md)")
+        ;
+    reach.add_options()
         ("advertise", po::value<std::string>(),
-         "HOST or HOST:PORT the workers reach this coordinator by, written to --address-file; default: the "
-         "--listen host, or this machine's host name when listening on all interfaces");
+         "HOST or HOST:PORT others reach this process by (NAT, containers). Coordinator: the address "
+         "written to --address-file; default: the --listen host, or this machine's host name when "
+         "listening on all interfaces. Worker: the address of its peer port that other workers "
+         "connect to (rings, stages); default: the --peer-listen address");
     coordinator.add_options()
         ("min-workers", po::value<int64_t>(), "workers to wait for before training (simulate: --workers)")
         ("wait-timeout", po::value<double>()->default_value(120),
@@ -149,6 +155,10 @@ struct Groups {
          "coordinator HOST:PORT, or file:PATH to wait for the address the coordinator writes with "
          "--address-file; with --client auto and MASTER_ADDR/MASTER_PORT set, those are the default")
         ("name", po::value<std::string>(), "worker name in logs and metrics; default: host-pid")
+        ("peer-listen", po::value<std::string>(),
+         "HOST:PORT of this worker's peer port, where other workers of the job connect for direct "
+         "links (gradsum topology=ring); default: the local address of its coordinator link, port "
+         "0 (any free one). Reported to the coordinator in the hello (see --advertise)")
         ("client", po::value<std::string>()->default_value("0/1"),
          "I/N: hold part I (from 0) of the dataset partitioned N ways; 0/1: all of it. auto: I and N from the "
          "scheduler (SLURM_PROCID/SLURM_NTASKS, RANK/WORLD_SIZE, or JOB_COMPLETION_INDEX with auto/N; "
@@ -227,11 +237,11 @@ struct Groups {
     d.add(generic);
     switch (c) {
       case Command::kCoordinator:
-        d.add(job).add(seed).add(listen).add(coordinator).add(output).add(network);
+        d.add(job).add(seed).add(listen).add(reach).add(coordinator).add(output).add(network);
         d.add(security).add(coordinator_security);
         break;
       case Command::kWorker:
-        d.add(worker).add(data).add(seed).add(network).add(security).add(worker_security);
+        d.add(worker).add(reach).add(data).add(seed).add(network).add(security).add(worker_security);
         break;
       case Command::kCerts:
         d.add(certs);
@@ -273,7 +283,7 @@ struct Groups {
 
   po::options_description everything() const {
     po::options_description d;
-    d.add(generic).add(job).add(seed).add(network).add(listen).add(coordinator).add(output);
+    d.add(generic).add(job).add(seed).add(network).add(listen).add(reach).add(coordinator).add(output);
     d.add(security).add(coordinator_security).add(worker_security);
     d.add(worker).add(data).add(simulate).add(train);
     d.add(strategies);
@@ -507,6 +517,14 @@ WorkerConfig worker_config(const po::variables_map& vm) {
     FEDRA_REQUIRE(w.num_clients >= 1 && w.client_index >= 0 && w.client_index < w.num_clients,
                   "--client {}: need 0 <= I < N", client);
   }
+  if (vm.count("peer-listen")) {
+    w.peer_listen = vm["peer-listen"].as<std::string>();
+    transport::tcp::parse_endpoint(w.peer_listen);  // refused here, by name, if malformed
+  }
+  if (vm.count("advertise")) {
+    w.advertise = vm["advertise"].as<std::string>();
+    FEDRA_REQUIRE(!w.advertise.empty(), "--advertise needs HOST or HOST:PORT");
+  }
   w.seed = vm["seed"].as<uint64_t>();
   w.threads = vm["threads"].as<int>() < 0 ? 1 : vm["threads"].as<int>();
   w.connect_timeout = seconds_option(vm, "connect-timeout");
@@ -527,6 +545,9 @@ WorkerConfig worker_config(const po::variables_map& vm) {
     if (vm.count("tls-cert")) tls.cert_file = with_client_index(vm["tls-cert"].as<std::string>(), w.client_index);
     if (vm.count("tls-key")) tls.key_file = with_client_index(vm["tls-key"].as<std::string>(), w.client_index);
     if (vm.count("tls-server-name")) tls.server_name = vm["tls-server-name"].as<std::string>();
+    w.tls_cert = tls.cert_file;
+    w.tls_key = tls.key_file;
+    w.tls_ca = tls.ca_file;
     w.tls = std::make_shared<transport::tcp::TlsContext>(transport::tcp::TlsRole::kClient, tls);
   }
   w.coordinator = resolve_coordinator_address(w.coordinator, w.connect_timeout);

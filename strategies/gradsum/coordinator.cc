@@ -50,9 +50,11 @@ class GradSumCoordinator : public SteppedStrategy {
     return StepPlan::from(o_.schedule(), max_examples);
   }
   std::string describe(const StepPlan& p) const override {
-    return fmt::format("gradsum: {} steps in {} rounds of up to {}; {} bucket(s) of <= {} KiB; sync={}, reduce={}",
+    return fmt::format("gradsum: {} steps in {} rounds of up to {}; {} bucket(s) of <= {} KiB; topology={}, {}reduce={}",
                        p.total, p.rounds(), p.per_round, layout_.buckets.size(), o_.bucket_kb(),
-                       enum_name(o_.sync()), enum_name(o_.reduce()));
+                       enum_name(o_.topology()),
+                       o_.topology() == Topology::kStar ? fmt::format("sync={}, ", enum_name(o_.sync())) : "",
+                       enum_name(o_.reduce()));
   }
   Metrics run_round(Cohort& cohort, const RunContext&, const RoundSteps& s) override {
     return run_round(cohort, s.round, s.first, s.count);
@@ -102,6 +104,9 @@ class GradSumCoordinator : public SteppedStrategy {
   }
 
   Metrics run_round(Cohort& cohort, uint32_t round, int64_t first, int64_t count) {
+    if (o_.topology() == Topology::kRing) {
+      return run_ring_round(cohort, o_, RingRound{round, first, count}, layout_, *optimizer_, buffers_, session_);
+    }
     RoundState r;
     for (const auto& w : cohort.workers_by_name()) {
       r.rank[w.id] = r.ids.size();
@@ -322,6 +327,7 @@ class GradSumCoordinator : public SteppedStrategy {
   Layout layout_;
   std::optional<ParamOptimizer> optimizer_;
   std::vector<NamedTensors> bucket_refs_;
+  uint64_t session_ = 0;  // topology=ring: the rings formed so far
 };
 
 }  // namespace

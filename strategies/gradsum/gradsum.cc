@@ -15,10 +15,15 @@ Injection parse_injection(const std::string& text) {
   FEDRA_REQUIRE((what == "exit" || what == "desync") && colon != std::string::npos,
                 "gradsum.testing.inject must be none, exit:STEP or desync:STEP, got '{}'", text);
   char* end = nullptr;
-  const std::string num = text.substr(colon + 1);
+  std::string num = text.substr(colon + 1), worker;
+  if (const auto at = num.find('@'); at != std::string::npos) {
+    worker = num.substr(at + 1);
+    num = num.substr(0, at);
+    FEDRA_REQUIRE(!worker.empty(), "gradsum.testing.inject: '{}' names no worker after '@'", text);
+  }
   const long long step = std::strtoll(num.c_str(), &end, 10);
   FEDRA_REQUIRE(!num.empty() && *end == '\0' && step >= 0, "gradsum.testing.inject: '{}' is not a step", num);
-  return {what, step};
+  return {what, step, worker};
 }
 
 

@@ -24,6 +24,14 @@
 // down, and the worker ends the round with "gradsum.done". Between rounds the coordinator
 // evaluates, records a metrics line and lets new workers join.
 //
+// Topology. The above is topology=star. With topology=ring the coordinator leaves the data
+// path: it sends each replica its rank and the ring's addresses (core/peer.h); the replicas
+// all-reduce each bucket among themselves (reduce-scatter then all-gather, started from the same
+// backward hooks), each steps its own identical optimiser, and rank 0 brings the model and
+// optimiser state home in its final reply. The coordinator hears heartbeats and checksums
+// (ring.cc). A failed member closes its links, so the ring fails at once; with
+// on_failure=continue the ring re-forms without a lost member and the round runs again.
+//
 // Sync check. Every check_every steps each replica sends a checksum of its parameters
 // ("gradsum.check"); a replica whose bits differ from the coordinator's fails with an error
 // naming the step and both checksums.
@@ -51,11 +59,14 @@ inline constexpr const char* kGrad = "gradsum.grad";
 inline constexpr const char* kUpdate = "gradsum.update";
 inline constexpr const char* kCheck = "gradsum.check";
 inline constexpr const char* kDone = "gradsum.done";
+inline constexpr const char* kProgress = "gradsum.progress";  // ring: a replica's heartbeat
 
 enum class Reduce { kSum, kMean };
 FEDRA_ENUM_NAMES(Reduce, {Reduce::kSum, "sum"}, {Reduce::kMean, "mean"})
 enum class Sync { kParams, kGradient };
 FEDRA_ENUM_NAMES(Sync, {Sync::kParams, "params"}, {Sync::kGradient, "gradient"})
+enum class Topology { kStar, kRing };
+FEDRA_ENUM_NAMES(Topology, {Topology::kStar, "star"}, {Topology::kRing, "ring"})
 
 // Fault injection for tests (--gradsum.testing.NAME, listed by --help-testing).
 struct GradSumTesting {
@@ -63,7 +74,8 @@ struct GradSumTesting {
   template <class F>
   void visit(F&& f) {
     f("inject", inject_,
-      "none, exit:STEP (the last worker dies mid-step) or desync:STEP (the last worker perturbs its weights)");
+      "none, exit:STEP (the last worker dies mid-step) or desync:STEP (the last worker perturbs its weights); "
+      "exit:STEP@NAME and desync:STEP@NAME pick the worker by name");
   }
   void validate(const std::string& scope) const;
 };
@@ -72,6 +84,7 @@ struct GradSumOptions : SteppedOptions {
   GradSumOptions() { schedule_.steps_per_round(100); }
   FEDRA_ARG(Reduce, reduce) = Reduce::kSum;
   FEDRA_ARG(Sync, sync) = Sync::kParams;
+  FEDRA_ARG(Topology, topology) = Topology::kStar;
   FEDRA_ARG(int64_t, bucket_kb) = 1024;
   FEDRA_ARG(bool, overlap) = true;
   FEDRA_ARG(int64_t, check_every) = 100;
@@ -87,6 +100,11 @@ struct GradSumOptions : SteppedOptions {
     f("sync", sync_,
       "what the coordinator sends back: params (it steps the optimiser) or gradient (every "
       "replica steps its own identical optimiser)");
+    f("topology", topology_,
+      "star: every gradient goes through the coordinator, which sums it; ring: the workers "
+      "all-reduce among themselves over direct links (bucketed ring, overlapped with backward) and "
+      "each steps its own identical optimiser, while the coordinator only orchestrates (sync is "
+      "then ignored)");
     f("bucket_kb", bucket_kb_, "gradient bucket size in KiB: the unit that streams and is summed");
     f("overlap", overlap_, "send each bucket from the backward pass as soon as it is ready");
     f("check_every", check_every_, "replicas send a parameter checksum every N steps; 0 = never");

@@ -8,6 +8,7 @@
 
 #include <torch/nn/module.h>
 
+#include "core/optimizer.h"
 #include "core/strategy.h"
 #include "strategies/gradsum/gradsum.h"
 
@@ -16,6 +17,7 @@ namespace fedra::gradsum {
 struct Injection {
   std::string what = "none";  // none, exit, desync
   int64_t step = -1;
+  std::string worker;  // "": the last rank; else the worker of this name
 };
 Injection parse_injection(const std::string& text);
 
@@ -29,6 +31,16 @@ struct Layout {
   at::Tensor slice(const Piece& p) const;
 };
 Layout layout_of(torch::nn::Module& model, uint64_t bucket_bytes);
+
+// topology=ring: one round of steps run by the replicas among themselves (ring.cc); on success
+// `layout`'s parameters, `optimizer` and `buffers` hold the round's end. `session` numbers the
+// rings (one per attempt), the same on every member.
+struct RingRound {
+  uint32_t round = 0;
+  int64_t first = 0, count = 0;
+};
+Metrics run_ring_round(Cohort& cohort, const GradSumOptions& o, const RingRound& rr, Layout& layout,
+                       ParamOptimizer& optimizer, NamedTensors& buffers, uint64_t& session);
 
 std::unique_ptr<CoordinatorStrategy> new_coordinator(const Job& job, const GradSumOptions& options);
 std::unique_ptr<WorkerStrategy> new_worker(const Job& job, const GradSumOptions& options);

@@ -10,6 +10,7 @@
 #include "core/batching.h"
 #include "core/model.h"
 #include "core/optimizer.h"
+#include "core/peer.h"
 #include "core/tensor_checks.h"
 #include "core/training.h"
 #include "strategies/gradsum/internal.h"
@@ -33,8 +34,13 @@ class GradSumWorker : public WorkerStrategy {
     ready_.assign(layout_.buckets.size(), 0);
     for (const auto& bucket : layout_.buckets) {
       std::vector<std::string> names;
-      for (const Piece& p : bucket) names.push_back(layout_.piece_name(p));
+      int64_t numel = 0;
+      for (const Piece& p : bucket) {
+        names.push_back(layout_.piece_name(p));
+        numel += p.count;
+      }
       piece_names_.push_back(std::move(names));
+      if (o_.topology() == Topology::kRing) flat_.push_back(at::zeros({numel}, layout_.params[bucket[0].param].options()));
     }
     if (o_.overlap()) {
       size_t i = 0;
@@ -49,6 +55,7 @@ class GradSumWorker : public WorkerStrategy {
     const RunIns run = RunIns::decode(request, kRun);
     FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data", ctx.name);
     link_ = &link;
+    name_ = ctx.name;
     rank_ = run.rank;
     world_ = run.world;
     if (!batches_) batches_.emplace(enum_name(o_.schedule().batches()), o_.schedule().batch_size(), job_.seed, ctx.name, rank_);
@@ -56,6 +63,7 @@ class GradSumWorker : public WorkerStrategy {
     const int64_t count = run.steps;
     const auto timeout = o_.schedule().step_timeout_ms();
     load_model_state(*model_, run.params);
+    if (o_.topology() == Topology::kRing) return handle_ring(run, request, ctx, link);
     if (o_.sync() == Sync::kGradient) {
       optimizer_.emplace(OptimizerConfig::from(o_.optim()), layout_.names, layout_.params);
       optimizer_->load_state(run.opt_state);
@@ -70,7 +78,7 @@ class GradSumWorker : public WorkerStrategy {
       const auto t2 = Clock::now();
       compute_s += Seconds(t1 - t0).count();
       wait_s += Seconds(t2 - t1).count();
-      if (inject_.what == "desync" && inject_.step == s && rank_ == world_ - 1) {
+      if (inject_.what == "desync" && inject_.step == s && injected()) {
         spdlog::warn("inject desync:{}: perturbing this replica's weights", s);
         torch::NoGradGuard no_grad;
         layout_.params[0].add_(1e-3);
@@ -91,6 +99,108 @@ class GradSumWorker : public WorkerStrategy {
   }
 
  private:
+  // topology=ring: the replicas all-reduce among themselves (core/peer.h) and each steps its own
+  // optimiser; the coordinator hears only heartbeats, checksums and the final reply.
+  Message handle_ring(const RunIns& run, const Message& request, WorkerContext& ctx, WorkerLink& link) {
+    FEDRA_REQUIRE(ctx.peers != nullptr,
+                  "gradsum topology=ring: worker {} has no peer port for the ring (with TLS, every worker "
+                  "needs --tls-cert and --tls-key)", ctx.name);
+    const auto members = parse_peers(request.option("peers"));
+    FEDRA_REQUIRE(static_cast<int64_t>(members.size()) == world_, "gradsum.run: {} peers for a world of {}",
+                  members.size(), world_);
+    const auto timeout = o_.schedule().step_timeout_ms();
+    optimizer_.emplace(OptimizerConfig::from(o_.optim()), layout_.names, layout_.params);
+    optimizer_->load_state(run.opt_state);
+    ring_ = ctx.peers->ring(members, static_cast<size_t>(rank_), std::stoull(request.option("session")), timeout);
+    RingAllReduce allreduce(*ring_, layout_.buckets.size());
+    allreduce_ = &allreduce;
+    double compute_s = 0, wait_s = 0, exchange_s = 0, loss_sum = 0, first_loss = std::nan("");
+    int64_t examples = 0;
+    const auto heartbeat = std::min<Clock::duration>(std::chrono::seconds(1), timeout / 4);
+    auto last_beat = Clock::now();
+    try {
+      for (int64_t s = run.first; s < run.first + run.steps; ++s) {
+        const auto t0 = Clock::now();
+        allreduce.begin_step(static_cast<uint64_t>(s));
+        compute_and_send(s, *ctx.data);
+        const auto t1 = Clock::now();
+        allreduce.finish(timeout);
+        const auto t2 = Clock::now();
+        compute_s += Seconds(t1 - t0).count();
+        wait_s += Seconds(t2 - t1).count();
+        exchange_s += Seconds(t2 - first_start_).count();
+        if (examples_ > 0) {
+          if (std::isnan(first_loss)) first_loss = loss_;
+          loss_sum += loss_ * static_cast<double>(examples_);
+          examples += examples_;
+        }
+        apply_reduced(allreduce);
+        if (inject_.what == "desync" && inject_.step == s && injected()) {
+          spdlog::warn("inject desync:{}: perturbing this replica's weights", s);
+          torch::NoGradGuard no_grad;
+          layout_.params[0].add_(1e-3);
+        }
+        if (o_.check_every() > 0 && (s + 1) % o_.check_every() == 0) {
+          Message check(kCheck);
+          check.step = static_cast<uint64_t>(s);
+          check.options["checksum"] = std::to_string(checksum(layout_.params));
+          link.send(check);
+        } else if (Clock::now() - last_beat >= heartbeat) {
+          Message beat(kProgress);
+          beat.step = static_cast<uint64_t>(s);
+          link.send(beat);
+          last_beat = Clock::now();
+        }
+      }
+    } catch (const std::exception& e) {
+      ring_->abort(e.what());  // the neighbours learn at once, not at their timeout
+      allreduce_ = nullptr;
+      ring_.reset();
+      throw;
+    }
+    allreduce_ = nullptr;
+    Message done(kDone, request.round);
+    for (const auto& b : model_->named_buffers()) done.tensors.emplace_back(b.key(), b.value());
+    if (rank_ == 0) {  // the replicas are identical: one brings the model and optimiser home
+      NamedTensors params;
+      for (size_t i = 0; i < layout_.params.size(); ++i) params.emplace_back(layout_.names[i], layout_.params[i]);
+      append_prefixed(done.tensors, "param/", params);
+      append_prefixed(done.tensors, "opt/", optimizer_->state());
+    }
+    const double n = static_cast<double>(run.steps);
+    done.options["checksum"] = std::to_string(checksum(layout_.params));
+    done.metrics["compute_ms"] = run.steps > 0 ? 1000 * compute_s / n : 0;
+    done.metrics["wait_ms"] = run.steps > 0 ? 1000 * wait_s / n : 0;
+    done.metrics["exchange_ms"] = run.steps > 0 ? 1000 * exchange_s / n : 0;
+    done.metrics["steps"] = n;
+    done.metrics["loss_sum"] = loss_sum;
+    done.metrics["loss_examples"] = static_cast<double>(examples);
+    done.metrics["first_loss"] = first_loss;
+    done.metrics["ring_bytes_sent"] = static_cast<double>(ring_->bytes_sent());
+    done.metrics["ring_bytes_received"] = static_cast<double>(ring_->bytes_received());
+    ring_.reset();  // its links close when the next ring forms
+    return done;
+  }
+
+  // The reduced gradient, bucket by bucket, into every replica's identical optimiser.
+  void apply_reduced(const RingAllReduce& allreduce) {
+    torch::NoGradGuard no_grad;
+    optimizer_->begin_step();
+    for (size_t b = 0; b < layout_.buckets.size(); ++b) {
+      // The sum arrives as chunks of the bucket; a piece may span several.
+      for (const auto& chunk : allreduce.result(b)) {
+        if (o_.reduce() == Reduce::kMean && world_ > 1) chunk.values.div_(static_cast<double>(world_));
+        const int64_t lo = chunk.offset, hi = chunk.offset + chunk.values.numel();
+        int64_t at = 0;
+        for (const Piece& p : layout_.buckets[b]) {
+          const int64_t from = std::max(lo, at), to = std::min(hi, at + p.count);
+          if (from < to) optimizer_->update(p.param, p.offset + (from - at), chunk.values.narrow(0, from - lo, to - from));
+          at += p.count;
+        }
+      }
+    }
+  }
+
   void compute_and_send(int64_t step, const Dataset& data) {
     if (o_.exchange_only()) {
       step_ = step;
@@ -100,6 +210,15 @@ class GradSumWorker : public WorkerStrategy {
         for (const auto& p : layout_.params) constant_.push_back(at::full_like(p, 1e-6));
       }
       pending_ = constant_;
+      if (allreduce_ != nullptr) {
+        // Like gloo's all_reduce of a tensor that is already there: the buckets are filled first,
+        // then reduced, so exchange_ms measures the all-reduce alone.
+        for (auto& f : flat_) f.fill_(1e-6);
+        first_start_ = Clock::now();
+        first_sent_ = true;
+        for (size_t b = 0; b < layout_.buckets.size(); ++b) allreduce_->start(b, flat_[b]);
+        return;
+      }
       for (size_t b = 0; b < layout_.buckets.size(); ++b) send_bucket(b);
       return;
     }
@@ -143,6 +262,7 @@ class GradSumWorker : public WorkerStrategy {
   }
 
   void send_bucket(size_t b) {
+    if (allreduce_ != nullptr) return start_ring_bucket(b);
     Message m(kGrad);
     m.step = static_cast<uint64_t>(step_);
     m.metrics["bucket"] = static_cast<double>(b);
@@ -156,11 +276,33 @@ class GradSumWorker : public WorkerStrategy {
                              pending_[bucket[j].param].view({-1}).narrow(0, bucket[j].offset, bucket[j].count));
     }
     link_->send(m);
-    if (!first_sent_ && inject_.what == "exit" && inject_.step == step_ && rank_ == world_ - 1) {
+    if (!first_sent_ && inject_.what == "exit" && inject_.step == step_ && injected()) {
       spdlog::warn("inject exit:{}: this worker dies mid-step", step_);
       std::_Exit(3);
     }
     first_sent_ = true;
+  }
+
+  bool injected() const { return inject_.worker.empty() ? rank_ == world_ - 1 : inject_.worker == name_; }
+
+  // The bucket's pieces, copied into its flat buffer, start around the ring; the hooks of the
+  // layers below keep backward going while the kernel moves the bytes.
+  void start_ring_bucket(size_t b) {
+    if (!first_sent_) {
+      first_start_ = Clock::now();
+      if (inject_.what == "exit" && inject_.step == step_ && injected()) {
+        spdlog::warn("inject exit:{}: this worker dies mid-step", step_);
+        std::_Exit(3);
+      }
+      first_sent_ = true;
+    }
+    int64_t at = 0;
+    for (const Piece& p : layout_.buckets[b]) {
+      flat_[b].narrow(0, at, p.count).copy_(pending_[p.param].view({-1}).narrow(0, p.offset, p.count));
+      at += p.count;
+    }
+    allreduce_->start(b, flat_[b]);
+    allreduce_->progress();
   }
 
   void receive_update(int64_t step, std::chrono::milliseconds timeout) {
@@ -202,6 +344,7 @@ class GradSumWorker : public WorkerStrategy {
   std::optional<ParamOptimizer> optimizer_;
   WorkerLink* link_ = nullptr;  // the link of the request being handled, for the backward hooks
   int64_t rank_ = 0, world_ = 1;
+  std::string name_;
   std::optional<BatchOrder> batches_;
   // The step in progress, for the backward hooks.
   int64_t step_ = 0;
@@ -213,6 +356,11 @@ class GradSumWorker : public WorkerStrategy {
   std::vector<size_t> ready_;
   std::vector<std::vector<std::string>> piece_names_;
   std::vector<at::Tensor> constant_;  // exchange_only's gradient
+  // topology=ring
+  std::vector<at::Tensor> flat_;  // per bucket: its pieces, contiguous, reduced in place
+  std::unique_ptr<PeerRing> ring_;
+  RingAllReduce* allreduce_ = nullptr;  // during a ring round, for the backward hooks
+  Clock::time_point first_start_;
 };
 
 }  // namespace

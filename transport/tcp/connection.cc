@@ -145,6 +145,12 @@ Connection::Connection(asio::ip::tcp::socket socket, Limits limits,
   }
 }
 
+std::string Connection::local_host() const {
+  asio::error_code ec;
+  const auto ep = socket_.local_endpoint(ec);
+  return ec ? std::string() : ep.address().to_string();
+}
+
 bool Connection::ready() const { return !tls_ || tls_->ready; }
 
 std::string Connection::peer_certificate() const {
@@ -442,7 +448,7 @@ void Connection::notify_closed(const Error& reason) {
 // ---------------------------------------------------------------------------------------------
 
 asio::ip::tcp::socket connect_with_retry(asio::io_context& io, const Endpoint& endpoint,
-                                         std::chrono::milliseconds timeout) {
+                                         std::chrono::milliseconds timeout, const std::string& hint) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   auto backoff = std::chrono::milliseconds(100);
   std::string last_error;
@@ -465,9 +471,8 @@ asio::ip::tcp::socket connect_with_retry(asio::io_context& io, const Endpoint& e
     backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
   }
   FEDRA_THROW(ErrorKind::kDisconnected,
-              "cannot connect to {} within {} s (last error: {}); is the coordinator running "
-              "and listening there?",
-              endpoint.to_string(), timeout.count() / 1000.0, last_error);
+              "cannot connect to {} within {} s (last error: {}); {}", endpoint.to_string(),
+              timeout.count() / 1000.0, last_error, hint);
 }
 
 Listener::Listener(asio::io_context& io, const Endpoint& endpoint, AcceptHandler on_accept)

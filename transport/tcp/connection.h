@@ -96,6 +96,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // Starts the read loop. Handlers are called on the io_context thread.
   void start(FrameHandler on_frame, CloseHandler on_close);
+  // Replaces the handlers of a started connection (a link handed from its setup to its user).
+  void set_handlers(FrameHandler on_frame, CloseHandler on_close) {
+    on_frame_ = std::move(on_frame);
+    on_close_ = std::move(on_close);
+  }
   // Queues a frame; `on_written` runs once it is fully handed to the kernel.
   void send(OutFrame frame, std::function<void()> on_written = {});
   // Sends an error envelope, then closes gracefully (the peer can still read it).
@@ -110,6 +115,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The subject of the certificate the peer presented ("" without TLS or without one).
   std::string peer_certificate() const;
   const std::string& peer() const { return peer_; }
+  // The local address of the socket ("" if unknown): where this side is reached from the peer.
+  std::string local_host() const;
   const Limits& limits() const { return limits_; }
   uint64_t bytes_sent() const { return bytes_sent_; }
   uint64_t bytes_received() const { return bytes_received_; }
@@ -158,9 +165,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
 // Connects with retry and exponential backoff (0.1 s doubling to 2 s) until `timeout` passes.
 // Blocks the calling thread; the socket has TCP_NODELAY set. Throws Error(kDisconnected)
-// naming the endpoint and the last failure when the deadline passes.
+// naming the endpoint, the last failure and `hint` (what to check) when the deadline passes.
 asio::ip::tcp::socket connect_with_retry(asio::io_context& io, const Endpoint& endpoint,
-                                         std::chrono::milliseconds timeout);
+                                         std::chrono::milliseconds timeout,
+                                         const std::string& hint = "is the coordinator running and listening there?");
 
 // Accepts connections and hands each, with TCP_NODELAY set, to `on_accept`.
 class Listener {
@@ -199,6 +207,7 @@ class BlockingChannel {
   void close();
 
   const std::string& peer() const { return conn_->peer(); }
+  std::string local_host() const { return conn_->local_host(); }
   uint64_t bytes_sent() const { return conn_->bytes_sent(); }
   uint64_t bytes_received() const { return conn_->bytes_received(); }
 

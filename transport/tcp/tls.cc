@@ -290,7 +290,10 @@ CertPtr make_certificate(Kind kind, const std::string& cn, EVP_PKEY* key, X509* 
     case Kind::kClient:
       add_extension(cert.get(), signer, NID_basic_constraints, "critical,CA:FALSE");
       add_extension(cert.get(), signer, NID_key_usage, "critical,digitalSignature");
-      add_extension(cert.get(), signer, NID_ext_key_usage, "clientAuth");
+      // A worker is also the TLS server of the peer link another worker opens to it
+      // (core/peer.h), which checks that the certificate carries the worker's name.
+      add_extension(cert.get(), signer, NID_ext_key_usage, "clientAuth,serverAuth");
+      add_extension(cert.get(), signer, NID_subject_alt_name, "DNS:" + cn);
       break;
   }
   FEDRA_REQUIRE(X509_sign(cert.get(), issuer_key, EVP_sha256()) > 0, "cannot sign the certificate for '{}': {}",

@@ -1,0 +1,229 @@
+// Worker-to-worker links and the ring all-reduce: real loopback sockets, each member on a thread
+// of its own (a PeerHub is single-threaded, like a worker).
+#include "tests/testing.h"
+
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "core/error.h"
+#include "core/peer.h"
+#include "tests/test_util.h"
+#include "transport/tcp/connection.h"
+#include "transport/tcp/tls.h"
+
+using namespace fedra;
+using namespace fedra::test;
+namespace tcp = fedra::transport::tcp;
+using std::chrono::milliseconds;
+
+namespace {
+
+std::vector<std::unique_ptr<PeerHub>> make_hubs(size_t n, const std::string& key, const std::string& pki = "") {
+  std::vector<std::unique_ptr<PeerHub>> hubs;
+  for (size_t i = 0; i < n; ++i) {
+    PeerConfig pc;
+    const std::string name = fmt::format("worker-{}", i);
+    if (!pki.empty()) {
+      tcp::TlsConfig files{pki + "/" + name + ".pem", pki + "/" + name + ".key", pki + "/ca.pem", ""};
+      pc.tls_server = std::make_shared<tcp::TlsContext>(tcp::TlsRole::kServer, files);
+      pc.tls_client = std::make_shared<tcp::TlsContext>(tcp::TlsRole::kClient, files);
+    }
+    hubs.push_back(std::make_unique<PeerHub>(name, pc, "127.0.0.1"));
+    hubs.back()->set_key(key);
+  }
+  return hubs;
+}
+
+std::vector<PeerAddress> members_of(const std::vector<std::unique_ptr<PeerHub>>& hubs) {
+  std::vector<PeerAddress> m;
+  for (const auto& h : hubs) m.push_back({h->name(), h->address()});
+  return m;
+}
+
+// Every member all-reduces `steps` steps of buckets of `sizes` floats (member i's values: a seeded
+// draw times step + 1), starting the buckets in its own order; returns each member's sums,
+// concatenated, per step, or the error it threw.
+struct Outcome {
+  std::vector<at::Tensor> sums;  // per step
+  std::string error;
+};
+std::vector<Outcome> all_reduce(std::vector<std::unique_ptr<PeerHub>>& hubs, const std::vector<int64_t>& sizes,
+                                int steps, uint64_t session) {
+  const auto members = members_of(hubs);
+  std::vector<Outcome> out(hubs.size());
+  std::vector<std::thread> threads;
+  for (size_t r = 0; r < hubs.size(); ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        auto ring = hubs[r]->ring(members, r, session, milliseconds(5000));
+        RingAllReduce ar(*ring, sizes.size());
+        for (int s = 0; s < steps; ++s) {
+          ar.begin_step(static_cast<uint64_t>(s));
+          std::vector<at::Tensor> flats;
+          for (size_t b = 0; b < sizes.size(); ++b) {
+            auto gen = at::make_generator<at::CPUGeneratorImpl>(1000 * r + b);
+            flats.push_back(at::randn({sizes[b]}, gen) * (s + 1));
+          }
+          for (size_t k = 0; k < sizes.size(); ++k) {
+            const size_t b = r % 2 == 0 ? k : sizes.size() - 1 - k;  // neighbours start in opposite orders
+            ar.start(b, flats[b]);
+            ar.progress();
+          }
+          ar.finish(milliseconds(5000));
+          std::vector<at::Tensor> parts;
+          for (size_t b = 0; b < sizes.size(); ++b) {
+            for (const auto& c : ar.result(b)) parts.push_back(c.values.clone());
+          }
+          out[r].sums.push_back(at::cat(parts));
+        }
+      } catch (const std::exception& e) {
+        out[r].error = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return out;
+}
+
+at::Tensor expected_sum(size_t n, const std::vector<int64_t>& sizes, int step) {
+  std::vector<at::Tensor> parts;
+  for (size_t b = 0; b < sizes.size(); ++b) {
+    at::Tensor sum = at::zeros({sizes[b]});
+    for (size_t r = 0; r < n; ++r) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(1000 * r + b);
+      sum += at::randn({sizes[b]}, gen) * (step + 1);
+    }
+    parts.push_back(sum);
+  }
+  return at::cat(parts);
+}
+
+}  // namespace
+
+TEST_CASE("ring all-reduce over loopback links sums buckets of uneven sizes on 1 to 4 members") {
+  // Buckets smaller than the ring (1 float), not a multiple of 16, and large.
+  const std::vector<int64_t> sizes = {1, 17, 100, 1000, 40009};
+  for (size_t n : {1, 2, 3, 4}) {
+    INFO(n << " members");
+    auto hubs = make_hubs(n, "secret");
+    const auto out = all_reduce(hubs, sizes, 3, 1);
+    for (size_t r = 0; r < n; ++r) {
+      INFO("rank " << r << ": " << out[r].error);
+      REQUIRE(out[r].error.empty());
+      REQUIRE(out[r].sums.size() == 3);
+      for (int s = 0; s < 3; ++s) {
+        const double diff = (out[r].sums[static_cast<size_t>(s)] - expected_sum(n, sizes, s)).abs().max().item<double>();
+        CHECK(diff < 1e-4);
+      }
+      // Every member holds the same bits: the sum is computed once per chunk and passed on.
+      CHECK(torch::equal(out[r].sums[2], out[0].sums[2]));
+    }
+    // A second ring of the same members (the next round) forms on new links.
+    const auto again = all_reduce(hubs, sizes, 1, 2);
+    for (size_t r = 0; r < n; ++r) {
+      INFO(again[r].error);
+      CHECK(again[r].error.empty());
+    }
+  }
+}
+
+TEST_CASE("a non-finite gradient anywhere fails the ring step") {
+  auto hubs = make_hubs(3, "secret");
+  const auto members = members_of(hubs);
+  std::vector<std::string> errors(3);
+  std::vector<std::thread> threads;
+  for (size_t r = 0; r < 3; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        auto ring = hubs[r]->ring(members, r, 1, milliseconds(5000));
+        RingAllReduce ar(*ring, 1);
+        ar.begin_step(0);
+        at::Tensor flat = at::ones({300});
+        if (r == 1) flat[250] = std::nan("");
+        ar.start(0, flat);
+        ar.finish(milliseconds(5000));
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  // The owner of the poisoned chunk sees it; its neighbours learn from the closed links.
+  size_t named = 0;
+  for (const auto& e : errors) {
+    INFO(e);
+    CHECK(!e.empty());
+    named += contains(e, "not finite") ? 1 : 0;
+  }
+  CHECK(named >= 1);
+}
+
+TEST_CASE("an outsider without the job's key is refused and logged; an absent peer is named with its address") {
+  auto hubs = make_hubs(1, "the-job-key");
+  PeerHub& hub = *hubs[0];
+  {
+    auto outsider = tcp::BlockingChannel::connect(tcp::parse_endpoint(hub.address()), {}, milliseconds(2000));
+    transport::Envelope hello;
+    hello.kind = peer::kHello;
+    hello.sender = "mallory";
+    hello.options = {{"key", "guess"}, {"session", "1"}};
+    outsider->send(hello);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (hub.refused() == 0 && std::chrono::steady_clock::now() < deadline) {
+      hub.io().run_for(milliseconds(10));
+      hub.io().restart();
+    }
+    CHECK(hub.refused() == 1);
+    std::string why;
+    try {
+      const auto reply = outsider->receive(milliseconds(2000));
+      why = reply.error ? reply.error->message : reply.kind;
+    } catch (const Error& e) {
+      why = e.what();
+    }
+    CHECK(contains(why, "wrong peer key"));
+  }
+  // A ring whose next member is not listening: the error names both workers and the address.
+  asio::io_context io;
+  tcp::Listener probe(io, tcp::parse_endpoint("127.0.0.1:0"), [](asio::ip::tcp::socket) {});
+  const std::string dead = probe.local_endpoint().to_string();
+  probe.close();
+  std::string error;
+  try {
+    hub.ring({{hub.name(), hub.address()}, {"worker-9", dead}}, 0, 1, milliseconds(300));
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  INFO(error);
+  CHECK(contains(error, "worker-0 cannot link to its ring peer worker-9 at " + dead));
+}
+
+TEST_CASE("peer links under TLS: members of the job's CA form a ring; a certificate from another CA is refused") {
+  TempDir dir;
+  tcp::make_test_pki({dir / "pki", {}, {"worker-0", "worker-1", "worker-2"}, 1});
+  tcp::make_test_pki({dir / "other", {}, {"worker-1"}, 1});
+  auto hubs = make_hubs(3, "secret", dir / "pki");
+  const auto out = all_reduce(hubs, {5000, 33}, 2, 1);
+  for (const auto& o : out) {
+    INFO(o.error);
+    CHECK(o.error.empty());
+  }
+  // An outsider with a certificate of another CA, even under a member's name.
+  tcp::TlsConfig files{dir / "other/worker-1.pem", dir / "other/worker-1.key", dir / "other/ca.pem", ""};
+  auto tls = std::make_shared<tcp::TlsContext>(tcp::TlsRole::kClient, files);
+  const uint64_t before = hubs[0]->refused();
+  std::thread outsider([&] {
+    try {
+      tcp::BlockingChannel::connect(tcp::parse_endpoint(hubs[0]->address()), {}, milliseconds(2000), nullptr, tls);
+    } catch (const Error&) {
+    }
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (hubs[0]->refused() == before && std::chrono::steady_clock::now() < deadline) {
+    hubs[0]->io().run_for(milliseconds(10));
+    hubs[0]->io().restart();
+  }
+  outsider.join();
+  CHECK(hubs[0]->refused() == before + 1);
+}
