@@ -5,6 +5,8 @@
 #include <fstream>
 #include <thread>
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "transport/tcp/tls.h"
@@ -111,6 +113,14 @@ struct Connection::Tls {
   std::string host;            // client: the name the server's certificate must carry
   std::string verify_failure;  // why the peer's certificate was refused, if it was
   bool ready = false;          // handshake done
+  // After the handshake: the SSL object's records go through a BIO pair whose network side is
+  // ours: ciphertext is read from the socket straight into the pair and written to the socket
+  // straight from it (BIO_nwrite0 / BIO_nread0), with no copy between.
+  BIO* net = nullptr;
+  std::vector<std::byte> staging;  // small pieces gathered into full records
+  ~Tls() {
+    if (net) BIO_free(net);
+  }
 };
 
 std::shared_ptr<Connection> Connection::create(asio::ip::tcp::socket socket, Limits limits,
@@ -162,15 +172,6 @@ std::string Connection::peer_certificate() const {
   return subject;
 }
 
-template <class F>
-void Connection::with_stream(F&& f) {
-  if (tls_) {
-    f(tls_->stream);
-  } else {
-    f(socket_);
-  }
-}
-
 Connection::~Connection() {
   asio::error_code ec;
   socket_.close(ec);
@@ -196,6 +197,7 @@ void Connection::on_handshake(const asio::error_code& ec) {
                        describe_tls_error(ec, tls_->context->role(), peer_, tls_->verify_failure)));
   }
   tls_->ready = true;
+  tls_switch_to_memory_bios();
   writing_ = false;
   if (!outbox_.empty()) write_next();
   read_header();
@@ -227,7 +229,7 @@ void Connection::read_header() {
                      }
                      self->read_table(table_bytes);
                    };
-  with_stream([&](auto& stream) { asio::async_read(stream, asio::buffer(table_.data(), 8), std::move(on_read)); });
+  read_exact(table_.data(), 8, std::move(on_read));
 }
 
 void Connection::read_table(uint64_t table_bytes) {
@@ -249,9 +251,7 @@ void Connection::read_table(uint64_t table_bytes) {
                      if (ec) return self->on_read_error(ec, 8 + n, table_bytes);
                      parse();
                    };
-  with_stream([&](auto& stream) {
-    asio::async_read(stream, asio::buffer(table_.data() + 8, table_bytes - 8), std::move(on_read));
-  });
+  read_exact(table_.data() + 8, table_bytes - 8, std::move(on_read));
 }
 
 void Connection::read_body(FrameHeader header) {
@@ -308,13 +308,16 @@ void Connection::read_body(FrameHeader header) {
           self->budget_->release(held);
           if (self->open_ || self->closing_) self->read_header();
         };
-    self->with_stream([&](auto& stream) {
-      asio::async_read(stream, asio::buffer(dst, n), until_done, std::move(on_read));
-    });
+    if (self->tls_) {
+      self->read_exact(dst, n, std::move(on_read));
+    } else {
+      asio::async_read(self->socket_, asio::buffer(dst, n), until_done, std::move(on_read));
+    }
   });
 }
 
 void Connection::on_read_error(const asio::error_code& ec, uint64_t got, uint64_t wanted) {
+
   if (ec == asio::error::operation_aborted || !open_) return;
   if (tls_ && ec.category() == asio::error::get_ssl_category() && ec != asio::ssl::error::stream_truncated) {
     // An alert from the peer (e.g. TLS 1.3 servers refuse a client certificate after the
@@ -351,11 +354,8 @@ void Connection::write_next() {
     return;
   }
   writing_ = true;
-  std::vector<asio::const_buffer> buffers;
   const auto& pieces = outbox_.front().frame.pieces();
   if (dumper_) dumper_->dump(true, peer_, pieces);
-  buffers.reserve(pieces.size());
-  for (const auto& p : pieces) buffers.emplace_back(p.data, p.size);
   auto on_written = [self = shared_from_this()](const asio::error_code& ec, size_t n) {
                       self->bytes_sent_ += n;
                       if (ec) {
@@ -379,7 +379,174 @@ void Connection::write_next() {
                       if (done) done();
                       self->write_next();
                     };
-  with_stream([&](auto& stream) { asio::async_write(stream, buffers, std::move(on_written)); });
+  write_all(pieces, std::move(on_written));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The byte stream: plain TCP, or TLS records over memory BIOs.
+
+namespace {
+constexpr size_t kTlsRecord = 16 * 1024;    // the largest TLS plaintext record
+constexpr size_t kTlsWindow = 512 * 1024;   // plaintext encrypted per socket write
+constexpr size_t kTlsPairBytes = 1024 * 1024;  // each direction of the BIO pair
+}  // namespace
+
+struct TlsRead {
+  std::byte* dst;
+  size_t n;
+  size_t done = 0;
+  std::function<void(const asio::error_code&, size_t)> handler;
+};
+
+struct TlsWrite {
+  std::vector<ConstBytes> pieces;
+  size_t piece = 0, offset = 0;
+  size_t done = 0;  // plaintext bytes written
+  std::function<void(const asio::error_code&, size_t)> handler;
+};
+
+void Connection::tls_switch_to_memory_bios() {
+  SSL* ssl = tls_->stream.native_handle();
+  BIO* inner = nullptr;
+  BIO* net = nullptr;
+  BIO_new_bio_pair(&inner, kTlsPairBytes, &net, kTlsPairBytes);
+  // Ciphertext the SSL stream already took from the socket beyond the handshake (the peer's
+  // first frame may follow its Finished in the same segment) moves along.
+  BIO* old = SSL_get_rbio(ssl);
+  char buf[4096];
+  for (int n; (n = BIO_read(old, buf, sizeof(buf))) > 0;) BIO_write(net, buf, n);
+  SSL_set_bio(ssl, inner, inner);
+  tls_->net = net;
+}
+
+void Connection::read_exact(std::byte* dst, size_t n, IoHandler handler) {
+  if (!tls_) return asio::async_read(socket_, asio::buffer(dst, n), std::move(handler));
+  tls_read_more(std::make_shared<TlsRead>(TlsRead{dst, n, 0, std::move(handler)}));
+}
+
+void Connection::tls_read_more(const std::shared_ptr<TlsRead>& r) {
+  SSL* ssl = tls_->stream.native_handle();
+  while (r->done < r->n) {
+    ERR_clear_error();
+    const int want = static_cast<int>(std::min<size_t>(r->n - r->done, 1u << 30));
+    const int got = SSL_read(ssl, r->dst + r->done, want);
+    if (got > 0) {
+      r->done += static_cast<size_t>(got);
+      continue;
+    }
+    const int err = SSL_get_error(ssl, got);
+    if (err == SSL_ERROR_WANT_READ) {
+      // Read from the socket straight into the pair's free space.
+      char* space = nullptr;
+      const int room = BIO_nwrite0(tls_->net, &space);
+      if (room <= 0) {
+        const asio::error_code full = asio::error::no_buffer_space;
+        return asio::post(socket_.get_executor(), [r, full] { r->handler(full, r->done); });
+      }
+      socket_.async_read_some(asio::buffer(space, static_cast<size_t>(room)),
+                              [self = shared_from_this(), r](const asio::error_code& ec, size_t bytes) {
+                                if (ec) return r->handler(ec, r->done);
+                                if (!self->tls_ || !self->open_) return r->handler(asio::error::operation_aborted, r->done);
+                                char* at = nullptr;
+                                BIO_nwrite(self->tls_->net, &at, static_cast<int>(bytes));
+                                self->tls_read_more(r);
+                              });
+      return;
+    }
+    asio::error_code ec = err == SSL_ERROR_ZERO_RETURN ? asio::error_code(asio::error::eof)
+                                                       : asio::error_code(static_cast<int>(ERR_get_error()),
+                                                                          asio::error::get_ssl_category());
+    if (err != SSL_ERROR_ZERO_RETURN && !ec) ec = asio::ssl::error::stream_truncated;
+    return asio::post(socket_.get_executor(), [r, ec] { r->handler(ec, r->done); });
+  }
+  // Completed from bytes already decrypted or buffered: posted, so that a burst of small frames
+  // does not nest handler in handler.
+  asio::post(socket_.get_executor(), [r] { r->handler({}, r->done); });
+}
+
+void Connection::write_all(const std::vector<ConstBytes>& pieces, IoHandler handler) {
+  if (!tls_) {
+    std::vector<asio::const_buffer> buffers;
+    buffers.reserve(pieces.size());
+    for (const auto& p : pieces) buffers.emplace_back(p.data, p.size);
+    return asio::async_write(socket_, buffers, std::move(handler));
+  }
+  auto w = std::make_shared<TlsWrite>();
+  w->pieces = pieces;
+  w->handler = std::move(handler);
+  tls_write_more(w);
+}
+
+void Connection::tls_write_more(const std::shared_ptr<TlsWrite>& w) {
+  SSL* ssl = tls_->stream.native_handle();
+  auto& staging = tls_->staging;
+  staging.clear();
+  bool failed = false;
+  const auto seal = [&](const std::byte* data, size_t n) {
+    // A memory BIO takes everything; SSL_write still returns after each record in Asio's
+    // partial-write mode, hence the loop.
+    while (n > 0 && !failed) {
+      ERR_clear_error();
+      const int wrote = SSL_write(ssl, data, static_cast<int>(std::min<size_t>(n, 1u << 30)));
+      failed = wrote <= 0;
+      if (!failed) {
+        data += wrote;
+        n -= static_cast<size_t>(wrote);
+      }
+    }
+  };
+  // Up to a window of plaintext: small pieces (the segment table, message roots, small tensors)
+  // gathered into full records, large ones sealed straight from the tensor's memory.
+  size_t window = 0;
+  while (window < kTlsWindow && w->piece < w->pieces.size()) {
+    const ConstBytes& p = w->pieces[w->piece];
+    const size_t take = std::min(p.size - w->offset, kTlsWindow - window);
+    if (take >= kTlsRecord) {
+      seal(staging.data(), staging.size());
+      staging.clear();
+      seal(p.data + w->offset, take);
+    } else {
+      staging.insert(staging.end(), p.data + w->offset, p.data + w->offset + take);
+      if (staging.size() >= kTlsRecord) {
+        seal(staging.data(), staging.size());
+        staging.clear();
+      }
+    }
+    window += take;
+    w->offset += take;
+    if (w->offset == p.size) {
+      ++w->piece;
+      w->offset = 0;
+    }
+  }
+  seal(staging.data(), staging.size());
+  staging.clear();
+  if (failed) {
+    const asio::error_code ec(static_cast<int>(ERR_get_error()), asio::error::get_ssl_category());
+    return asio::post(socket_.get_executor(), [w, ec] { w->handler(ec ? ec : asio::error::broken_pipe, w->done); });
+  }
+  if (window == 0) return asio::post(socket_.get_executor(), [w] { w->handler({}, w->done); });
+  tls_flush(w, window);
+}
+
+// Writes the window's ciphertext from the pair to the socket (in two parts when it wraps round
+// the pair's ring buffer), then seals the next window.
+void Connection::tls_flush(const std::shared_ptr<TlsWrite>& w, size_t window) {
+  char* data = nullptr;
+  const int n = BIO_nread0(tls_->net, &data);
+  if (n <= 0) {
+    w->done += window;
+    if (w->piece == w->pieces.size()) return w->handler({}, w->done);
+    return tls_write_more(w);
+  }
+  asio::async_write(socket_, asio::buffer(data, static_cast<size_t>(n)),
+                    [self = shared_from_this(), w, window, n](const asio::error_code& ec, size_t) {
+                      if (ec) return w->handler(ec, w->done);
+                      if (!self->tls_ || !self->open_) return w->handler(asio::error::operation_aborted, w->done);
+                      char* at = nullptr;
+                      BIO_nread(self->tls_->net, &at, n);
+                      self->tls_flush(w, window);
+                    });
 }
 
 void Connection::send_error_and_close(const Error& error) {

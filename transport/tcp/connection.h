@@ -125,9 +125,18 @@ class Connection : public std::enable_shared_from_this<Connection> {
   struct Tls;
   Connection(asio::ip::tcp::socket socket, Limits limits, std::shared_ptr<ReceiveBudget> budget,
              std::shared_ptr<TlsContext> tls, const std::string& expected_host);
-  // Calls f with the stream frames travel on: the SSL stream, or the socket itself.
-  template <class F>
-  void with_stream(F&& f);
+  using IoHandler = std::function<void(const asio::error_code&, size_t)>;
+  // Reads exactly n bytes of the byte stream (plaintext under TLS) into dst.
+  void read_exact(std::byte* dst, size_t n, IoHandler handler);
+  // Writes the pieces, in order, whole.
+  void write_all(const std::vector<ConstBytes>& pieces, IoHandler handler);
+  // TLS after the handshake: records are made and opened here, between memory BIOs and the
+  // socket, so that a frame goes out as few large socket writes of full 16 KiB records and comes
+  // in as large socket reads (Asio's SSL stream moves one record per system call).
+  void tls_switch_to_memory_bios();
+  void tls_read_more(const std::shared_ptr<struct TlsRead>& r);
+  void tls_write_more(const std::shared_ptr<struct TlsWrite>& w);
+  void tls_flush(const std::shared_ptr<struct TlsWrite>& w, size_t window);
   void on_handshake(const asio::error_code& ec);
   void read_header();
   void read_table(uint64_t table_bytes);
