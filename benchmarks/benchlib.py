@@ -13,6 +13,30 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+def same_blas_kernels():
+    """Fedra re-executes itself with OPENBLAS_CORETYPE=SkylakeX (Haswell) when Debian's OpenBLAS
+    does not recognise the CPU and falls back to its slow Prescott kernels (core/process.h). The
+    PyTorch peers load the same OpenBLAS: they get the same setting here, so that both sides of
+    every comparison run the same matmul kernels."""
+    if "OPENBLAS_CORETYPE" in os.environ or "FEDRA_KEEP_BLAS" in os.environ:
+        return
+    try:
+        import ctypes
+        core = ctypes.CDLL("libopenblas.so.0")
+        core.openblas_get_corename.restype = ctypes.c_char_p
+        name = core.openblas_get_corename().decode().lower()
+        flags = open("/proc/cpuinfo").read()
+    except (OSError, AttributeError):
+        return
+    if name == "prescott":
+        fix = "SkylakeX" if " avx512f" in flags else "Haswell" if " avx2" in flags else None
+        if fix:
+            os.environ["OPENBLAS_CORETYPE"] = fix
+
+
+same_blas_kernels()
+
+
 def arguments(**kwargs):
     """An ArgumentParser with --fedra (the binary) and --quick (a smoke run)."""
     ap = argparse.ArgumentParser(**kwargs)

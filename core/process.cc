@@ -1,15 +1,34 @@
 #include "core/process.h"
 
+#include <dlfcn.h>
 #include <malloc.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include <sys/resource.h>
 #include <time.h>
 
 #include <algorithm>
+#include <cctype>
+#include <string>
 #include <thread>
 
 #include <ATen/Parallel.h>
 
 namespace fedra {
+
+void use_fast_blas_kernels(char** argv) {
+  if (::getenv("OPENBLAS_CORETYPE") != nullptr || ::getenv("FEDRA_KEEP_BLAS") != nullptr) return;
+  using CoreName = char* (*)();
+  const auto corename = reinterpret_cast<CoreName>(::dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (corename == nullptr) return;  // not OpenBLAS
+  std::string core = corename();
+  for (auto& c : core) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (core != "prescott") return;
+  const char* fix = __builtin_cpu_supports("avx512f") ? "SkylakeX" : __builtin_cpu_supports("avx2") ? "Haswell" : nullptr;
+  if (fix == nullptr) return;
+  ::setenv("OPENBLAS_CORETYPE", fix, 1);
+  ::execv("/proc/self/exe", argv);  // returns only on failure: then go on with the slow kernels
+}
 
 int configure_threads(int threads) {
   const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -16,6 +16,16 @@ int configure_threads(int threads);
 // `keep_below_bytes` still use mmap.
 void tune_allocator(uint64_t keep_below_bytes = uint64_t{1} << 30);
 
+// Debian 12's OpenBLAS (0.3.21) does not know CPUs newer than its release (e.g. Intel's
+// Sapphire and Emerald Rapids, CPU model 143 and 207) and falls back to its generic "Prescott"
+// kernels: a 64x784x256 matmul runs at 28 GFLOP/s instead of 119 on such a core. OpenBLAS reads
+// OPENBLAS_CORETYPE only when it loads, so when it reports Prescott on a CPU with AVX-512 (or
+// AVX2) this sets OPENBLAS_CORETYPE=SkylakeX (Haswell) and re-executes the program once with
+// the same arguments. Nothing happens when OPENBLAS_CORETYPE is set already (the user's choice),
+// when FEDRA_KEEP_BLAS is set, with another BLAS, or when OpenBLAS recognised the CPU. Call first
+// thing in main(). Child processes (simulate's workers) inherit the variable.
+void use_fast_blas_kernels(char** argv);
+
 // Raises the soft limit on open files to the hard limit: a coordinator of 1,000 clients holds
 // 1,000 sockets, and Debian's default soft limit is 1,024.
 void raise_open_file_limit();

@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
     std::cout << kUsage;
     return argc < 2 ? 2 : 0;
   }
+  fedra::use_fast_blas_kernels(argv);
   const std::string cmd = argv[1];
   fedra::tune_allocator();
   fedra::raise_open_file_limit();

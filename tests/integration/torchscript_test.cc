@@ -138,7 +138,10 @@ TEST_CASE("fedavg of a scripted model with BatchNorm and Dropout over per-site f
                     dir / "fedbn.log", std::chrono::seconds(180)) == 0);
   python({"fedavg", dir / "net.pt", dir.path(), "2", "2", "2", "32", "0.05", "5", dir / "fedbn.pt", "local_bn"}, dir);
   const NamedTensors fedbn = load_model_file(dir / "fedbn/model.bin");
-  CHECK(max_diff(fedbn, model_state(*build_model("torchscript:" + (dir / "fedbn.pt"), 0))) < 1e-5);
+  // 3e-5: with OpenBLAS's AVX-512 kernels (core/process.h) the per-site batch norm statistics of
+  // 76 steps drift by up to 1.6e-5 between the two processes (1e-5 held with the generic kernels);
+  // FedBN and FedAvg differ by more than 1e-4 (below).
+  CHECK(max_diff(fedbn, model_state(*build_model("torchscript:" + (dir / "fedbn.pt"), 0))) < 3e-5);
   CHECK(max_diff(fedbn, got) > 1e-4);  // and that is not plain FedAvg
   // A model without batch norm has nothing to keep local: refused before any round.
   CHECK(run_fedra({"simulate", "--workers", "2", "--fedavg.local_bn", "true", "--dataset", "fmnist:limit=100"},
