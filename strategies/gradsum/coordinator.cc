@@ -53,7 +53,7 @@ class GradSumCoordinator : public SteppedStrategy {
     return fmt::format("gradsum: {} steps in {} rounds of up to {}; {} bucket(s) of <= {} KiB; topology={}, {}reduce={}",
                        p.total, p.rounds(), p.per_round, layout_.buckets.size(), o_.bucket_kb(),
                        enum_name(o_.topology()),
-                       o_.topology() == Topology::kStar ? fmt::format("sync={}, ", enum_name(o_.sync())) : "",
+                       o_.topology() != Topology::kRing ? fmt::format("sync={} (star), ", enum_name(o_.sync())) : "",
                        enum_name(o_.reduce()));
   }
   Metrics run_round(Cohort& cohort, const RunContext&, const RoundSteps& s) override {
@@ -93,6 +93,18 @@ class GradSumCoordinator : public SteppedStrategy {
     int checks = 0;
   };
 
+  // topology=auto: the ring when every worker can take part in one (real worker processes with
+  // a peer port; not the in-process LocalCohort, not a TLS worker without its own certificate).
+  bool use_ring(Cohort& cohort) const {
+    if (o_.topology() != Topology::kAuto) return o_.topology() == Topology::kRing;
+    const auto workers = cohort.workers_by_name();
+    if (workers.size() < 2) return false;
+    for (const auto& w : workers) {
+      if (w.peer_address.empty()) return false;
+    }
+    return true;
+  }
+
   void reset_step(RoundState& r) const {
     const size_t nb = layout_.buckets.size();
     r.acc.assign(nb, {});
@@ -104,7 +116,7 @@ class GradSumCoordinator : public SteppedStrategy {
   }
 
   Metrics run_round(Cohort& cohort, uint32_t round, int64_t first, int64_t count) {
-    if (o_.topology() == Topology::kRing) {
+    if (use_ring(cohort)) {
       return run_ring_round(cohort, o_, RingRound{round, first, count}, layout_, *optimizer_, buffers_, session_);
     }
     RoundState r;

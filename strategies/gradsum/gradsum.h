@@ -65,8 +65,8 @@ enum class Reduce { kSum, kMean };
 FEDRA_ENUM_NAMES(Reduce, {Reduce::kSum, "sum"}, {Reduce::kMean, "mean"})
 enum class Sync { kParams, kGradient };
 FEDRA_ENUM_NAMES(Sync, {Sync::kParams, "params"}, {Sync::kGradient, "gradient"})
-enum class Topology { kStar, kRing };
-FEDRA_ENUM_NAMES(Topology, {Topology::kStar, "star"}, {Topology::kRing, "ring"})
+enum class Topology { kAuto, kStar, kRing };
+FEDRA_ENUM_NAMES(Topology, {Topology::kAuto, "auto"}, {Topology::kStar, "star"}, {Topology::kRing, "ring"})
 
 // Fault injection for tests (--gradsum.testing.NAME, listed by --help-testing).
 struct GradSumTesting {
@@ -84,7 +84,7 @@ struct GradSumOptions : SteppedOptions {
   GradSumOptions() { schedule_.steps_per_round(100); }
   FEDRA_ARG(Reduce, reduce) = Reduce::kSum;
   FEDRA_ARG(Sync, sync) = Sync::kParams;
-  FEDRA_ARG(Topology, topology) = Topology::kStar;
+  FEDRA_ARG(Topology, topology) = Topology::kAuto;
   FEDRA_ARG(int64_t, bucket_kb) = 1024;
   FEDRA_ARG(bool, overlap) = true;
   FEDRA_ARG(int64_t, check_every) = 100;
@@ -104,7 +104,8 @@ struct GradSumOptions : SteppedOptions {
       "star: every gradient goes through the coordinator, which sums it; ring: the workers "
       "all-reduce among themselves over direct links (bucketed ring, overlapped with backward) and "
       "each steps its own identical optimiser, while the coordinator only orchestrates (sync is "
-      "then ignored)");
+      "then ignored); auto: ring when every worker of the round has a peer port and there are "
+      "at least 2, else star");
     f("bucket_kb", bucket_kb_, "gradient bucket size in KiB: the unit that streams and is summed");
     f("overlap", overlap_, "send each bucket from the backward pass as soon as it is ready");
     f("check_every", check_every_, "replicas send a parameter checksum every N steps; 0 = never");

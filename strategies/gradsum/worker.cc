@@ -40,7 +40,7 @@ class GradSumWorker : public WorkerStrategy {
         numel += p.count;
       }
       piece_names_.push_back(std::move(names));
-      if (o_.topology() == Topology::kRing) flat_.push_back(at::zeros({numel}, layout_.params[bucket[0].param].options()));
+      flat_numel_.push_back(numel);
     }
     if (o_.overlap()) {
       size_t i = 0;
@@ -63,7 +63,8 @@ class GradSumWorker : public WorkerStrategy {
     const int64_t count = run.steps;
     const auto timeout = o_.schedule().step_timeout_ms();
     load_model_state(*model_, run.params);
-    if (o_.topology() == Topology::kRing) return handle_ring(run, request, ctx, link);
+    // The coordinator chose the ring (topology=ring, or auto with every worker on a peer port).
+    if (request.options.count("peers") != 0) return handle_ring(run, request, ctx, link);
     if (o_.sync() == Sync::kGradient) {
       optimizer_.emplace(OptimizerConfig::from(o_.optim()), layout_.names, layout_.params);
       optimizer_->load_state(run.opt_state);
@@ -109,6 +110,11 @@ class GradSumWorker : public WorkerStrategy {
     FEDRA_REQUIRE(static_cast<int64_t>(members.size()) == world_, "gradsum.run: {} peers for a world of {}",
                   members.size(), world_);
     const auto timeout = o_.schedule().step_timeout_ms();
+    if (flat_.empty()) {
+      for (size_t b = 0; b < layout_.buckets.size(); ++b) {
+        flat_.push_back(at::zeros({flat_numel_[b]}, layout_.params[layout_.buckets[b][0].param].options()));
+      }
+    }
     optimizer_.emplace(OptimizerConfig::from(o_.optim()), layout_.names, layout_.params);
     optimizer_->load_state(run.opt_state);
     ring_ = ctx.peers->ring(members, static_cast<size_t>(rank_), std::stoull(request.option("session")), timeout);
@@ -358,6 +364,7 @@ class GradSumWorker : public WorkerStrategy {
   std::vector<at::Tensor> constant_;  // exchange_only's gradient
   // topology=ring
   std::vector<at::Tensor> flat_;  // per bucket: its pieces, contiguous, reduced in place
+  std::vector<int64_t> flat_numel_;
   std::unique_ptr<PeerRing> ring_;
   RingAllReduce* allreduce_ = nullptr;  // during a ring round, for the backward hooks
   Clock::time_point first_start_;

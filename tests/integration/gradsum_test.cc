@@ -139,7 +139,7 @@ TEST_CASE("a worker dying mid-step fails the step with its name, or the run goes
                                      "--model", kModel, "--loss", "bce", "--gradsum.steps", "40",
                                      "--gradsum.steps_per_round", "10", "--gradsum.testing.inject", "exit:15",
                                      "--gradsum.bucket_kb", "1",  // two buckets: it dies between them
-                                     "--out", dir / name};
+                                     "--gradsum.topology", "star", "--out", dir / name};
     args.insert(args.end(), extra.begin(), extra.end());
     const int code = run_fedra(args, dir / (name + ".log"), std::chrono::seconds(120));
     return std::make_pair(code, read_file(dir / (name + ".log")));
@@ -164,12 +164,13 @@ TEST_CASE("a worker dying mid-step fails the step with its name, or the run goes
   CHECK(lines[3]["workers_ok"] == 2);
 }
 
-TEST_CASE("a replica out of sync is caught by the checksum and named") {
+TEST_CASE("a replica out of sync is caught by the checksum and named (star: against the coordinator's)") {
   TempDir dir;
   const int code = run_fedra({"simulate", "--strategy", "gradsum", "--workers", "2", "--dataset", kData,
                               "--model", kModel, "--loss", "bce", "--gradsum.steps", "20",
                               "--gradsum.check_every", "4", "--gradsum.sync", "gradient",
-                              "--gradsum.testing.inject", "desync:6", "--out", dir / "out"},
+                              "--gradsum.testing.inject", "desync:6", "--gradsum.topology", "star",
+                              "--out", dir / "out"},
                              dir / "log", std::chrono::seconds(120));
   const std::string log = read_file(dir / "log");
   INFO("log:\n" << log);
