@@ -1,18 +1,23 @@
 #!/usr/bin/python3
-"""gradsum against PyTorch DistributedDataParallel (gloo), side by side in one run.
+"""gradsum (ring and star) against PyTorch DistributedDataParallel / gloo, side by side in one run.
 
-  /usr/bin/python3 benchmarks/gradsum_vs_ddp.py [--fedra build/fedra] [--quick]
+  /usr/bin/python3 benchmarks/gradsum_vs_ddp.py [--fedra build/fedra] [--quick] [--repeat N]
 
 (a) Step time: MLP 784-256-10, batch 64 per worker, 2 workers on loopback, SGD.
     Fedra: `fedra simulate --strategy gradsum` on Fashion-MNIST (coordinator + 2 worker
-    processes over TCP, one LibTorch thread each); step_ms of rounds 2.. (median).
-    Peer: benchmarks/peer/ddp_gloo.py step (2 processes, gloo, one thread each).
-(b) Exchanging a 100 MB gradient between 2 workers: Fedra runs gradsum with exchange_only on
-    mlp:5000-5000 (25,005,000 float32 = 100.02 MB): each step every worker sends its whole
-    gradient and receives the sum, through the coordinator, which sums bucket by bucket and
-    steps its optimiser; step_ms is the whole exchange. Peer: dist.all_reduce of the same
-    number of floats (median of 20). Throughput = 100.02 MB / time.
-Ratios are peer time / Fedra time (above 1: Fedra faster).
+    processes over TCP, one LibTorch thread each), topology=ring and topology=star; step_ms of
+    rounds 2.. (median). Peer: benchmarks/peer/ddp_gloo.py step (2 processes, gloo, one thread each).
+(b) Exchanging a 100 MB gradient (mlp:5000-5000 = 25,005,000 float32 = 100.02 MB), with
+    exchange_only (workers send a constant gradient without computing):
+      ring   worker_exchange_ms: the all-reduce alone, from the first bucket handed to the ring
+             to the last chunk in (the buckets are filled first, as gloo's tensor is);
+             step_ms adds filling the buckets and every replica's optimiser step;
+      star   step_ms: every worker sends its gradient to the coordinator, which sums bucket by
+             bucket, steps its optimiser and sends the parameters back;
+      gloo   dist.all_reduce of the same number of floats (median of 20).
+    For 2 workers, and for 4 (one core for two processes: slower for all three alike).
+Ratios are peer time / Fedra time (above 1: Fedra faster). Throughput = 100.02 MB / time.
+With --repeat N each measurement runs N times and the table gives the median of the runs.
 """
 import json
 import os
@@ -25,9 +30,9 @@ from benchlib import arguments, run_peer
 BYTES = 25_005_000 * 4
 
 
-def fedra(binary, args):
+def fedra(binary, workers, args):
     with tempfile.TemporaryDirectory() as out:
-        cmd = [binary, "simulate", "--strategy", "gradsum", "--workers", "2", "--threads", "1",
+        cmd = [binary, "simulate", "--strategy", "gradsum", "--workers", str(workers), "--threads", "1",
                "--worker-threads", "1", "--test-data", "none", "--log-level", "warn",
                "--gradsum.eval_every", "0", "--out", out] + args
         run = subprocess.run(cmd, capture_output=True, text=True)
@@ -36,34 +41,64 @@ def fedra(binary, args):
         return [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
 
 
-def peer(mode, extra):
-    return run_peer("ddp_gloo.py", [mode] + extra, "DDP peer")
+def median_of(rows, key):
+    return statistics.median(r[key] for r in rows[1:])
+
+
+def exchange(binary, workers, topology, steps):
+    rows = fedra(binary, workers, ["--dataset", "synthetic:n=64,features=5000", "--model", "mlp:5000-5000",
+                                   "--gradsum.steps", str(steps), "--gradsum.steps_per_round", str(steps // 3),
+                                   "--gradsum.exchange_only", "true", "--gradsum.check_every", "0",
+                                   "--gradsum.bucket_kb", "4096", "--gradsum.topology", topology])
+    return median_of(rows, "step_ms"), (median_of(rows, "worker_exchange_ms") if topology == "ring" else None)
 
 
 def main():
-    a = arguments().parse_args()
-    steps, per_round, ex_steps = (600, 150, 12) if a.quick else (2000, 400, 60)
+    ap = arguments()
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each measurement (the median is shown)")
+    a = ap.parse_args()
+    steps, per_round, ex_steps = (600, 150, 12) if a.quick else (2000, 400, 30)
+    med = lambda xs: statistics.median(xs)
 
-    rows = fedra(a.fedra, ["--dataset", "fmnist", "--model", "mlp:784-256-10",
-                           "--gradsum.steps", str(steps), "--gradsum.steps_per_round", str(per_round),
-                           "--gradsum.batch_size", "64", "--gradsum.lr", "0.05"])
-    f_step = statistics.median(r["step_ms"] for r in rows[1:])
-    d_step = peer("step", ["--steps", str(steps)])["step_ms"]
+    step = {"ring": [], "star": [], "ddp": []}
+    for _ in range(a.repeat):
+        for topology in ("ring", "star"):
+            rows = fedra(a.fedra, 2, ["--dataset", "fmnist", "--model", "mlp:784-256-10",
+                                      "--gradsum.steps", str(steps), "--gradsum.steps_per_round", str(per_round),
+                                      "--gradsum.batch_size", "64", "--gradsum.lr", "0.05",
+                                      "--gradsum.topology", topology])
+            step[topology].append(median_of(rows, "step_ms"))
+        step["ddp"].append(peer("step", ["--steps", str(steps)])["step_ms"])
 
-    rows = fedra(a.fedra, ["--dataset", "synthetic:n=64,features=5000", "--model", "mlp:5000-5000",
-                           "--gradsum.steps", str(ex_steps), "--gradsum.steps_per_round", str(ex_steps // 3),
-                           "--gradsum.exchange_only", "true",
-                           "--gradsum.check_every", "0", "--gradsum.bucket_kb", "4096"])
-    f_ex = statistics.median(r["step_ms"] for r in rows[1:])
-    g = peer("allreduce", ["--iters", "20"])
-    d_ex = g["allreduce_ms"]
+    ex = {}
+    for workers in (2, 4):
+        r = {"ring_ex": [], "ring_step": [], "star_step": [], "gloo": []}
+        for _ in range(a.repeat):
+            s, e = exchange(a.fedra, workers, "ring", ex_steps)
+            r["ring_step"].append(s)
+            r["ring_ex"].append(e)
+            r["star_step"].append(exchange(a.fedra, workers, "star", ex_steps)[0])
+            r["gloo"].append(peer("allreduce", ["--iters", "20", "--world", str(workers)])["allreduce_ms"])
+        ex[workers] = {k: med(v) for k, v in r.items()}
 
-    print("gradsum vs PyTorch DDP (gloo), 2 workers on loopback, one thread per process")
-    print(f"(a) step, MLP 784-256-10, batch 64/worker   fedra {f_step:7.2f} ms   DDP {d_step:7.2f} ms"
-          f"   ratio {d_step / f_step:5.2f}x   (target <= 2.0 ms: {'met' if f_step <= 2.0 else 'NOT met'})")
-    print(f"(b) 100 MB gradient exchange                fedra {f_ex:7.1f} ms = {BYTES / f_ex / 1e6:5.2f} GB/s"
-          f"   gloo {d_ex:7.1f} ms = {BYTES / d_ex / 1e6:5.2f} GB/s   ratio {d_ex / f_ex:5.2f}x"
-          f"   (target >= 1.2 GB/s: {'met' if BYTES / f_ex / 1e6 >= 1.2 else 'NOT met'})")
+    rs, ss, ds = med(step["ring"]), med(step["star"]), med(step["ddp"])
+    print(f"gradsum vs PyTorch DDP (gloo) on loopback, one thread per process, median of {a.repeat} run(s)")
+    print(f"(a) step, MLP 784-256-10, batch 64/worker, 2 workers")
+    print(f"    ring {rs:6.2f} ms   star {ss:6.2f} ms   DDP {ds:6.2f} ms   "
+          f"ratio DDP/ring {ds / rs:4.2f}x (target >= 1.8x: {'met' if ds / rs >= 1.8 else 'NOT met'})   "
+          f"DDP/star {ds / ss:4.2f}x")
+    for workers, r in ex.items():
+        gb = lambda ms: BYTES / ms / 1e6
+        print(f"(b) 100 MB gradient exchange, {workers} workers")
+        print(f"    ring all-reduce {r['ring_ex']:6.1f} ms = {gb(r['ring_ex']):4.2f} GB/s   "
+              f"gloo all_reduce {r['gloo']:6.1f} ms = {gb(r['gloo']):4.2f} GB/s   ratio {r['gloo'] / r['ring_ex']:4.2f}x"
+              + (f" (target >= 1.2x: {'met' if r['gloo'] / r['ring_ex'] >= 1.2 else 'NOT met'})" if workers == 2 else ""))
+        print(f"    whole step: ring {r['ring_step']:6.1f} ms   star {r['star_step']:6.1f} ms   "
+              f"star/ring {r['star_step'] / r['ring_step']:4.2f}x")
+
+
+def peer(mode, extra):
+    return run_peer("ddp_gloo.py", [mode] + extra, "DDP peer")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 loopback, one intra-op thread each (Debian's python3-torch; run with /usr/bin/python3).
 
   ddp_gloo.py step       [--steps 1000]  MLP 784-256-10, batch 64 per worker, SGD; ms per step
-  ddp_gloo.py allreduce  [--iters 20]    all_reduce(SUM) of 25,005,000 float32 (100.02 MB)
+  ddp_gloo.py allreduce  [--iters 20] [--world 2]
+                                         all_reduce(SUM) of 25,005,000 float32 (100.02 MB)
 
 Prints one JSON object on stdout (rank 0's measurements).
 """
@@ -75,7 +76,7 @@ def worker(rank, args, port, queue):
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=args.world)
     result = step_bench(rank, args.steps) if args.mode == "step" else allreduce_bench(rank, args.iters)
     dist.barrier()
     if rank == 0:
@@ -88,11 +89,14 @@ def main():
     ap.add_argument("mode", choices=["step", "allreduce"])
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--world", type=int, default=2, help="processes (allreduce only; step uses 2)")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     port = free_port()
-    procs = [ctx.Process(target=worker, args=(r, args, port, queue)) for r in range(2)]
+    if args.mode == "step":
+        args.world = 2
+    procs = [ctx.Process(target=worker, args=(r, args, port, queue)) for r in range(args.world)]
     for p in procs:
         p.start()
     for p in procs:
