@@ -287,7 +287,12 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
   }
   if (st->error) {
     out->close(Error(ErrorKind::kDisconnected, "ring setup failed"));
-    FEDRA_THROW(ErrorKind::kDisconnected, "{}", what(*st->error));
+    const bool tls_failed = config_.tls_client && st->error->find("TLS") != std::string::npos;
+    FEDRA_THROW(ErrorKind::kDisconnected, "{}{}", what(*st->error),
+                tls_failed ? " (a peer link checks that each worker's certificate carries its name and may serve "
+                             "TLS: make worker certificates with this release's `fedra certs`, or set "
+                             "gradsum.topology=star)"
+                           : "");
   }
   if (!st->welcomed || !in) {
     out->close(Error(ErrorKind::kDisconnected, "ring setup timed out"));

@@ -226,4 +226,21 @@ TEST_CASE("peer links under TLS: members of the job's CA form a ring; a certific
   }
   outsider.join();
   CHECK(hubs[0]->refused() == before + 1);
+
+  // A member whose certificate is not for its name (here worker-2's, under worker-1's name): the
+  // worker linking to it says which link failed, why, and what to do.
+  std::vector<std::unique_ptr<PeerHub>> pair;
+  for (const char* cert : {"worker-0", "worker-2"}) {
+    PeerConfig pc;
+    tcp::TlsConfig f{dir / ("pki/" + std::string(cert) + ".pem"), dir / ("pki/" + std::string(cert) + ".key"),
+                     dir / "pki/ca.pem", ""};
+    pc.tls_server = std::make_shared<tcp::TlsContext>(tcp::TlsRole::kServer, f);
+    pc.tls_client = std::make_shared<tcp::TlsContext>(tcp::TlsRole::kClient, f);
+    pair.push_back(std::make_unique<PeerHub>(fmt::format("worker-{}", pair.size()), pc, "127.0.0.1"));
+    pair.back()->set_key("secret");
+  }
+  const auto bad = all_reduce(pair, {100}, 1, 1);
+  INFO(bad[0].error);
+  CHECK(contains(bad[0].error, "worker-0 cannot link to its ring peer worker-1 at " + pair[1]->address()));
+  CHECK(contains(bad[0].error, "fedra certs"));
 }
