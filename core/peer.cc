@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
@@ -192,7 +193,9 @@ void PeerHub::accept(std::shared_ptr<tcp::Connection> conn) {
           return refuse(link, "wrong peer key: the connection is not from a worker of this job");
         }
         const std::string* session = option_of(env, "session");
-        link->session = session ? std::stoull(*session) : 0;
+        char* end = nullptr;
+        link->session = session ? std::strtoull(session->c_str(), &end, 10) : 0;
+        if (!session || session->empty() || *end != '\0') return refuse(link, "a peer.hello without a ring session");
         if (link->session < session_) {
           return refuse(link, fmt::format("ring session {} is over (now {})", link->session, session_));
         }

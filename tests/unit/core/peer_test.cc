@@ -184,6 +184,28 @@ TEST_CASE("an outsider without the job's key is refused and logged; an absent pe
     }
     CHECK(contains(why, "wrong peer key"));
   }
+  {  // the right key, but no ring session it could belong to
+    auto odd = tcp::BlockingChannel::connect(tcp::parse_endpoint(hub.address()), {}, milliseconds(2000));
+    transport::Envelope hello;
+    hello.kind = peer::kHello;
+    hello.sender = "worker-7";
+    hello.options = {{"key", "the-job-key"}, {"session", "soon"}};
+    odd->send(hello);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (hub.refused() == 1 && std::chrono::steady_clock::now() < deadline) {
+      hub.io().run_for(milliseconds(10));
+      hub.io().restart();
+    }
+    CHECK(hub.refused() == 2);
+    std::string why;
+    try {
+      const auto reply = odd->receive(milliseconds(2000));
+      why = reply.error ? reply.error->message : reply.kind;
+    } catch (const Error& e) {
+      why = e.what();
+    }
+    CHECK(contains(why, "without a ring session"));
+  }
   // A ring whose next member is not listening: the error names both workers and the address.
   asio::io_context io;
   tcp::Listener probe(io, tcp::parse_endpoint("127.0.0.1:0"), [](asio::ip::tcp::socket) {});
