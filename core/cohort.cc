@@ -25,7 +25,6 @@ namespace tcp = transport::tcp;
 
 namespace {
 
-// Constant-time comparison, so the token check does not leak how many bytes matched.
 // 128 random bits, hex.
 std::string random_key() {
   unsigned char bytes[16];
@@ -33,16 +32,6 @@ std::string random_key() {
   std::string out;
   for (unsigned char b : bytes) out += fmt::format("{:02x}", b);
   return out;
-}
-
-bool same_token(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
-    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
-    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
-    diff |= static_cast<unsigned char>(x ^ y);
-  }
-  return diff == 0;
 }
 
 std::string seconds(Clock::duration d) {
@@ -238,7 +227,7 @@ struct TcpCohort::Impl {
     } catch (const Error& e) {
       return reject(m, e);
     }
-    if (!config.token.empty() && !same_token(hi.option_or("token", ""), config.token)) {
+    if (!config.token.empty() && !protocol::same_secret(hi.option_or("token", ""), config.token)) {
       return reject(m, Error(ErrorKind::kFailed,
                              "authentication failed: the worker's token does not match the "
                              "coordinator's (check --token on both sides)"));

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/placement.h"
+#include "core/protocol.h"
 #include "transport/tcp/connection.h"
 #include "transport/tcp/tls.h"
 
@@ -21,12 +22,6 @@ namespace tcp = transport::tcp;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-bool same_secret(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i % std::max<size_t>(b.size(), 1)]);
-  return diff == 0 && !b.empty();
-}
 
 const std::string* option_of(const transport::Envelope& env, const std::string& key) {
   for (const auto& [k, v] : env.options) {
@@ -189,7 +184,7 @@ void PeerHub::accept(std::shared_ptr<tcp::Connection> conn) {
         if (env.kind != peer::kHello) return refuse(link, fmt::format("expected '{}', got '{}'", peer::kHello, env.kind));
         const std::string* key = option_of(env, "key");
         if (key_.empty()) return refuse(link, "this worker has not joined a job yet");
-        if (!key || !same_secret(*key, key_)) {
+        if (!key || !protocol::same_secret(*key, key_)) {
           return refuse(link, "wrong peer key: the connection is not from a worker of this job");
         }
         const std::string* session = option_of(env, "session");
@@ -527,7 +522,6 @@ void RingAllReduce::apply(size_t b, transport::Envelope&& env) {
     chunk = at::from_blob(const_cast<std::byte*>(t.data), {chunk.numel()}, [storage](void*) {}, chunk.options());
   }
   ++bucket.phase_recv;
-  last_progress_ = Clock::now();
   if (bucket.phase_recv < phases) {
     send_phase(b, bucket.phase_recv);
   } else {

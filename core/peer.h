@@ -220,7 +220,6 @@ class RingAllReduce {
   bool listening_ = false;
   uint64_t writes_pending_ = 0;
   std::deque<transport::Envelope> ahead_;  // frames of the next step
-  std::chrono::steady_clock::time_point last_progress_;
 };
 
 }  // namespace fedra

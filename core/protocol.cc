@@ -1,9 +1,21 @@
 #include "core/protocol.h"
 
+#include <algorithm>
+
 namespace fedra::protocol {
 
 namespace {
 constexpr std::string_view kOptionPrefix = "option.";
+}
+
+bool same_secret(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
+    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= static_cast<unsigned char>(x ^ y);
+  }
+  return diff == 0;
 }
 
 Message make_welcome(const Job& job, uint64_t worker_id) {

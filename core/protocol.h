@@ -26,6 +26,10 @@ inline constexpr const char* kError = transport::kErrorKind;
 inline constexpr const char* kCoordinatorName = "coordinator";
 
 Message make_welcome(const Job& job, uint64_t worker_id);
+
+// Constant-time comparison of secrets (the token, the peer key), so that the time taken does not
+// tell how many bytes matched.
+bool same_secret(const std::string& a, const std::string& b);
 Job job_from_welcome(const Message& welcome);
 
 }  // namespace fedra::protocol

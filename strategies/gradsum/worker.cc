@@ -79,17 +79,7 @@ class GradSumWorker : public WorkerStrategy {
       const auto t2 = Clock::now();
       compute_s += Seconds(t1 - t0).count();
       wait_s += Seconds(t2 - t1).count();
-      if (inject_.what == "desync" && inject_.step == s && injected()) {
-        spdlog::warn("inject desync:{}: perturbing this replica's weights", s);
-        torch::NoGradGuard no_grad;
-        layout_.params[0].add_(1e-3);
-      }
-      if (o_.check_every() > 0 && (s + 1) % o_.check_every() == 0) {
-        Message check(kCheck);
-        check.step = static_cast<uint64_t>(s);
-        check.options["checksum"] = std::to_string(checksum(layout_.params));
-        link_->send(check);
-      }
+      end_step(s, *link_);
     }
     Message done(kDone, request.round);
     for (const auto& b : model_->named_buffers()) done.tensors.emplace_back(b.key(), b.value());  // averaged upstream
@@ -141,17 +131,7 @@ class GradSumWorker : public WorkerStrategy {
           examples += examples_;
         }
         apply_reduced(allreduce);
-        if (inject_.what == "desync" && inject_.step == s && injected()) {
-          spdlog::warn("inject desync:{}: perturbing this replica's weights", s);
-          torch::NoGradGuard no_grad;
-          layout_.params[0].add_(1e-3);
-        }
-        if (o_.check_every() > 0 && (s + 1) % o_.check_every() == 0) {
-          Message check(kCheck);
-          check.step = static_cast<uint64_t>(s);
-          check.options["checksum"] = std::to_string(checksum(layout_.params));
-          link.send(check);
-        } else if (Clock::now() - last_beat >= heartbeat) {
+        if (!end_step(s, link) && Clock::now() - last_beat >= heartbeat) {
           Message beat(kProgress);
           beat.step = static_cast<uint64_t>(s);
           link.send(beat);
@@ -287,6 +267,22 @@ class GradSumWorker : public WorkerStrategy {
       std::_Exit(3);
     }
     first_sent_ = true;
+  }
+
+  // After step s, both topologies: the test's desync, then every check_every steps the
+  // parameters' checksum to the coordinator. Returns whether a checksum went.
+  bool end_step(int64_t s, WorkerLink& link) {
+    if (inject_.what == "desync" && inject_.step == s && injected()) {
+      spdlog::warn("inject desync:{}: perturbing this replica's weights", s);
+      torch::NoGradGuard no_grad;
+      layout_.params[0].add_(1e-3);
+    }
+    if (o_.check_every() <= 0 || (s + 1) % o_.check_every() != 0) return false;
+    Message check(kCheck);
+    check.step = static_cast<uint64_t>(s);
+    check.options["checksum"] = std::to_string(checksum(layout_.params));
+    link.send(check);
+    return true;
   }
 
   bool injected() const { return inject_.worker.empty() ? rank_ == world_ - 1 : inject_.worker == name_; }

@@ -99,6 +99,29 @@ at::Tensor expected_sum(size_t n, const std::vector<int64_t>& sizes, int step) {
   return at::cat(parts);
 }
 
+// Connects to the hub's peer port from outside it and says hello with `key` and `session`; runs
+// the hub until it refuses (5 s at most) and returns what the outsider was told.
+std::string refusal(PeerHub& hub, const std::string& sender, const std::string& key, const std::string& session) {
+  auto outsider = tcp::BlockingChannel::connect(tcp::parse_endpoint(hub.address()), {}, milliseconds(2000));
+  transport::Envelope hello;
+  hello.kind = peer::kHello;
+  hello.sender = sender;
+  hello.options = {{"key", key}, {"session", session}};
+  outsider->send(hello);
+  const uint64_t before = hub.refused();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (hub.refused() == before && std::chrono::steady_clock::now() < deadline) {
+    hub.io().run_for(milliseconds(10));
+    hub.io().restart();
+  }
+  try {
+    const auto reply = outsider->receive(milliseconds(2000));
+    return reply.error ? reply.error->message : reply.kind;
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
 }  // namespace
 
 TEST_CASE("ring all-reduce over loopback links sums buckets of uneven sizes on 1 to 4 members") {
@@ -162,50 +185,11 @@ TEST_CASE("a non-finite gradient anywhere fails the ring step") {
 TEST_CASE("an outsider without the job's key is refused and logged; an absent peer is named with its address") {
   auto hubs = make_hubs(1, "the-job-key");
   PeerHub& hub = *hubs[0];
-  {
-    auto outsider = tcp::BlockingChannel::connect(tcp::parse_endpoint(hub.address()), {}, milliseconds(2000));
-    transport::Envelope hello;
-    hello.kind = peer::kHello;
-    hello.sender = "mallory";
-    hello.options = {{"key", "guess"}, {"session", "1"}};
-    outsider->send(hello);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (hub.refused() == 0 && std::chrono::steady_clock::now() < deadline) {
-      hub.io().run_for(milliseconds(10));
-      hub.io().restart();
-    }
-    CHECK(hub.refused() == 1);
-    std::string why;
-    try {
-      const auto reply = outsider->receive(milliseconds(2000));
-      why = reply.error ? reply.error->message : reply.kind;
-    } catch (const Error& e) {
-      why = e.what();
-    }
-    CHECK(contains(why, "wrong peer key"));
-  }
-  {  // the right key, but no ring session it could belong to
-    auto odd = tcp::BlockingChannel::connect(tcp::parse_endpoint(hub.address()), {}, milliseconds(2000));
-    transport::Envelope hello;
-    hello.kind = peer::kHello;
-    hello.sender = "worker-7";
-    hello.options = {{"key", "the-job-key"}, {"session", "soon"}};
-    odd->send(hello);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (hub.refused() == 1 && std::chrono::steady_clock::now() < deadline) {
-      hub.io().run_for(milliseconds(10));
-      hub.io().restart();
-    }
-    CHECK(hub.refused() == 2);
-    std::string why;
-    try {
-      const auto reply = odd->receive(milliseconds(2000));
-      why = reply.error ? reply.error->message : reply.kind;
-    } catch (const Error& e) {
-      why = e.what();
-    }
-    CHECK(contains(why, "without a ring session"));
-  }
+  CHECK(contains(refusal(hub, "mallory", "guess", "1"), "wrong peer key"));
+  CHECK(hub.refused() == 1);
+  // The right key, but no ring session it could belong to.
+  CHECK(contains(refusal(hub, "worker-7", "the-job-key", "soon"), "without a ring session"));
+  CHECK(hub.refused() == 2);
   // A ring whose next member is not listening: the error names both workers and the address.
   asio::io_context io;
   tcp::Listener probe(io, tcp::parse_endpoint("127.0.0.1:0"), [](asio::ip::tcp::socket) {});
