@@ -40,6 +40,11 @@ std::string seconds(Clock::duration d) {
 
 }  // namespace
 
+bool can_link(const std::vector<WorkerInfo>& workers) {
+  return workers.size() >= 2 && std::all_of(workers.begin(), workers.end(),
+                                            [](const WorkerInfo& w) { return !w.peer_address.empty(); });
+}
+
 std::string describe_failures(const std::vector<Failure>& failures) {
   std::vector<std::string> parts;
   for (const auto& f : failures) parts.push_back(fmt::format("{}: {}", f.name, f.message));

@@ -61,6 +61,10 @@ struct WorkerInfo {
   std::vector<int64_t> label_histogram;
 };
 
+// True when there are at least two workers and every one reported a peer port: they can link
+// directly (a strategy's topology=auto then leaves the coordinator out of the data path).
+bool can_link(const std::vector<WorkerInfo>& workers);
+
 struct Instruction {
   WorkerId worker;
   Message message;

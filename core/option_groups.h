@@ -32,6 +32,12 @@ FEDRA_ENUM_NAMES(Init, {Init::kSeed, "seed"}, {Init::kAfterData, "after-data"})
 enum class OnFailure { kFail, kContinue };
 FEDRA_ENUM_NAMES(OnFailure, {OnFailure::kFail, "fail"}, {OnFailure::kContinue, "continue"})
 
+// Where a strategy's data goes between workers: through the coordinator (star), or over direct
+// worker-to-worker links in a ring (core/peer.h); auto = ring when every worker has a peer port
+// and there are at least two (can_link, core/cohort.h). gradsum and tensor.
+enum class Topology { kAuto, kStar, kRing };
+FEDRA_ENUM_NAMES(Topology, {Topology::kAuto, "auto"}, {Topology::kStar, "star"}, {Topology::kRing, "ring"})
+
 // optimizer, lr, momentum, weight_decay: what every optimiser in Fedra takes (core/optimizer.h).
 struct OptimizerOptions {
   FEDRA_ARG(OptimizerKind, optimizer) = OptimizerKind::kSgd;

@@ -79,6 +79,11 @@ std::string format_peers(const std::vector<PeerAddress>& peers) {
   return out;
 }
 
+uint64_t first_peer_session() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
 std::vector<PeerAddress> parse_peers(const std::string& text) {
   std::vector<PeerAddress> out;
   std::stringstream in(text);
@@ -214,7 +219,7 @@ void PeerHub::accept(std::shared_ptr<tcp::Connection> conn) {
 }
 
 std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members, size_t rank, uint64_t session,
-                                        std::chrono::milliseconds timeout) {
+                                        std::chrono::milliseconds timeout, bool closed) {
   FEDRA_REQUIRE(rank < members.size() && members[rank].name == name_,
                 "ring: worker {} is not member {} of [{}]", name_, rank, format_peers(members));
   session_ = std::max(session_, session);
@@ -230,46 +235,55 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
       ++it;
     }
   }
-  auto ring = std::make_unique<PeerRing>(*this, members, rank, session);
+  auto ring = std::make_unique<PeerRing>(*this, members, rank, session, closed);
   if (members.size() == 1) return ring;
   const auto deadline = Clock::now() + timeout;
   const PeerAddress& next = ring->next();
   const PeerAddress& prev = ring->prev();
+  const bool connect_next = ring->has_next(), accept_prev = ring->has_prev();
   const auto what = [&](const std::string& why) {
-    return fmt::format("worker {} cannot link to its ring peer {} at {}: {}", name_, next.name, next.address, why);
+    return fmt::format("worker {} cannot link to its {} peer {} at {}: {}", name_, closed ? "ring" : "chain",
+                       next.name, next.address, why);
   };
-  asio::ip::tcp::socket socket(*io_);
-  try {
-    socket = tcp::connect_with_retry(*io_, tcp::parse_endpoint(next.address),
-                                     std::min(timeout, std::chrono::milliseconds(10000)),
-                                     "is that worker alive, and is its --advertise address reachable from here?");
-  } catch (const Error& e) {
-    FEDRA_THROW(ErrorKind::kDisconnected, "{}", what(e.what()));
-  }
-  auto out = tcp::Connection::create(std::move(socket), config_.limits, nullptr, config_.tls_client, next.name);
   struct OutState {
     bool welcomed = false;
     std::optional<std::string> error;
+    std::deque<transport::Envelope> frames;  // after the welcome, before the ring takes the link
   };
   auto st = std::make_shared<OutState>();
-  const transport::Limits limits = config_.limits;
-  out->start(
-      [st, limits](transport::InFrame frame) {
-        try {
-          transport::Envelope env = transport::decode(frame, limits);
-          if (env.kind == peer::kWelcome) st->welcomed = true;
-          else if (env.error && !st->error) st->error = env.error->message;
-        } catch (const Error& e) {
-          if (!st->error) st->error = e.what();
-        }
-      },
-      [st](const Error& reason) {
-        if (!st->error) st->error = reason.what();
-      });
-  transport::Envelope hello = control(peer::kHello, name_);
-  hello.options.emplace_back("key", key_);
-  hello.options.emplace_back("session", std::to_string(session));
-  out->send(transport::encode(hello, config_.limits));
+  std::shared_ptr<tcp::Connection> out;
+  if (connect_next) {
+    asio::ip::tcp::socket socket(*io_);
+    try {
+      socket = tcp::connect_with_retry(*io_, tcp::parse_endpoint(next.address),
+                                       std::min(timeout, std::chrono::milliseconds(10000)),
+                                       "is that worker alive, and is its --advertise address reachable from here?");
+    } catch (const Error& e) {
+      FEDRA_THROW(ErrorKind::kDisconnected, "{}", what(e.what()));
+    }
+    out = tcp::Connection::create(std::move(socket), config_.limits, nullptr, config_.tls_client, next.name);
+    const transport::Limits limits = config_.limits;
+    out->start(
+        [st, limits](transport::InFrame frame) {
+          try {
+            transport::Envelope env = transport::decode(frame, limits);
+            if (env.kind == peer::kWelcome && !st->welcomed) st->welcomed = true;
+            else if (env.error && !st->error) st->error = env.error->message;
+            else if (st->welcomed) st->frames.push_back(std::move(env));
+          } catch (const Error& e) {
+            if (!st->error) st->error = e.what();
+          }
+        },
+        [st](const Error& reason) {
+          if (!st->error) st->error = reason.what();
+        });
+    transport::Envelope hello = control(peer::kHello, name_);
+    hello.options.emplace_back("key", key_);
+    hello.options.emplace_back("session", std::to_string(session));
+    out->send(transport::encode(hello, config_.limits));
+  } else {
+    st->welcomed = true;  // the end of a chain links to nobody
+  }
 
   std::shared_ptr<PeerLink> in;
   const auto find_in = [&] {
@@ -278,13 +292,14 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
     }
     return std::shared_ptr<PeerLink>();
   };
+  const auto linked = [&] { return st->welcomed && (!accept_prev || (in = find_in())); };
   io_->restart();
-  while (!(st->welcomed && (in = find_in())) && !st->error && Clock::now() < deadline) {
+  while (!linked() && !st->error && Clock::now() < deadline) {
     io_->run_one_until(deadline);
     if (io_->stopped()) io_->restart();
   }
   if (st->error) {
-    out->close(Error(ErrorKind::kDisconnected, "ring setup failed"));
+    if (out) out->close(Error(ErrorKind::kDisconnected, "ring setup failed"));
     const bool tls_failed = config_.tls_client && st->error->find("TLS") != std::string::npos;
     FEDRA_THROW(ErrorKind::kDisconnected, "{}{}", what(*st->error),
                 tls_failed ? " (a peer link checks that each worker's certificate carries its name and may serve "
@@ -292,32 +307,48 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
                              "gradsum.topology=star)"
                            : "");
   }
-  if (!st->welcomed || !in) {
-    out->close(Error(ErrorKind::kDisconnected, "ring setup timed out"));
-    FEDRA_THROW(ErrorKind::kOverloaded, "worker {} formed no ring within {} s: {}", name_,
+  if (!st->welcomed || (accept_prev && !in)) {
+    if (out) out->close(Error(ErrorKind::kDisconnected, "ring setup timed out"));
+    FEDRA_THROW(ErrorKind::kOverloaded, "worker {} formed no {} within {} s: {}", name_, closed ? "ring" : "chain",
                 std::chrono::duration<double>(timeout).count(),
                 !st->welcomed ? fmt::format("{} at {} did not accept its link", next.name, next.address)
                               : fmt::format("{} at {} did not connect", prev.name, prev.address));
   }
   PeerRing* raw = ring.get();
-  const PeerAddress to = next;
-  out->set_handlers([raw, to](transport::InFrame) { raw->fail(fmt::format("unexpected frame from {}", to.name)); },
-                    [raw, to](const Error& reason) {
-                      raw->fail(fmt::format("the link to {} ({}) closed: {}", to.name, to.address, reason.what()));
-                    });
-  ring->out_ = out;
-  in->ring = raw;
-  ring->in_ = in->conn;
-  ring->in_link_ = in;
-  for (auto& env : in->early) ring->early_.push_back(std::move(env));
-  in->early.clear();
+  if (out) {
+    const PeerAddress to = next;
+    const transport::Limits limits = config_.limits;
+    out->set_handlers(
+        [raw, to, limits](transport::InFrame frame) {
+          transport::Envelope env;
+          try {
+            env = transport::decode(frame, limits);
+          } catch (const Error& e) {
+            return raw->fail(fmt::format("malformed frame from {}: {}", to.name, e.what()));
+          }
+          if (raw->next_handler_) return raw->next_handler_(std::move(env));
+          raw->early_next_.push_back(std::move(env));
+        },
+        [raw, to](const Error& reason) {
+          raw->fail(fmt::format("the link to {} ({}) closed: {}", to.name, to.address, reason.what()));
+        });
+    ring->out_ = out;
+    for (auto& env : st->frames) ring->early_next_.push_back(std::move(env));
+  }
+  if (in) {
+    in->ring = raw;
+    ring->in_ = in->conn;
+    ring->in_link_ = in;
+    for (auto& env : in->early) ring->early_.push_back(std::move(env));
+    in->early.clear();
+  }
   return ring;
 }
 
 // ---------------------------------------------------------------------------------------------
 
-PeerRing::PeerRing(PeerHub& hub, std::vector<PeerAddress> members, size_t rank, uint64_t session)
-    : hub_(hub), members_(std::move(members)), rank_(rank), session_(session) {}
+PeerRing::PeerRing(PeerHub& hub, std::vector<PeerAddress> members, size_t rank, uint64_t session, bool closed)
+    : hub_(hub), members_(std::move(members)), rank_(rank), session_(session), closed_(closed) {}
 
 PeerRing::~PeerRing() {
   // The links stay open until the next ring (or the hub) closes them: a neighbour may still be
@@ -334,37 +365,61 @@ PeerRing::~PeerRing() {
   }
 }
 
+void PeerRing::throw_failed() const {
+  FEDRA_THROW(ErrorKind::kDisconnected, "worker {}: {} step failed: {}", hub_.name_, closed_ ? "ring" : "chain",
+              *failed_);
+}
+
 void PeerRing::fail(const std::string& reason) {
   if (!failed_) failed_ = reason;
 }
 
 void PeerRing::send(const transport::Envelope& envelope, std::function<void()> on_written) {
-  FEDRA_REQUIRE(out_ != nullptr, "ring of one: nobody to send to");
+  FEDRA_REQUIRE(out_ != nullptr, "worker {} has no next peer to send '{}' to ({})", hub_.name_, envelope.kind,
+                describe());
   out_->send(transport::encode(envelope, hub_.config_.limits), std::move(on_written));
 }
 
-void PeerRing::on_frame(Handler handler) {
-  handler_ = std::move(handler);
-  while (!early_.empty()) {
-    auto env = std::move(early_.front());
-    early_.pop_front();
-    handler_(std::move(env));
+void PeerRing::send_prev(const transport::Envelope& envelope, std::function<void()> on_written) {
+  FEDRA_REQUIRE(in_ != nullptr, "worker {} has no previous peer to send '{}' to ({})", hub_.name_, envelope.kind,
+                describe());
+  in_->send(transport::encode(envelope, hub_.config_.limits), std::move(on_written));
+}
+
+namespace {
+// Installs a link's handler and hands it the frames that arrived before it.
+void take_over(PeerRing::Handler& slot, std::deque<transport::Envelope>& early, PeerRing::Handler handler) {
+  slot = std::move(handler);
+  while (!early.empty()) {
+    auto env = std::move(early.front());
+    early.pop_front();
+    slot(std::move(env));
   }
+}
+}  // namespace
+
+void PeerRing::on_frame(Handler handler) { take_over(handler_, early_, std::move(handler)); }
+void PeerRing::on_frame_from_next(Handler handler) { take_over(next_handler_, early_next_, std::move(handler)); }
+
+std::string PeerRing::describe() const {
+  if (members_.size() == 1) return hub_.name_ + " alone";
+  return fmt::format("{}{}{}", has_prev() ? prev().name + " -> " : "", hub_.name_,
+                     has_next() ? " -> " + next().name : "");
 }
 
 void PeerRing::progress() {
   if (members_.size() == 1) return;
   hub_.io_->poll();
   if (hub_.io_->stopped()) hub_.io_->restart();
-  if (failed_) FEDRA_THROW(ErrorKind::kDisconnected, "worker {}: ring step failed: {}", hub_.name_, *failed_);
+  if (failed_) throw_failed();
 }
 
 void PeerRing::wait(const std::function<bool()>& done, Clock::time_point deadline, const std::string& what) {
   while (!done()) {
-    if (failed_) FEDRA_THROW(ErrorKind::kDisconnected, "worker {}: ring step failed: {}", hub_.name_, *failed_);
+    if (failed_) throw_failed();
     if (Clock::now() >= deadline) {
-      FEDRA_THROW(ErrorKind::kOverloaded, "worker {}: {} did not finish in time (ring: {} -> {} -> {})", hub_.name_,
-                  what, prev().name, hub_.name_, next().name);
+      FEDRA_THROW(ErrorKind::kOverloaded, "worker {}: {} did not finish in time ({}: {})", hub_.name_, what,
+                  closed_ ? "ring" : "chain", describe());
     }
     hub_.io_->run_one_until(deadline);
     if (hub_.io_->stopped()) hub_.io_->restart();
@@ -379,8 +434,12 @@ void PeerRing::abort(const std::string& reason) {
   if (hub_.io_->stopped()) hub_.io_->restart();
 }
 
-uint64_t PeerRing::bytes_sent() const { return out_ ? out_->bytes_sent() : 0; }
-uint64_t PeerRing::bytes_received() const { return in_ ? in_->bytes_received() : 0; }
+uint64_t PeerRing::bytes_sent() const {
+  return (out_ ? out_->bytes_sent() : 0) + (in_ ? in_->bytes_sent() : 0);
+}
+uint64_t PeerRing::bytes_received() const {
+  return (out_ ? out_->bytes_received() : 0) + (in_ ? in_->bytes_received() : 0);
+}
 
 // ---------------------------------------------------------------------------------------------
 

@@ -77,27 +77,40 @@ struct PeerAddress {
 std::string format_peers(const std::vector<PeerAddress>& peers);
 std::vector<PeerAddress> parse_peers(const std::string& text);
 
+// A coordinator's first ring session: microseconds since the epoch, so sessions keep rising
+// across a restarted coordinator (a worker's hub refuses hellos for sessions older than its
+// newest). The coordinator adds one per ring it asks for.
+uint64_t first_peer_session();
+
 class PeerHub;
 struct PeerLink;  // an accepted connection (peer.cc)
 
 // One worker's place in a ring: the link to the next rank (it connected) and from the previous
-// rank (it accepted). Frames from the previous rank go to the handler set by on_frame().
+// rank (it accepted). Both links carry frames both ways: frames from the previous rank go to the
+// handler set by on_frame(), frames the next rank sends back to the one set by on_frame_from_next().
+// A chain (PeerHub::ring with closed = false, pipeline stages) is a ring without the link from
+// the last rank to the first: rank 0 has no previous rank and the last rank no next one.
 class PeerRing {
  public:
   using Handler = std::function<void(transport::Envelope&&)>;
-  PeerRing(PeerHub& hub, std::vector<PeerAddress> members, size_t rank, uint64_t session);
+  PeerRing(PeerHub& hub, std::vector<PeerAddress> members, size_t rank, uint64_t session, bool closed = true);
   ~PeerRing();
   PeerRing(const PeerRing&) = delete;
   PeerRing& operator=(const PeerRing&) = delete;
 
   size_t rank() const { return rank_; }
   size_t size() const { return members_.size(); }
+  bool has_next() const { return members_.size() > 1 && (closed_ || rank_ + 1 < members_.size()); }
+  bool has_prev() const { return members_.size() > 1 && (closed_ || rank_ > 0); }
   const PeerAddress& next() const { return members_[(rank_ + 1) % members_.size()]; }
   const PeerAddress& prev() const { return members_[(rank_ + members_.size() - 1) % members_.size()]; }
 
   // Sends to the next rank; `on_written` runs (inside progress/wait) once the kernel has the frame.
   void send(const transport::Envelope& envelope, std::function<void()> on_written = {});
+  // Sends back to the previous rank, over the link it opened.
+  void send_prev(const transport::Envelope& envelope, std::function<void()> on_written = {});
   void on_frame(Handler handler);
+  void on_frame_from_next(Handler handler);
   // Runs ready handlers without blocking. Throws if the ring failed.
   void progress();
   // Runs handlers until `done()` or the deadline (then throws kOverloaded naming `what`).
@@ -107,22 +120,27 @@ class PeerRing {
   void abort(const std::string& reason);
   // Marks the ring failed (a bad frame, a closed link): the next progress/wait throws `reason`.
   void fail(const std::string& reason);
-  // Bytes this worker sent to / received from its neighbours over this ring.
+  // Bytes this worker sent to / received from its neighbours over this ring (both links).
   uint64_t bytes_sent() const;
   uint64_t bytes_received() const;
+  // "worker-0 -> worker-1 -> worker-2" around this member, for messages.
+  std::string describe() const;
 
  private:
   friend class PeerHub;
+  [[noreturn]] void throw_failed() const;
+
   PeerHub& hub_;
   std::vector<PeerAddress> members_;
   size_t rank_;
   uint64_t session_;
+  bool closed_;
   std::shared_ptr<transport::tcp::Connection> out_, in_;
   std::shared_ptr<PeerLink> in_link_;
-  Handler handler_;
-  std::deque<transport::Envelope> early_;  // frames that arrived before on_frame()
+  Handler handler_, next_handler_;
+  std::deque<transport::Envelope> early_;       // frames that arrived before on_frame()
+  std::deque<transport::Envelope> early_next_;  // and before on_frame_from_next()
   std::optional<std::string> failed_;
-  bool closed_ = false;
 };
 
 class PeerHub {
@@ -141,10 +159,11 @@ class PeerHub {
   void set_key(std::string key) { key_ = std::move(key); }
 
   // Connects this worker (members[rank]) into a ring for `session` (the same number on every
-  // member: the strategy's request) within `timeout`. Throws Error naming this worker, the peer
-  // and its address when a link cannot be made (refused, wrong certificate, timeout).
+  // member: the strategy's request) within `timeout`; closed = false makes a chain (no link from
+  // the last member to the first). Throws Error naming this worker, the peer and its address when
+  // a link cannot be made (refused, wrong certificate, timeout).
   std::unique_ptr<PeerRing> ring(const std::vector<PeerAddress>& members, size_t rank, uint64_t session,
-                                 std::chrono::milliseconds timeout);
+                                 std::chrono::milliseconds timeout, bool closed = true);
 
   // Connections refused since the start (outsiders, wrong key or certificate, stale sessions).
   uint64_t refused() const { return refused_; }

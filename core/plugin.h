@@ -21,7 +21,7 @@
 
 #include "core/registry.h"
 
-#define FEDRA_PLUGIN_ABI 7  // 7: WorkerContext::peers, WorkerInfo::peer_address (worker-to-worker links); 6: FedAvg with fleets (FleetOptions, round_deadline); 5: RoundStrategy::run_fit, Exchange::on_deadline, secure aggregation
+#define FEDRA_PLUGIN_ABI 8  // 8: PeerRing chains and reverse sends, ModelParallelWorker::run_part, tensor/pipeline topology; 7: WorkerContext::peers, WorkerInfo::peer_address (worker-to-worker links); 6: FedAvg with fleets (FleetOptions, round_deadline); 5: RoundStrategy::run_fit, Exchange::on_deadline, secure aggregation
 
 #ifndef FEDRA_VERSION
 #define FEDRA_VERSION "unknown"

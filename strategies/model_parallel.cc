@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <map>
 #include <optional>
+#include <set>
+
+#include <fmt/ranges.h>
 
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -59,21 +62,52 @@ Metrics ModelParallelCoordinator::run_round(Cohort& cohort, const RunContext& ct
   return run_parts(cohort, ctx, steps, pick(cohort));
 }
 
+bool ModelParallelCoordinator::direct(const std::vector<WorkerInfo>& workers) const {
+  if (!plan_.direct.has_value()) return can_link(workers);
+  if (!*plan_.direct) return false;
+  for (const auto& w : workers) {
+    FEDRA_REQUIRE(!w.peer_address.empty(),
+                  "{} topology={}: worker {} reported no peer port (a worker with TLS needs --tls-cert and "
+                  "--tls-key to link to others; or use topology=star)", plan_.strategy, plan_.links, w.name);
+  }
+  return workers.size() > 1;
+}
+
 std::vector<Message> ModelParallelCoordinator::exchange(Cohort& cohort, uint32_t round,
                                                         const std::vector<WorkerInfo>& workers,
                                                         std::vector<Instruction> instructions, const char* done_kind,
-                                                        const PartHandler& on_part, const std::string& why_fatal) {
+                                                        const PartHandler& on_part, const std::string& why_fatal,
+                                                        bool direct) {
   std::map<WorkerId, size_t> part_of;
   for (size_t i = 0; i < workers.size(); ++i) part_of[workers[i].id] = i;
   std::vector<std::optional<Message>> done(workers.size());
   std::string abort_reason;
+  std::vector<Failure> failed;  // direct links: every part's failure
   const auto step_timeout = plan_.schedule.step_timeout_ms();
   auto last_progress = Clock::now();
+  const std::string progress_kind = plan_.strategy + ".progress";
+  if (direct) {
+    std::vector<PeerAddress> peers;
+    for (const auto& w : workers) peers.push_back({w.name, w.peer_address});
+    const std::string members = format_peers(peers);
+    ++session_;
+    for (auto& ins : instructions) {
+      ins.message.options["peers"] = members;
+      ins.message.options["session"] = std::to_string(session_);
+    }
+  }
 
   Exchange ex;
+  // With direct links the parts enforce step_timeout on every wait among themselves; this is the
+  // backstop for a part that stops talking to everyone (a heartbeat comes at least every second).
   ex.deadline = [&] { return last_progress + step_timeout; };
   ex.on_part = [&](const WorkerInfo& w, Message&& m) {
     last_progress = Clock::now();
+    if (direct) {
+      FEDRA_REQUIRE(m.kind == progress_kind, "unexpected '{}' from {} during a {} round over direct links",
+                    m.kind, w.name, plan_.strategy);
+      return;
+    }
     on_part(part_of.at(w.id), w, std::move(m));
   };
   ex.on_reply = [&](const WorkerInfo& w, Message&& m) {
@@ -82,6 +116,10 @@ std::vector<Message> ModelParallelCoordinator::exchange(Cohort& cohort, uint32_t
     done[part_of.at(w.id)] = std::move(m);
   };
   ex.on_failure = [&](const Failure& f) {
+    if (direct) {  // no cancel: a failed part closes its links, and the others fail at once
+      failed.push_back(f);
+      return;
+    }
     if (!abort_reason.empty()) return;
     const auto it = part_of.find(f.worker);
     abort_reason = fmt::format("{} ({} {}) failed: {}", f.name, plan_.part, it == part_of.end() ? 0 : it->second,
@@ -95,6 +133,25 @@ std::vector<Message> ModelParallelCoordinator::exchange(Cohort& cohort, uint32_t
   at::set_num_threads(1);
   const auto failures = cohort.exchange(std::move(instructions), ex);
   at::set_num_threads(threads);
+  if (direct && !failed.empty()) {
+    // The cause first: a worker that is gone, then one that refused what it was sent or could not
+    // compute, then those whose links broke because of it.
+    std::set<WorkerId> connected;
+    for (const auto& w : cohort.workers_by_name()) connected.insert(w.id);
+    const auto rank = [&](const Failure& f) {
+      if (connected.count(f.worker) == 0) return 0;
+      return f.kind == ErrorKind::kFailed ? 1 : 2;
+    };
+    std::stable_sort(failed.begin(), failed.end(),
+                     [&](const Failure& a, const Failure& b) { return rank(a) < rank(b); });
+    std::vector<std::string> parts;
+    for (const auto& f : failed) {
+      const auto it = part_of.find(f.worker);
+      parts.push_back(fmt::format("{} ({} {}) failed: {}", f.name, plan_.part, it == part_of.end() ? 0 : it->second,
+                                  f.message));
+    }
+    FEDRA_FAIL("{} round {} failed: {}; {}", plan_.strategy, round, fmt::join(parts, "; "), why_fatal);
+  }
   if (!abort_reason.empty() || !failures.empty()) {
     FEDRA_FAIL("{} round {} failed: {}; {}", plan_.strategy, round,
                abort_reason.empty() ? describe_failures(failures) : abort_reason, why_fatal);
@@ -105,6 +162,14 @@ std::vector<Message> ModelParallelCoordinator::exchange(Cohort& cohort, uint32_t
     replies.push_back(std::move(*done[i]));
   }
   return replies;
+}
+
+void ModelParallelCoordinator::add_link_metrics(Metrics& line, const std::vector<Message>& done, bool direct) const {
+  line.emplace_back("topology", direct ? plan_.links : std::string("star"));
+  if (!direct) return;
+  double bytes = 0;
+  for (const auto& m : done) bytes += m.metric_or("peer_bytes_sent", 0);
+  line.emplace_back("peer_bytes", static_cast<int64_t>(bytes));
 }
 
 std::pair<NamedTensors, NamedTensors> ModelParallelCoordinator::split_reply(const Message& reply) {
@@ -138,17 +203,112 @@ Metrics ModelParallelCoordinator::loss_metrics(const RunContext& ctx, const Roun
   return line;
 }
 
-ModelParallelWorker::ModelParallelWorker(const Job& job, ScheduleOptions schedule, OptimizerOptions optim)
-    : job_(job), schedule_(std::move(schedule)), optim_(std::move(optim)) {
+ModelParallelWorker::ModelParallelWorker(const Job& job, ScheduleOptions schedule, OptimizerOptions optim,
+                                         const std::string& strategy, bool closed)
+    : job_(job), schedule_(std::move(schedule)), optim_(std::move(optim)), progress_kind_(strategy + ".progress"),
+      closed_(closed) {
   check_loss_name(job.loss);
 }
 
-RunIns ModelParallelWorker::begin(const Message& request, WorkerLink& link, const std::string& run_kind) {
+Message ModelParallelWorker::handle(const Message& request, WorkerContext& ctx, WorkerLink& link) {
+  try {
+    Message reply = run_part(request, ctx, link);
+    if (ring_) {
+      // The last frames (a last gradient down the chain, a part passed on) reach the kernel
+      // before the links are let go.
+      ring_->wait([&] { return writes_pending_ == 0; }, Clock::now() + timeout_, "sending the round's last frames");
+      reply.metrics["peer_bytes_sent"] = static_cast<double>(ring_->bytes_sent());
+      reply.metrics["peer_bytes_received"] = static_cast<double>(ring_->bytes_received());
+      ring_.reset();  // its links close when the next ones form
+    }
+    peer_inbox_.clear();
+    return reply;
+  } catch (const std::exception& e) {
+    if (ring_) ring_->abort(e.what());  // the neighbours learn at once, not at their timeout
+    ring_.reset();
+    peer_inbox_.clear();
+    throw;
+  }
+}
+
+RunIns ModelParallelWorker::begin(const Message& request, WorkerContext& ctx, WorkerLink& link,
+                                  const std::string& run_kind) {
   RunIns run = RunIns::decode(request, run_kind);
   link_ = &link;
+  name_ = ctx.name;
   timeout_ = schedule_.step_timeout_ms();
   compute_s_ = wait_s_ = 0;
+  peer_inbox_.clear();
+  writes_pending_ = 0;
+  last_beat_ = Clock::now();
+  if (request.options.count("peers") != 0) {
+    FEDRA_REQUIRE(ctx.peers != nullptr,
+                  "{}: worker {} has no peer port for direct links (with TLS, every worker needs --tls-cert and "
+                  "--tls-key)", run_kind, ctx.name);
+    const auto members = parse_peers(request.option("peers"));
+    FEDRA_REQUIRE(static_cast<int64_t>(members.size()) == run.world, "{}: {} peers for {} parts", run_kind,
+                  members.size(), run.world);
+    ring_ = ctx.peers->ring(members, static_cast<size_t>(run.rank), std::stoull(request.option("session")), timeout_,
+                            closed_);
+    const auto take = [this](transport::Envelope&& env) {
+      if (env.error) return ring_->fail(fmt::format("{} reported: {}", env.sender, env.error->message));
+      const std::string from = env.sender;
+      try {
+        peer_inbox_.push_back(from_envelope(std::move(env)));
+      } catch (const std::exception& e) {
+        ring_->fail(fmt::format("unusable frame from {}: {}", from, e.what()));
+      }
+    };
+    ring_->on_frame(take);
+    ring_->on_frame_from_next(take);
+  }
   return run;
+}
+
+void ModelParallelWorker::send_peer(bool next, Message m) {
+  if (m.sender.empty()) m.sender = name_;  // a message passed on keeps its origin's name
+  transport::Envelope env = to_envelope(m);
+  ++writes_pending_;
+  auto written = [this] { --writes_pending_; };
+  if (next) {
+    ring_->send(env, written);
+  } else {
+    ring_->send_prev(env, written);
+  }
+  ring_->progress();  // the kernel takes what it can now; the rest goes while this worker waits
+}
+
+void ModelParallelWorker::send_next(Message m) { send_peer(true, std::move(m)); }
+void ModelParallelWorker::send_prev(Message m) { send_peer(false, std::move(m)); }
+
+Message ModelParallelWorker::await_peer(const std::function<bool(const Message&)>& wanted,
+                                        const std::function<void(const Message&)>& keep, const std::string& what) {
+  size_t checked = 0;  // messages of the inbox already offered to `wanted` and `keep`
+  const auto deadline = Clock::now() + timeout_;
+  const auto t0 = Clock::now();
+  for (;;) {
+    for (size_t i = 0; i < peer_inbox_.size(); ++i) {
+      if (wanted(peer_inbox_[i])) {
+        Message m = std::move(peer_inbox_[i]);
+        peer_inbox_.erase(peer_inbox_.begin() + static_cast<std::ptrdiff_t>(i));
+        wait_s_ += Seconds(Clock::now() - t0).count();
+        return m;
+      }
+      if (i >= checked) keep(peer_inbox_[i]);
+    }
+    checked = peer_inbox_.size();
+    ring_->wait([&] { return peer_inbox_.size() > checked; }, deadline, what);
+  }
+}
+
+void ModelParallelWorker::heartbeat(int64_t step) {
+  if (!ring_) return;
+  const auto every = std::min<Clock::duration>(std::chrono::seconds(1), timeout_ / 4);
+  if (Clock::now() - last_beat_ < every) return;
+  Message beat(progress_kind_);
+  beat.step = static_cast<uint64_t>(step);
+  link_->send(beat);
+  last_beat_ = Clock::now();
 }
 
 void ModelParallelWorker::draw_batches(const WorkerContext& ctx, const std::string& who) {

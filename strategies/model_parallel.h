@@ -1,15 +1,25 @@
 // The coordinator half shared by the model-parallel strategies (tensor, pipeline): a fixed set
 // of N workers, each holding a part of one model, trained in rounds of steps. Per round, one
 // exchange: each worker gets its part (and its optimiser state) in a run request, the parts talk
-// through the coordinator while the round runs, and each returns its trained part in its final
-// reply. Between rounds the coordinator holds the whole model: it evaluates it, records the
-// metrics line and, at the end, writes model.bin. A worker lost mid-round fails the round (no
-// other worker holds its part); model.bin then holds the model of the last recorded round.
+// while the round runs, and each returns its trained part in its final reply. Between rounds the
+// coordinator holds the whole model: it evaluates it, records the metrics line and, at the end,
+// writes model.bin. A worker lost mid-round fails the round (no other worker holds its part);
+// model.bin then holds the model of the last recorded round.
+//
+// How the parts talk: through the coordinator (star), or over direct links (core/peer.h), a ring
+// for tensor's collectives or a chain for pipeline's stages. With direct links the run request
+// also carries the members' peer addresses and a session; the parts send the coordinator only a
+// heartbeat ("STRATEGY.progress") at most once a second, and a part that fails closes its links so
+// its neighbours fail within milliseconds. The round's error then lists every part's failure,
+// the cause first (a worker that is gone, then one that refused what it was sent, then those
+// whose links broke).
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -21,6 +31,7 @@
 #include "core/cohort.h"
 #include "core/optimizer.h"
 #include "core/option_groups.h"
+#include "core/peer.h"
 #include "core/script_model.h"
 #include "core/stepped_strategy.h"
 #include "core/strategy.h"
@@ -29,6 +40,9 @@
 namespace fedra {
 
 struct RoundPlan {
+  RoundPlan(std::string strategy_, std::string part_, size_t parts_, ScheduleOptions schedule_, InitOptions init_)
+      : strategy(std::move(strategy_)), part(std::move(part_)), parts(parts_), schedule(std::move(schedule_)),
+        init(std::move(init_)) {}
   std::string strategy;     // for messages: "tensor round 3 failed: ..."
   std::string part;         // what a worker holds, for messages: "rank", "stage"
   size_t parts = 1;         // workers taking part
@@ -37,6 +51,11 @@ struct RoundPlan {
   // A TorchScript model is taken as its top-level children run in order (script_chain), which
   // the strategy cuts like a spec's layers; false: the strategy refuses TorchScript models.
   bool script_children = false;
+  // Direct links between the parts: true, false, or unset for auto (when can_link()). `closed`:
+  // a ring (tensor), else a chain (pipeline); `links` names them in messages and metrics.
+  std::optional<bool> direct;
+  bool closed = true;
+  std::string links = "ring";
 };
 
 class ModelParallelCoordinator : public SteppedStrategy {
@@ -48,13 +67,20 @@ class ModelParallelCoordinator : public SteppedStrategy {
   virtual Metrics run_parts(Cohort& cohort, const RunContext& ctx, const RoundSteps& steps,
                             const std::vector<WorkerInfo>& workers) = 0;
 
+  // Whether this round's parts link directly (plan_.direct, or auto: can_link(workers)). Throws
+  // when direct links are asked for and a worker has no peer port.
+  bool direct(const std::vector<WorkerInfo>& workers) const;
   // Runs one exchange with `workers` (part i = workers[i]): on_part(i, worker, message) sees every
   // partial message; the final replies, which must be of kind `done_kind`, come back in part
-  // order. A failure cancels the other parts and throws, naming the worker and its part.
+  // order. With `direct`, the run requests get the members' peer addresses and a new session, and
+  // the only partial messages allowed are heartbeats. A failure throws, naming the worker and its
+  // part (star: the first, the others cancelled; direct: every part's, the cause first).
   using PartHandler = std::function<void(size_t part, const WorkerInfo& worker, Message&& message)>;
   std::vector<Message> exchange(Cohort& cohort, uint32_t round, const std::vector<WorkerInfo>& workers,
                                 std::vector<Instruction> instructions, const char* done_kind, const PartHandler& on_part,
-                                const std::string& why_fatal);
+                                const std::string& why_fatal, bool direct);
+  // Adds "topology" and, with direct links, "peer_bytes" (bytes the parts sent each other).
+  void add_link_metrics(Metrics& line, const std::vector<Message>& done, bool direct) const;
   // A final reply's tensors: the part's parameters, and its optimiser state ("opt/" names, the
   // prefix removed). "loss" and "examples" are left out.
   static std::pair<NamedTensors, NamedTensors> split_reply(const Message& reply);
@@ -88,19 +114,45 @@ class ModelParallelCoordinator : public SteppedStrategy {
   std::vector<NamedTensors> opt_state_;  // per part, between rounds
 
  private:
+  uint64_t session_ = first_peer_session();  // the newest set of direct links asked for
   // The first `parts` workers by name.
   std::vector<WorkerInfo> pick(const Cohort& cohort) const;
 };
 
 // The worker half they share: a run request brings this worker's part and its optimiser state;
-// the worker trains it for the round's steps, talking to the other parts through its link, and
-// returns it in its final reply.
+// the worker trains it for the round's steps, talking to the other parts through its link or its
+// direct links, and returns it in its final reply.
 class ModelParallelWorker : public WorkerStrategy {
- protected:
-  ModelParallelWorker(const Job& job, ScheduleOptions schedule, OptimizerOptions optim);
+ public:
+  // run_part() with the direct links' upkeep: their byte counts go into the reply; a failure
+  // closes them at once, so the neighbours fail now instead of at their timeout.
+  Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) final;
 
-  // Decodes the run request of `run_kind` and readies the run: the link, the step timeout, timers.
-  RunIns begin(const Message& request, WorkerLink& link, const std::string& run_kind);
+ protected:
+  // `closed`: direct links form a ring (tensor), else a chain (pipeline). `strategy` names the
+  // heartbeat, "STRATEGY.progress".
+  ModelParallelWorker(const Job& job, ScheduleOptions schedule, OptimizerOptions optim, const std::string& strategy,
+                      bool closed);
+
+  virtual Message run_part(const Message& request, WorkerContext& ctx, WorkerLink& link) = 0;
+
+  // Decodes the run request of `run_kind` and readies the run: the link, the step timeout,
+  // timers, and the direct links when the request lists peers.
+  RunIns begin(const Message& request, WorkerContext& ctx, WorkerLink& link, const std::string& run_kind);
+
+  // Direct links (valid during run_part when the request listed peers).
+  bool linked() const { return ring_ != nullptr; }
+  size_t peer_waiting() const { return peer_inbox_.size(); }  // messages from neighbours not yet taken
+  const PeerRing& peers() const { return *ring_; }
+  // Sends to the next / previous part; the tensors must not change until the round ends.
+  void send_next(Message m);
+  void send_prev(Message m);
+  // The first message from a neighbour that `wanted` accepts; others wait, after `keep` has checked
+  // them (it throws to refuse one). Blocks up to the step timeout; time blocked goes to wait_s_.
+  Message await_peer(const std::function<bool(const Message&)>& wanted,
+                     const std::function<void(const Message&)>& keep, const std::string& what);
+  // With direct links: a heartbeat to the coordinator if none went for a second.
+  void heartbeat(int64_t step);
   // For the part that draws the batches: checks it has data ("worker NAME (WHO) has no training
   // data") and makes the batch order on first use.
   void draw_batches(const WorkerContext& ctx, const std::string& who);
@@ -113,6 +165,7 @@ class ModelParallelWorker : public WorkerStrategy {
   Message done(const std::string& kind, uint32_t round, NamedTensors extra = {}) const;
 
   Job job_;
+  std::string name_;            // this worker's
   WorkerLink* link_ = nullptr;  // the link of the request being handled
   std::optional<BatchOrder> batches_;
   std::vector<std::string> names_;
@@ -122,8 +175,16 @@ class ModelParallelWorker : public WorkerStrategy {
   double compute_s_ = 0, wait_s_ = 0;
 
  private:
+  void send_peer(bool next, Message m);
+
   ScheduleOptions schedule_;
   OptimizerOptions optim_;
+  std::string progress_kind_;
+  bool closed_;
+  std::unique_ptr<PeerRing> ring_;
+  std::deque<Message> peer_inbox_;  // from the neighbours, not yet taken
+  size_t writes_pending_ = 0;
+  std::chrono::steady_clock::time_point last_beat_;
 };
 
 }  // namespace fedra

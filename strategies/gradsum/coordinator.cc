@@ -12,6 +12,7 @@
 #include "core/cohort.h"
 #include "core/model.h"
 #include "core/optimizer.h"
+#include "core/peer.h"
 #include "core/script_model.h"
 #include "core/stepped_strategy.h"
 #include "core/tensor_checks.h"
@@ -97,12 +98,7 @@ class GradSumCoordinator : public SteppedStrategy {
   // a peer port; not the in-process LocalCohort, not a TLS worker without its own certificate).
   bool use_ring(Cohort& cohort) const {
     if (o_.topology() != Topology::kAuto) return o_.topology() == Topology::kRing;
-    const auto workers = cohort.workers_by_name();
-    if (workers.size() < 2) return false;
-    for (const auto& w : workers) {
-      if (w.peer_address.empty()) return false;
-    }
-    return true;
+    return can_link(cohort.workers_by_name());
   }
 
   void reset_step(RoundState& r) const {
@@ -339,7 +335,7 @@ class GradSumCoordinator : public SteppedStrategy {
   Layout layout_;
   std::optional<ParamOptimizer> optimizer_;
   std::vector<NamedTensors> bucket_refs_;
-  uint64_t session_ = 0;  // topology=ring: the rings formed so far
+  uint64_t session_ = first_peer_session();  // topology=ring: the newest ring asked for
 };
 
 }  // namespace

@@ -65,8 +65,6 @@ enum class Reduce { kSum, kMean };
 FEDRA_ENUM_NAMES(Reduce, {Reduce::kSum, "sum"}, {Reduce::kMean, "mean"})
 enum class Sync { kParams, kGradient };
 FEDRA_ENUM_NAMES(Sync, {Sync::kParams, "params"}, {Sync::kGradient, "gradient"})
-enum class Topology { kAuto, kStar, kRing };
-FEDRA_ENUM_NAMES(Topology, {Topology::kAuto, "auto"}, {Topology::kStar, "star"}, {Topology::kRing, "ring"})
 
 // Fault injection for tests (--gradsum.testing.NAME, listed by --help-testing).
 struct GradSumTesting {

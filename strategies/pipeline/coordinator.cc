@@ -29,12 +29,18 @@ namespace {
 class PipelineCoordinator : public ModelParallelCoordinator {
  public:
   PipelineCoordinator(const Job& job, const PipelineOptions& o)
-      : ModelParallelCoordinator(
-            job, {"pipeline", "stage", static_cast<size_t>(o.stages()), o.schedule(), o.init(), /*script_children=*/true},
-            o.eval()),
-        o_(o) {}
+      : ModelParallelCoordinator(job, plan(o), o.eval()), o_(o) {}
 
  private:
+  static RoundPlan plan(const PipelineOptions& o) {
+    RoundPlan p("pipeline", "stage", static_cast<size_t>(o.stages()), o.schedule(), o.init());
+    p.script_children = true;
+    if (o.topology() != Topology::kAuto) p.direct = o.topology() == Topology::kChain;
+    p.closed = false;
+    p.links = "chain";
+    return p;
+  }
+
   void partition() override { stages_ = cut_stages(model_, o_.stages(), o_.cuts()); }
 
   std::string describe(const StepPlan& p) const override {
@@ -91,9 +97,10 @@ class PipelineCoordinator : public ModelParallelCoordinator {
       }
       ++relayed;
     };
+    const bool linked = direct(ranked);
     const std::vector<Message> done =
         exchange(cohort, round, ranked, std::move(instructions), kDone, on_part,
-                 "a stage's weights live on its worker only, so the round cannot go on without it");
+                 "a stage's weights live on its worker only, so the round cannot go on without it", linked);
 
     // Every stage's parameters are checked before any is loaded: the model stays the last
     // round's whole if one is unusable.
@@ -119,6 +126,7 @@ class PipelineCoordinator : public ModelParallelCoordinator {
     line.emplace_back("in_flight", o_.effective_in_flight());
     line.emplace_back("messages_relayed", relayed);
     line.emplace_back("stage_busy", fmt::format("{}", fmt::join(busy, ",")));
+    add_link_metrics(line, done, linked);
     return line;
   }
 

@@ -28,8 +28,11 @@
 // pipeline.cuts names children), after checking on the test data's first example that running
 // them in order gives the script's own output. Stages return their buffers with their parameters.
 //
-// Messages go through the coordinator: "pipeline.act" from stage s is relayed to s + 1,
-// "pipeline.grad" from s to s - 1, each checked on the way (step, shapes, finite values).
+// Messages. With topology=chain (auto's choice when the workers have peer ports) stage s links
+// directly to stage s + 1 (core/peer.h): "pipeline.act" goes up that link and "pipeline.grad"
+// comes back down it, each checked by its receiver (step, the cut's shape, finite values), and
+// the coordinator hears only a heartbeat ("pipeline.progress") at most once a second. With
+// topology=star both go through the coordinator, which checks and relays them.
 // Rounds. A round is one exchange of steps_per_round micro-batches; the pipeline drains at its
 // end, every stage returns its parameters ("pipeline.done"; the last stage adds its per-step
 // losses) and the coordinator evaluates the whole model, appends OUT/losses.csv and writes
@@ -51,6 +54,10 @@ inline constexpr const char* kRun = "pipeline.run";
 inline constexpr const char* kAct = "pipeline.act";
 inline constexpr const char* kGrad = "pipeline.grad";
 inline constexpr const char* kDone = "pipeline.done";
+inline constexpr const char* kProgress = "pipeline.progress";  // topology=chain: a heartbeat
+
+enum class Topology { kAuto, kStar, kChain };
+FEDRA_ENUM_NAMES(Topology, {Topology::kAuto, "auto"}, {Topology::kStar, "star"}, {Topology::kChain, "chain"})
 
 // Fault injection for tests (--pipeline.testing.NAME, listed by --help-testing).
 struct PipelineTesting {
@@ -70,6 +77,7 @@ struct PipelineOptions : SteppedOptions {
   FEDRA_ARG(std::string, cuts) = "";
   FEDRA_ARG(int64_t, in_flight) = 0;
   FEDRA_ARG(bool, stash) = true;
+  FEDRA_ARG(Topology, topology) = Topology::kAuto;
   FEDRA_ARG(InitOptions, init);
   FEDRA_ARG(PipelineTesting, testing);
 
@@ -83,6 +91,10 @@ struct PipelineOptions : SteppedOptions {
       "micro-batches stage 0 runs forward before its first backward; 1 = sequential training, "
       "0 = the number of stages (PipeDream)");
     f("stash", stash_, "weight stashing: each backward uses the weights of its own forward");
+    f("topology", topology_,
+      "star: activations and gradients go through the coordinator; chain: each stage links "
+      "directly to the next and the coordinator hears only heartbeats; auto: chain when every "
+      "worker has a peer port, else star");
     SteppedOptions::visit(f);
     f.group(init_);
     f.testing(testing_);

@@ -30,10 +30,11 @@ namespace {
 class PipelineWorker : public ModelParallelWorker {
  public:
   PipelineWorker(const Job& job, PipelineOptions options)
-      : ModelParallelWorker(job, options.schedule(), options.optim()), o_(std::move(options)) {}
+      : ModelParallelWorker(job, options.schedule(), options.optim(), "pipeline", /*closed=*/false),
+        o_(std::move(options)) {}
 
-  Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) override {
-    const RunIns run = begin(request, link, kRun);
+  Message run_part(const Message& request, WorkerContext& ctx, WorkerLink& link) override {
+    const RunIns run = begin(request, ctx, link, kRun);
     stage_ = run.rank;
     const int64_t n = o_.stages();
     FEDRA_REQUIRE(run.world == n, "pipeline: stage {} of {} does not fit pipeline.stages = {}", stage_, run.world, n);
@@ -51,6 +52,7 @@ class PipelineWorker : public ModelParallelWorker {
     const int64_t count = run.steps;
     inbox_.clear();
     saved_.clear();
+    cut_shape_.clear();
     losses_ = at::zeros({count}, at::kDouble);
     examples_ = at::zeros({count}, at::kLong);
     first_ = first;
@@ -60,10 +62,14 @@ class PipelineWorker : public ModelParallelWorker {
     int64_t next = 0;
     for (; next < warm; ++next) forward(first + next);
     if (last_) {
-      for (; next < count; ++next) forward(first + next);
+      for (; next < count; ++next) {
+        forward(first + next);
+        heartbeat(first + next);
+      }
     } else {
       for (int64_t j = 0; j < count; ++j) {
         backward(first + j);
+        heartbeat(first + j);
         if (next < count) forward(first + next++);
       }
     }
@@ -91,9 +97,22 @@ class PipelineWorker : public ModelParallelWorker {
     set_params(std::move(names), std::move(params), run.opt_state);
   }
 
-  // The coordinator's message of `kind` for micro-batch `step`; others arriving first wait.
+  // The message of `kind` for micro-batch `step` (from the neighbouring stage, or relayed by the
+  // coordinator); others arriving first wait.
   Message await(const char* kind, int64_t step) {
     const auto limit = static_cast<size_t>(4 * o_.effective_in_flight() + 8);
+    if (linked()) {
+      const std::string what = fmt::format("the {} of micro-batch {} from {}", kind == std::string(kAct) ? "activations" : "gradient",
+                                           step, kind == std::string(kAct) ? peers().prev().name : peers().next().name);
+      return await_peer(
+          [&](const Message& m) { return m.kind == kind && static_cast<int64_t>(m.step) == step; },
+          [&](const Message& m) {
+            FEDRA_REQUIRE((m.kind == kAct || m.kind == kGrad) && peer_waiting() < limit,
+                          "pipeline stage {}: waiting for {}, got '{}' of micro-batch {} from {}", stage_, what,
+                          m.kind, m.step, m.sender);
+          },
+          what);
+    }
     return inbox_.await(
         *link_, timeout_, [&](const Message& m) { return m.kind == kind && static_cast<int64_t>(m.step) == step; },
         [&](const Message& m) {
@@ -108,7 +127,35 @@ class PipelineWorker : public ModelParallelWorker {
     Message m(kind);
     m.step = static_cast<uint64_t>(step);
     m.tensors = std::move(tensors);
-    link_->send(m);
+    if (!linked()) {
+      link_->send(m);
+    } else if (m.kind == kAct) {
+      send_next(std::move(m));
+    } else {
+      send_prev(std::move(m));
+    }
+  }
+
+  // Over direct links the receiving stage checks what the coordinator checks when it relays: the
+  // cut's shape (from the round's first activations), matching targets, finite values.
+  void check_received(const Message& m, const at::Tensor& t, const char* what, int64_t step) {
+    if (!linked()) return;
+    FEDRA_REQUIRE(t.dim() >= 1 && t.scalar_type() == at::kFloat, "{} sent {} {} for micro-batch {}", m.sender, what,
+                  describe_tensor(t), step);
+    if (m.kind == kAct) {  // a gradient is checked against this stage's output in backward()
+      const std::vector<int64_t> shape(t.sizes().begin() + 1, t.sizes().end());
+      if (cut_shape_.empty()) cut_shape_ = shape;
+      FEDRA_REQUIRE(shape == cut_shape_, "{} sent {} {} for micro-batch {}; the cut after stage {} carries [batch, {}]",
+                    m.sender, what, describe_tensor(t), step, stage_ - 1, fmt::join(cut_shape_, ", "));
+      const at::Tensor& target = m.tensor("target");
+      FEDRA_REQUIRE(target.dim() >= 1 && target.size(0) == t.size(0), "{} sent {} activations with {} targets",
+                    m.sender, describe_tensor(t), describe_tensor(target));
+    }
+    try {
+      check_finite(m.tensors);
+    } catch (const Error& e) {
+      FEDRA_FAIL("{} sent {} for micro-batch {}: {}", m.sender, what, step, e.what());
+    }
   }
 
   at::Tensor run_stage(const at::Tensor& input, int64_t step) {
@@ -140,6 +187,7 @@ class PipelineWorker : public ModelParallelWorker {
     } else {
       Message m = await(kAct, step);
       input = m.tensor("act");
+      check_received(m, input, "activations", step);
       target = m.tensor("target");
     }
     if (last_) {  // forward, loss and backward back to back
@@ -174,6 +222,7 @@ class PipelineWorker : public ModelParallelWorker {
   void backward(int64_t step) {
     Message m = await(kGrad, step);
     const at::Tensor& grad = m.tensor("grad");
+    check_received(m, grad, "gradient", step);
     auto it = saved_.find(step);
     FEDRA_ASSERT(it != saved_.end(), "stage {} has no forward of micro-batch {}", stage_, step);
     Saved saved = std::move(it->second);
@@ -222,6 +271,7 @@ class PipelineWorker : public ModelParallelWorker {
   const Dataset* data_ = nullptr;
   Inbox inbox_;
   std::map<int64_t, Saved> saved_;
+  std::vector<int64_t> cut_shape_;  // what the cut below this stage carries past the batch
   at::Tensor losses_, examples_;
   int64_t first_ = 0;
 };

@@ -27,11 +27,15 @@ namespace {
 class TensorCoordinator : public ModelParallelCoordinator {
  public:
   TensorCoordinator(const Job& job, const TensorOptions& o)
-      : ModelParallelCoordinator(job, {"tensor", "rank", static_cast<size_t>(o.workers()), o.schedule(), o.init()},
-                                 o.eval()),
-        o_(o) {}
+      : ModelParallelCoordinator(job, plan(o), o.eval()), o_(o) {}
 
  private:
+  static RoundPlan plan(const TensorOptions& o) {
+    RoundPlan p("tensor", "rank", static_cast<size_t>(o.workers()), o.schedule(), o.init());
+    if (o.topology() != Topology::kAuto) p.direct = o.topology() == Topology::kRing;
+    return p;  // direct links: a ring
+  }
+
   void partition() override { shards_ = plan_shards(model_, o_.workers()); }
 
   std::string describe(const StepPlan& p) const override {
@@ -111,9 +115,10 @@ class TensorCoordinator : public ModelParallelCoordinator {
       for (size_t k = 0; k < world; ++k) cohort.post(ranked[k].id, res);
       pending.erase({step, op});
     };
+    const bool linked = direct(ranked);
     const std::vector<Message> done =
         exchange(cohort, round, ranked, std::move(instructions), kDone, on_part,
-                 "every worker holds a slice of every layer, so the round cannot go on without it");
+                 "every worker holds a slice of every layer, so the round cannot go on without it", linked);
 
     // Every rank's slices are checked before any state changes: a bad one leaves the last round's.
     std::vector<NamedTensors> shards(world), opt_state(world);
@@ -133,6 +138,7 @@ class TensorCoordinator : public ModelParallelCoordinator {
     Metrics line = loss_metrics(ctx, steps, done[0], ranked[0].name);
     line.emplace_back("worker_compute_ms", done[0].metric_or("compute_ms", 0));
     line.emplace_back("worker_wait_ms", done[0].metric_or("wait_ms", 0));
+    add_link_metrics(line, done, linked);
     return line;
   }
 

@@ -19,11 +19,17 @@
 // column layer's input gradient is the sum of every worker's partial (an all-reduce), needed
 // below the first layer only. The first layer's input gradient is never computed.
 //
-// The collectives run through the coordinator: each worker sends its part ("tensor.reduce" or
-// "tensor.gather", numbered by step and op), the coordinator sums (in rank order, so every
-// worker receives the same bits) or concatenates, and sends the result to all ("tensor.result").
-// The batch is drawn by worker 0 from its data and relayed to the others ("tensor.batch"), so
-// the workers need not hold the same data.
+// The collectives. With topology=ring (auto's choice when the workers have peer ports) they run
+// over direct links in a ring (core/peer.h): each worker sends its part ("tensor.reduce" or
+// "tensor.gather", numbered by step, op and origin rank) to its neighbours (up to 3 workers they
+// are all the others) or, with more, to the next rank, which passes every part on until it has
+// gone round; every worker ends with every part; a reduce adds them in rank
+// order (every worker computes the same bits, the star's), a gather concatenates them. Each part is
+// checked as it arrives (shape, finite values), naming its sender. The batch is drawn by worker 0
+// from its data and passed round the ring ("tensor.batch"), so the workers need not hold the same
+// data. The coordinator hears a heartbeat ("tensor.progress") at most once a second.
+// With topology=star each part goes to the coordinator, which sums (in rank order) or
+// concatenates and sends the result to all ("tensor.result"), and relays the batch.
 //
 // Rounds. A round is one exchange of steps_per_round steps. It starts with "tensor.run" carrying
 // each worker's slices (and its optimiser state); it ends with "tensor.done" carrying them
@@ -51,16 +57,22 @@ inline constexpr const char* kReduce = "tensor.reduce";
 inline constexpr const char* kGather = "tensor.gather";
 inline constexpr const char* kResult = "tensor.result";
 inline constexpr const char* kDone = "tensor.done";
+inline constexpr const char* kProgress = "tensor.progress";  // topology=ring: a heartbeat
 
 // The schedule's epochs are passes over worker 0's data, which draws every batch; each worker
 // steps its own slices with the optimiser.
 struct TensorOptions : SteppedOptions {
   FEDRA_ARG(int64_t, workers) = 2;
+  FEDRA_ARG(Topology, topology) = Topology::kAuto;
   FEDRA_ARG(InitOptions, init);
 
   template <class F>
   void visit(F&& f) {
     f("workers", workers_, "how many workers share each layer (the first N connected, by name)");
+    f("topology", topology_,
+      "star: batches, partial sums and gathers go through the coordinator; ring: the workers pass "
+      "them among themselves over direct links and the coordinator hears only heartbeats; auto: "
+      "ring when every worker has a peer port, else star");
     SteppedOptions::visit(f);
     f.group(init_);
   }

@@ -28,11 +28,11 @@ namespace {
 class TensorWorker : public ModelParallelWorker {
  public:
   TensorWorker(const Job& job, const TensorOptions& options)
-      : ModelParallelWorker(job, options.schedule(), options.optim()),
+      : ModelParallelWorker(job, options.schedule(), options.optim(), "tensor", /*closed=*/true),
         plan_(plan_shards(build_model(job.model, job.seed), options.workers())) {}
 
-  Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) override {
-    const RunIns run = begin(request, link, kRun);
+  Message run_part(const Message& request, WorkerContext& ctx, WorkerLink& link) override {
+    const RunIns run = begin(request, ctx, link, kRun);
     rank_ = run.rank;
     FEDRA_REQUIRE(run.world == plan_.world, "tensor: rank {} of {} does not fit tensor.workers = {}", rank_, run.world,
                   plan_.world);
@@ -40,6 +40,8 @@ class TensorWorker : public ModelParallelWorker {
     load(run);
     const int64_t first = run.first;
     const int64_t count = run.steps;
+    first_ = first;
+    end_ = first + count;
     stash_.clear();
 
     at::Tensor losses = at::zeros({count}, at::kDouble);
@@ -49,6 +51,7 @@ class TensorWorker : public ModelParallelWorker {
         const auto [loss, n] = step(first + i, ctx);
         losses[i] = loss;
         examples[i] = n;
+        heartbeat(first + i);
       } catch (const c10::Error& e) {
         FEDRA_FAIL("tensor rank {}, step {}: {}", rank_, first + i, e.what_without_backtrace());
       }
@@ -92,14 +95,84 @@ class TensorWorker : public ModelParallelWorker {
         wait_s_);
   }
 
-  at::Tensor collective(const char* kind, int64_t step, const at::Tensor& t) {
+  // A message from a neighbour during a step: a batch or a part; anything else, or too many
+  // waiting, is refused.
+  void keep_peer(const Message& m, const std::string& waiting_for) const {
+    FEDRA_REQUIRE((m.kind == kBatch || m.kind == kReduce || m.kind == kGather) &&
+                      static_cast<int64_t>(m.step) >= first_ && static_cast<int64_t>(m.step) < end_,
+                  "tensor rank {}: waiting for {}, {} sent '{}' for step {} (this round: steps {}..{})", rank_,
+                  waiting_for, m.sender, m.kind, m.step, first_, end_ - 1);
+    FEDRA_REQUIRE(peer_waiting() <= static_cast<size_t>(4 * plan_.world + 8),
+                  "tensor rank {}: waiting for {}, {} messages from the other ranks are waiting already", rank_,
+                  waiting_for, peer_waiting());
+  }
+
+  // Over direct links: every rank's part in rank order. Up to 3 ranks, a rank's neighbours are all
+  // the others: its part goes to each directly (one hop). With more, it goes to the next rank and
+  // each part received is passed on until it has been round the ring (n - 1 hops). Each part is
+  // checked as it arrives.
+  bool to_all_directly() const { return plan_.world <= 3; }
+  void send_to_others(Message m) {
+    if (plan_.world == 3) send_prev(m);
+    send_next(std::move(m));
+  }
+
+  std::vector<at::Tensor> ring_parts(const char* kind, int64_t step, const at::Tensor& part) {
+    const int64_t world = plan_.world;
+    std::vector<at::Tensor> parts(static_cast<size_t>(world));
+    parts[static_cast<size_t>(rank_)] = part;
     Message m(kind);
     m.step = static_cast<uint64_t>(step);
     m.metrics["op"] = static_cast<double>(op_);
-    m.tensors.emplace_back("t", t.detach().contiguous());
-    link_->send(m);
-    Message res = await(kResult, step, op_++);
-    const at::Tensor& out = res.tensor("t");
+    m.metrics["origin"] = static_cast<double>(rank_);
+    m.tensors.emplace_back("t", part);
+    send_to_others(std::move(m));
+    const bool reduce = kind == std::string(kReduce);
+    for (int64_t k = 1; k < world; ++k) {
+      const int64_t origin = (rank_ - k + world) % world;
+      const std::string what = fmt::format("step {} op {}: the part of rank {}", step, op_, origin);
+      Message got = await_peer(
+          [&](const Message& x) {
+            return x.kind == kind && static_cast<int64_t>(x.step) == step &&
+                   static_cast<int64_t>(x.metric_or("op", -1)) == op_ &&
+                   static_cast<int64_t>(x.metric_or("origin", -1)) == origin;
+          },
+          [&](const Message& x) { keep_peer(x, what); }, what);
+      const at::Tensor p = got.tensor("t");
+      const bool fits = p.dim() == 2 && p.scalar_type() == at::kFloat &&
+                        (reduce ? p.sizes() == part.sizes() : p.size(0) == part.size(0));
+      FEDRA_REQUIRE(fits, "{} (rank {}) sent {} for step {} op {}, which does not fit {} of {} (rank {})", got.sender,
+                    origin, describe_tensor(p), step, op_, describe_tensor(part), name_, rank_);
+      try {
+        check_finite(got.tensors);
+      } catch (const Error& e) {
+        FEDRA_FAIL("{} (rank {}) sent step {} op {}: {}", got.sender, origin, step, op_, e.what());
+      }
+      if (!to_all_directly() && (rank_ + 1) % world != origin) send_next(got);  // on round the ring
+      parts[static_cast<size_t>(origin)] = p;
+    }
+    return parts;
+  }
+
+  at::Tensor collective(const char* kind, int64_t step, const at::Tensor& t) {
+    at::Tensor out;
+    if (linked()) {
+      const auto parts = ring_parts(kind, step, t.detach().contiguous());
+      if (kind == std::string(kReduce)) {  // in rank order, as the star's coordinator: every rank gets the same bits
+        out = parts[0].clone();
+        for (size_t k = 1; k < parts.size(); ++k) out.add_(parts[k]);
+      } else {
+        out = at::cat(parts, 1);
+      }
+      ++op_;
+    } else {
+      Message m(kind);
+      m.step = static_cast<uint64_t>(step);
+      m.metrics["op"] = static_cast<double>(op_);
+      m.tensors.emplace_back("t", t.detach().contiguous());
+      link_->send(m);
+      out = await(kResult, step, op_++).tensor("t");
+    }
     // A sum has the part's shape; a gather the whole last layer's width.
     const int64_t width = kind == std::string(kGather) ? plan_.out.back() : t.size(1);
     FEDRA_REQUIRE(out.dim() == 2 && out.size(0) == t.size(0) && out.size(1) == width &&
@@ -121,8 +194,22 @@ class TensorWorker : public ModelParallelWorker {
         Message m(kBatch);
         m.step = static_cast<uint64_t>(s);
         m.tensors = {{"x", x}, {"y", y}};
-        link_->send(m);
+        if (linked()) {
+          send_to_others(std::move(m));
+        } else {
+          link_->send(m);
+        }
       }
+    } else if (linked()) {  // rank 0's batch, directly or round the ring
+      const std::string what = fmt::format("step {}: the batch", s);
+      Message m = await_peer([&](const Message& b) { return b.kind == kBatch && static_cast<int64_t>(b.step) == s; },
+                             [&](const Message& b) { keep_peer(b, what); }, what);
+      x = m.tensor("x");
+      y = m.tensor("y");
+      FEDRA_REQUIRE(x.dim() >= 1 && y.dim() >= 1 && x.size(0) == y.size(0),
+                    "{} sent a batch of {} inputs and {} targets", m.sender, describe_tensor(x), describe_tensor(y));
+      check_finite(m.tensors);
+      if (!to_all_directly() && rank_ + 1 < plan_.world) send_next(m);
     } else {
       Message m = await(kBatch, s, -1);
       x = m.tensor("x");
@@ -185,6 +272,7 @@ class TensorWorker : public ModelParallelWorker {
   std::vector<at::Tensor> weight_, bias_;  // per layer (bias undefined where this rank has none); params_ hold them
   Inbox stash_;
   int64_t op_ = 0;
+  int64_t first_ = 0, end_ = 0;  // this round's steps
 };
 
 }  // namespace

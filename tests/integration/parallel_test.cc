@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include <torch/torch.h>
@@ -117,19 +118,34 @@ TEST_CASE("tensor parallelism computes the single model's forward, backward and 
       // three layers: the last is a column layer, its output slices gathered; uneven slices
       // (fc1's 10 rows as 3,3,2,2; fc3's 6 outputs as 2,2,1,1)
       {{"synthetic:n=128,features=20,classes=6,seed=3", "mlp:20-10-12-6", "ce"}, 4, "4 workers, 3 layers"},
+      // 3 workers: over direct links each rank's neighbours are both others (parts go straight to
+      // them; with 4, round the ring)
+      {{"synthetic:n=128,features=20,classes=6,seed=3", "mlp:20-10-12-6", "ce"}, 3, "3 workers, 3 layers"},
       {{"synthetic:n=128,features=16,classes=2,seed=3", "mlp:16-8-1", "bce"}, 4, "4 workers, the notebook's MLP"},
   };
   for (const auto& c : cases) {
     INFO(c.what);
     const int64_t steps = 7;
     const auto plain = train_plain(c.setup, steps, 0.2, 0.9);
-    // Rounds of 3 steps: the slices and each rank's momentum go back to the coordinator and out again.
-    const Run run = run_simulate(dir, "tensor-" + std::to_string(c.workers) + c.setup.model, c.setup, "tensor", c.workers,
-                                 {"--tensor.workers", std::to_string(c.workers), "--tensor.steps", std::to_string(steps),
-                                  "--tensor.steps_per_round", "3", "--tensor.lr", "0.2", "--tensor.momentum", "0.9"});
-    check_equal_training(run, plain, c.setup);
-    REQUIRE(run.metrics.size() == 3);
-    CHECK(run.metrics[0]["workers_ok"] == c.workers);
+    // Rounds of 3 steps: the slices and each rank's momentum go back to the coordinator and out
+    // again. The collectives through the coordinator (star) and round the workers' ring.
+    std::map<std::string, Run> runs;
+    for (const std::string topology : {"star", "ring"}) {
+      INFO(topology);
+      const Run run = run_simulate(dir, "tensor-" + topology + std::to_string(c.workers) + c.setup.model, c.setup,
+                                   "tensor", c.workers,
+                                   {"--tensor.workers", std::to_string(c.workers), "--tensor.steps", std::to_string(steps),
+                                    "--tensor.steps_per_round", "3", "--tensor.lr", "0.2", "--tensor.momentum", "0.9",
+                                    "--tensor.topology", topology});
+      check_equal_training(run, plain, c.setup);
+      REQUIRE(run.metrics.size() == 3);
+      CHECK(run.metrics[0]["workers_ok"] == c.workers);
+      CHECK(run.metrics[0]["topology"] == topology);
+      runs.emplace(topology, run);
+    }
+    // Both sum the partial sums in rank order: the same bits.
+    CHECK(max_diff(runs.at("ring").model, runs.at("star").model) == 0.0);
+    CHECK(runs.at("ring").losses == runs.at("star").losses);
   }
 }
 
@@ -138,15 +154,30 @@ TEST_CASE("the pipeline with one micro-batch in flight and weight stashing is pl
   const Setup s{"synthetic:n=128,features=16,classes=2,seed=3", "mlp:16-12-8-6-1", "bce"};
   const int64_t steps = 9;
   const auto plain = train_plain(s, steps, 0.2, 0.9);
+  const auto pipeline = [&](int64_t stages, const std::string& topology) {
+    return run_simulate(dir, "pipe-" + topology + std::to_string(stages), s, "pipeline", stages,
+                        {"--pipeline.stages", std::to_string(stages), "--pipeline.in_flight", "1",
+                         "--pipeline.stash", "true", "--pipeline.steps", std::to_string(steps),
+                         "--pipeline.steps_per_round", "4", "--pipeline.lr", "0.2", "--pipeline.momentum", "0.9",
+                         "--pipeline.topology", topology});
+  };
   for (int64_t stages : {2, 3, 4}) {
     INFO(stages << " stages");
-    const Run run = run_simulate(dir, "pipe-" + std::to_string(stages), s, "pipeline", stages,
-                                 {"--pipeline.stages", std::to_string(stages), "--pipeline.in_flight", "1",
-                                  "--pipeline.stash", "true", "--pipeline.steps", std::to_string(steps),
-                                  "--pipeline.steps_per_round", "4", "--pipeline.lr", "0.2", "--pipeline.momentum", "0.9"});
+    // auto: stage s links to stage s + 1 (every worker of simulate has a peer port).
+    const Run run = pipeline(stages, "auto");
     check_equal_training(run, plain, s);
     REQUIRE(run.metrics.size() == 3);
-    CHECK(run.metrics[0]["messages_relayed"] == 2 * 4 * (stages - 1));  // each micro-batch: up and down every cut
+    CHECK(run.metrics[0]["topology"] == "chain");
+    CHECK(run.metrics[0]["messages_relayed"] == 0);
+    // Each micro-batch's activations (16 x width floats) up and gradient down every cut.
+    CHECK(run.metrics[0]["peer_bytes"].get<double>() > 4 * 2 * 16 * 4 * (stages - 1));
+    if (stages == 3) {  // through the coordinator: the same training, to the bit
+      const Run star = pipeline(stages, "star");
+      CHECK(star.metrics[0]["topology"] == "star");
+      CHECK(star.metrics[0]["messages_relayed"] == 2 * 4 * (stages - 1));  // each micro-batch: up and down every cut
+      CHECK(max_diff(star.model, run.model) == 0.0);
+      CHECK(star.losses == run.losses);
+    }
   }
 
   SUBCASE("micro-batches in flight see stale weights; stashing changes the gradient") {
@@ -163,6 +194,52 @@ TEST_CASE("the pipeline with one micro-batch in flight and weight stashing is pl
     CHECK(max_diff(stashed.model, plain.first) > 1e-4);
     CHECK(max_diff(unstashed.model, plain.first) > 1e-4);
     CHECK(max_diff(stashed.model, unstashed.model) > 1e-5);
+  }
+}
+
+TEST_CASE("over direct links the coordinator's traffic is control-sized; the links work under mutual TLS") {
+  TempDir dir;
+  // 2 workers, MLP 20-64-64-6, batch 16, rounds of 30 steps. Per step the star moves, per worker,
+  // tensor's two 16 x 64 partial sums (forward and backward) or pipeline's 16 x 64 activations and
+  // their gradient through the coordinator, up and down.
+  const Setup s{"synthetic:n=256,features=20,classes=6,seed=3", "mlp:20-64-64-6", "ce"};
+  const double model_bytes = (20 * 64 + 64 + 64 * 64 + 64 + 64 * 6 + 6) * 4;
+  const double per_step = 16 * 64 * 4;
+  for (const std::string strategy : {"tensor", "pipeline"}) {
+    INFO(strategy);
+    const std::string direct = strategy == "tensor" ? "ring" : "chain";
+    const auto job = [&](const std::string& topology, std::vector<std::string> extra) {
+      std::vector<std::string> args = {"--" + strategy + ".steps", "60", "--" + strategy + ".steps_per_round", "30",
+                                       "--" + strategy + ".topology", topology};
+      args.insert(args.end(), extra.begin(), extra.end());
+      return run_simulate(dir, strategy + "-bytes-" + topology + (extra.empty() ? "" : "-tls"), s, strategy, 2, args);
+    };
+    const Run star = job("star", {});
+    const Run linked = job(direct, {});
+    const Run tls = job(direct, {"--tls"});
+    REQUIRE(star.metrics.size() == 2);
+    REQUIRE(linked.metrics.size() == 2);
+    REQUIRE(tls.metrics.size() == 2);
+    for (size_t i = 0; i < 2; ++i) {
+      INFO("round " << i + 1);
+      for (const char* w : {"worker-0", "worker-1"}) {
+        INFO(w);
+        const std::string up = std::string("bytes_up.") + w, down = std::string("bytes_down.") + w;
+        CHECK(star.metrics[i][up].get<double>() > 30 * per_step);
+        // Direct links: the part and its momentum down in the run request, back up in the reply
+        // (with the losses and a heartbeat now and then); nothing per step.
+        CHECK(linked.metrics[i][up].get<double>() < 2 * model_bytes + 4096);
+        CHECK(linked.metrics[i][down].get<double>() < 2 * model_bytes + 4096);
+      }
+      // ...while the workers moved the per-step tensors among themselves.
+      CHECK(linked.metrics[i]["peer_bytes"].get<double>() > 2 * 30 * per_step);
+      CHECK(linked.metrics[i]["topology"] == direct);
+      CHECK(tls.metrics[i]["topology"] == direct);
+    }
+    // The same training whichever way the tensors travel, TLS or not.
+    CHECK(max_diff(linked.model, star.model) == 0.0);
+    CHECK(max_diff(tls.model, star.model) == 0.0);
+    CHECK(contains(read_file(dir / (strategy + "-bytes-" + direct + "-tls/logs/worker-1.log")), "mutual TLS"));
   }
 }
 
@@ -213,15 +290,28 @@ TEST_CASE("tensor and pipeline refuse models they cannot split and activations o
   INFO(deep);
   CHECK(deep_code != 0);
   CHECK(contains(deep, "pipeline: 3 stages need 3 layers with weights; this model has 2 (flatten, fc1, relu1, fc2)"));
-  // A stage sending activations of the wrong shape: the coordinator refuses to relay them and
-  // fails the round, naming the worker, the tensor and the shape the cut carries.
-  const auto [shape_code, shape] = run("shape", {"--strategy", "pipeline", "--workers", "2", "--model", "mlp:16-12-1",
-                                                 "--pipeline.steps", "20", "--pipeline.steps_per_round", "20", "--pipeline.testing.inject_bad_shape", "5",
-                                                 "--pipeline.batch_size", "16"});
-  INFO(shape);
-  CHECK(shape_code == 1);
-  CHECK(contains(shape, "pipeline round 1 failed: worker-0 (stage 0) failed: worker-0 sent activations "
-                        "float32[16,11] for micro-batch 5; the cut after stage 0 carries [batch, 12]"));
+  // A stage sending activations of the wrong shape: the coordinator refuses to relay them (star),
+  // or the next stage refuses them (chain); the round fails naming the sender, the tensor and the
+  // shape the cut carries.
+  for (const std::string topology : {"star", "chain"}) {
+    const auto [shape_code, shape] = run("shape-" + topology,
+                                         {"--strategy", "pipeline", "--workers", "2", "--model", "mlp:16-12-1",
+                                          "--pipeline.steps", "20", "--pipeline.steps_per_round", "20",
+                                          "--pipeline.testing.inject_bad_shape", "5", "--pipeline.batch_size", "16",
+                                          "--pipeline.topology", topology});
+    INFO(shape);
+    CHECK(shape_code == 1);
+    const std::string refused = "worker-0 sent activations float32[16,11] for micro-batch 5; the cut after stage 0 "
+                                "carries [batch, 12]";
+    if (topology == "star") {
+      CHECK(contains(shape, "pipeline round 1 failed: worker-0 (stage 0) failed: " + refused));
+    } else {
+      // The receiver's refusal first; then the sender, whose link the receiver closed.
+      CHECK(contains(shape, "pipeline round 1 failed: worker-1 (stage 1) failed: worker worker-1 reported: " + refused));
+      CHECK(contains(shape, "; worker-0 (stage 0) failed: worker worker-0 reported: worker worker-0: chain step failed: "
+                            "the link to worker-1"));
+    }
+  }
   const auto [cut_code, cut] = run("cut", {"--strategy", "pipeline", "--workers", "2", "--model", "mlp:16-8-1",
                                            "--pipeline.cuts", "relu7"});
   INFO(cut);
@@ -252,11 +342,18 @@ TEST_CASE("a worker killed mid-round fails the round with its name and stage; th
     const std::string log = read_file(dir / "coordinator.log");
     INFO("coordinator log:\n" << log);
     CHECK(code == 1);
-    const std::string who = strategy == "tensor" ? "worker-1 (rank 1) failed" : "worker-1 (stage 1) failed";
+    const std::string part = strategy == "tensor" ? "rank" : "stage";
+    const std::string who = "worker-1 (" + part + " 1) failed";
     // Killed mid-round (a round takes ~100 ms, the gap between rounds ~1 ms): the round fails
     // naming the worker; killed between rounds, the next round's wait for 2 workers times out.
     const bool named = contains(log, strategy + " round ") && contains(log, who);
     CHECK((named || contains(log, "only 1 of 2 workers connected within 5 s")));
+    if (named) {
+      // Over direct links the survivor fails too (its link to the dead worker closed): the dead
+      // worker is named first, as the cause.
+      const std::string survivor = "worker-0 (" + part + " 0) failed";
+      if (contains(log, survivor)) CHECK(log.find(who) < log.find(survivor));
+    }
     const auto lines = read_jsonl(dir / "out/metrics.jsonl");
     REQUIRE(lines.size() >= 2);
     CHECK(contains(log, fmt::format("model.bin holds the model after round {}", lines.size())));

@@ -2,6 +2,7 @@
 // of its own (a PeerHub is single-threaded, like a worker).
 #include "tests/testing.h"
 
+#include <optional>
 #include <thread>
 
 #include <torch/torch.h>
@@ -249,4 +250,108 @@ TEST_CASE("peer links under TLS: members of the job's CA form a ring; a certific
   INFO(bad[0].error);
   CHECK(contains(bad[0].error, "worker-0 cannot link to its ring peer worker-1 at " + pair[1]->address()));
   CHECK(contains(bad[0].error, "fedra certs"));
+}
+
+TEST_CASE("a chain links each member to the next only; frames go up it and come back down the same links") {
+  // Three members like pipeline stages: 0 sends a value up; each member adds its rank and passes it
+  // on; the last sends the total back down, and each member passes it down in turn.
+  auto hubs = make_hubs(3, "secret");
+  const auto members = members_of(hubs);
+  struct Seen {
+    std::string error, shape, kinds, past_ends;
+    double down = -1;
+    uint64_t sent = 0, received = 0;
+  };
+  std::vector<Seen> seen(3);
+  const auto frame = [](const std::string& kind, double value) {
+    transport::Envelope env;
+    env.kind = kind;
+    env.metrics = {{"value", value}};
+    return env;
+  };
+  const auto value = [](const transport::Envelope& env) { return env.metrics.at(0).second; };
+  std::vector<std::thread> threads;
+  for (size_t r = 0; r < 3; ++r) {
+    threads.emplace_back([&, r] {
+      Seen& me = seen[r];
+      try {
+        auto chain = hubs[r]->ring(members, r, 1, milliseconds(5000), /*closed=*/false);
+        me.shape = fmt::format("{}{} {}", chain->has_prev() ? "p" : "-", chain->has_next() ? "n" : "-", chain->describe());
+        std::optional<transport::Envelope> from_prev, from_next;
+        chain->on_frame([&](transport::Envelope&& env) { from_prev = std::move(env); });
+        chain->on_frame_from_next([&](transport::Envelope&& env) { from_next = std::move(env); });
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        double up = 0;
+        if (chain->has_prev()) {
+          chain->wait([&] { return from_prev.has_value(); }, deadline, "the value from below");
+          me.kinds += from_prev->kind;
+          up = value(*from_prev);
+        }
+        up += static_cast<double>(r);
+        if (chain->has_next()) {
+          chain->send(frame("up", up));
+          chain->wait([&] { return from_next.has_value(); }, deadline, "the total from above");
+          me.kinds += from_next->kind;
+          me.down = value(*from_next);
+        } else {
+          me.down = up;
+        }
+        bool written = !chain->has_prev();
+        if (chain->has_prev()) chain->send_prev(frame("down", me.down), [&] { written = true; });
+        chain->wait([&] { return written; }, deadline, "the total on its way down");
+        me.sent = chain->bytes_sent();
+        me.received = chain->bytes_received();
+        // Nothing goes past either end of a chain.
+        try {
+          if (r == 0) chain->send_prev(frame("x", 0));
+          if (r == 2) chain->send(frame("x", 0));
+        } catch (const Error& e) {
+          me.past_ends = e.what();
+        }
+      } catch (const std::exception& e) {
+        me.error = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t r = 0; r < 3; ++r) {
+    INFO("member " << r << ": " << seen[r].error);
+    CHECK(seen[r].error.empty());
+    CHECK(seen[r].down == 3.0);  // 0 + 1 + 2, back at every member
+    CHECK(seen[r].sent > 0);
+    CHECK(seen[r].received > 0);
+  }
+  CHECK(seen[0].shape == "-n worker-0 -> worker-1");
+  CHECK(seen[1].shape == "pn worker-0 -> worker-1 -> worker-2");
+  CHECK(seen[2].shape == "p- worker-1 -> worker-2");
+  CHECK(seen[0].kinds == "down");
+  CHECK(seen[1].kinds == "updown");
+  CHECK(seen[2].kinds == "up");
+  CHECK(contains(seen[0].past_ends, "worker-0 has no previous peer to send 'x' to"));
+  CHECK(contains(seen[2].past_ends, "worker-2 has no next peer to send 'x' to"));
+  CHECK(seen[1].past_ends.empty());
+
+  // A chain whose next member fails: the member below it fails at once, naming the link.
+  auto pair = make_hubs(2, "secret");
+  const auto two = members_of(pair);
+  std::string error;
+  std::thread top([&] {
+    try {
+      auto chain = pair[1]->ring(two, 1, 2, milliseconds(5000), false);
+      std::this_thread::sleep_for(milliseconds(200));
+      chain->abort("stage 1 failed");
+    } catch (const std::exception&) {
+    }
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    auto chain = pair[0]->ring(two, 0, 2, milliseconds(5000), false);
+    chain->wait([] { return false; }, std::chrono::steady_clock::now() + std::chrono::seconds(5), "a gradient");
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  top.join();
+  INFO(error);
+  CHECK(contains(error, "the link to worker-1 (" + pair[1]->address() + ") closed"));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3));  // not at the 5 s deadline
 }
