@@ -51,10 +51,9 @@ struct RoundPlan {
   // A TorchScript model is taken as its top-level children run in order (script_chain), which
   // the strategy cuts like a spec's layers; false: the strategy refuses TorchScript models.
   bool script_children = false;
-  // Direct links between the parts: true, false, or unset for auto (when can_link()). `closed`:
-  // a ring (tensor), else a chain (pipeline); `links` names them in messages and metrics.
+  // Direct links between the parts: true, false, or unset for auto (when can_link()); `links`
+  // names them in messages and metrics ("ring", "chain": the worker half makes them).
   std::optional<bool> direct;
-  bool closed = true;
   std::string links = "ring";
 };
 

@@ -36,7 +36,6 @@ class PipelineCoordinator : public ModelParallelCoordinator {
     RoundPlan p("pipeline", "stage", static_cast<size_t>(o.stages()), o.schedule(), o.init());
     p.script_children = true;
     if (o.topology() != Topology::kAuto) p.direct = o.topology() == Topology::kChain;
-    p.closed = false;
     p.links = "chain";
     return p;
   }

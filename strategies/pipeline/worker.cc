@@ -102,14 +102,17 @@ class PipelineWorker : public ModelParallelWorker {
   Message await(const char* kind, int64_t step) {
     const auto limit = static_cast<size_t>(4 * o_.effective_in_flight() + 8);
     if (linked()) {
-      const std::string what = fmt::format("the {} of micro-batch {} from {}", kind == std::string(kAct) ? "activations" : "gradient",
-                                           step, kind == std::string(kAct) ? peers().prev().name : peers().next().name);
+      const bool act = kind == std::string(kAct);
+      const std::string what = fmt::format("the {} of micro-batch {} from {}", act ? "activations" : "gradient", step,
+                                           act ? peers().prev().name : peers().next().name);
+      const int64_t end = first_ + losses_.size(0);
       return await_peer(
           [&](const Message& m) { return m.kind == kind && static_cast<int64_t>(m.step) == step; },
           [&](const Message& m) {
-            FEDRA_REQUIRE((m.kind == kAct || m.kind == kGrad) && peer_waiting() < limit,
-                          "pipeline stage {}: waiting for {}, got '{}' of micro-batch {} from {}", stage_, what,
-                          m.kind, m.step, m.sender);
+            const auto s = static_cast<int64_t>(m.step);
+            FEDRA_REQUIRE((m.kind == kAct || m.kind == kGrad) && s >= first_ && s < end && peer_waiting() < limit,
+                          "pipeline stage {}: waiting for {}, got '{}' of micro-batch {} from {} (this round: "
+                          "micro-batches {}..{})", stage_, what, m.kind, m.step, m.sender, first_, end - 1);
           },
           what);
     }
