@@ -245,6 +245,21 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
     return fmt::format("worker {} cannot link to its {} peer {} at {}: {}", name_, closed ? "ring" : "chain",
                        next.name, next.address, why);
   };
+  // A member that cannot form its links tells the members that linked to it, so they fail now
+  // rather than at their timeout (and tell theirs in turn).
+  const auto give_up = [&](const std::string& why) {
+    io_->restart();
+    for (int i = 0; i < 100 && io_->poll() > 0; ++i) io_->restart();  // hellos already here, too
+    for (auto& p : pending_) {
+      if (p->greeted && !p->ring && p->session == session) {
+        p->conn->send_error_and_close(Error(
+            ErrorKind::kFailed, fmt::format("worker {} could not join {} session {}: {}", name_, closed ? "ring" : "chain",
+                                            session, why)));
+      }
+    }
+    io_->poll();
+    if (io_->stopped()) io_->restart();
+  };
   struct OutState {
     bool welcomed = false;
     std::optional<std::string> error;
@@ -259,6 +274,7 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
                                        std::min(timeout, std::chrono::milliseconds(10000)),
                                        "is that worker alive, and is its --advertise address reachable from here?");
     } catch (const Error& e) {
+      give_up(what(e.what()));
       FEDRA_THROW(ErrorKind::kDisconnected, "{}", what(e.what()));
     }
     out = tcp::Connection::create(std::move(socket), config_.limits, nullptr, config_.tls_client, next.name);
@@ -300,6 +316,7 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
   }
   if (st->error) {
     if (out) out->close(Error(ErrorKind::kDisconnected, "ring setup failed"));
+    give_up(what(*st->error));
     const bool tls_failed = config_.tls_client && st->error->find("TLS") != std::string::npos;
     FEDRA_THROW(ErrorKind::kDisconnected, "{}{}", what(*st->error),
                 tls_failed ? " (a peer link checks that each worker's certificate carries its name and may serve "
@@ -309,6 +326,7 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
   }
   if (!st->welcomed || (accept_prev && !in)) {
     if (out) out->close(Error(ErrorKind::kDisconnected, "ring setup timed out"));
+    give_up("timed out");
     FEDRA_THROW(ErrorKind::kOverloaded, "worker {} formed no {} within {} s: {}", name_, closed ? "ring" : "chain",
                 std::chrono::duration<double>(timeout).count(),
                 !st->welcomed ? fmt::format("{} at {} did not accept its link", next.name, next.address)

@@ -355,3 +355,36 @@ TEST_CASE("a chain links each member to the next only; frames go up it and come 
   CHECK(contains(error, "the link to worker-1 (" + pair[1]->address() + ") closed"));
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3));  // not at the 5 s deadline
 }
+
+TEST_CASE("a member that cannot form its links tells the member that linked to it, which fails at once") {
+  // worker-1 is told a dead address for worker-0 (say, a wrong --advertise); worker-0 links to
+  // worker-1 fine and waits for worker-1's link, which never comes.
+  auto hubs = make_hubs(2, "secret");
+  asio::io_context io;
+  tcp::Listener probe(io, tcp::parse_endpoint("127.0.0.1:0"), [](asio::ip::tcp::socket) {});
+  const std::string dead = probe.local_endpoint().to_string();
+  probe.close();
+  std::string error0, error1;
+  std::thread one([&] {
+    try {
+      hubs[1]->ring({{"worker-0", dead}, {"worker-1", hubs[1]->address()}}, 1, 3, milliseconds(1000));
+    } catch (const Error& e) {
+      error1 = e.what();
+    }
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    hubs[0]->ring(members_of(hubs), 0, 3, milliseconds(8000));
+  } catch (const Error& e) {
+    error0 = e.what();
+  }
+  const auto took = std::chrono::steady_clock::now() - t0;
+  one.join();
+  INFO(error0);
+  INFO(error1);
+  CHECK(contains(error1, "worker-1 cannot link to its ring peer worker-0 at " + dead));
+  CHECK(contains(error0, "worker-0 cannot link to its ring peer worker-1 at " + hubs[1]->address() +
+                             ": worker worker-1 could not join ring session 3: worker worker-1 cannot link to its ring "
+                             "peer worker-0 at " + dead));
+  CHECK(took < std::chrono::seconds(4));  // not at its 8 s timeout
+}
