@@ -321,7 +321,7 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
     FEDRA_THROW(ErrorKind::kDisconnected, "{}{}", what(*st->error),
                 tls_failed ? " (a peer link checks that each worker's certificate carries its name and may serve "
                              "TLS: make worker certificates with this release's `fedra certs`, or set "
-                             "gradsum.topology=star)"
+                             "the strategy's topology=star)"
                            : "");
   }
   if (!st->welcomed || (accept_prev && !in)) {
