@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="runs of each measurement (the median is shown)")
     a = ap.parse_args()
     steps, per_round, ex_steps = (600, 150, 12) if a.quick else (2000, 400, 30)
-    med = lambda xs: statistics.median(xs)
+    med = statistics.median
 
     step = {"ring": [], "star": [], "ddp": []}
     for _ in range(a.repeat):

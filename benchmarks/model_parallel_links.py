@@ -55,8 +55,7 @@ def run(fedra, strategy, parts, extra, topology, epochs, quick, out):
     step_ms = statistics.mean(l["step_ms"] for l in lines)
     up = statistics.mean(sum(v for k, v in l.items() if k.startswith("bytes_up.")) / parts for l in lines)
     peer = statistics.mean(l.get("peer_bytes", 0) for l in lines)
-    return {"step_ms": step_ms, "accuracy": lines[-1]["test_accuracy"], "up": up, "peer": peer,
-            "steps": sum(l["steps"] for l in lines)}
+    return {"step_ms": step_ms, "accuracy": lines[-1]["test_accuracy"], "up": up, "peer": peer}
 
 
 def main():

@@ -14,6 +14,7 @@
 #include <asio/posix/stream_descriptor.hpp>
 #include <openssl/rand.h>
 
+#include "core/peer.h"
 #include "core/protocol.h"
 #include "core/stop.h"
 #include "transport/tcp/connection.h"
@@ -43,6 +44,22 @@ std::string seconds(Clock::duration d) {
 bool can_link(const std::vector<WorkerInfo>& workers) {
   return workers.size() >= 2 && std::all_of(workers.begin(), workers.end(),
                                             [](const WorkerInfo& w) { return !w.peer_address.empty(); });
+}
+
+void ask_to_link(std::vector<Instruction>& instructions, const std::vector<WorkerInfo>& members, uint64_t session,
+                 const std::string& what) {
+  std::vector<PeerAddress> peers;
+  for (const auto& w : members) {
+    FEDRA_REQUIRE(!w.peer_address.empty(),
+                  "{}: worker {} reported no peer port (a worker with TLS needs --tls-cert and --tls-key to link "
+                  "to others; or use topology=star)", what, w.name);
+    peers.push_back({w.name, w.peer_address});
+  }
+  const std::string listed = format_peers(peers);
+  for (auto& ins : instructions) {
+    ins.message.options["peers"] = listed;
+    ins.message.options["session"] = std::to_string(session);
+  }
 }
 
 std::string describe_failures(const std::vector<Failure>& failures) {

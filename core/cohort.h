@@ -70,6 +70,13 @@ struct Instruction {
   Message message;
 };
 
+// Asks the workers to link directly (core/peer.h): each instruction's run request gets options
+// "peers" (`members`' names and peer addresses, in rank order) and "session"; the worker side is
+// join_links(). Throws, naming `what` (e.g. "gradsum topology=ring") and the worker, when a
+// member reported no peer port.
+void ask_to_link(std::vector<Instruction>& instructions, const std::vector<WorkerInfo>& members, uint64_t session,
+                 const std::string& what);
+
 struct Failure {
   WorkerId worker = 0;
   std::string name;

@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "core/error.h"
+#include "core/message.h"
 #include "core/placement.h"
 #include "core/protocol.h"
 #include "transport/tcp/connection.h"
@@ -361,6 +362,17 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
     in->early.clear();
   }
   return ring;
+}
+
+std::unique_ptr<PeerRing> join_links(const Message& request, PeerHub* hub, const std::string& worker, size_t rank,
+                                     size_t world, std::chrono::milliseconds timeout, bool closed) {
+  if (request.options.count("peers") == 0) return nullptr;
+  FEDRA_REQUIRE(hub != nullptr,
+                "{}: worker {} has no peer port for direct links (with TLS, every worker needs --tls-cert and "
+                "--tls-key)", request.kind, worker);
+  const auto members = parse_peers(request.option("peers"));
+  FEDRA_REQUIRE(members.size() == world, "{}: {} peers for {} workers", request.kind, members.size(), world);
+  return hub->ring(members, rank, std::stoull(request.option("session")), timeout, closed);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -187,6 +187,15 @@ class PeerHub {
   uint64_t session_ = 0;  // the newest ring asked for; hellos for older sessions are refused
 };
 
+struct Message;
+
+// The worker side of ask_to_link() (core/cohort.h): nullptr when `request` asks for no links;
+// else this worker's place (rank `rank` of `world`) in the ring, or chain (closed = false), that
+// its options name, formed through `hub` within `timeout`. Throws naming `worker` when it has no
+// peer port (hub null) or the request lists another number of members.
+std::unique_ptr<PeerRing> join_links(const Message& request, PeerHub* hub, const std::string& worker, size_t rank,
+                                     size_t world, std::chrono::milliseconds timeout, bool closed = true);
+
 // Ring all-reduce (sum) over a PeerRing, bucket by bucket: each bucket is a contiguous 1-D float
 // tensor reduced in place. A bucket is cut into `size` chunks; reduce-scatter passes partial sums
 // of one chunk per phase to the next rank (n - 1 phases; the receiver adds each in place as its

@@ -63,14 +63,7 @@ Metrics ModelParallelCoordinator::run_round(Cohort& cohort, const RunContext& ct
 }
 
 bool ModelParallelCoordinator::direct(const std::vector<WorkerInfo>& workers) const {
-  if (!plan_.direct.has_value()) return can_link(workers);
-  if (!*plan_.direct) return false;
-  for (const auto& w : workers) {
-    FEDRA_REQUIRE(!w.peer_address.empty(),
-                  "{} topology={}: worker {} reported no peer port (a worker with TLS needs --tls-cert and "
-                  "--tls-key to link to others; or use topology=star)", plan_.strategy, plan_.links, w.name);
-  }
-  return workers.size() > 1;
+  return workers.size() > 1 && plan_.direct.value_or(can_link(workers));
 }
 
 std::vector<Message> ModelParallelCoordinator::exchange(Cohort& cohort, uint32_t round,
@@ -87,14 +80,7 @@ std::vector<Message> ModelParallelCoordinator::exchange(Cohort& cohort, uint32_t
   auto last_progress = Clock::now();
   const std::string progress_kind = plan_.strategy + ".progress";
   if (direct) {
-    std::vector<PeerAddress> peers;
-    for (const auto& w : workers) peers.push_back({w.name, w.peer_address});
-    const std::string members = format_peers(peers);
-    ++session_;
-    for (auto& ins : instructions) {
-      ins.message.options["peers"] = members;
-      ins.message.options["session"] = std::to_string(session_);
-    }
+    ask_to_link(instructions, workers, ++session_, fmt::format("{} topology={}", plan_.strategy, plan_.links));
   }
 
   Exchange ex;
@@ -205,7 +191,7 @@ Metrics ModelParallelCoordinator::loss_metrics(const RunContext& ctx, const Roun
 
 ModelParallelWorker::ModelParallelWorker(const Job& job, ScheduleOptions schedule, OptimizerOptions optim,
                                          const std::string& strategy, bool closed)
-    : job_(job), schedule_(std::move(schedule)), optim_(std::move(optim)), progress_kind_(strategy + ".progress"),
+    : job_(job), schedule_(std::move(schedule)), optim_(std::move(optim)), beat_(strategy + ".progress"),
       closed_(closed) {
   check_loss_name(job.loss);
 }
@@ -240,16 +226,10 @@ RunIns ModelParallelWorker::begin(const Message& request, WorkerContext& ctx, Wo
   compute_s_ = wait_s_ = 0;
   peer_inbox_.clear();
   writes_pending_ = 0;
-  last_beat_ = Clock::now();
-  if (request.options.count("peers") != 0) {
-    FEDRA_REQUIRE(ctx.peers != nullptr,
-                  "{}: worker {} has no peer port for direct links (with TLS, every worker needs --tls-cert and "
-                  "--tls-key)", run_kind, ctx.name);
-    const auto members = parse_peers(request.option("peers"));
-    FEDRA_REQUIRE(static_cast<int64_t>(members.size()) == run.world, "{}: {} peers for {} parts", run_kind,
-                  members.size(), run.world);
-    ring_ = ctx.peers->ring(members, static_cast<size_t>(run.rank), std::stoull(request.option("session")), timeout_,
-                            closed_);
+  beat_.start(timeout_);
+  ring_ = join_links(request, ctx.peers, ctx.name, static_cast<size_t>(run.rank), static_cast<size_t>(run.world),
+                     timeout_, closed_);
+  if (ring_) {
     const auto take = [this](transport::Envelope&& env) {
       if (env.error) return ring_->fail(fmt::format("{} reported: {}", env.sender, env.error->message));
       const std::string from = env.sender;
@@ -302,13 +282,7 @@ Message ModelParallelWorker::await_peer(const std::function<bool(const Message&)
 }
 
 void ModelParallelWorker::heartbeat(int64_t step) {
-  if (!ring_) return;
-  const auto every = std::min<Clock::duration>(std::chrono::seconds(1), timeout_ / 4);
-  if (Clock::now() - last_beat_ < every) return;
-  Message beat(progress_kind_);
-  beat.step = static_cast<uint64_t>(step);
-  link_->send(beat);
-  last_beat_ = Clock::now();
+  if (ring_) beat_.after_step(*link_, step);
 }
 
 void ModelParallelWorker::draw_batches(const WorkerContext& ctx, const std::string& who) {

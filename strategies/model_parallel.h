@@ -66,8 +66,8 @@ class ModelParallelCoordinator : public SteppedStrategy {
   virtual Metrics run_parts(Cohort& cohort, const RunContext& ctx, const RoundSteps& steps,
                             const std::vector<WorkerInfo>& workers) = 0;
 
-  // Whether this round's parts link directly (plan_.direct, or auto: can_link(workers)). Throws
-  // when direct links are asked for and a worker has no peer port.
+  // Whether this round's parts link directly (plan_.direct, or auto: can_link(workers)); when
+  // asked for, exchange() refuses a worker without a peer port.
   bool direct(const std::vector<WorkerInfo>& workers) const;
   // Runs one exchange with `workers` (part i = workers[i]): on_part(i, worker, message) sees every
   // partial message; the final replies, which must be of kind `done_kind`, come back in part
@@ -178,12 +178,11 @@ class ModelParallelWorker : public WorkerStrategy {
 
   ScheduleOptions schedule_;
   OptimizerOptions optim_;
-  std::string progress_kind_;
+  Heartbeat beat_;
   bool closed_;
   std::unique_ptr<PeerRing> ring_;
   std::deque<Message> peer_inbox_;  // from the neighbours, not yet taken
   size_t writes_pending_ = 0;
-  std::chrono::steady_clock::time_point last_beat_;
 };
 
 }  // namespace fedra

@@ -2,7 +2,22 @@
 
 #include <algorithm>
 
+#include "core/strategy.h"
+
 namespace fedra {
+
+void Heartbeat::start(std::chrono::milliseconds step_timeout) {
+  every_ = std::min<std::chrono::steady_clock::duration>(std::chrono::seconds(1), step_timeout / 4);
+  last_ = std::chrono::steady_clock::now();
+}
+
+void Heartbeat::after_step(WorkerLink& link, int64_t step, bool sent_other) {
+  if (sent_other || std::chrono::steady_clock::now() - last_ < every_) return;
+  Message beat(kind_);
+  beat.step = static_cast<uint64_t>(step);
+  link.send(beat);
+  last_ = std::chrono::steady_clock::now();
+}
 
 Message RunIns::encode(const std::string& kind) const {
   Message m(kind, round);

@@ -8,6 +8,7 @@
 // what is wrong.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -30,6 +31,26 @@ struct RunIns {
 
   Message encode(const std::string& kind) const;
   static RunIns decode(const Message& m, const std::string& kind);
+};
+
+class WorkerLink;
+
+// A worker's heartbeat to the coordinator while it works with its peers (the coordinator's
+// deadline backstop): "STRATEGY.progress" with the step, at most once a period, min(1 s, a quarter
+// of the step timeout).
+class Heartbeat {
+ public:
+  explicit Heartbeat(std::string kind) : kind_(std::move(kind)) {}
+  // A period from now.
+  void start(std::chrono::milliseconds step_timeout);
+  // After step `step`: sends a heartbeat if none went for a period, unless `sent_other` (another
+  // message to the coordinator went after this step).
+  void after_step(WorkerLink& link, int64_t step, bool sent_other = false);
+
+ private:
+  std::string kind_;
+  std::chrono::steady_clock::duration every_{};
+  std::chrono::steady_clock::time_point last_{};
 };
 
 // Moves the tensors whose names start with `prefix` out of `all` (order kept), the prefix

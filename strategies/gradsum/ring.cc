@@ -12,7 +12,6 @@
 
 #include "core/aggregation.h"
 #include "core/cohort.h"
-#include "core/peer.h"
 #include "core/tensor_checks.h"
 #include "strategies/gradsum/internal.h"
 #include "strategies/run_message.h"
@@ -44,14 +43,7 @@ Metrics run_ring_round(Cohort& cohort, const GradSumOptions& o, const RingRound&
   for (int attempt_no = 1;; ++attempt_no) {
     Attempt a;
     a.members = cohort.workers_by_name();
-    for (const auto& w : a.members) {
-      FEDRA_REQUIRE(!w.peer_address.empty(),
-                    "gradsum topology=ring: worker {} reported no peer port (a worker with TLS needs --tls-cert "
-                    "and --tls-key to take part in a ring; or use topology=star)", w.name);
-      a.rank[w.id] = a.rank.size();
-    }
-    std::vector<PeerAddress> peers;
-    for (const auto& w : a.members) peers.push_back({w.name, w.peer_address});
+    for (const auto& w : a.members) a.rank[w.id] = a.rank.size();
     RunIns run;
     run.round = rr.round;
     run.first = rr.first;
@@ -64,11 +56,9 @@ Metrics run_ring_round(Cohort& cohort, const GradSumOptions& o, const RingRound&
     std::vector<Instruction> instructions;
     for (size_t k = 0; k < a.members.size(); ++k) {
       run.rank = static_cast<int64_t>(k);
-      Message m = run.encode(kRun);
-      m.options["peers"] = format_peers(peers);
-      m.options["session"] = std::to_string(session);
-      instructions.push_back({a.members[k].id, std::move(m)});
+      instructions.push_back({a.members[k].id, run.encode(kRun)});
     }
+    ask_to_link(instructions, a.members, session, "gradsum topology=ring");
 
     WeightedAverage buffer_sum;
     NamedTensors home;  // rank 0's parameters ("param/") and optimiser state ("opt/")

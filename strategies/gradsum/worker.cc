@@ -93,12 +93,6 @@ class GradSumWorker : public WorkerStrategy {
   // topology=ring: the replicas all-reduce among themselves (core/peer.h) and each steps its own
   // optimiser; the coordinator hears only heartbeats, checksums and the final reply.
   Message handle_ring(const RunIns& run, const Message& request, WorkerContext& ctx, WorkerLink& link) {
-    FEDRA_REQUIRE(ctx.peers != nullptr,
-                  "gradsum topology=ring: worker {} has no peer port for the ring (with TLS, every worker "
-                  "needs --tls-cert and --tls-key)", ctx.name);
-    const auto members = parse_peers(request.option("peers"));
-    FEDRA_REQUIRE(static_cast<int64_t>(members.size()) == world_, "gradsum.run: {} peers for a world of {}",
-                  members.size(), world_);
     const auto timeout = o_.schedule().step_timeout_ms();
     if (flat_.empty()) {
       for (size_t b = 0; b < layout_.buckets.size(); ++b) {
@@ -107,13 +101,13 @@ class GradSumWorker : public WorkerStrategy {
     }
     optimizer_.emplace(OptimizerConfig::from(o_.optim()), layout_.names, layout_.params);
     optimizer_->load_state(run.opt_state);
-    ring_ = ctx.peers->ring(members, static_cast<size_t>(rank_), std::stoull(request.option("session")), timeout);
+    ring_ = join_links(request, ctx.peers, ctx.name, static_cast<size_t>(rank_), static_cast<size_t>(world_), timeout);
     RingAllReduce allreduce(*ring_, layout_.buckets.size());
     allreduce_ = &allreduce;
     double compute_s = 0, wait_s = 0, exchange_s = 0, loss_sum = 0, first_loss = std::nan("");
     int64_t examples = 0;
-    const auto heartbeat = std::min<Clock::duration>(std::chrono::seconds(1), timeout / 4);
-    auto last_beat = Clock::now();
+    Heartbeat beat(kProgress);
+    beat.start(timeout);
     try {
       for (int64_t s = run.first; s < run.first + run.steps; ++s) {
         const auto t0 = Clock::now();
@@ -131,12 +125,7 @@ class GradSumWorker : public WorkerStrategy {
           examples += examples_;
         }
         apply_reduced(allreduce);
-        if (!end_step(s, link) && Clock::now() - last_beat >= heartbeat) {
-          Message beat(kProgress);
-          beat.step = static_cast<uint64_t>(s);
-          link.send(beat);
-          last_beat = Clock::now();
-        }
+        beat.after_step(link, s, /*sent_other=*/end_step(s, link));  // a checksum counts as a heartbeat
       }
     } catch (const std::exception& e) {
       ring_->abort(e.what());  // the neighbours learn at once, not at their timeout

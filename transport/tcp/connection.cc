@@ -317,7 +317,6 @@ void Connection::read_body(FrameHeader header) {
 }
 
 void Connection::on_read_error(const asio::error_code& ec, uint64_t got, uint64_t wanted) {
-
   if (ec == asio::error::operation_aborted || !open_) return;
   if (tls_ && ec.category() == asio::error::get_ssl_category() && ec != asio::ssl::error::stream_truncated) {
     // An alert from the peer (e.g. TLS 1.3 servers refuse a client certificate after the
