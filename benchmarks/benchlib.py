@@ -15,7 +15,7 @@ ROOT = os.path.dirname(HERE)
 
 def same_blas_kernels():
     """Fedra re-executes itself with OPENBLAS_CORETYPE=SkylakeX (Haswell) when Debian's OpenBLAS
-    does not recognise the CPU and falls back to its slow Prescott kernels (core/process.h). The
+    does not recognise the CPU and falls back to its slow Prescott kernels (core/system/process.h). The
     PyTorch peers load the same OpenBLAS: they get the same setting here, so that both sides of
     every comparison run the same matmul kernels."""
     if "OPENBLAS_CORETYPE" in os.environ or "FEDRA_KEEP_BLAS" in os.environ:

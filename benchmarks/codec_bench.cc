@@ -18,8 +18,8 @@
 
 #include <torch/torch.h>
 
-#include "core/message.h"
-#include "core/process.h"
+#include "core/kit/message.h"
+#include "core/system/process.h"
 
 using Clock = std::chrono::steady_clock;
 

@@ -28,9 +28,9 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include "core/aggregation.h"
-#include "core/message.h"
-#include "core/process.h"
+#include "core/federated/aggregation.h"
+#include "core/kit/message.h"
+#include "core/system/process.h"
 
 namespace {
 

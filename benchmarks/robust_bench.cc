@@ -1,4 +1,4 @@
-// Times Fedra's robust aggregators (core/robust_aggregation.h) over K updates of N float32 and
+// Times Fedra's robust aggregators (core/federated/robust_aggregation.h) over K updates of N float32 and
 // prints one JSON line; benchmarks/robust_speed.py runs numpy on the same shapes beside it.
 //   robust_bench N K REPEATS THREADS   (THREADS: LibTorch's intra-op threads, 0 = all cores, as a
 //                                      coordinator gets by default)
@@ -11,7 +11,7 @@
 
 #include <torch/torch.h>
 
-#include "core/robust_aggregation.h"
+#include "core/federated/robust_aggregation.h"
 
 namespace {
 

@@ -3,7 +3,7 @@
 
   /usr/bin/python3 benchmarks/robust_speed.py [--n 10000000] [--k 10] [--quick]
 
-Fedra: build/benchmarks/robust_bench (core/robust_aggregation.h: coordinate_median, trimmed_mean
+Fedra: build/benchmarks/robust_bench (core/federated/robust_aggregation.h: coordinate_median, trimmed_mean
 with beta 0.1), on all cores as a coordinator runs by default (--threads 1: one). numpy: np.median(stack, axis=0) and
 the sorted trimmed mean (np.sort(stack, axis=0)[k:K-k].mean(axis=0)) on the same shape, one
 thread (numpy's median and sort do not use threads). Best of 3 each. Ratio = numpy / Fedra.

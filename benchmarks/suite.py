@@ -61,7 +61,7 @@ PROFILES = {
 BUILTIN = ["fedavg", "gradsum", "split", "split-u", "psl", "train"]
 PARTITIONS = ["iid", "dirichlet:alpha=0.3", "shards:k=2"]
 
-# McMahan et al.'s CNN and its cut after pool1 (core/model.h; counts tested in tests/unit/model_test.cc)
+# McMahan et al.'s CNN and its cut after pool1 (core/model/model.h; counts tested in tests/unit/model_test.cc)
 CNN_WEIGHTS = 1_663_370
 BOTTOM_WEIGHTS = 832  # conv1: 32 x 1 x 5 x 5 + 32
 CUT_FLOATS = 32 * 14 * 14  # pool1's output per example

@@ -19,13 +19,13 @@ install(TARGETS fedra_transport fedra_core fedra_strategies EXPORT FedraTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(EXPORT FedraTargets NAMESPACE fedra:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/Fedra)
 
-# The public headers: what core/plugin.h, core/round_strategy.h and the helpers a strategy uses
+# The public headers: what core/kit/plugin.h, core/loops/round_strategy.h and the helpers a strategy uses
 # include, and nothing else.
 set(FEDRA_PUBLIC_HEADERS
-  core/aggregation.h core/batching.h core/cohort.h core/dataset.h core/message.h core/model.h
-  core/error.h core/optimizer.h core/option_groups.h core/options.h core/plugin.h core/registry.h
-  core/privacy.h core/robust_aggregation.h core/round_strategy.h core/server_optimizer.h core/stepped_strategy.h core/inbox.h core/local_cohort.h
-  core/strategy.h core/tensor_checks.h core/training.h core/secagg.h core/fleet.h core/peer.h
+  core/federated/aggregation.h core/data/batching.h core/loops/cohort.h core/data/dataset.h core/kit/message.h core/model/model.h core/model/state.h core/model/export.h
+  core/kit/error.h core/training/optimizer.h core/kit/option_groups.h core/kit/options.h core/kit/plugin.h core/kit/registry.h
+  core/federated/privacy.h core/federated/robust_aggregation.h core/loops/round_strategy.h core/federated/server_optimizer.h core/loops/stepped_strategy.h core/loops/inbox.h
+  core/kit/strategy.h core/data/tensor_checks.h core/training/training.h core/federated/secagg.h core/federated/fleet.h core/net/peer.h
   transport/codec.h transport/error.h
   strategies/fedavg/fedavg.h strategies/fedavg/secagg.h)
 foreach(header ${FEDRA_PUBLIC_HEADERS})

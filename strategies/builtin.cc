@@ -3,8 +3,8 @@
 #include "strategies/async/async.h"
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/gradsum/gradsum.h"
-#include "strategies/psl/psl.h"
 #include "strategies/pipeline/pipeline.h"
+#include "strategies/psl/psl.h"
 #include "strategies/split/split.h"
 #include "strategies/tensor/tensor.h"
 

@@ -1,7 +1,7 @@
 // The strategies that ship with Fedra. Called from main() to fill the registry explicitly.
 #pragma once
 
-#include "core/registry.h"
+#include "core/kit/registry.h"
 
 namespace fedra {
 

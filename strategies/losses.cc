@@ -6,8 +6,8 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include "core/error.h"
-#include "core/message.h"
+#include "core/kit/error.h"
+#include "core/kit/message.h"
 
 namespace fedra {
 

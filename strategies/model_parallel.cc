@@ -10,10 +10,11 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include "core/batching.h"
-#include "core/model.h"
-#include "core/script_model.h"
-#include "core/training.h"
+#include "core/data/batching.h"
+#include "core/model/model.h"
+#include "core/model/script_model.h"
+#include "core/net/peer.h"
+#include "core/training/training.h"
 #include "strategies/losses.h"
 #include "strategies/run_message.h"
 

@@ -6,7 +6,7 @@
 // writes model.bin. A worker lost mid-round fails the round (no other worker holds its part);
 // model.bin then holds the model of the last recorded round.
 //
-// How the parts talk: through the coordinator (star), or over direct links (core/peer.h), a ring
+// How the parts talk: through the coordinator (star), or over direct links (core/net/peer.h), a ring
 // for tensor's collectives or a chain for pipeline's stages. With direct links the run request
 // also carries the members' peer addresses and a session; the parts send the coordinator only a
 // heartbeat ("STRATEGY.progress") at most once a second, and a part that fails closes its links so
@@ -27,14 +27,15 @@
 
 #include <torch/nn/modules/container/sequential.h>
 
-#include "core/batching.h"
-#include "core/cohort.h"
-#include "core/optimizer.h"
-#include "core/option_groups.h"
-#include "core/peer.h"
-#include "core/script_model.h"
-#include "core/stepped_strategy.h"
-#include "core/strategy.h"
+#include "core/data/batching.h"
+#include "core/kit/option_groups.h"
+#include "core/kit/strategy.h"
+#include "core/loops/cohort.h"
+#include "core/loops/stepped_strategy.h"
+#include "core/model/model.h"
+#include "core/model/script_model.h"
+#include "core/net/peer.h"
+#include "core/training/optimizer.h"
 #include "strategies/run_message.h"
 
 namespace fedra {

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "core/strategy.h"
+#include "core/kit/strategy.h"
 
 namespace fedra {
 

@@ -15,8 +15,8 @@
 #include <utility>
 #include <vector>
 
-#include "core/message.h"
-#include "core/options.h"
+#include "core/kit/message.h"
+#include "core/kit/options.h"
 
 namespace fedra {
 

@@ -2,7 +2,7 @@
 
 #include "tests/test_util.h"
 
-#include "core/partition.h"
+#include "core/data/partition.h"
 
 #include <ATen/ATen.h>
 
@@ -16,7 +16,7 @@
 #include <sstream>
 #include <thread>
 
-#include "core/error.h"
+#include "core/kit/error.h"
 
 namespace fedra::test {
 

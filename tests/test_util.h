@@ -9,10 +9,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/local_cohort.h"
-#include "core/message.h"
-#include "core/strategy.h"
-#include "core/subprocess.h"
+#include "core/kit/message.h"
+#include "core/kit/strategy.h"
+#include "core/system/subprocess.h"
+#include "tests/support/local_cohort.h"
 
 namespace fedra::test {
 

@@ -9,8 +9,7 @@
 
 #include <fmt/ranges.h>
 
-#include "core/placement.h"
-#include "transport/tcp/connection.h"
+#include "core/runtime/placement.h"
 #include "transport/tcp/tls.h"
 
 namespace fedra::cli {
@@ -519,7 +518,7 @@ WorkerConfig worker_config(const po::variables_map& vm) {
   }
   if (vm.count("peer-listen")) {
     w.peer_listen = vm["peer-listen"].as<std::string>();
-    transport::tcp::parse_endpoint(w.peer_listen);  // refused here, by name, if malformed
+    transport::parse_endpoint(w.peer_listen);  // refused here, by name, if malformed
   }
   if (vm.count("advertise")) {
     w.advertise = vm["advertise"].as<std::string>();

@@ -14,9 +14,9 @@
 
 #include <boost/program_options.hpp>
 
-#include "core/coordinator.h"
-#include "core/registry.h"
-#include "core/worker.h"
+#include "core/kit/registry.h"
+#include "core/runtime/coordinator.h"
+#include "core/runtime/worker.h"
 
 namespace fedra::cli {
 

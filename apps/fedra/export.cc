@@ -7,9 +7,10 @@
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
-#include "core/error.h"
-#include "core/model.h"
-#include "core/script_model.h"
+#include "core/kit/error.h"
+#include "core/model/export.h"
+#include "core/model/model.h"
+#include "core/model/script_model.h"
 
 namespace fedra::cli {
 

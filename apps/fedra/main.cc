@@ -5,13 +5,13 @@
 #include <spdlog/spdlog.h>
 
 #include "apps/fedra/cli.h"
-#include "apps/fedra/simulate.h"
 #include "apps/fedra/export.h"
+#include "apps/fedra/simulate.h"
 #include "apps/fedra/train.h"
-#include "core/plugin.h"
-#include "core/log.h"
-#include "core/process.h"
-#include "core/stop.h"
+#include "core/kit/plugin.h"
+#include "core/system/log.h"
+#include "core/system/process.h"
+#include "core/system/stop.h"
 #include "strategies/builtin.h"
 #include "transport/codec.h"
 

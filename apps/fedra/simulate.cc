@@ -11,8 +11,8 @@
 #include <spdlog/spdlog.h>
 
 #include "apps/fedra/cli.h"
-#include "core/stop.h"
-#include "core/subprocess.h"
+#include "core/system/stop.h"
+#include "core/system/subprocess.h"
 #include "transport/tcp/tls.h"
 
 namespace fedra::cli {

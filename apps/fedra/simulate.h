@@ -3,8 +3,8 @@
 
 #include <boost/program_options.hpp>
 
-#include "core/registry.h"
-#include "core/stop.h"
+#include "core/kit/registry.h"
+#include "core/system/stop.h"
 
 namespace fedra::cli {
 

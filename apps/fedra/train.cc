@@ -7,13 +7,14 @@
 #include <torch/torch.h>
 
 #include "apps/fedra/cli.h"
-#include "core/batching.h"
-#include "core/dataset.h"
-#include "core/model.h"
-#include "core/optimizer.h"
-#include "core/process.h"
-#include "core/script_model.h"
-#include "core/training.h"
+#include "core/data/batching.h"
+#include "core/data/dataset.h"
+#include "core/model/export.h"
+#include "core/model/model.h"
+#include "core/model/script_model.h"
+#include "core/system/process.h"
+#include "core/training/optimizer.h"
+#include "core/training/training.h"
 
 namespace fedra::cli {
 

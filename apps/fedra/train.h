@@ -3,7 +3,7 @@
 
 #include <boost/program_options.hpp>
 
-#include "core/stop.h"
+#include "core/system/stop.h"
 
 namespace fedra::cli {
 

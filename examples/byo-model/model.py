@@ -26,7 +26,7 @@ import torch.nn as nn
 warnings.filterwarnings("ignore", message=".batch_first. was found")  # torch 1.13 scripting TransformerEncoderLayer
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
-MEAN, STD = 0.2860, 0.3530  # Fedra's fmnist normalisation (core/dataset.cc)
+MEAN, STD = 0.2860, 0.3530  # Fedra's fmnist normalisation (core/data/dataset.cc)
 
 
 class BlockA(nn.Module):

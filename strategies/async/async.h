@@ -13,7 +13,7 @@
 // An update staler than max_staleness is refused and counted (updates_refused), never dropped
 // silently. A client whose process dies loses only its own update (updates_lost); the others go on.
 //
-// Fleets (core/fleet.h): with clock=virtual the coordinator runs a discrete-event simulation: each
+// Fleets (core/federated/fleet.h): with clock=virtual the coordinator runs a discrete-event simulation: each
 // dispatch's duration (steps * step * slowdown + the model's transfer both ways) sets when its
 // update "arrives", updates are applied in that order whatever order the real processes finish
 // in, and a device that goes offline (churn) before it would finish loses that update. The
@@ -30,10 +30,10 @@
 #include <cstdint>
 #include <string>
 
-#include "core/fleet.h"
-#include "core/option_groups.h"
-#include "core/registry.h"
-#include "core/server_optimizer.h"
+#include "core/federated/fleet.h"
+#include "core/federated/server_optimizer.h"
+#include "core/kit/option_groups.h"
+#include "core/kit/registry.h"
 
 namespace fedra::async {
 

@@ -12,11 +12,13 @@
 
 #include <torch/torch.h>
 
-#include "core/cohort.h"
-#include "core/model.h"
-#include "core/script_model.h"
-#include "core/tensor_checks.h"
-#include "core/training.h"
+#include "core/data/batching.h"
+#include "core/data/tensor_checks.h"
+#include "core/loops/cohort.h"
+#include "core/model/export.h"
+#include "core/model/model.h"
+#include "core/model/script_model.h"
+#include "core/training/training.h"
 #include "strategies/async/internal.h"
 
 namespace fedra::async {

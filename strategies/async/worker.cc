@@ -7,9 +7,9 @@
 
 #include <torch/torch.h>
 
-#include "core/model.h"
-#include "core/optimizer.h"
-#include "core/training.h"
+#include "core/model/model.h"
+#include "core/training/optimizer.h"
+#include "core/training/training.h"
 #include "strategies/async/internal.h"
 
 namespace fedra::async {
@@ -64,7 +64,7 @@ class AsyncWorker : public WorkerStrategy {
     t.seed = static_cast<uint64_t>(std::stoull(ins.option("seed")));
     const TrainStats s = train_local(model_, *ctx.data, t);
     const double train_s = std::chrono::duration<double>(Clock::now() - t0).count();
-    // Wall clock: this device is `slowdown` times slower and its link takes net_s (core/fleet.h).
+    // Wall clock: this device is `slowdown` times slower and its link takes net_s (core/federated/fleet.h).
     const double sleep_s = sleep_as_device(ins.metric_or("sleep_factor", 0), train_s, ins.metric_or("net_s", 0));
     Message update(kUpdate, ins.round);
     NamedTensors weights = model_state(*model_);

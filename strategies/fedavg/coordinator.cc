@@ -7,11 +7,13 @@
 
 #include <torch/torch.h>
 
-#include "core/model.h"
-#include "core/process.h"
-#include "core/script_model.h"
-#include "core/tensor_checks.h"
-#include "core/training.h"
+#include "core/data/batching.h"
+#include "core/data/tensor_checks.h"
+#include "core/model/export.h"
+#include "core/model/model.h"
+#include "core/model/script_model.h"
+#include "core/system/process.h"
+#include "core/training/training.h"
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/run_message.h"
 

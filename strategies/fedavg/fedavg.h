@@ -23,16 +23,16 @@
 
 #include <torch/nn/modules/container/sequential.h>
 
-#include "core/aggregation.h"
-#include "core/dataset.h"
-#include "core/fleet.h"
-#include "core/message.h"
-#include "core/option_groups.h"
-#include "core/privacy.h"
-#include "core/registry.h"
-#include "core/robust_aggregation.h"
-#include "core/round_strategy.h"
-#include "core/server_optimizer.h"
+#include "core/data/dataset.h"
+#include "core/federated/aggregation.h"
+#include "core/federated/fleet.h"
+#include "core/federated/privacy.h"
+#include "core/federated/robust_aggregation.h"
+#include "core/federated/server_optimizer.h"
+#include "core/kit/message.h"
+#include "core/kit/option_groups.h"
+#include "core/kit/registry.h"
+#include "core/loops/round_strategy.h"
 #include "strategies/fedavg/secagg.h"
 
 namespace fedra::fedavg {

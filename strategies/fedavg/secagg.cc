@@ -10,7 +10,7 @@
 
 #include <torch/torch.h>
 
-#include "core/process.h"
+#include "core/system/process.h"
 
 namespace fedra::fedavg {
 

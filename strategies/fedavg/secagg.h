@@ -28,11 +28,11 @@
 #include <string>
 #include <vector>
 
-#include "core/cohort.h"
-#include "core/message.h"
-#include "core/options.h"
-#include "core/secagg.h"
-#include "core/strategy.h"
+#include "core/federated/secagg.h"
+#include "core/kit/message.h"
+#include "core/kit/options.h"
+#include "core/kit/strategy.h"
+#include "core/loops/cohort.h"
 
 namespace fedra::fedavg {
 

@@ -6,10 +6,10 @@
 
 #include <torch/torch.h>
 
-#include "core/model.h"
-#include "core/script_model.h"
-#include "core/tensor_checks.h"
-#include "core/training.h"
+#include "core/data/tensor_checks.h"
+#include "core/model/model.h"
+#include "core/model/script_model.h"
+#include "core/training/training.h"
 #include "strategies/fedavg/fedavg.h"
 
 namespace fedra::fedavg {

@@ -8,15 +8,15 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include "core/aggregation.h"
-#include "core/cohort.h"
-#include "core/model.h"
-#include "core/optimizer.h"
-#include "core/peer.h"
-#include "core/script_model.h"
-#include "core/stepped_strategy.h"
-#include "core/tensor_checks.h"
-#include "core/training.h"
+#include "core/data/tensor_checks.h"
+#include "core/federated/aggregation.h"
+#include "core/loops/cohort.h"
+#include "core/loops/stepped_strategy.h"
+#include "core/model/model.h"
+#include "core/model/script_model.h"
+#include "core/net/peer.h"
+#include "core/training/optimizer.h"
+#include "core/training/training.h"
 #include "strategies/gradsum/internal.h"
 #include "strategies/run_message.h"
 

@@ -25,7 +25,7 @@
 // evaluates, records a metrics line and lets new workers join.
 //
 // Topology. The above is topology=star. With topology=ring the coordinator leaves the data
-// path: it sends each replica its rank and the ring's addresses (core/peer.h); the replicas
+// path: it sends each replica its rank and the ring's addresses (core/net/peer.h); the replicas
 // all-reduce each bucket among themselves (reduce-scatter then all-gather, started from the same
 // backward hooks), each steps its own identical optimiser, and rank 0 brings the model and
 // optimiser state home in its final reply. The coordinator hears heartbeats and checksums
@@ -49,8 +49,9 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "core/option_groups.h"
-#include "core/registry.h"
+#include "core/kit/option_groups.h"
+#include "core/kit/registry.h"
+#include "core/model/model.h"
 
 namespace fedra::gradsum {
 

@@ -8,8 +8,8 @@
 
 #include <torch/nn/module.h>
 
-#include "core/optimizer.h"
-#include "core/strategy.h"
+#include "core/kit/strategy.h"
+#include "core/training/optimizer.h"
 #include "strategies/gradsum/gradsum.h"
 
 namespace fedra::gradsum {

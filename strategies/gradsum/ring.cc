@@ -1,5 +1,5 @@
 // gradsum's coordinator half for topology=ring: orchestration only. The replicas all-reduce
-// among themselves (core/peer.h); the coordinator tells each its rank and its ring, hears
+// among themselves (core/net/peer.h); the coordinator tells each its rank and its ring, hears
 // heartbeats and checksums (control-sized), and at the round's end takes the model and the
 // optimiser state from rank 0, after checking every replica ended with the same parameters.
 #include <algorithm>
@@ -10,9 +10,10 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include "core/aggregation.h"
-#include "core/cohort.h"
-#include "core/tensor_checks.h"
+#include "core/data/tensor_checks.h"
+#include "core/federated/aggregation.h"
+#include "core/loops/cohort.h"
+#include "core/net/peer.h"
 #include "strategies/gradsum/internal.h"
 #include "strategies/run_message.h"
 

@@ -7,12 +7,12 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include "core/batching.h"
-#include "core/model.h"
-#include "core/optimizer.h"
-#include "core/peer.h"
-#include "core/tensor_checks.h"
-#include "core/training.h"
+#include "core/data/batching.h"
+#include "core/data/tensor_checks.h"
+#include "core/model/model.h"
+#include "core/net/peer.h"
+#include "core/training/optimizer.h"
+#include "core/training/training.h"
 #include "strategies/gradsum/internal.h"
 #include "strategies/run_message.h"
 
@@ -90,7 +90,7 @@ class GradSumWorker : public WorkerStrategy {
   }
 
  private:
-  // topology=ring: the replicas all-reduce among themselves (core/peer.h) and each steps its own
+  // topology=ring: the replicas all-reduce among themselves (core/net/peer.h) and each steps its own
   // optimiser; the coordinator hears only heartbeats, checksums and the final reply.
   Message handle_ring(const RunIns& run, const Message& request, WorkerContext& ctx, WorkerLink& link) {
     const auto timeout = o_.schedule().step_timeout_ms();

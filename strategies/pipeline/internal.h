@@ -6,7 +6,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/strategy.h"
+#include "core/kit/strategy.h"
 #include "strategies/pipeline/pipeline.h"
 
 namespace fedra::pipeline {

@@ -24,12 +24,12 @@
 // torch.utils.checkpoint does) and leaves batch norm's running statistics as the forward left
 // them, so a micro-batch counts once.
 //
-// A TorchScript model is staged by its top-level children (core/script_model.h script_chain;
+// A TorchScript model is staged by its top-level children (core/model/script_model.h script_chain;
 // pipeline.cuts names children), after checking on the test data's first example that running
 // them in order gives the script's own output. Stages return their buffers with their parameters.
 //
 // Messages. With topology=chain (auto's choice when the workers have peer ports) stage s links
-// directly to stage s + 1 (core/peer.h): "pipeline.act" goes up that link and "pipeline.grad"
+// directly to stage s + 1 (core/net/peer.h): "pipeline.act" goes up that link and "pipeline.grad"
 // comes back down it, each checked by its receiver (step, the cut's shape, finite values), and
 // the coordinator hears only a heartbeat ("pipeline.progress") at most once a second. With
 // topology=star both go through the coordinator, which checks and relays them.
@@ -45,8 +45,9 @@
 
 #include <torch/nn/modules/container/sequential.h>
 
-#include "core/option_groups.h"
-#include "core/registry.h"
+#include "core/kit/option_groups.h"
+#include "core/kit/registry.h"
+#include "core/model/model.h"
 
 namespace fedra::pipeline {
 

@@ -8,7 +8,7 @@
 
 #include <torch/nn/module.h>
 
-#include "core/strategy.h"
+#include "core/kit/strategy.h"
 #include "strategies/psl/psl.h"
 
 namespace fedra::psl {

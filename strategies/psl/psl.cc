@@ -1,5 +1,5 @@
-#include "strategies/psl/psl.h"
 #include "strategies/psl/internal.h"
+#include "strategies/psl/psl.h"
 
 #include <algorithm>
 #include <chrono>
@@ -14,12 +14,12 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include "core/batching.h"
-#include "core/cohort.h"
-#include "core/model.h"
-#include "core/optimizer.h"
-#include "core/tensor_checks.h"
-#include "core/training.h"
+#include "core/data/batching.h"
+#include "core/data/tensor_checks.h"
+#include "core/loops/cohort.h"
+#include "core/model/model.h"
+#include "core/training/optimizer.h"
+#include "core/training/training.h"
 
 namespace fedra::psl {
 

@@ -3,7 +3,7 @@
 // The loss on class scores s and label y is sum_{j != y} exp(s_j - s_y) (or exp(2(s_j - s_y)),
 // "psl2"), averaged over the batch; split by ordered class pair (i, j) it is a sum of element
 // functions f_ij, each using only the samples labelled i and the weights that feed scores i and
-// j. With the psnet model (core/model.h: shared convolutions, one tower of separable layers
+// j. With the psnet model (core/model/model.h: shared convolutions, one tower of separable layers
 // per class) those weights are the shared trunk plus towers i and j.
 //
 // Every unordered pair {i, j} (both ordered elements) is owned by exactly one worker; a worker
@@ -26,8 +26,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
-#include "core/option_groups.h"
-#include "core/registry.h"
+#include "core/kit/option_groups.h"
+#include "core/kit/registry.h"
 
 namespace fedra::psl {
 

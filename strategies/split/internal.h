@@ -10,9 +10,9 @@
 
 #include <torch/torch.h>
 
-#include "core/message.h"
-#include "core/optimizer.h"
-#include "core/strategy.h"
+#include "core/kit/message.h"
+#include "core/kit/strategy.h"
+#include "core/training/optimizer.h"
 #include "strategies/split/split.h"
 
 namespace fedra::split {

@@ -3,7 +3,7 @@
 
 #include <map>
 
-#include "core/model.h"
+#include "core/model/model.h"
 #include "strategies/run_message.h"
 
 namespace fedra::split {

@@ -1,7 +1,7 @@
 // Split learning: the bottom of the network and the raw data stay on the worker, the rest runs
 // on the coordinator, and backpropagation crosses the network at the cut.
 //
-// The cut is part of the model spec ("cnn:cut=pool1", core/model.h); both halves build the whole
+// The cut is part of the model spec ("cnn:cut=pool1", core/model/model.h); both halves build the whole
 // network from the job's seed and keep their part, so a split run starts from exactly the
 // weights a one-process run starts from.
 //
@@ -45,9 +45,9 @@
 #include <vector>
 #include <string>
 
-#include "core/message.h"
-#include "core/option_groups.h"
-#include "core/registry.h"
+#include "core/kit/message.h"
+#include "core/kit/option_groups.h"
+#include "core/kit/registry.h"
 
 namespace fedra::split {
 

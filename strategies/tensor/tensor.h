@@ -20,7 +20,7 @@
 // below the first layer only. The first layer's input gradient is never computed.
 //
 // The collectives. With topology=ring (auto's choice when the workers have peer ports) they run
-// over direct links in a ring (core/peer.h): each worker sends its part ("tensor.reduce" or
+// over direct links in a ring (core/net/peer.h): each worker sends its part ("tensor.reduce" or
 // "tensor.gather", numbered by step, op and origin rank) to its neighbours (up to 3 workers they
 // are all the others) or, with more, to the next rank, which passes every part on until it has
 // gone round; every worker ends with every part; a reduce adds them in rank
@@ -45,9 +45,10 @@
 
 #include <torch/nn/modules/container/sequential.h>
 
-#include "core/message.h"
-#include "core/option_groups.h"
-#include "core/registry.h"
+#include "core/kit/message.h"
+#include "core/kit/option_groups.h"
+#include "core/kit/registry.h"
+#include "core/model/model.h"
 
 namespace fedra::tensor {
 

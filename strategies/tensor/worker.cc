@@ -11,13 +11,13 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include "core/batching.h"
-#include "core/cohort.h"
-#include "core/inbox.h"
-#include "core/model.h"
-#include "core/optimizer.h"
-#include "core/tensor_checks.h"
-#include "core/training.h"
+#include "core/data/batching.h"
+#include "core/data/tensor_checks.h"
+#include "core/loops/cohort.h"
+#include "core/loops/inbox.h"
+#include "core/model/model.h"
+#include "core/training/optimizer.h"
+#include "core/training/training.h"
 #include "strategies/model_parallel.h"
 #include "strategies/run_message.h"
 

@@ -9,10 +9,10 @@
 
 #include <torch/torch.h>
 
-#include "core/batching.h"
-#include "core/dataset.h"
-#include "core/model.h"
-#include "core/training.h"
+#include "core/data/batching.h"
+#include "core/data/dataset.h"
+#include "core/model/model.h"
+#include "core/training/training.h"
 #include "tests/test_util.h"
 
 using namespace fedra;

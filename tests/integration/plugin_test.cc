@@ -97,7 +97,7 @@ TEST_CASE("fedavgm without momentum and with eta 1 is FedAvg; with momentum it m
   // round 2 on the momentum takes another path.
   CHECK(loss_gap(momentum[0], fedavg[0]) < 1e-4);
   CHECK(loss_gap(momentum[1], fedavg[1]) > 1e-3);
-  // The built-in server optimiser (--fedavg.server_opt momentum, core/server_optimizer.cc) and the
+  // The built-in server optimiser (--fedavg.server_opt momentum, core/federated/server_optimizer.cc) and the
   // plugin are written independently; they must take the same path.
   const auto builtin = run("builtin-momentum", {"--strategy", "fedavg", "--fedavg.rounds", "3",
                                                 "--fedavg.server_opt", "momentum"});

@@ -3,7 +3,7 @@
 
 #include <torch/torch.h>
 
-#include "core/model.h"
+#include "core/model/model.h"
 #include "tests/test_util.h"
 
 using namespace fedra;

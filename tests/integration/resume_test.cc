@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "core/model.h"
+#include "core/model/model.h"
 #include "tests/test_util.h"
 
 using namespace fedra;

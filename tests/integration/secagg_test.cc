@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <map>
 
-#include "core/message.h"
+#include "core/kit/message.h"
 #include "tests/test_util.h"
 #include "transport/codec.h"
 

@@ -8,11 +8,11 @@
 
 #include <torch/torch.h>
 
-#include "core/batching.h"
-#include "core/dataset.h"
-#include "core/model.h"
-#include "core/partition.h"
-#include "core/training.h"
+#include "core/data/batching.h"
+#include "core/data/dataset.h"
+#include "core/data/partition.h"
+#include "core/model/model.h"
+#include "core/training/training.h"
 #include "tests/test_util.h"
 #include "transport/codec.h"
 

@@ -6,11 +6,11 @@
 
 #include <torch/torch.h>
 
-#include "core/batching.h"
-#include "core/dataset.h"
-#include "core/model.h"
-#include "core/script_model.h"
-#include "core/training.h"
+#include "core/data/batching.h"
+#include "core/data/dataset.h"
+#include "core/model/model.h"
+#include "core/model/script_model.h"
+#include "core/training/training.h"
 #include "tests/test_util.h"
 
 using namespace fedra;
@@ -138,7 +138,7 @@ TEST_CASE("fedavg of a scripted model with BatchNorm and Dropout over per-site f
                     dir / "fedbn.log", std::chrono::seconds(180)) == 0);
   python({"fedavg", dir / "net.pt", dir.path(), "2", "2", "2", "32", "0.05", "5", dir / "fedbn.pt", "local_bn"}, dir);
   const NamedTensors fedbn = load_model_file(dir / "fedbn/model.bin");
-  // 3e-5: with OpenBLAS's AVX-512 kernels (core/process.h) the per-site batch norm statistics of
+  // 3e-5: with OpenBLAS's AVX-512 kernels (core/system/process.h) the per-site batch norm statistics of
   // 76 steps drift by up to 1.6e-5 between the two processes (1e-5 held with the generic kernels);
   // FedBN and FedAvg differ by more than 1e-4 (below).
   CHECK(max_diff(fedbn, model_state(*build_model("torchscript:" + (dir / "fedbn.pt"), 0))) < 3e-5);

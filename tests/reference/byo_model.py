@@ -16,7 +16,7 @@ Python: the reference side of tests/integration/torchscript_test.cc.
   byo_model.py fedavg MODEL.pt DIR K ROUNDS EPOCHS BATCH LR SEED OUT.pt [local_bn]
                                       FedAvg by hand in one process: each round, sites 0..K-1
                                       (DIR/site-I.pt, Fedra's worker-I) train a copy of the global
-                                      model as Fedra's worker does (core/training.cc train_local:
+                                      model as Fedra's worker does (core/training/training.cc train_local:
                                       torch's generator seeded with worker_seed(SEED, round, name)
                                       for the dropout draws, randperm from a generator of the same
                                       seed per epoch, SGD, cross-entropy), then parameters and
@@ -26,7 +26,7 @@ Python: the reference side of tests/integration/torchscript_test.cc.
                                       round from its own batch norm tensors of the last round
   byo_model.py evaluate MODEL.pt N     loads MODEL.pt with torch.jit.load, evaluates it on the first
                                       N Fashion-MNIST test images, read as Fedra's fmnist dataset
-                                      reads them ((pixels / 255 - 0.2860) / 0.3530, core/dataset.cc);
+                                      reads them ((pixels / 255 - 0.2860) / 0.3530, core/data/dataset.cc);
                                       prints {"correct": C, "accuracy": C / N}
   byo_model.py sites DIR K N            per-site data as a PyTorch user has it: DIR/site-I.pt for
                                       I < K, each torch.save({'x': X, 'y': Y}) of N training images
@@ -117,7 +117,7 @@ MASK = (1 << 64) - 1
 
 
 def worker_seed(job_seed, rnd, name):
-    """core/cohort.cc worker_seed: FNV-1a of the name mixed with the seed and round, splitmix64."""
+    """core/net/cohort.cc worker_seed: FNV-1a of the name mixed with the seed and round, splitmix64."""
     h = 1469598103934665603
     for c in name.encode():
         h = ((h ^ c) * 1099511628211) & MASK

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Writes rdp.h: Renyi DP of the sampled Gaussian mechanism and the epsilons it gives, computed
-independently of Fedra's C++ (core/privacy.cc sums the closed-form series of Mironov et al. 2019;
+independently of Fedra's C++ (core/federated/privacy.cc sums the closed-form series of Mironov et al. 2019;
 this script integrates the definition numerically).
 
 For sensitivity 1, noise multiplier s and sampling rate q, with mu0 = N(0, s^2) and the mixture

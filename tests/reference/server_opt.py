@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Writes server_opt.h: the server optimisers of core/server_optimizer.h applied in numpy (float64)
+"""Writes server_opt.h: the server optimisers of core/federated/server_optimizer.h applied in numpy (float64)
 to fixed inputs, as published (FedAvgM: Hsu et al. 2019; FedAdagrad, FedAdam, FedYogi: Reddi et
 al. 2021, Algorithm 2, m and v from zero, no bias correction). Written independently of Fedra's C++.
 Run: /usr/bin/python3 tests/reference/server_opt.py > tests/reference/server_opt.h"""

@@ -20,8 +20,8 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
-#include "core/message.h"
-#include "core/protocol.h"
+#include "core/kit/message.h"
+#include "core/net/protocol.h"
 #include "transport/codec.h"
 #include "transport/schema/fedra.capnp.h"
 #include "transport/tcp/connection.h"

@@ -36,32 +36,6 @@ void set_low_water(asio::ip::tcp::socket& socket, uint64_t bytes) {
 
 }  // namespace
 
-std::string Endpoint::to_string() const {
-  if (host.find(':') != std::string::npos) return fmt::format("[{}]:{}", host, port);
-  return fmt::format("{}:{}", host, port);
-}
-
-Endpoint parse_endpoint(std::string_view text) {
-  const auto colon = text.rfind(':');
-  FEDRA_REQUIRE(colon != std::string_view::npos && colon > 0 && colon + 1 < text.size(),
-                "'{}' is not an endpoint; expected HOST:PORT, e.g. 127.0.0.1:7000", text);
-  std::string host(text.substr(0, colon));
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  const std::string port_text(text.substr(colon + 1));
-  unsigned long port = 0;
-  size_t used = 0;
-  try {
-    port = std::stoul(port_text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  FEDRA_REQUIRE(used == port_text.size() && port <= 65535,
-                "'{}' in endpoint '{}' is not a port number (0-65535)", port_text, text);
-  return Endpoint{host, static_cast<uint16_t>(port)};
-}
-
 // ---------------------------------------------------------------------------------------------
 
 FrameDumper::FrameDumper(std::string dir) : dir_(std::move(dir)) {

@@ -34,18 +34,14 @@
 
 #include <asio.hpp>
 
+#include "transport/channel.h"
 #include "transport/codec.h"
+#include "transport/endpoint.h"
 
 namespace fedra::transport::tcp {
 
-struct Endpoint {
-  std::string host;
-  uint16_t port = 0;
-  std::string to_string() const;
-};
-
-// Parses "HOST:PORT" ("[::1]:PORT" for IPv6). Throws Error naming the bad text.
-Endpoint parse_endpoint(std::string_view text);
+using transport::Endpoint;
+using transport::parse_endpoint;
 
 class ReceiveBudget {
  public:
@@ -193,30 +189,24 @@ class Listener {
   AcceptHandler on_accept_;
 };
 
-// A connection used from a plain blocking loop: workers, tools and tests. Owns its io_context
-// and runs it only inside send() and receive(), on the calling thread.
-class BlockingChannel {
+// The TCP Channel (transport/channel.h), with TLS when given a context: workers, tools and tests.
+// Owns its io_context and runs it only inside send() and receive(), on the calling thread.
+class BlockingChannel : public Channel {
  public:
   // With `tls`, also completes the TLS handshake within `timeout` (throws Error saying why not).
   static std::unique_ptr<BlockingChannel> connect(const Endpoint& endpoint, const Limits& limits,
                                                   std::chrono::milliseconds timeout,
                                                   std::shared_ptr<FrameDumper> dumper = nullptr,
                                                   std::shared_ptr<TlsContext> tls = nullptr);
-  ~BlockingChannel();
+  ~BlockingChannel() override;
 
-  // Blocks until the frame is handed to the kernel. Throws Error if the connection closes,
-  // with the peer's own reason when it sent one (e.g. the frame was over its size limit).
-  void send(const Envelope& envelope);
-  // Blocks until a frame arrives and decodes it. Throws Error(kOverloaded) on timeout,
-  // Error(kDisconnected) when the peer closes, Error(kFailed) for a malformed frame.
-  Envelope receive(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
-  // A frame that has already arrived, decoded, without waiting; nullopt if none has (or the
-  // connection closed: the next receive() says why).
-  std::optional<Envelope> poll_receive();
-  void close();
+  void send(const Envelope& envelope) override;
+  Envelope receive(std::optional<std::chrono::milliseconds> timeout = std::nullopt) override;
+  std::optional<Envelope> poll_receive() override;
+  void close() override;
 
-  const std::string& peer() const { return conn_->peer(); }
-  std::string local_host() const { return conn_->local_host(); }
+  const std::string& peer() const override { return conn_->peer(); }
+  std::string local_host() const override { return conn_->local_host(); }
   uint64_t bytes_sent() const { return conn_->bytes_sent(); }
   uint64_t bytes_received() const { return conn_->bytes_received(); }
 

@@ -291,7 +291,7 @@ CertPtr make_certificate(Kind kind, const std::string& cn, EVP_PKEY* key, X509* 
       add_extension(cert.get(), signer, NID_basic_constraints, "critical,CA:FALSE");
       add_extension(cert.get(), signer, NID_key_usage, "critical,digitalSignature");
       // A worker is also the TLS server of the peer link another worker opens to it
-      // (core/peer.h), which checks that the certificate carries the worker's name.
+      // (core/net/peer.h), which checks that the certificate carries the worker's name.
       add_extension(cert.get(), signer, NID_ext_key_usage, "clientAuth,serverAuth");
       add_extension(cert.get(), signer, NID_subject_alt_name, "DNS:" + cn);
       break;

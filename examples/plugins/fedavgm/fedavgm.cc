@@ -5,7 +5,7 @@
 // eta 1 it is FedAvg exactly. Everything else (sampling, local training, the streaming weighted
 // mean, checks, evaluation) is FedAvg's, inherited. Fedra has it built in too
 // (--fedavg.server_opt momentum); this plugin shows how such a variant is written.
-#include "core/plugin.h"
+#include "core/kit/plugin.h"
 #include "strategies/fedavg/fedavg.h"
 
 using namespace fedra;

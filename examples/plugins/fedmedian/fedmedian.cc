@@ -5,7 +5,7 @@
 // built in too, --fedavg.aggregate median; this plugin shows how such a variant is written.)
 #include <torch/torch.h>
 
-#include "core/plugin.h"
+#include "core/kit/plugin.h"
 #include "strategies/fedavg/fedavg.h"
 
 using namespace fedra;

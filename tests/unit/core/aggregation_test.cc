@@ -4,7 +4,7 @@
 
 #include <torch/torch.h>
 
-#include "core/aggregation.h"
+#include "core/federated/aggregation.h"
 
 using namespace fedra;
 

@@ -13,10 +13,11 @@
 
 #include <torch/torch.h>
 
-#include "core/cohort.h"
-#include "core/protocol.h"
-#include "core/registry.h"
-#include "core/worker.h"
+#include "core/data/batching.h"
+#include "core/kit/registry.h"
+#include "core/net/protocol.h"
+#include "core/net/tcp_cohort.h"
+#include "core/runtime/worker.h"
 #include "tests/test_util.h"
 #include "transport/tcp/connection.h"
 

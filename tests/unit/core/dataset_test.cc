@@ -4,7 +4,7 @@
 
 #include <torch/torch.h>
 
-#include "core/dataset.h"
+#include "core/data/dataset.h"
 #include "tests/reference/notebook_data.h"
 #include "tests/test_util.h"
 

@@ -1,4 +1,4 @@
-// Fleets (core/fleet.h): the distributions draw what they say, the same seed and name give the
+// Fleets (core/federated/fleet.h): the distributions draw what they say, the same seed and name give the
 // same device, churn timelines are consistent, files are read with errors naming the line.
 #include "tests/testing.h"
 
@@ -7,7 +7,7 @@
 #include <fstream>
 #include <vector>
 
-#include "core/fleet.h"
+#include "core/federated/fleet.h"
 #include "tests/test_util.h"
 
 using namespace fedra;

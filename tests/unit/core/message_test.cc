@@ -2,7 +2,7 @@
 
 #include <torch/torch.h>
 
-#include "core/message.h"
+#include "core/kit/message.h"
 
 using namespace fedra;
 

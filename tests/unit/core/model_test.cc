@@ -2,8 +2,8 @@
 
 #include <torch/torch.h>
 
-#include "core/model.h"
-#include "core/training.h"
+#include "core/model/model.h"
+#include "core/training/training.h"
 
 using namespace fedra;
 

@@ -2,7 +2,7 @@
 
 #include <torch/torch.h>
 
-#include "core/optimizer.h"
+#include "core/training/optimizer.h"
 
 using namespace fedra;
 

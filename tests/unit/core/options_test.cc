@@ -1,6 +1,6 @@
 #include "tests/testing.h"
 
-#include "core/options.h"
+#include "core/kit/options.h"
 
 using namespace fedra;
 

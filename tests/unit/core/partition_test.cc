@@ -4,7 +4,7 @@
 
 #include <torch/torch.h>
 
-#include "core/partition.h"
+#include "core/data/partition.h"
 
 using namespace fedra;
 

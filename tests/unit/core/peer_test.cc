@@ -7,8 +7,8 @@
 
 #include <torch/torch.h>
 
-#include "core/error.h"
-#include "core/peer.h"
+#include "core/kit/error.h"
+#include "core/net/peer.h"
 #include "tests/test_util.h"
 #include "transport/tcp/connection.h"
 #include "transport/tcp/tls.h"

@@ -7,7 +7,7 @@
 #include <map>
 #include <thread>
 
-#include "core/placement.h"
+#include "core/runtime/placement.h"
 #include "transport/error.h"
 
 using namespace fedra;

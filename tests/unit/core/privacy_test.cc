@@ -4,8 +4,8 @@
 
 #include <torch/torch.h>
 
-#include "core/options.h"
-#include "core/privacy.h"
+#include "core/federated/privacy.h"
+#include "core/kit/options.h"
 #include "tests/reference/rdp.h"
 
 using namespace fedra;

@@ -2,8 +2,8 @@
 
 #include <torch/torch.h>
 
-#include "core/options.h"
-#include "core/robust_aggregation.h"
+#include "core/federated/robust_aggregation.h"
+#include "core/kit/options.h"
 
 using namespace fedra;
 

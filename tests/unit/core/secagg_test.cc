@@ -4,7 +4,7 @@
 #include <cstring>
 #include <random>
 
-#include "core/secagg.h"
+#include "core/federated/secagg.h"
 #include "transport/error.h"
 
 using namespace fedra;

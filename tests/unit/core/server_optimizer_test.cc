@@ -4,10 +4,10 @@
 
 #include <torch/torch.h>
 
-#include "core/model.h"
-#include "core/options.h"
-#include "core/server_optimizer.h"
-#include "core/training.h"
+#include "core/federated/server_optimizer.h"
+#include "core/kit/options.h"
+#include "core/model/model.h"
+#include "core/training/training.h"
 #include "tests/reference/server_opt.h"
 #include "tests/test_util.h"
 

@@ -4,7 +4,7 @@
 
 #include <torch/torch.h>
 
-#include "core/tensor_checks.h"
+#include "core/data/tensor_checks.h"
 
 using namespace fedra;
 

@@ -9,10 +9,10 @@
 
 #include <torch/torch.h>
 
-#include "core/local_cohort.h"
-#include "core/model.h"
+#include "core/model/model.h"
 #include "strategies/async/async.h"
 #include "strategies/builtin.h"
+#include "tests/support/local_cohort.h"
 #include "tests/test_util.h"
 
 using namespace fedra;

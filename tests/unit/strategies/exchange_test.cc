@@ -8,14 +8,14 @@
 
 #include <torch/torch.h>
 
-#include "core/batching.h"
-#include "core/local_cohort.h"
-#include "core/model.h"
-#include "core/partition.h"
-#include "core/privacy.h"
-#include "core/training.h"
+#include "core/data/batching.h"
+#include "core/data/partition.h"
+#include "core/federated/privacy.h"
+#include "core/model/model.h"
+#include "core/training/training.h"
 #include "strategies/builtin.h"
 #include "strategies/fedavg/fedavg.h"
+#include "tests/support/local_cohort.h"
 #include "tests/test_util.h"
 
 using namespace fedra;

@@ -2,8 +2,8 @@
 
 #include <ATen/ATen.h>
 
-#include "core/batching.h"
-#include "core/options.h"
+#include "core/data/batching.h"
+#include "core/kit/options.h"
 #include "strategies/gradsum/gradsum.h"
 
 using namespace fedra;

@@ -3,8 +3,8 @@
 
 #include <torch/torch.h>
 
-#include "core/batching.h"
-#include "core/model.h"
+#include "core/data/batching.h"
+#include "core/model/model.h"
 #include "strategies/pipeline/pipeline.h"
 #include "strategies/tensor/tensor.h"
 

@@ -4,9 +4,9 @@
 
 #include <torch/torch.h>
 
-#include "core/model.h"
-#include "core/options.h"
-#include "core/training.h"
+#include "core/kit/options.h"
+#include "core/model/model.h"
+#include "core/training/training.h"
 #include "strategies/psl/psl.h"
 
 using namespace fedra;

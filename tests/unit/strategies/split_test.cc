@@ -1,6 +1,6 @@
 #include "tests/testing.h"
 
-#include "core/options.h"
+#include "core/kit/options.h"
 #include "strategies/split/split.h"
 
 using namespace fedra;
