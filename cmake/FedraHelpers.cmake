@@ -13,8 +13,10 @@ endfunction()
 function(fedra_add_library name alias)
   add_library(${name} SHARED ${ARGN})
   add_library(${alias} ALIAS ${name})
+  # "core/kit/strategy.h" from the tree (or PREFIX/include/fedra), "fedra/plugin.h" from include/.
   target_include_directories(${name} PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>
-                                            $<INSTALL_INTERFACE:include/fedra>)
+                                            $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>
+                                            $<INSTALL_INTERFACE:include/fedra> $<INSTALL_INTERFACE:include>)
   fedra_set_warnings(${name})
 endfunction()
 

@@ -19,15 +19,20 @@ install(TARGETS fedra_transport fedra_core fedra_strategies EXPORT FedraTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(EXPORT FedraTargets NAMESPACE fedra:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/Fedra)
 
-# The public headers: what core/kit/plugin.h, core/loops/round_strategy.h and the helpers a strategy uses
-# include, and nothing else.
-set(FEDRA_PUBLIC_HEADERS
-  core/federated/aggregation.h core/data/batching.h core/loops/cohort.h core/data/dataset.h core/kit/message.h core/model/model.h core/model/state.h core/model/export.h
-  core/kit/error.h core/training/optimizer.h core/kit/option_groups.h core/kit/options.h core/kit/plugin.h core/kit/registry.h
-  core/federated/privacy.h core/federated/robust_aggregation.h core/loops/round_strategy.h core/federated/server_optimizer.h core/loops/stepped_strategy.h core/loops/inbox.h
-  core/kit/strategy.h core/data/tensor_checks.h core/training/training.h core/federated/secagg.h core/federated/fleet.h core/net/peer.h
-  transport/codec.h transport/error.h
-  strategies/fedavg/fedavg.h strategies/fedavg/secagg.h)
+# The public headers: include/fedra/*.h, what a plugin includes (docs/plugins.md), installed as
+# PREFIX/include/fedra/NAME.h; and the headers they include, by room: the strategy kit and its
+# loops, data, models, training, federated building blocks, worker links, the transport's codec,
+# and FedAvg's classes and parts. The runtime (coordinator, worker, TCP cohort, processes) is not.
+file(GLOB FEDRA_SDK_HEADERS RELATIVE ${PROJECT_SOURCE_DIR}/include/fedra ${PROJECT_SOURCE_DIR}/include/fedra/*.h)
+foreach(header ${FEDRA_SDK_HEADERS})
+  install(FILES include/fedra/${header} DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/fedra)
+endforeach()
+set(FEDRA_PUBLIC_HEADERS core/net/peer.h transport/channel.h transport/codec.h transport/endpoint.h
+    transport/error.h)
+foreach(room core/kit core/loops core/data core/model core/training core/federated strategies/fedavg)
+  file(GLOB headers RELATIVE ${PROJECT_SOURCE_DIR} ${PROJECT_SOURCE_DIR}/${room}/*.h)
+  list(APPEND FEDRA_PUBLIC_HEADERS ${headers})
+endforeach()
 foreach(header ${FEDRA_PUBLIC_HEADERS})
   get_filename_component(dir ${header} DIRECTORY)
   install(FILES ${header} DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/fedra/${dir})

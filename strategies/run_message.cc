@@ -45,23 +45,6 @@ RunIns RunIns::decode(const Message& m, const std::string& kind) {
   return r;
 }
 
-NamedTensors take_prefixed(NamedTensors& all, std::string_view prefix) {
-  NamedTensors taken, rest;
-  for (auto& [name, t] : all) {
-    if (name.compare(0, prefix.size(), prefix) == 0) {
-      taken.emplace_back(name.substr(prefix.size()), std::move(t));
-    } else {
-      rest.emplace_back(std::move(name), std::move(t));
-    }
-  }
-  all = std::move(rest);
-  return taken;
-}
-
-void append_prefixed(NamedTensors& all, std::string_view prefix, const NamedTensors& extra) {
-  for (const auto& [name, t] : extra) all.emplace_back(std::string(prefix) + name, t);
-}
-
 std::pair<NamedTensors, NamedTensors> params_and_opt_state(const NamedTensors& tensors,
                                                            const std::vector<std::string>& skip) {
   NamedTensors params = tensors;

@@ -53,12 +53,6 @@ class Heartbeat {
   std::chrono::steady_clock::time_point last_{};
 };
 
-// Moves the tensors whose names start with `prefix` out of `all` (order kept), the prefix
-// dropped; and the reverse, appending `extra` under `prefix`. Messages carry state beside a
-// model this way ("opt/NAME", SCAFFOLD's "scaffold.c/NAME").
-NamedTensors take_prefixed(NamedTensors& all, std::string_view prefix);
-void append_prefixed(NamedTensors& all, std::string_view prefix, const NamedTensors& extra);
-
 // A reply's tensors: the part's parameters, and its optimiser state ("opt/" names, the prefix
 // removed); the tensors named in `skip` (per-step losses and the like) are left out of both.
 std::pair<NamedTensors, NamedTensors> params_and_opt_state(const NamedTensors& tensors,

@@ -13,7 +13,7 @@ steps=$(sed -n '/<!-- sdk-steps -->/,/<!-- \/sdk-steps -->/p' "$src/docs/plugins
 cd "$src"
 bash -euo pipefail -c "$steps" > "$tmp/steps.log" 2>&1 || { cat "$tmp/steps.log"; echo "FAIL: the documented steps failed"; exit 1; }
 grep -q '^fedmedian ' "$tmp/steps.log" || { cat "$tmp/steps.log"; echo "FAIL: fedra strategies did not list fedmedian"; exit 1; }
-[ -f "$PREFIX/include/fedra/core/kit/plugin.h" ] || { echo "FAIL: public header not installed"; exit 1; }
+[ -f "$PREFIX/include/fedra/plugin.h" ] || { echo "FAIL: public header not installed"; exit 1; }
 [ ! -e "$PREFIX/include/fedra/core/runtime/worker.h" ] || { echo "FAIL: an internal header was installed"; exit 1; }
 accuracy() {  # final test accuracy of a run directory, after checking it has 3 rounds
   local lines

@@ -61,4 +61,16 @@ Job make_job(const std::string& strategy, const std::string& model, const std::s
 // `n` workers "worker-0".., each with its iid part (drawn with `seed`) of `data`'s training split.
 std::vector<LocalWorker> iid_workers(const std::string& data, int64_t n, uint64_t seed);
 
+// The value of metric `name` in one round's line, as T; throws (failing the test) if it is absent.
+// (In a namespace of its own: some suites read lines with optional metrics under the same name.)
+namespace lines {
+template <class T>
+T metric(const Metrics& line, const std::string& name) {
+  for (const auto& [k, v] : line) {
+    if (k == name) return std::get<T>(v);
+  }
+  FEDRA_FAIL("no metric {} in the round's line", name);
+}
+}  // namespace lines
+
 }  // namespace fedra::test

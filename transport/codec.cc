@@ -130,7 +130,11 @@ std::vector<std::byte> OutFrame::to_bytes() const {
   return out;
 }
 
-OutFrame encode(const Envelope& env, const Limits& limits) {
+namespace {
+
+// A first guess of the header's size in words (tensor data that goes external is not in it), after
+// checking every tensor and the payload against the frame limit.
+size_t encoded_header_words(const Envelope& env, const Limits& limits) {
   uint64_t payload = 0;
   size_t header_words = 64 + env.kind.size() / 8 + env.sender.size() / 8;
   std::set<std::string_view> names;
@@ -148,7 +152,64 @@ OutFrame encode(const Envelope& env, const Limits& limits) {
                 "message '{}' carries {} of tensors, over the frame limit of {} "
                 "(raise --max-frame-bytes on both sides, or send fewer/smaller tensors)",
                 env.kind, format_bytes(payload), format_bytes(limits.max_frame_bytes));
+  return header_words;
+}
 
+void write_tensor(const TensorData& t, wire::Tensor::Builder tb, capnp::Orphanage orphanage, const Limits& limits,
+                  uint32_t& externals_left) {
+  tb.setName(t.name);
+  tb.setDtype(static_cast<wire::DType>(t.dtype));
+  auto shape = tb.initShape(static_cast<unsigned>(t.shape.size()));
+  for (size_t d = 0; d < t.shape.size(); ++d) shape.set(static_cast<unsigned>(d), t.shape[d]);
+  const uint64_t nchunks = std::max<uint64_t>(1, (t.nbytes + limits.chunk_bytes - 1) / limits.chunk_bytes);
+  auto chunks = tb.initChunks(static_cast<unsigned>(nchunks));
+  for (uint64_t c = 0; c < nchunks; ++c) {
+    const uint64_t begin = c * limits.chunk_bytes;
+    const uint64_t len = std::min(limits.chunk_bytes, t.nbytes - begin);
+    const std::byte* p = t.data + begin;
+    const bool external = len >= kExternalMinBytes && len % 8 == 0 &&
+                          reinterpret_cast<uintptr_t>(p) % 8 == 0 && externals_left > 0;
+    if (external) {
+      --externals_left;
+      chunks.adopt(static_cast<unsigned>(c),
+                   orphanage.referenceExternalData(
+                       capnp::Data::Reader(reinterpret_cast<const kj::byte*>(p), len)));
+    } else {
+      auto blob = chunks.init(static_cast<unsigned>(c), static_cast<unsigned>(len));
+      if (len != 0) std::memcpy(blob.begin(), p, len);
+    }
+  }
+}
+
+// The frame's segment table and pieces (the table, then each segment), checked against the limit.
+void frame_segments(OutFrame::Impl& frame, const Limits& limits, const std::string& kind) {
+  auto segments = frame.builder.getSegmentsForOutput();
+  FEDRA_ASSERT(segments.size() <= limits.max_segments, "{} segments", segments.size());
+  frame.table.assign((segments.size() + 2) & ~size_t{1}, 0);  // whole words
+  frame.table[0] = static_cast<uint32_t>(segments.size() - 1);
+  uint64_t body = 0;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    frame.table[i + 1] = static_cast<uint32_t>(segments[i].size());
+    body += segments[i].size() * sizeof(capnp::word);
+  }
+  const uint64_t table_bytes = frame.table.size() * sizeof(uint32_t);
+  frame.size = table_bytes + body;
+  FEDRA_REQUIRE(frame.size <= limits.max_frame_bytes,
+                "message '{}' encodes to {}, over the frame limit of {} (raise --max-frame-bytes "
+                "on both sides)",
+                kind, format_bytes(frame.size), format_bytes(limits.max_frame_bytes));
+  frame.pieces.reserve(segments.size() + 1);
+  frame.pieces.push_back({reinterpret_cast<const std::byte*>(frame.table.data()), table_bytes});
+  for (const auto& s : segments) {
+    frame.pieces.push_back({reinterpret_cast<const std::byte*>(s.begin()),
+                            s.size() * sizeof(capnp::word)});
+  }
+}
+
+}  // namespace
+
+OutFrame encode(const Envelope& env, const Limits& limits) {
+  const size_t header_words = encoded_header_words(env, limits);
   auto impl = std::make_unique<OutFrame::Impl>(
       static_cast<uint32_t>(std::min<size_t>(header_words, 1u << 24)));
   impl->storage = env.storage;
@@ -167,30 +228,7 @@ OutFrame encode(const Envelope& env, const Limits& limits) {
     uint32_t externals_left = limits.max_segments - 16;
     auto tensors = root.initTensors(static_cast<unsigned>(env.tensors.size()));
     for (size_t i = 0; i < env.tensors.size(); ++i) {
-      const TensorData& t = env.tensors[i];
-      auto tb = tensors[static_cast<unsigned>(i)];
-      tb.setName(t.name);
-      tb.setDtype(static_cast<wire::DType>(t.dtype));
-      auto shape = tb.initShape(static_cast<unsigned>(t.shape.size()));
-      for (size_t d = 0; d < t.shape.size(); ++d) shape.set(static_cast<unsigned>(d), t.shape[d]);
-      const uint64_t nchunks = std::max<uint64_t>(1, (t.nbytes + limits.chunk_bytes - 1) / limits.chunk_bytes);
-      auto chunks = tb.initChunks(static_cast<unsigned>(nchunks));
-      for (uint64_t c = 0; c < nchunks; ++c) {
-        const uint64_t begin = c * limits.chunk_bytes;
-        const uint64_t len = std::min(limits.chunk_bytes, t.nbytes - begin);
-        const std::byte* p = t.data + begin;
-        const bool external = len >= kExternalMinBytes && len % 8 == 0 &&
-                              reinterpret_cast<uintptr_t>(p) % 8 == 0 && externals_left > 0;
-        if (external) {
-          --externals_left;
-          chunks.adopt(static_cast<unsigned>(c),
-                       orphanage.referenceExternalData(
-                           capnp::Data::Reader(reinterpret_cast<const kj::byte*>(p), len)));
-        } else {
-          auto blob = chunks.init(static_cast<unsigned>(c), static_cast<unsigned>(len));
-          if (len != 0) std::memcpy(blob.begin(), p, len);
-        }
-      }
+      write_tensor(env.tensors[i], tensors[static_cast<unsigned>(i)], orphanage, limits, externals_left);
     }
     auto metrics = root.initMetrics(static_cast<unsigned>(env.metrics.size()));
     for (size_t i = 0; i < env.metrics.size(); ++i) {
@@ -211,27 +249,7 @@ OutFrame encode(const Envelope& env, const Limits& limits) {
     FEDRA_FAIL("cannot encode message '{}': {}", env.kind, e.getDescription().cStr());
   }
 
-  auto segments = impl->builder.getSegmentsForOutput();
-  FEDRA_ASSERT(segments.size() <= limits.max_segments, "{} segments", segments.size());
-  impl->table.assign((segments.size() + 2) & ~size_t{1}, 0);  // whole words
-  impl->table[0] = static_cast<uint32_t>(segments.size() - 1);
-  uint64_t body = 0;
-  for (size_t i = 0; i < segments.size(); ++i) {
-    impl->table[i + 1] = static_cast<uint32_t>(segments[i].size());
-    body += segments[i].size() * sizeof(capnp::word);
-  }
-  const uint64_t table_bytes = impl->table.size() * sizeof(uint32_t);
-  impl->size = table_bytes + body;
-  FEDRA_REQUIRE(impl->size <= limits.max_frame_bytes,
-                "message '{}' encodes to {}, over the frame limit of {} (raise --max-frame-bytes "
-                "on both sides)",
-                env.kind, format_bytes(impl->size), format_bytes(limits.max_frame_bytes));
-  impl->pieces.reserve(segments.size() + 1);
-  impl->pieces.push_back({reinterpret_cast<const std::byte*>(impl->table.data()), table_bytes});
-  for (const auto& s : segments) {
-    impl->pieces.push_back({reinterpret_cast<const std::byte*>(s.begin()),
-                            s.size() * sizeof(capnp::word)});
-  }
+  frame_segments(*impl, limits, env.kind);
   return OutFrame(std::move(impl));
 }
 
@@ -296,6 +314,69 @@ Envelope decode(const InFrame& frame, const Limits& limits) {
   return env;
 }
 
+namespace {
+
+// The tensors of one frame as decode_into reads them, counting what they took (see there).
+struct TensorReader {
+  const InFrame& frame;
+  const std::string& kind;
+  DecodedStorage& storage;
+  uint64_t decoded;
+  std::set<std::string> names;
+
+  void check(uint64_t bytes, const std::string& what) const {
+    FEDRA_REQUIRE(bytes <= frame.size_bytes(),
+                  "malformed frame of {} bytes: its contents (up to '{}') add up to {} bytes, more than "
+                  "the frame holds; parts of it overlap, which Fedra's encoder never writes",
+                  frame.size_bytes(), what, bytes);
+  }
+
+  TensorData read(wire::Tensor::Reader tr) {
+    TensorData t;
+    t.name = tr.getName().cStr();
+    const auto code = static_cast<int>(tr.getDtype());
+    FEDRA_REQUIRE(code >= 0 && code < kNumDTypes, "tensor '{}' has dtype code {}, unknown to this Fedra (protocol {})",
+                  t.name, code, kProtocolVersion);
+    t.dtype = static_cast<DType>(code);
+    const auto shape = tr.getShape();
+    decoded += 8 + t.name.size() + 8 * shape.size();
+    check(decoded, t.name);
+    for (int64_t d : shape) t.shape.push_back(d);
+    FEDRA_REQUIRE(!t.name.empty(), "a tensor in message '{}' has an empty name", kind);
+    FEDRA_REQUIRE(names.insert(t.name).second, "tensor name '{}' appears twice in message '{}'", t.name, kind);
+    // Each chunk is read once: Cap'n Proto charges the traversal limit on every read of a
+    // blob, so reading them twice made frames above half of --max-frame-bytes fail (issue 21).
+    std::vector<capnp::Data::Reader> chunks;
+    uint64_t received = 0;
+    for (auto c : tr.getChunks()) {
+      chunks.push_back(c);
+      received += c.size();
+    }
+    decoded += 8 * chunks.size() + received;
+    check(decoded, t.name);
+    const uint64_t expected = t.numel() * dtype_size(t.dtype);
+    FEDRA_REQUIRE(received == expected, "tensor '{}' in message '{}' has {} bytes but {}{} needs {}", t.name, kind,
+                  received, dtype_name(t.dtype), shape_string(t.shape), expected);
+    t.nbytes = received;
+    if (chunks.size() == 1) {
+      t.data = reinterpret_cast<const std::byte*>(chunks[0].begin());
+    } else if (chunks.size() > 1) {
+      auto joined = allocate_aligned(received);
+      uint64_t off = 0;
+      for (auto c : chunks) {
+        if (c.size() == 0) continue;  // an empty chunk's data pointer is null (found by tests/fuzz)
+        std::memcpy(joined.get() + off, c.begin(), c.size());
+        off += c.size();
+      }
+      t.data = joined.get();
+      storage.joined.push_back(std::move(joined));
+    }
+    return t;
+  }
+};
+
+}  // namespace
+
 void decode_into(const InFrame& frame, const Limits& limits, Envelope& env) {
   FEDRA_REQUIRE(frame.body() != nullptr, "decode of an empty frame");
   const auto& words = frame.header().segment_words;
@@ -331,59 +412,10 @@ void decode_into(const InFrame& frame, const Limits& limits, Envelope& env) {
     // a frame whose parts add up to more than the frame is refused before anything is copied:
     // a few hundred bytes could otherwise make the receiver build and hold up to
     // --max-frame-bytes of tensors or options (found by tests/fuzz).
-    uint64_t decoded = env.kind.size() + env.sender.size();
-    auto check_decoded = [&](const char* what) {
-      FEDRA_REQUIRE(decoded <= frame.size_bytes(),
-                    "malformed frame of {} bytes: its contents (up to '{}') add up to {} bytes, more than "
-                    "the frame holds; parts of it overlap, which Fedra's encoder never writes",
-                    frame.size_bytes(), what, decoded);
-    };
-    std::set<std::string> names;
-    for (auto tr : root.getTensors()) {
-      TensorData t;
-      t.name = tr.getName().cStr();
-      const auto code = static_cast<int>(tr.getDtype());
-      FEDRA_REQUIRE(code >= 0 && code < kNumDTypes,
-                    "tensor '{}' has dtype code {}, unknown to this Fedra (protocol {})", t.name,
-                    code, kProtocolVersion);
-      t.dtype = static_cast<DType>(code);
-      const auto shape = tr.getShape();
-      decoded += 8 + t.name.size() + 8 * shape.size();
-      check_decoded(t.name.c_str());
-      for (int64_t d : shape) t.shape.push_back(d);
-      FEDRA_REQUIRE(!t.name.empty(), "a tensor in message '{}' has an empty name", env.kind);
-      FEDRA_REQUIRE(names.insert(t.name).second, "tensor name '{}' appears twice in message '{}'",
-                    t.name, env.kind);
-      // Each chunk is read once: Cap'n Proto charges the traversal limit on every read of a
-      // blob, so reading them twice made frames above half of --max-frame-bytes fail (issue 21).
-      std::vector<capnp::Data::Reader> chunks;
-      uint64_t received = 0;
-      for (auto c : tr.getChunks()) {
-        chunks.push_back(c);
-        received += c.size();
-      }
-      decoded += 8 * chunks.size() + received;
-      check_decoded(t.name.c_str());
-      const uint64_t expected = t.numel() * dtype_size(t.dtype);
-      FEDRA_REQUIRE(received == expected,
-                    "tensor '{}' in message '{}' has {} bytes but {}{} needs {}", t.name, env.kind,
-                    received, dtype_name(t.dtype), shape_string(t.shape), expected);
-      t.nbytes = received;
-      if (chunks.size() == 1) {
-        t.data = reinterpret_cast<const std::byte*>(chunks[0].begin());
-      } else if (chunks.size() > 1) {
-        auto joined = allocate_aligned(received);
-        uint64_t off = 0;
-        for (auto c : chunks) {
-          if (c.size() == 0) continue;  // an empty chunk's data pointer is null (found by tests/fuzz)
-          std::memcpy(joined.get() + off, c.begin(), c.size());
-          off += c.size();
-        }
-        t.data = joined.get();
-        storage->joined.push_back(std::move(joined));
-      }
-      env.tensors.push_back(std::move(t));
-    }
+    TensorReader tensors{frame, env.kind, *storage, env.kind.size() + env.sender.size(), {}};
+    for (auto tr : root.getTensors()) env.tensors.push_back(tensors.read(tr));
+    uint64_t decoded = tensors.decoded;
+    auto check_decoded = [&](const char* what) { tensors.check(decoded, what); };
     for (auto m : root.getMetrics()) {
       decoded += 16 + m.getName().size();
       check_decoded("metrics");

@@ -163,4 +163,21 @@ Message from_envelope(transport::Envelope&& env) {
   return m;
 }
 
+NamedTensors take_prefixed(NamedTensors& all, std::string_view prefix) {
+  NamedTensors taken, rest;
+  for (auto& [name, t] : all) {
+    if (name.compare(0, prefix.size(), prefix) == 0) {
+      taken.emplace_back(name.substr(prefix.size()), std::move(t));
+    } else {
+      rest.emplace_back(std::move(name), std::move(t));
+    }
+  }
+  all = std::move(rest);
+  return taken;
+}
+
+void append_prefixed(NamedTensors& all, std::string_view prefix, const NamedTensors& extra) {
+  for (const auto& [name, t] : extra) all.emplace_back(std::string(prefix) + name, t);
+}
+
 }  // namespace fedra

@@ -118,6 +118,12 @@ T decode_reply(Message&& m, std::string_view kind, std::string_view worker, std:
   return fields;
 }
 
+// Moves the tensors whose names start with `prefix` out of `all` (order kept), the prefix
+// dropped; and the reverse, appending `extra` under `prefix`. Messages carry state beside a
+// model this way ("opt/NAME", SCAFFOLD's "scaffold.c/NAME").
+NamedTensors take_prefixed(NamedTensors& all, std::string_view prefix);
+void append_prefixed(NamedTensors& all, std::string_view prefix, const NamedTensors& extra);
+
 // "float32[2,3]": dtype and shape, for error messages.
 std::string describe_tensor(const at::Tensor& t);
 // The reason in a LibTorch or TorchScript error, one line: a c10::Error's first line without its

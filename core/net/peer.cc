@@ -31,37 +31,6 @@ const std::string* option_of(const transport::Envelope& env, const std::string& 
   return nullptr;
 }
 
-double metric_of(const transport::Envelope& env, const std::string& key) {
-  for (const auto& [k, v] : env.metrics) {
-    if (k == key) return v;
-  }
-  FEDRA_FAIL("a '{}' frame from {} lacks '{}'", env.kind, env.sender, key);
-}
-
-// a += b over a chunk, in one pass that also tells whether every sum is finite (an exponent of
-// all ones is an infinity or a NaN). Plain loops the compiler vectorises.
-template <class T, class Bits, Bits kExponent>
-bool add_checked(T* __restrict a, const T* __restrict b, int64_t n) {
-  Bits bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const T s = a[i] + b[i];
-    a[i] = s;
-    Bits bits;
-    std::memcpy(&bits, &s, sizeof(bits));
-    bad |= static_cast<Bits>((bits & kExponent) == kExponent);
-  }
-  return bad == 0;
-}
-
-bool add_in_place(const at::Tensor& chunk, const std::byte* data) {
-  if (chunk.scalar_type() == at::kFloat) {
-    return add_checked<float, uint32_t, 0x7f800000u>(chunk.data_ptr<float>(), reinterpret_cast<const float*>(data),
-                                                      chunk.numel());
-  }
-  return add_checked<double, uint64_t, 0x7ff0000000000000ull>(chunk.data_ptr<double>(),
-                                                               reinterpret_cast<const double*>(data), chunk.numel());
-}
-
 transport::Envelope control(const std::string& kind, const std::string& sender) {
   transport::Envelope env;
   env.kind = kind;
@@ -219,13 +188,15 @@ void PeerHub::accept(std::shared_ptr<tcp::Connection> conn) {
       });
 }
 
-std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members, size_t rank, uint64_t session,
-                                        std::chrono::milliseconds timeout, bool closed) {
-  FEDRA_REQUIRE(rank < members.size() && members[rank].name == name_,
-                "ring: worker {} is not member {} of [{}]", name_, rank, format_peers(members));
-  session_ = std::max(session_, session);
-  // Links of older rings (and hellos for them) are closed now: every member has finished them,
-  // since the coordinator starts a new ring only after every member's reply.
+struct PeerHub::Dial {
+  bool welcomed = false;
+  std::optional<std::string> error;
+  std::deque<transport::Envelope> frames;  // after the welcome, before the ring takes the link
+};
+
+// Links of older rings (and hellos for them) are closed now: every member has finished them,
+// since the coordinator starts a new ring only after every member's reply.
+void PeerHub::close_older_links(std::chrono::milliseconds timeout) {
   for (auto it = pending_.begin(); it != pending_.end();) {
     auto& p = *it;
     if ((p->greeted && p->session < session_) || (!p->greeted && Clock::now() - p->since > timeout)) {
@@ -236,106 +207,65 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
       ++it;
     }
   }
-  auto ring = std::make_unique<PeerRing>(*this, members, rank, session, closed);
-  if (members.size() == 1) return ring;
-  const auto deadline = Clock::now() + timeout;
-  const PeerAddress& next = ring->next();
-  const PeerAddress& prev = ring->prev();
-  const bool connect_next = ring->has_next(), accept_prev = ring->has_prev();
-  const auto what = [&](const std::string& why) {
-    return fmt::format("worker {} cannot link to its {} peer {} at {}: {}", name_, closed ? "ring" : "chain",
-                       next.name, next.address, why);
-  };
-  // A member that cannot form its links tells the members that linked to it, so they fail now
-  // rather than at their timeout (and tell theirs in turn).
-  const auto give_up = [&](const std::string& why) {
-    io_->restart();
-    for (int i = 0; i < 100 && io_->poll() > 0; ++i) io_->restart();  // hellos already here, too
-    for (auto& p : pending_) {
-      if (p->greeted && !p->ring && p->session == session) {
-        p->conn->send_error_and_close(Error(
-            ErrorKind::kFailed, fmt::format("worker {} could not join {} session {}: {}", name_, closed ? "ring" : "chain",
-                                            session, why)));
-      }
-    }
-    io_->poll();
-    if (io_->stopped()) io_->restart();
-  };
-  struct OutState {
-    bool welcomed = false;
-    std::optional<std::string> error;
-    std::deque<transport::Envelope> frames;  // after the welcome, before the ring takes the link
-  };
-  auto st = std::make_shared<OutState>();
-  std::shared_ptr<tcp::Connection> out;
-  if (connect_next) {
-    asio::ip::tcp::socket socket(*io_);
-    try {
-      socket = tcp::connect_with_retry(*io_, tcp::parse_endpoint(next.address),
-                                       std::min(timeout, std::chrono::milliseconds(10000)),
-                                       "is that worker alive, and is its --advertise address reachable from here?");
-    } catch (const Error& e) {
-      give_up(what(e.what()));
-      FEDRA_THROW(ErrorKind::kDisconnected, "{}", what(e.what()));
-    }
-    out = tcp::Connection::create(std::move(socket), config_.limits, nullptr, config_.tls_client, next.name);
-    const transport::Limits limits = config_.limits;
-    out->start(
-        [st, limits](transport::InFrame frame) {
-          try {
-            transport::Envelope env = transport::decode(frame, limits);
-            if (env.kind == peer::kWelcome && !st->welcomed) st->welcomed = true;
-            else if (env.error && !st->error) st->error = env.error->message;
-            else if (st->welcomed) st->frames.push_back(std::move(env));
-          } catch (const Error& e) {
-            if (!st->error) st->error = e.what();
-          }
-        },
-        [st](const Error& reason) {
-          if (!st->error) st->error = reason.what();
-        });
-    transport::Envelope hello = control(peer::kHello, name_);
-    hello.options.emplace_back("key", key_);
-    hello.options.emplace_back("session", std::to_string(session));
-    out->send(transport::encode(hello, config_.limits));
-  } else {
-    st->welcomed = true;  // the end of a chain links to nobody
-  }
+}
 
-  std::shared_ptr<PeerLink> in;
-  const auto find_in = [&] {
-    for (auto& p : pending_) {
-      if (p->greeted && !p->ring && p->sender == prev.name && p->session == session) return p;
-    }
-    return std::shared_ptr<PeerLink>();
-  };
-  const auto linked = [&] { return st->welcomed && (!accept_prev || (in = find_in())); };
+// A member that cannot form its links tells the members that linked to it, so they fail now
+// rather than at their timeout (and tell theirs in turn).
+void PeerHub::tell_linked(uint64_t session, bool closed, const std::string& why) {
   io_->restart();
-  while (!linked() && !st->error && Clock::now() < deadline) {
-    io_->run_one_until(deadline);
-    if (io_->stopped()) io_->restart();
+  for (int i = 0; i < 100 && io_->poll() > 0; ++i) io_->restart();  // hellos already here, too
+  for (auto& p : pending_) {
+    if (p->greeted && !p->ring && p->session == session) {
+      p->conn->send_error_and_close(Error(
+          ErrorKind::kFailed, fmt::format("worker {} could not join {} session {}: {}", name_, closed ? "ring" : "chain",
+                                          session, why)));
+    }
   }
-  if (st->error) {
-    if (out) out->close(Error(ErrorKind::kDisconnected, "ring setup failed"));
-    give_up(what(*st->error));
-    const bool tls_failed = config_.tls_client && st->error->find("TLS") != std::string::npos;
-    FEDRA_THROW(ErrorKind::kDisconnected, "{}{}", what(*st->error),
-                tls_failed ? " (a peer link checks that each worker's certificate carries its name and may serve "
-                             "TLS: make worker certificates with this release's `fedra certs`, or set "
-                             "the strategy's topology=star)"
-                           : "");
+  io_->poll();
+  if (io_->stopped()) io_->restart();
+}
+
+// Connects to the next member and says hello; `st` hears its welcome (or why not).
+std::shared_ptr<tcp::Connection> PeerHub::dial(const PeerAddress& next, uint64_t session,
+                                               std::chrono::milliseconds timeout, const std::shared_ptr<Dial>& st) {
+  asio::ip::tcp::socket socket = tcp::connect_with_retry(
+      *io_, tcp::parse_endpoint(next.address), std::min(timeout, std::chrono::milliseconds(10000)),
+      "is that worker alive, and is its --advertise address reachable from here?");
+  auto out = tcp::Connection::create(std::move(socket), config_.limits, nullptr, config_.tls_client, next.name);
+  const transport::Limits limits = config_.limits;
+  out->start(
+      [st, limits](transport::InFrame frame) {
+        try {
+          transport::Envelope env = transport::decode(frame, limits);
+          if (env.kind == peer::kWelcome && !st->welcomed) st->welcomed = true;
+          else if (env.error && !st->error) st->error = env.error->message;
+          else if (st->welcomed) st->frames.push_back(std::move(env));
+        } catch (const Error& e) {
+          if (!st->error) st->error = e.what();
+        }
+      },
+      [st](const Error& reason) {
+        if (!st->error) st->error = reason.what();
+      });
+  transport::Envelope hello = control(peer::kHello, name_);
+  hello.options.emplace_back("key", key_);
+  hello.options.emplace_back("session", std::to_string(session));
+  out->send(transport::encode(hello, config_.limits));
+  return out;
+}
+
+std::shared_ptr<PeerLink> PeerHub::accepted_link(const std::string& from, uint64_t session) {
+  for (auto& p : pending_) {
+    if (p->greeted && !p->ring && p->sender == from && p->session == session) return p;
   }
-  if (!st->welcomed || (accept_prev && !in)) {
-    if (out) out->close(Error(ErrorKind::kDisconnected, "ring setup timed out"));
-    give_up("timed out");
-    FEDRA_THROW(ErrorKind::kOverloaded, "worker {} formed no {} within {} s: {}", name_, closed ? "ring" : "chain",
-                std::chrono::duration<double>(timeout).count(),
-                !st->welcomed ? fmt::format("{} at {} did not accept its link", next.name, next.address)
-                              : fmt::format("{} at {} did not connect", prev.name, prev.address));
-  }
-  PeerRing* raw = ring.get();
+  return nullptr;
+}
+
+// The formed links, and the frames that came early on them, to the ring.
+void PeerHub::hand_over(PeerRing& ring, std::shared_ptr<tcp::Connection> out, Dial& st, std::shared_ptr<PeerLink> in) {
+  PeerRing* raw = &ring;
   if (out) {
-    const PeerAddress to = next;
+    const PeerAddress to = ring.next();
     const transport::Limits limits = config_.limits;
     out->set_handlers(
         [raw, to, limits](transport::InFrame frame) {
@@ -351,16 +281,71 @@ std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members,
         [raw, to](const Error& reason) {
           raw->fail(fmt::format("the link to {} ({}) closed: {}", to.name, to.address, reason.what()));
         });
-    ring->out_ = out;
-    for (auto& env : st->frames) ring->early_next_.push_back(std::move(env));
+    ring.out_ = out;
+    for (auto& env : st.frames) ring.early_next_.push_back(std::move(env));
   }
   if (in) {
     in->ring = raw;
-    ring->in_ = in->conn;
-    ring->in_link_ = in;
-    for (auto& env : in->early) ring->early_.push_back(std::move(env));
+    ring.in_ = in->conn;
+    ring.in_link_ = in;
+    for (auto& env : in->early) ring.early_.push_back(std::move(env));
     in->early.clear();
   }
+}
+
+std::unique_ptr<PeerRing> PeerHub::ring(const std::vector<PeerAddress>& members, size_t rank, uint64_t session,
+                                        std::chrono::milliseconds timeout, bool closed) {
+  FEDRA_REQUIRE(rank < members.size() && members[rank].name == name_,
+                "ring: worker {} is not member {} of [{}]", name_, rank, format_peers(members));
+  session_ = std::max(session_, session);
+  close_older_links(timeout);
+  auto ring = std::make_unique<PeerRing>(*this, members, rank, session, closed);
+  if (members.size() == 1) return ring;
+  const auto deadline = Clock::now() + timeout;
+  const PeerAddress& next = ring->next();
+  const PeerAddress& prev = ring->prev();
+  const auto what = [&](const std::string& why) {
+    return fmt::format("worker {} cannot link to its {} peer {} at {}: {}", name_, closed ? "ring" : "chain",
+                       next.name, next.address, why);
+  };
+  auto st = std::make_shared<Dial>();
+  std::shared_ptr<tcp::Connection> out;
+  if (ring->has_next()) {
+    try {
+      out = dial(next, session, timeout, st);
+    } catch (const Error& e) {
+      tell_linked(session, closed, what(e.what()));
+      FEDRA_THROW(ErrorKind::kDisconnected, "{}", what(e.what()));
+    }
+  } else {
+    st->welcomed = true;  // the end of a chain links to nobody
+  }
+  std::shared_ptr<PeerLink> in;
+  const auto linked = [&] { return st->welcomed && (!ring->has_prev() || (in = accepted_link(prev.name, session))); };
+  io_->restart();
+  while (!linked() && !st->error && Clock::now() < deadline) {
+    io_->run_one_until(deadline);
+    if (io_->stopped()) io_->restart();
+  }
+  if (st->error) {
+    if (out) out->close(Error(ErrorKind::kDisconnected, "ring setup failed"));
+    tell_linked(session, closed, what(*st->error));
+    const bool tls_failed = config_.tls_client && st->error->find("TLS") != std::string::npos;
+    FEDRA_THROW(ErrorKind::kDisconnected, "{}{}", what(*st->error),
+                tls_failed ? " (a peer link checks that each worker's certificate carries its name and may serve "
+                             "TLS: make worker certificates with this release's `fedra certs`, or set "
+                             "the strategy's topology=star)"
+                           : "");
+  }
+  if (!st->welcomed || (ring->has_prev() && !in)) {
+    if (out) out->close(Error(ErrorKind::kDisconnected, "ring setup timed out"));
+    tell_linked(session, closed, "timed out");
+    FEDRA_THROW(ErrorKind::kOverloaded, "worker {} formed no {} within {} s: {}", name_, closed ? "ring" : "chain",
+                std::chrono::duration<double>(timeout).count(),
+                !st->welcomed ? fmt::format("{} at {} did not accept its link", next.name, next.address)
+                              : fmt::format("{} at {} did not connect", prev.name, prev.address));
+  }
+  hand_over(*ring, out, *st, in);
   return ring;
 }
 
@@ -469,168 +454,6 @@ uint64_t PeerRing::bytes_sent() const {
 }
 uint64_t PeerRing::bytes_received() const {
   return (out_ ? out_->bytes_received() : 0) + (in_ ? in_->bytes_received() : 0);
-}
-
-// ---------------------------------------------------------------------------------------------
-
-RingAllReduce::RingAllReduce(PeerRing& ring, size_t buckets) : ring_(ring), buckets_(buckets) {}
-
-void RingAllReduce::begin_step(uint64_t step) {
-  step_ = step;
-  done_ = 0;
-  for (auto& b : buckets_) {
-    b.flat = at::Tensor();
-    b.chunks.clear();
-    b.offsets.clear();
-    b.phase_recv = 0;
-    b.started = false;
-    b.early.clear();
-  }
-  std::deque<transport::Envelope> ahead;
-  ahead.swap(ahead_);
-  for (auto& env : ahead) on_frame(std::move(env));
-  if (!listening_) {  // frames that came with the links are the first step's
-    listening_ = true;
-    ring_.on_frame([this](transport::Envelope&& env) { on_frame(std::move(env)); });
-  }
-}
-
-// Phase p sends and receives one chunk: reduce-scatter for p < n - 1, all-gather after.
-size_t RingAllReduce::chunk_sent(int phase) const {
-  const auto n = static_cast<int64_t>(ring_.size()), r = static_cast<int64_t>(ring_.rank());
-  const int64_t c = phase < n - 1 ? r - phase : r + 1 - (phase - (n - 1));
-  return static_cast<size_t>(((c % n) + n) % n);
-}
-size_t RingAllReduce::chunk_received(int phase) const {
-  const auto n = static_cast<int64_t>(ring_.size()), r = static_cast<int64_t>(ring_.rank());
-  const int64_t c = phase < n - 1 ? r - phase - 1 : r - (phase - (n - 1));
-  return static_cast<size_t>(((c % n) + n) % n);
-}
-
-void RingAllReduce::start(size_t b, at::Tensor flat) {
-  FEDRA_REQUIRE(b < buckets_.size(), "ring bucket {} of {}", b, buckets_.size());
-  FEDRA_REQUIRE(flat.dim() == 1 && flat.is_contiguous() &&
-                    (flat.scalar_type() == at::kFloat || flat.scalar_type() == at::kDouble),
-                "ring all-reduce takes a contiguous 1-D float tensor");
-  Bucket& bucket = buckets_[b];
-  FEDRA_REQUIRE(!bucket.started, "ring bucket {} started twice in step {}", b, step_);
-  bucket.flat = flat;
-  bucket.started = true;
-  const auto n = static_cast<int64_t>(ring_.size());
-  if (n == 1) {
-    ++done_;
-    return;
-  }
-  // Chunks of whole 64-byte lines, so every chunk starts aligned and travels without a copy.
-  const int64_t numel = flat.numel();
-  const int64_t line = 64 / static_cast<int64_t>(flat.element_size());
-  const int64_t per = (numel + n * line - 1) / (n * line) * line;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t lo = std::min(numel, i * per), hi = std::min(numel, (i + 1) * per);
-    bucket.chunks.push_back(flat.narrow(0, lo, hi - lo));
-    bucket.offsets.push_back(lo);
-  }
-  send_phase(b, 0);
-  std::deque<transport::Envelope> early;
-  early.swap(bucket.early);
-  for (auto& env : early) apply(b, std::move(env));
-}
-
-void RingAllReduce::send_phase(size_t b, int phase) {
-  const at::Tensor& chunk = buckets_[b].chunks[chunk_sent(phase)];
-  transport::Envelope env;
-  env.kind = peer::kChunk;
-  env.step = step_;
-  env.metrics = {{"bucket", static_cast<double>(b)}, {"phase", static_cast<double>(phase)}};
-  transport::TensorData t;
-  t.name = "chunk";
-  t.dtype = chunk.scalar_type() == at::kFloat ? transport::DType::kFloat32 : transport::DType::kFloat64;
-  t.shape = {chunk.numel()};
-  t.data = static_cast<const std::byte*>(chunk.data_ptr());
-  t.nbytes = static_cast<uint64_t>(chunk.nbytes());
-  env.tensors.push_back(std::move(t));
-  ++writes_pending_;
-  ring_.send(env, [this] { --writes_pending_; });
-}
-
-void RingAllReduce::on_frame(transport::Envelope&& env) {
-  if (env.error) {
-    ring_.fail(fmt::format("{} reported: {}", ring_.prev().name, env.error->message));
-    return;
-  }
-  if (env.kind != peer::kChunk) {
-    ring_.fail(fmt::format("unexpected '{}' from {}", env.kind, ring_.prev().name));
-    return;
-  }
-  if (env.step > step_) {
-    ahead_.push_back(std::move(env));
-    return;
-  }
-  try {
-    FEDRA_REQUIRE(env.step == step_, "{} sent a chunk of step {} during step {}", ring_.prev().name, env.step, step_);
-    const double bv = metric_of(env, "bucket");
-    FEDRA_REQUIRE(bv >= 0 && bv < static_cast<double>(buckets_.size()), "{} sent bucket {} of {}", ring_.prev().name,
-                  bv, buckets_.size());
-    const auto b = static_cast<size_t>(bv);
-    if (!buckets_[b].started) {
-      buckets_[b].early.push_back(std::move(env));
-      return;
-    }
-    apply(b, std::move(env));
-  } catch (const Error& e) {
-    ring_.fail(e.what());
-  }
-}
-
-void RingAllReduce::apply(size_t b, transport::Envelope&& env) {
-  Bucket& bucket = buckets_[b];
-  const int phase = static_cast<int>(metric_of(env, "phase"));
-  const int phases = 2 * (static_cast<int>(ring_.size()) - 1);
-  FEDRA_REQUIRE(phase == bucket.phase_recv, "{} sent phase {} of bucket {} (step {}), expected phase {}",
-                ring_.prev().name, phase, b, step_, bucket.phase_recv);
-  at::Tensor& chunk = bucket.chunks[chunk_received(phase)];
-  FEDRA_REQUIRE(env.tensors.size() == 1, "a ring chunk from {} holds {} tensors", ring_.prev().name, env.tensors.size());
-  const transport::TensorData& t = env.tensors[0];
-  const auto want = chunk.scalar_type() == at::kFloat ? transport::DType::kFloat32 : transport::DType::kFloat64;
-  FEDRA_REQUIRE(t.dtype == want && t.shape.size() == 1 && t.shape[0] == chunk.numel() &&
-                    t.nbytes == static_cast<uint64_t>(chunk.nbytes()),
-                "{} sent a chunk of {} {} for bucket {} phase {}, expected {} {}", ring_.prev().name,
-                t.shape.empty() ? 0 : t.shape[0], transport::dtype_name(t.dtype), b, phase, chunk.numel(),
-                transport::dtype_name(want));
-  if (phase < static_cast<int>(ring_.size()) - 1) {
-    // Summed in place as the frame arrives. The last phase leaves this rank the finished sum of
-    // the chunk, checked as it is made: one check covers every contribution, since a NaN or
-    // infinity anywhere makes the sum non-finite.
-    const bool last = phase == static_cast<int>(ring_.size()) - 2;
-    FEDRA_REQUIRE(add_in_place(chunk, t.data) || !last,
-                  "the reduced gradient (bucket {}, step {}) is not finite: a worker sent NaN or infinity", b, step_);
-  } else {
-    // The all-gather's finished chunk stays in its frame's buffer: no copy; it is sent on from
-    // there and read from there.
-    auto storage = env.storage;
-    chunk = at::from_blob(const_cast<std::byte*>(t.data), {chunk.numel()}, [storage](void*) {}, chunk.options());
-  }
-  ++bucket.phase_recv;
-  if (bucket.phase_recv < phases) {
-    send_phase(b, bucket.phase_recv);
-  } else {
-    ++done_;
-  }
-}
-
-void RingAllReduce::progress() { ring_.progress(); }
-
-std::vector<RingAllReduce::Chunk> RingAllReduce::result(size_t b) const {
-  const Bucket& bucket = buckets_[b];
-  if (ring_.size() == 1) return {{0, bucket.flat}};
-  std::vector<Chunk> out;
-  for (size_t i = 0; i < bucket.chunks.size(); ++i) out.push_back({bucket.offsets[i], bucket.chunks[i]});
-  return out;
-}
-
-void RingAllReduce::finish(std::chrono::milliseconds timeout) {
-  ring_.wait([this] { return done_ == buckets_.size() && writes_pending_ == 0; }, Clock::now() + timeout,
-             fmt::format("ring all-reduce of step {}", step_));
 }
 
 bool can_link(const std::vector<WorkerInfo>& workers) {

@@ -176,6 +176,15 @@ class PeerHub {
   void accept(std::shared_ptr<transport::tcp::Connection> conn);
   void refuse(const std::shared_ptr<PeerLink>& p, const std::string& why);
   void forget(const PeerLink* p);
+  // ring()'s steps (peer.cc).
+  struct Dial;  // the link to the next member while it forms
+  void close_older_links(std::chrono::milliseconds timeout);
+  void tell_linked(uint64_t session, bool closed, const std::string& why);
+  std::shared_ptr<transport::tcp::Connection> dial(const PeerAddress& next, uint64_t session,
+                                                   std::chrono::milliseconds timeout, const std::shared_ptr<Dial>& st);
+  std::shared_ptr<PeerLink> accepted_link(const std::string& from, uint64_t session);
+  void hand_over(PeerRing& ring, std::shared_ptr<transport::tcp::Connection> out, Dial& st,
+                 std::shared_ptr<PeerLink> in);
 
   std::string name_;
   PeerConfig config_;
@@ -191,7 +200,7 @@ class PeerHub {
 
 struct Message;
 
-// The worker side of ask_to_link() (core/net/cohort.h): nullptr when `request` asks for no links;
+// The worker side of ask_to_link(): nullptr when `request` asks for no links;
 // else this worker's place (rank `rank` of `world`) in the ring, or chain (closed = false), that
 // its options name, formed through `hub` within `timeout`. Throws naming `worker` when it has no
 // peer port (hub null) or the request lists another number of members.

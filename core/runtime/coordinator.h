@@ -60,6 +60,21 @@ class Coordinator {
   int run();
 
  private:
+  void load_test_data();
+  void refuse_to_overwrite_checkpoint() const;
+  void refuse_completed_run() const;
+  void read_checkpoint();  // --resume (core/runtime/checkpoints.cc)
+  void listen();
+  RunContext context();
+  void report(uint32_t round, uint32_t total, Metrics line);
+  void checkpoint(uint32_t round, uint32_t total, const std::function<NamedTensors()>& state);
+  void prune_checkpoints(const std::string& dir, uint32_t round) const;
+  int finish(RunSummary& summary, int code);
+  // Since the job began: a resumed run adds what its checkpoint recorded.
+  double elapsed() const;
+  uint64_t bytes_up() const;
+  uint64_t bytes_down() const;
+
   CoordinatorConfig config_;
   std::unique_ptr<CoordinatorStrategy> strategy_;
   DatasetSplits test_data_;
@@ -72,6 +87,8 @@ class Coordinator {
   double elapsed_offset_ = 0;
   NamedTensors resume_state_;
   std::unique_ptr<Cohort> cohort_;
+  Clock::time_point started_;
+  std::pair<uint32_t, Clock::time_point> last_checkpoint_;  // its round (0: none yet) and when
 };
 
 }  // namespace fedra

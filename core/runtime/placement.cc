@@ -66,20 +66,11 @@ bool is_auto_placement(const std::string& client_spec) {
   return client_spec == "auto" || client_spec.rfind("auto/", 0) == 0;
 }
 
-Placement discover_placement(const std::string& client_spec, int64_t rank_offset, const EnvLookup& env) {
-  FEDRA_REQUIRE(is_auto_placement(client_spec), "--client '{}' is not auto or auto/N", client_spec);
-  FEDRA_REQUIRE(rank_offset >= 0, "--rank-offset must be >= 0, got {}", rank_offset);
-  std::optional<int64_t> given;
-  if (client_spec != "auto") {
-    const std::string n = client_spec.substr(5);
-    try {
-      given = parse_count("--client auto/N's N", n);
-    } catch (const Error&) {
-      FEDRA_FAIL("--client '{}': N must be a whole number of workers >= 1 (e.g. auto/4)", client_spec);
-    }
-    FEDRA_REQUIRE(*given >= 1, "--client '{}': N must be >= 1", client_spec);
-  }
+namespace {
 
+// The placements the environment describes: Slurm's, torchrun's or a PyTorchJob's, an Indexed
+// Job's (several, when several are set: they must agree).
+std::vector<Reading> read_schedulers(const EnvLookup& env, const std::string& client_spec) {
   std::vector<Reading> found;
   if (auto r = read_pair(env, "Slurm", "SLURM_PROCID", "SLURM_NTASKS",
                          "start the workers with srun, which sets both for every task")) {
@@ -98,6 +89,39 @@ Placement discover_placement(const std::string& client_spec, int64_t rank_offset
                 "SLURM_NTASKS (srun), RANK and WORLD_SIZE (torchrun, Kubeflow PyTorchJob) or JOB_COMPLETION_INDEX "
                 "(Kubernetes Indexed Job), and none is set. Outside a scheduler give --client I/N",
                 client_spec);
+  return found;
+}
+
+// The coordinator's address from MASTER_ADDR and MASTER_PORT, when they are set ("" otherwise).
+std::string coordinator_from_env(const EnvLookup& env) {
+  const auto addr = env("MASTER_ADDR"), port = env("MASTER_PORT");
+  if (!addr && !port) return "";
+  FEDRA_REQUIRE(addr && port && !addr->empty() && !port->empty(),
+                "{} is set but {} is not: the coordinator's address needs both (or give --connect HOST:PORT)",
+                addr ? "MASTER_ADDR" : "MASTER_PORT", addr ? "MASTER_PORT" : "MASTER_ADDR");
+  const bool v6 = addr->find(':') != std::string::npos && addr->front() != '[';
+  const std::string coordinator = v6 ? fmt::format("[{}]:{}", *addr, *port) : fmt::format("{}:{}", *addr, *port);
+  transport::parse_endpoint(coordinator);  // a clear error for a bad port now
+  return coordinator;
+}
+
+}  // namespace
+
+Placement discover_placement(const std::string& client_spec, int64_t rank_offset, const EnvLookup& env) {
+  FEDRA_REQUIRE(is_auto_placement(client_spec), "--client '{}' is not auto or auto/N", client_spec);
+  FEDRA_REQUIRE(rank_offset >= 0, "--rank-offset must be >= 0, got {}", rank_offset);
+  std::optional<int64_t> given;
+  if (client_spec != "auto") {
+    const std::string n = client_spec.substr(5);
+    try {
+      given = parse_count("--client auto/N's N", n);
+    } catch (const Error&) {
+      FEDRA_FAIL("--client '{}': N must be a whole number of workers >= 1 (e.g. auto/4)", client_spec);
+    }
+    FEDRA_REQUIRE(*given >= 1, "--client '{}': N must be >= 1", client_spec);
+  }
+
+  const std::vector<Reading> found = read_schedulers(env, client_spec);
 
   // Each reading as a client index and count, after the offset.
   struct Candidate {
@@ -156,15 +180,7 @@ Placement discover_placement(const std::string& client_spec, int64_t rank_offset
   if (rank_offset > 0) p.source += fmt::format(", --rank-offset {}", rank_offset);
   if (given) p.source += fmt::format(", --client {}", client_spec);
 
-  const auto addr = env("MASTER_ADDR"), port = env("MASTER_PORT");
-  if (addr || port) {
-    FEDRA_REQUIRE(addr && port && !addr->empty() && !port->empty(),
-                  "{} is set but {} is not: the coordinator's address needs both (or give --connect HOST:PORT)",
-                  addr ? "MASTER_ADDR" : "MASTER_PORT", addr ? "MASTER_PORT" : "MASTER_ADDR");
-    const bool v6 = addr->find(':') != std::string::npos && addr->front() != '[';
-    p.coordinator = v6 ? fmt::format("[{}]:{}", *addr, *port) : fmt::format("{}:{}", *addr, *port);
-    transport::parse_endpoint(p.coordinator);  // a clear error for a bad port now
-  }
+  p.coordinator = coordinator_from_env(env);
   return p;
 }
 

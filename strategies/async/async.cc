@@ -17,20 +17,11 @@ void AsyncOptions::validate() const {
   FEDRA_REQUIRE(mixing_ > 0 && mixing_ <= 1, "{}.mixing must be in (0, 1], got {}", scope, mixing_);
   FEDRA_REQUIRE(staleness_a_ >= 0 && staleness_b_ >= 0, "{}.staleness_a and staleness_b must be >= 0", scope);
   FEDRA_REQUIRE(max_staleness_ >= 0, "{}.max_staleness must be >= 0 (0 = take all), got {}", scope, max_staleness_);
-  FEDRA_REQUIRE(local_epochs_ >= 1 || local_steps_ >= 1, "{}: local_epochs or local_steps must be >= 1", scope);
-  FEDRA_REQUIRE(local_epochs_ >= 0 && local_steps_ >= 0, "{}.local_epochs and local_steps must be >= 0", scope);
-  FEDRA_REQUIRE(batch_size_ >= 1, "{}.batch_size must be >= 1, got {}", scope, batch_size_);
-  FEDRA_REQUIRE(proximal_mu_ >= 0, "{}.proximal_mu must be >= 0, got {}", scope, proximal_mu_);
+  FEDRA_REQUIRE(local_epochs_ >= 1 || local_steps_ >= 1, "{}: local_epochs or local_steps must be >= 1",
+                scope);
   FEDRA_REQUIRE(update_timeout_ > 0, "{}.update_timeout must be > 0 seconds", scope);
   FEDRA_REQUIRE(mode == Mode::kFedBuff || server_.server_opt() == ServerOpt::kNone,
                 "fedasync mixes each update in (mixing); a server optimiser needs fedbuff");
-}
-
-int64_t AsyncOptions::planned_steps(int64_t n) const {
-  const int64_t per_epoch = (std::max<int64_t>(n, 1) + batch_size_ - 1) / batch_size_;
-  if (local_epochs_ == 0) return local_steps_;
-  const int64_t steps = local_epochs_ * per_epoch;
-  return local_steps_ > 0 ? std::min(steps, local_steps_) : steps;
 }
 
 double AsyncOptions::staleness_weight(int64_t tau) const {

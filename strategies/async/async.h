@@ -59,7 +59,8 @@ struct AsyncTesting {
   void validate(const std::string&) const {}
 };
 
-struct AsyncOptions {
+// Local training's options (core/kit/option_groups.h), then this scheme's own.
+struct AsyncOptions : LocalTrainingOptions {
   FEDRA_ARG(int64_t, updates) = 100;
   FEDRA_ARG(int64_t, concurrency) = 0;
   FEDRA_ARG(int64_t, buffer) = 10;
@@ -68,11 +69,6 @@ struct AsyncOptions {
   FEDRA_ARG(double, staleness_a) = 0.5;
   FEDRA_ARG(double, staleness_b) = 4;
   FEDRA_ARG(int64_t, max_staleness) = 0;
-  FEDRA_ARG(int64_t, local_epochs) = 1;
-  FEDRA_ARG(int64_t, local_steps) = 0;
-  FEDRA_ARG(int64_t, batch_size) = 32;
-  FEDRA_ARG(OptimizerOptions, optim) = OptimizerOptions().momentum(0.9);
-  FEDRA_ARG(double, proximal_mu) = 0;
   FEDRA_ARG(ServerOptOptions, server);
   FEDRA_ARG(FleetOptions, fleet);
   FEDRA_ARG(double, update_timeout) = 600;
@@ -94,11 +90,7 @@ struct AsyncOptions {
     f("staleness_a", staleness_a_, "a of polynomial and hinge");
     f("staleness_b", staleness_b_, "b of hinge");
     f("max_staleness", max_staleness_, "refuse (and count) updates staler than this; 0 = take all");
-    f("local_epochs", local_epochs_, "local passes over the client's data per update");
-    f("local_steps", local_steps_, "cap on local optimiser steps per update; 0 = no cap");
-    f("batch_size", batch_size_, "local mini-batch size");
-    f.group(optim_);
-    f("proximal_mu", proximal_mu_, "mu/2 ||w - w_received||^2 added to the local loss (FedAsync's rho); 0 = none");
+    f.group(local());
     f.group(server_);
     f.group(fleet_);
     f("update_timeout", update_timeout_, "wall seconds a client may take for one update before it is dropped");
@@ -106,8 +98,8 @@ struct AsyncOptions {
     f.testing(testing_);
   }
   void validate() const;
-  // Local optimiser steps one update takes on a client holding n examples.
-  int64_t planned_steps(int64_t n) const;
+  const LocalTrainingOptions& local() const { return *this; }
+  LocalTrainingOptions& local() { return *this; }
   // s(tau).
   double staleness_weight(int64_t tau) const;
 };

@@ -20,6 +20,7 @@
 #include "core/model/script_model.h"
 #include "core/training/training.h"
 #include "strategies/async/internal.h"
+#include "strategies/async/messages.h"
 
 namespace fedra::async {
 
@@ -170,7 +171,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
     c.dispatched_at = t;
     c.wall_dispatched = Clock::now();
     ++dispatches_;
-    const int64_t steps = o_.planned_steps(c.examples);
+    const int64_t steps = o_.local().planned_steps(c.examples);
     const double network = fleet_->network_s(c.name, model_bytes_, model_bytes_);
     c.duration = fleet_->compute_s(c.name, steps) + network;
     if (virtual_) {
@@ -183,13 +184,15 @@ class AsyncCoordinator : public CoordinatorStrategy {
       events_.insert({t + c.duration, c.name, Event::kUpdate});
     }
     c.posted = true;
-    Message m(initial_ ? kSession : kTrain, static_cast<uint32_t>(version_));
-    m.tensors = global_;  // shared: global_ is replaced, never modified, by a server update
-    m.options["seed"] = std::to_string(worker_seed(job_.seed, static_cast<uint32_t>(dispatches_), c.name));
+    Dispatch d;
+    d.version = static_cast<uint32_t>(version_);
+    d.weights = global_;  // shared: global_ is replaced, never modified, by a server update
+    d.seed = worker_seed(job_.seed, static_cast<uint32_t>(dispatches_), c.name);
     if (!virtual_ && fleet_->active()) {
-      m.metrics["sleep_factor"] = fleet_->profile(c.name).slowdown - 1.0;
-      m.metrics["net_s"] = network;
+      d.sleep_factor = fleet_->profile(c.name).slowdown - 1.0;
+      d.net_s = network;
     }
+    Message m = d.encode(initial_ ? kSession : kTrain);
     if (initial_) {
       for (Instruction& ins : *initial_) {
         if (ins.worker == c.id) ins.message = std::move(m);
@@ -267,10 +270,12 @@ class AsyncCoordinator : public CoordinatorStrategy {
     c.busy = false;
     device_s_ += virtual_ ? c.duration : t - c.dispatched_at;
     const int64_t tau = version_ - c.base_version;
+    Update u;
     try {
-      check_layout(global_, m.tensors);
-      check_finite(m.tensors);
-      FEDRA_REQUIRE(std::isfinite(m.metric("train_loss")), "its train_loss is not finite");
+      u = Update::decode(std::move(m), c.name);
+      check_layout(global_, u.tensors);
+      check_finite(u.tensors);
+      FEDRA_REQUIRE(std::isfinite(u.train_loss), "its train_loss is not finite");
     } catch (const Error& e) {
       ++refused_;
       spdlog::warn("refused the update of {}: {}", c.name, e.what());
@@ -282,53 +287,20 @@ class AsyncCoordinator : public CoordinatorStrategy {
       return;
     }
     ++applied_;
-    window_staleness_.push_back(static_cast<double>(tau));
-    window_loss_ += m.metric("train_loss");
-    window_train_s_ = std::max(window_train_s_, m.metric_or("train_s", 0));
+    window_.add(tau, u.train_loss, u.train_s);
     const double s = o_.staleness_weight(tau);
-    torch::NoGradGuard no_grad;
     if (o_.mode == Mode::kFedAsync) {
-      const double a = o_.mixing() * s;
-      NamedTensors next;
-      for (size_t i = 0; i < global_.size(); ++i) {
-        const at::Tensor& x = global_[i].second;
-        const at::Tensor& w = m.tensors[i].second;
-        next.emplace_back(global_[i].first, x.is_floating_point() ? x * (1.0 - a) + w * a : w.clone());
-      }
-      global_ = std::move(next);
+      global_ = mix(global_, u.tensors, o_.mixing() * s);
       server_update(t);
       return;
     }
-    if (sum_.empty()) {
-      for (const auto& [name, x] : global_) sum_.emplace_back(name, at::zeros_like(x, at::kDouble));
-    }
-    for (size_t i = 0; i < sum_.size(); ++i) {
-      const at::Tensor& d = m.tensors[i].second;
-      if (d.is_floating_point()) {
-        sum_[i].second.add_(d.to(at::kDouble), s);
-      } else {
-        sum_[i].second.copy_(d);  // integer buffers (batch counts): the latest value
-      }
-    }
-    if (++buffered_ < o_.buffer()) return;
-    // D = sum s(tau_i) delta_i / K; the aggregate x + lr D (server_opt none) or x + D for a server
-    // optimiser to step on.
+    buffer_.add(global_, u.tensors, s);
+    if (buffer_.size() < o_.buffer()) return;
+    // The aggregate x + lr D (server_opt none) or x + D for a server optimiser to step on.
     const double lr = o_.server().server_opt() == ServerOpt::kNone
                           ? (o_.server().server_lr() > 0 ? o_.server().server_lr() : 1.0)
                           : 1.0;
-    NamedTensors aggregate;
-    for (size_t i = 0; i < global_.size(); ++i) {
-      const at::Tensor& x = global_[i].second;
-      if (x.is_floating_point()) {
-        aggregate.emplace_back(global_[i].first,
-                               (x.to(at::kDouble) + sum_[i].second * (lr / static_cast<double>(buffered_)))
-                                   .to(x.scalar_type()));
-      } else {
-        aggregate.emplace_back(global_[i].first, sum_[i].second.to(x.scalar_type()));
-      }
-    }
-    sum_.clear();
-    buffered_ = 0;
+    NamedTensors aggregate = buffer_.flush(global_, lr);
     server_.step(global_, aggregate);
     global_ = std::move(aggregate);
     server_update(t);
@@ -338,31 +310,12 @@ class AsyncCoordinator : public CoordinatorStrategy {
   void server_update(double t) {
     ++version_;
     Metrics line;
-    double mean = 0, worst = 0;
-    for (double x : window_staleness_) {
-      mean += x;
-      worst = std::max(worst, x);
-    }
-    const auto n = static_cast<double>(std::max<size_t>(window_staleness_.size(), 1));
-    for (double x : window_staleness_) {  // bins: 0, 1, 2-3, 4-7, ..., 64+
-      const size_t b = x < 1 ? 0 : static_cast<size_t>(std::floor(std::log2(x))) + 1;
-      staleness_hist_[std::min<size_t>(b, staleness_hist_.size() - 1)] += 1;
-    }
     line.emplace_back("virtual_time_s", virtual_ ? t : 0.0);
     line.emplace_back("wall_time_s", now_wall());
-    line.emplace_back("train_loss", window_loss_ / n);
-    line.emplace_back("staleness_mean", mean / n);
-    line.emplace_back("staleness_max", static_cast<int64_t>(worst));
-    line.emplace_back("staleness_hist", staleness_hist_);
-    line.emplace_back("updates_in_step", static_cast<int64_t>(window_staleness_.size()));
-    line.emplace_back("updates_applied", applied_);
-    line.emplace_back("updates_refused", refused_);
-    line.emplace_back("updates_lost", lost_);
-    line.emplace_back("dispatches", dispatches_);
-    line.emplace_back("device_s", device_s_);
-    line.emplace_back("worker_train_s_max", window_train_s_);
-    window_staleness_.clear();
-    window_loss_ = window_train_s_ = 0;
+    window_.report(line);
+    line.insert(line.end(), {{"updates_applied", applied_}, {"updates_refused", refused_}, {"updates_lost", lost_},
+                             {"dispatches", dispatches_}, {"device_s", device_s_},
+                             {"worker_train_s_max", window_.take_train_s()}});
     const bool last = version_ >= static_cast<int64_t>(total_);
     if (o_.eval().due(static_cast<uint32_t>(version_), last) && ctx_->test_set != nullptr) {
       const auto e0 = Clock::now();
@@ -373,9 +326,8 @@ class AsyncCoordinator : public CoordinatorStrategy {
     }
     size_t active = 0, gone = 0;
     for (const Client& c : clients_) (c.active ? active : gone) += 1;
-    line.emplace_back("status", std::string("ok"));
-    line.emplace_back("workers_ok", static_cast<int64_t>(active));
-    line.emplace_back("workers_failed", static_cast<int64_t>(gone));
+    line.insert(line.end(), {{"status", std::string("ok")}, {"workers_ok", static_cast<int64_t>(active)},
+                             {"workers_failed", static_cast<int64_t>(gone)}});
     now_ = virtual_ ? t : now_wall();
     ctx_->report_round(static_cast<uint32_t>(version_), total_, std::move(line));
     if (ctx_->checkpoint) ctx_->checkpoint(static_cast<uint32_t>(version_), total_, [&] { return checkpoint_state(); });
@@ -389,7 +341,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
       c.arrived.reset();
       if (!c.active) continue;
       Message m(kStop);
-      m.options["reason"] = why;
+      m.options["reason"] = why;  // the session's end: no fields beyond the reason
       cohort_->post(c.id, m);
     }
   }
@@ -463,14 +415,17 @@ class AsyncCoordinator : public CoordinatorStrategy {
   NamedTensors checkpoint_state() const {
     NamedTensors s = global_;
     for (auto& t : server_.state()) s.push_back(std::move(t));
-    s.emplace_back("async/state", at::tensor(std::vector<double>{static_cast<double>(version_), now_,
-                                                                 static_cast<double>(applied_),
-                                                                 static_cast<double>(refused_),
-                                                                 static_cast<double>(lost_), device_s_,
-                                                                 static_cast<double>(dispatches_)},
-                                             at::kDouble));
-    s.emplace_back("async/staleness_hist", at::tensor(staleness_hist_, at::kDouble));
+    const std::vector<double> state = {static_cast<double>(version_), now_, static_cast<double>(applied_),
+                                       static_cast<double>(refused_), static_cast<double>(lost_), device_s_,
+                                       static_cast<double>(dispatches_)};
+    s.emplace_back("async/state", at::tensor(state, at::kDouble));
+    s.emplace_back("async/staleness_hist", at::tensor(window_.histogram(), at::kDouble));
     return s;
+  }
+
+  static std::vector<double> values_of(const at::Tensor& t) {
+    const auto v = t.to(at::kDouble).contiguous();
+    return {v.data_ptr<double>(), v.data_ptr<double>() + v.numel()};
   }
 
   void restore(NamedTensors state) {
@@ -478,8 +433,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
     for (auto& [name, t] : state) {
       if (name == "async/state") {
         FEDRA_REQUIRE(t.numel() == 7, "the checkpoint's async/state has {} values, expected 7", t.numel());
-        const auto v = t.to(at::kDouble).contiguous();
-        const double* p = v.data_ptr<double>();
+        const std::vector<double> p = values_of(t);
         version_ = static_cast<int64_t>(p[0]);
         now_ = p[1];
         applied_ = static_cast<int64_t>(p[2]);
@@ -488,8 +442,7 @@ class AsyncCoordinator : public CoordinatorStrategy {
         device_s_ = p[5];
         dispatches_ = static_cast<int64_t>(p[6]);
       } else if (name == "async/staleness_hist") {
-        const auto v = t.to(at::kDouble).contiguous();
-        staleness_hist_.assign(v.data_ptr<double>(), v.data_ptr<double>() + v.numel());
+        window_.set_histogram(values_of(t));
       } else if (ServerOptimizer::is_state(name)) {
         opt.emplace_back(name, t);
       } else {
@@ -534,13 +487,8 @@ class AsyncCoordinator : public CoordinatorStrategy {
   double now_ = 0;       // the simulated clock (virtual), or the wall time of the last update
   int64_t applied_ = 0, refused_ = 0, lost_ = 0, dispatches_ = 0;
   double device_s_ = 0;  // seconds devices spent on updates (compute and transfer), lost ones included
-  std::vector<double> staleness_hist_ = std::vector<double>(8, 0.0);
-  // fedbuff's buffer.
-  NamedTensors sum_;
-  int64_t buffered_ = 0;
-  // The updates since the last server update.
-  std::vector<double> window_staleness_;
-  double window_loss_ = 0, window_train_s_ = 0;
+  DeltaBuffer buffer_;  // fedbuff's
+  Window window_;  // the updates since the last server update
 };
 
 }  // namespace

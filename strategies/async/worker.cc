@@ -1,7 +1,6 @@
 // The asynchronous strategies' worker half: one session per run, one update per "async.train".
 #include <chrono>
 #include <cstdlib>
-#include <limits>
 
 #include <spdlog/spdlog.h>
 
@@ -11,6 +10,7 @@
 #include "core/training/optimizer.h"
 #include "core/training/training.h"
 #include "strategies/async/internal.h"
+#include "strategies/async/messages.h"
 
 namespace fedra::async {
 
@@ -45,43 +45,35 @@ class AsyncWorker : public WorkerStrategy {
   }
 
  private:
-  Message train(const Message& ins, WorkerContext& ctx) {
+  Message train(const Message& request, WorkerContext& ctx) {
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();
+    const Dispatch ins = Dispatch::decode(request);
     ++updates_;
     if (!exit_name_.empty() && exit_name_ == ctx.name && updates_ == exit_at_) {
       spdlog::warn("testing.exit_after: {} exits during its update {}", ctx.name, updates_);
       std::_Exit(3);
     }
-    load_model_state(*model_, ins.tensors);
-    TrainOptions t;
-    t.epochs = o_.local_epochs() > 0 ? o_.local_epochs() : std::numeric_limits<int64_t>::max();
-    t.max_steps = o_.local_steps();
-    t.batch_size = o_.batch_size();
-    t.optim = OptimizerConfig::from(o_.optim());
-    t.proximal_mu = o_.proximal_mu();
-    t.loss = job_.loss;
-    t.seed = static_cast<uint64_t>(std::stoull(ins.option("seed")));
-    const TrainStats s = train_local(model_, *ctx.data, t);
+    load_model_state(*model_, ins.weights);
+    const TrainStats s = train_local(model_, *ctx.data, train_options(o_.local(), job_.loss, ins.seed));
     const double train_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    Update update;
+    update.version = ins.version;
     // Wall clock: this device is `slowdown` times slower and its link takes net_s (core/federated/fleet.h).
-    const double sleep_s = sleep_as_device(ins.metric_or("sleep_factor", 0), train_s, ins.metric_or("net_s", 0));
-    Message update(kUpdate, ins.round);
-    NamedTensors weights = model_state(*model_);
+    update.slept_s = sleep_as_device(ins.sleep_factor, train_s, ins.net_s);
+    update.tensors = model_state(*model_);
     if (o_.mode == Mode::kFedBuff) {
       torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < weights.size(); ++i) {
-        at::Tensor& w = weights[i].second;
-        if (w.is_floating_point()) w = w - ins.tensors[i].second;  // the delta from the model received
+      for (size_t i = 0; i < update.tensors.size(); ++i) {
+        at::Tensor& w = update.tensors[i].second;
+        if (w.is_floating_point()) w = w - ins.weights[i].second;  // the delta from the model received
       }
     }
-    update.tensors = std::move(weights);
-    update.metrics["num_examples"] = static_cast<double>(ctx.data->size());
-    update.metrics["train_loss"] = s.mean_loss;
-    update.metrics["steps"] = static_cast<double>(s.steps);
-    update.metrics["train_s"] = train_s;
-    update.metrics["slept_s"] = sleep_s;
-    return update;
+    update.num_examples = static_cast<double>(ctx.data->size());
+    update.train_loss = s.mean_loss;
+    update.steps = static_cast<double>(s.steps);
+    update.train_s = train_s;
+    return update.encode();
   }
 
   Job job_;

@@ -1,30 +1,33 @@
 // FedAvg (McMahan et al. 2017): workers train locally, the coordinator averages the models
-// weighted by each worker's example count.
+// weighted by each worker's example count; and the family built on it from parts.
 //
 // Per round the coordinator samples workers (fraction, minimum, seeded), sends each its own
-// FitIns ("fedavg.fit": the global model, the local training settings and a per-worker seed),
-// and folds each FitRes ("fedavg.fit_result") into a running weighted sum as it arrives, so the
-// coordinator holds one model-sized sum however many workers take part. A result is rejected
-// (becomes a failure) if a required field is missing, if its tensors do not match the model's
-// names, shapes and dtypes, or if any value is NaN or infinite. The round fails, keeping the
-// previous model, if fewer than min_results results were accepted. The worker's optimiser is
-// created afresh each round (the FedAvg convention).
+// fedavg.fit (the global model, the local training settings, a per-worker seed, and the fields
+// of every part that is on), and folds each fedavg.fit_result into the round's rule as it
+// arrives, so the weighted mean holds one model-sized sum however many workers take part. A
+// result is rejected (becomes a failure) if a required field is missing, if its tensors do not
+// match the model's names, shapes and dtypes, if any value is NaN or infinite, or if a part
+// refuses it. The round fails, keeping the previous model, if fewer than min_results results
+// were accepted. The worker's optimiser is created afresh each round (the FedAvg convention).
 //
-// FedAvgCoordinator is exported to be subclassed: an aggregation variant (a robust mean, server
-// momentum, ...) overrides accumulate()/aggregate() and server_update() and keeps everything
-// else, FedAvg's worker half included (examples/plugins: fedmedian, fedavgm; docs/plugins.md).
+// The parts (strategies/fedavg/part.h; one file each under strategies/fedavg/parts/): FedProx,
+// SCAFFOLD, FedBN, norm clipping, robust rules, differential privacy, secure aggregation,
+// simulated fleets, server optimisers, and the test attacks. Each is turned on by its options
+// and refuses, by name, what it cannot compose with.
+//
+// FedAvgCoordinator is exported to be subclassed: a variant sets its own Rule or ServerStep, or
+// adds a Stage, in its constructor (examples/plugins: fedmedian, fedavgm; docs/plugins.md), and
+// keeps everything else, FedAvg's worker half included.
 #pragma once
 
 #include <cstdint>
 #include <map>
-#include <optional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <torch/nn/modules/container/sequential.h>
 
-#include "core/data/dataset.h"
-#include "core/federated/aggregation.h"
 #include "core/federated/fleet.h"
 #include "core/federated/privacy.h"
 #include "core/federated/robust_aggregation.h"
@@ -33,6 +36,8 @@
 #include "core/kit/option_groups.h"
 #include "core/kit/registry.h"
 #include "core/loops/round_strategy.h"
+#include "strategies/fedavg/part.h"
+#include "strategies/fedavg/pipeline.h"
 #include "strategies/fedavg/secagg.h"
 
 namespace fedra::fedavg {
@@ -41,10 +46,6 @@ inline constexpr const char* kFit = "fedavg.fit";
 inline constexpr const char* kFitResult = "fedavg.fit_result";
 inline constexpr const char* kEvaluate = "fedavg.evaluate";
 inline constexpr const char* kEvaluateResult = "fedavg.evaluate_result";
-// SCAFFOLD's control variates travel beside the model under these prefixes.
-inline constexpr const char* kControlPrefix = "scaffold.c/";         // fedavg.fit: the server's c
-inline constexpr const char* kDeltaControlPrefix = "scaffold.dc/";   // fit_result: the worker's delta c_i
-inline constexpr const char* kControlStatePrefix = "scaffold/c/";    // the checkpoint's c
 
 // How an update is corrupted, for robustness tests (--fedavg.testing.attack).
 enum class Attack { kNone, kSignFlip, kScale, kNoise };
@@ -94,16 +95,12 @@ struct FedEvalOptions {
   }
 };
 
-struct FedAvgOptions {
+// Local training's options (core/kit/option_groups.h), then this scheme's own.
+struct FedAvgOptions : LocalTrainingOptions {
   FEDRA_ARG(int64_t, rounds) = 10;
   FEDRA_ARG(double, fraction) = 1.0;
   FEDRA_ARG(int64_t, min_workers) = 1;
   FEDRA_ARG(int64_t, min_results) = 1;
-  FEDRA_ARG(int64_t, local_epochs) = 1;
-  FEDRA_ARG(int64_t, local_steps) = 0;
-  FEDRA_ARG(int64_t, batch_size) = 32;
-  FEDRA_ARG(OptimizerOptions, optim) = OptimizerOptions().momentum(0.9);
-  FEDRA_ARG(double, proximal_mu) = 0;
   FEDRA_ARG(bool, scaffold) = false;
   FEDRA_ARG(bool, local_bn) = false;
   FEDRA_ARG(ServerOptOptions, server);
@@ -123,14 +120,7 @@ struct FedAvgOptions {
     f("fraction", fraction_, "fraction of connected workers sampled each round (0, 1]");
     f("min_workers", min_workers_, "least workers sampled per round; the round waits for them");
     f("min_results", min_results_, "least accepted results for a round to update the model");
-    f("local_epochs", local_epochs_, "local passes over each worker's data per round");
-    f("local_steps", local_steps_,
-      "cap on local optimiser steps per round; 0 = no cap (with local_epochs 0 too: no training, "
-      "to measure the framework alone)");
-    f("batch_size", batch_size_, "local mini-batch size");
-    f.group(optim_);
-    f("proximal_mu", proximal_mu_,
-      "FedProx (Li et al. 2020): workers add mu/2 * ||w - w_global||^2 to their local loss; 0 = FedAvg");
+    f.group(local());
     f("scaffold", scaffold_,
       "SCAFFOLD (Karimireddy et al. 2020): control variates correct each local step for client drift; "
       "needs plain SGD (momentum 0); doubles the bytes of parameters each way");
@@ -151,36 +141,24 @@ struct FedAvgOptions {
     f.group(fed_eval_);
     f.testing(testing_);
   }
+  // The checks across options: each part's own (SCAFFOLD's optimiser), then whether the parts
+  // these options turn on compose (strategies/fedavg/pipeline.h).
   void validate() const;
+  const LocalTrainingOptions& local() const { return *this; }
+  LocalTrainingOptions& local() { return *this; }
   RoundConfig round_config() const;
 };
 
-// fedavg.fit: what one worker trains with in one round. Defaults live here only.
+// fedavg.fit: what one worker trains with in one round, besides the parts' fields (part.h).
 struct FitIns {
   uint32_t round = 0;
   NamedTensors weights;  // the global model (shared with the coordinator's, not copied)
-  int64_t local_epochs = 1;
-  int64_t local_steps = 0;
-  int64_t batch_size = 32;
-  OptimizerOptions optim;
-  double proximal_mu = 0;  // FedProx's mu; 0: plain local training
-  bool scaffold = false;
-  NamedTensors control;    // SCAFFOLD: the server's control variate c, one per parameter
-  bool local_bn = false;   // FedBN: keep this worker's batch norm tensors from its last round
-  // dp=client: clip the update to dp_clip and add N(0, dp_noise_std^2) per coordinate, noise drawn
-  // with dp_seed (0: from the operating system). dp_clip 0: no DP on the worker.
-  double dp_clip = 0, dp_noise_std = 0;
-  uint64_t dp_seed = 0;
+  LocalTrainingOptions train;
   uint64_t seed = 1;  // the worker's local shuffling
-  Attack attack = Attack::kNone;  // tests only: how to corrupt the result (FedAvgTesting)
-  double attack_scale = 0;
-  SecAggIns secagg;  // secure aggregation: after training, the protocol instead of fit_result
-  // A simulated fleet on the wall clock (core/fleet.h): after training, sleep sleep_factor times
-  // the training time plus net_s.
-  double sleep_factor = 0, net_s = 0;
 
   Message encode() const;
-  // Refuses a message of another kind or one lacking a field, naming it.
+  // Refuses a message of another kind or one lacking a field, naming it. The parts' tensors
+  // ("PART/NAME") are left out of `weights`; their stages read them from the message.
   static FitIns decode(const Message& m);
 };
 
@@ -188,25 +166,24 @@ struct FitIns {
 struct FitRes {
   uint32_t round = 0;
   NamedTensors weights;
-  NamedTensors delta_control;  // SCAFFOLD: c_i+ - c_i, one per parameter (empty otherwise)
+  NamedTensors side;         // the parts' tensors ("PART/NAME"), each taken by its stage
   int64_t num_examples = 0;  // the weight of this result in the average
   double train_loss = 0;     // mean loss over the local steps
   int64_t steps = 0;
   double load_s = 0, train_s = 0, fit_s = 0;  // where the worker's time went
-  int64_t dp_unclipped = -1;  // dp=client: 1 if the update was within the clip norm, else 0
+  std::map<std::string, double> extra;  // the parts' figures (e.g. dp_unclipped)
 
   template <class F>
   void metrics(F&& f) {
     f("num_examples", num_examples, Field::kRequired);
     f("train_loss", train_loss, Field::kRequired);
-    f("dp_unclipped", dp_unclipped);
     f("steps", steps);
     f("load_s", load_s);
     f("train_s", train_s);
     f("fit_s", fit_s);
   }
   Message encode() const;
-  // Refuses another kind, another round, a missing or negative num_examples or a missing
+  // Refuses another kind, another round, a missing or non-positive num_examples or a missing
   // train_loss, naming the worker and the field.
   static FitRes decode(Message&& m, uint32_t round, const std::string& worker);
 };
@@ -237,22 +214,28 @@ class FedAvgCoordinator : public RoundStrategy {
  public:
   FedAvgCoordinator(const Job& job, FedAvgOptions options);
 
+  // Checks that the parts compose (each refusal names both parts) and starts them; before the
+  // first round. The registry calls it as the strategy is made, so a refusal ends the job before
+  // any worker is asked; run() calls it too, for coordinators made directly. Idempotent.
+  void assemble();
+
  protected:
-  // --- Override points for aggregation variants.
-  // The instruction for one worker (default: the global model and the options' local settings).
+  // --- What a variant changes, in its constructor (before assemble()).
+  // The round's rule instead of the options' (the weighted mean, or a robust rule).
+  void set_rule(std::unique_ptr<Rule> rule) { pipeline_.set_rule(std::move(rule)); }
+  // The server's step instead of the options' server optimiser.
+  void set_server_step(std::unique_ptr<ServerStep> step) { pipeline_.set_server_step(std::move(step)); }
+  // One more part, after the built-in ones.
+  void add_stage(std::unique_ptr<Stage> stage) { pipeline_.add_stage(std::move(stage)); }
+
+  // --- Override points.
+  // The instruction for one worker (default: the global model and the options' local settings);
+  // the parts then add their fields.
   virtual FitIns configure(uint32_t round, const WorkerInfo& worker);
-  // Takes one checked result (layout and finiteness already verified) as it arrives. Default:
-  // adds it to the running example-weighted sum, so memory stays O(model). Throwing rejects it.
-  virtual void accumulate(const WorkerInfo& worker, FitRes&& result);
-  // The round's aggregate of the accepted results (default: the weighted mean). Called once per
-  // round with at least min_results accepted.
-  virtual NamedTensors aggregate(uint32_t round);
-  // Turns the aggregate into the next global model (default: the server optimiser chosen by
-  // server_opt steps on the pseudo-gradient global() - aggregate; with none, the aggregate is
-  // the next global model).
+  // Turns the aggregate into the next global model (default: the ServerStep, then set_global).
+  // An override that does not call this one must not leave a server optimiser unused: the round
+  // fails saying so.
   virtual void server_update(uint32_t round, NamedTensors aggregate);
-  // Figures every round's line carries, failed rounds included (default: the privacy spent).
-  Metrics standing_metrics(uint32_t round) override;
   // Extra metrics for the round's line (default: none).
   virtual Metrics round_metrics(uint32_t round) {
     (void)round;
@@ -265,80 +248,51 @@ class FedAvgCoordinator : public RoundStrategy {
   const Job& job() const { return job_; }
 
   // RoundStrategy's hooks, written once here.
+  void initialize(RunContext& ctx) override;
   RoundConfig round_config() const override { return options_.round_config(); }
+  std::vector<WorkerId> select_workers(uint32_t round, Cohort& cohort, const RunContext& ctx) override;
   Message configure_fit(uint32_t round, const WorkerInfo& worker) override;
-  // Under secagg the round is secure aggregation's exchange (strategies/fedavg/secagg.h).
   std::vector<Failure> run_fit(uint32_t round, Cohort& cohort, std::vector<Instruction> instructions,
                                Deadline deadline, size_t& accepted) override;
   void accumulate_fit(uint32_t round, const WorkerInfo& worker, Message&& result) override;
   Metrics aggregate_fit(uint32_t round, const std::vector<Failure>& failures) override;
+  Metrics standing_metrics(uint32_t round) override;
   Metrics evaluate(uint32_t round, RunContext& ctx) override;
   // Federated evaluation (fed_eval_every): a sample of workers evaluates the global model on its
   // held-out data; the figures are example-weighted (fed_eval_* in metrics.jsonl).
   Metrics evaluate_federated(uint32_t round, uint32_t total, Cohort& cohort, RunContext& ctx) override;
-  std::vector<WorkerId> select_workers(uint32_t round, Cohort& cohort, const RunContext& ctx) override;
   bool resumable() const override { return true; }
-  // The global model, then the server optimiser's state ("server_opt/..." names) and SCAFFOLD's
-  // control variate ("scaffold/c/...").
+  // The global model, then the parts' state, each under its own prefix ("server_opt/...",
+  // "scaffold/c/...", "dp/...", "fleet/...").
   NamedTensors checkpoint_state() const override;
   void restore(NamedTensors state) override;
   // The global model as OUT/model.bin (and OUT/model.pt for a TorchScript model).
   void finished(RunContext& ctx) override;
 
  private:
-  void check_control(const WorkerInfo& worker, const NamedTensors& delta) const;  // SCAFFOLD
-  void add_control(const NamedTensors& delta);
-  NamedTensors dp_aggregate();  // DP-FedAvg's noised mean (options_.privacy())
-  NamedTensors secagg_aggregate();  // global + the securely summed updates / their weight
-  std::vector<Failure> run_secagg(uint32_t round, Cohort& cohort, std::vector<Instruction> instructions,
-                                  Deadline deadline, size_t& accepted);
+  // What a round took, for its line.
+  struct Tally {
+    double loss_sum = 0, weight_sum = 0;
+    int64_t examples = 0;
+    double accumulate_s = 0, worker_load_s = 0, worker_train_s = 0;
+    double fit_cpu_s = 0;  // the coordinator thread's CPU time in the round's fit exchange
+    void take(int64_t num_examples, double loss, double load_s, double train_s);
+  };
+  Metrics updated_round(uint32_t round, const Tally& tally);
 
   Job job_;
   FedAvgOptions options_;
-  torch::nn::Sequential model_{nullptr};
+  torch::nn::Sequential model_{nullptr};  // evaluates and saves global_
   NamedTensors global_;
-  uint64_t model_bytes_ = 0;  // the global model's bytes (its layout never changes)
-  ServerOptimizer server_;
-  std::vector<NamedTensors> held_;  // a robust aggregate's updates this round
-  WeightedAverage average_;
-  // SCAFFOLD: the server's control variate c (per parameter), this round's sum of the workers'
-  // delta c, and how many workers were connected when the round began (N in c += sum / N).
-  NamedTensors control_;
-  NamedTensors control_delta_sum_;
-  size_t connected_ = 0, sampled_ = 0;
-  std::string refusal_;  // why this round asked nobody (the hold budget), if it did not
-  // Differential privacy (options_.privacy()): the clipped sum, the current clip norm C, the
-  // updates within C this round, the accountant and the noise's generator.
-  DpMean dp_mean_;
-  double dp_clip_ = 0;
-  double dp_unclipped_ = 0;
-  double dp_last_unclipped_fraction_ = -1;
-  RdpAccountant accountant_;
-  at::Generator dp_gen_;
-  // Secure aggregation: this round's result (sum of weighted updates, figures, dropouts).
-  std::optional<SecAggRound::Result> secagg_;
-  size_t accepted_ = 0;
-  double loss_sum_ = 0, weight_sum_ = 0;
-  int64_t examples_ = 0;
-  // Where a round's time goes, reported in metrics.jsonl.
-  double accumulate_s_ = 0, worker_load_s_ = 0, worker_train_s_ = 0;
-  double fit_cpu_s_ = 0;  // the coordinator thread's CPU time in the round's fit exchange
-  // A simulated fleet (options_.fleet()): the fleet's clock when the round began and at the last
-  // round's end (virtual: simulated seconds; wall: since the first round), the longest accepted
-  // update this round, the device seconds spent so far, and this round's late, lost and offline.
-  std::shared_ptr<Fleet> fleet_;
-  double fleet_now_ = 0, round_start_ = 0, round_span_ = 0, device_s_ = 0;
-  std::map<std::string, double> round_device_;  // this round's device seconds by worker
-  int64_t fleet_late_ = 0, fleet_lost_ = 0, fleet_offline_ = 0;
-  std::chrono::steady_clock::time_point fleet_wall_start_;
-  bool fleet_started_ = false;
-  bool fleet_on() const;  // a fleet or a round deadline
-  double fleet_time() const;
-  void fleet_result(const WorkerInfo& worker, int64_t steps);  // throws for a late or lost update
+  Pipeline pipeline_;
+  Round round_;
+  Tally tally_;
+  bool stepped_ = false;  // server_update reached the ServerStep this round
 };
 
-// FedAvg's worker half: loads the global model, trains it locally as FitIns says, returns it.
-// Reads nothing from the job's options, so every FedAvg variant reuses it as it is.
+// FedAvg's worker half: loads the global model, trains it locally as the fedavg.fit says, with
+// every part's worker stage around the training, and returns it. Reads nothing from the job's
+// options, so every FedAvg variant reuses it as it is.
 class FedAvgWorker : public WorkerStrategy {
  public:
   explicit FedAvgWorker(const Job& job);
@@ -353,26 +307,32 @@ class FedAvgWorker : public WorkerStrategy {
     (void)held_out;
     return {};
   }
+  // A variant's own worker stage, after the built-in ones.
+  void add_stage(std::unique_ptr<WorkerStage> stage) { stages_.push_back(std::move(stage)); }
 
  private:
   Message fit(const Message& request, WorkerContext& ctx, WorkerLink& link);
   Message evaluate(const Message& request, WorkerContext& ctx);
-  void attack(const FitIns& ins, NamedTensors& weights) const;
-  void keep_local_batchnorm();
 
   Job job_;
   torch::nn::Sequential model_{nullptr};
-  NamedTensors control_;  // SCAFFOLD: this worker's c_i, kept across rounds (zero at first)
-  NamedTensors bn_;                    // FedBN: the model's batch norm tensors (its own storage)
-  std::vector<at::Tensor> local_bn_;  // FedBN: copies of them after this worker's last round
+  std::vector<std::unique_ptr<WorkerStage>> stages_;
 };
 
 StrategyInfo fedavg_strategy();
 
-// A FedAvg variant as a strategy: Coordinator(job, options), FedAvg's worker (or Worker).
+// A FedAvg variant as a strategy: Coordinator(job, options), FedAvg's worker (or Worker). The
+// coordinator is assembled as it is made, so a variant whose parts do not compose is refused
+// before the job starts.
 template <class Coordinator, class Options = FedAvgOptions, class Worker = FedAvgWorker>
 StrategyInfo variant(std::string name, std::string description) {
-  return make_strategy<Coordinator, Worker, Options>(std::move(name), std::move(description));
+  StrategyInfo info = make_strategy<Coordinator, Worker, Options>(std::move(name), std::move(description));
+  info.make_coordinator = [make = std::move(info.make_coordinator)](const Job& job) {
+    std::unique_ptr<CoordinatorStrategy> c = make(job);
+    static_cast<FedAvgCoordinator&>(*c).assemble();
+    return c;
+  };
+  return info;
 }
 
 }  // namespace fedra::fedavg

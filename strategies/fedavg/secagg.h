@@ -33,16 +33,9 @@
 #include "core/kit/options.h"
 #include "core/kit/strategy.h"
 #include "core/loops/cohort.h"
+#include "strategies/fedavg/secagg_messages.h"
 
 namespace fedra::fedavg {
-
-inline constexpr const char* kSecAggKeys = "secagg.keys";
-inline constexpr const char* kSecAggRoster = "secagg.roster";
-inline constexpr const char* kSecAggShares = "secagg.shares";
-inline constexpr const char* kSecAggInbox = "secagg.inbox";
-inline constexpr const char* kSecAggMasked = "secagg.masked";
-inline constexpr const char* kSecAggUnmask = "secagg.unmask";
-inline constexpr const char* kSecAggReveal = "secagg.reveal";
 
 struct SecAggOptions {
   FEDRA_ARG(bool, secagg) = false;

@@ -18,6 +18,7 @@
 #include "core/training/optimizer.h"
 #include "core/training/training.h"
 #include "strategies/gradsum/internal.h"
+#include "strategies/gradsum/messages.h"
 #include "strategies/run_message.h"
 
 namespace fedra::gradsum {
@@ -149,17 +150,17 @@ class GradSumCoordinator : public SteppedStrategy {
     ex.deadline = [&] { return r.last_progress + step_timeout; };
     ex.on_part = [&](const WorkerInfo& w, Message&& m) { on_part(cohort, r, w, std::move(m)); };
     ex.on_reply = [&](const WorkerInfo& w, Message&& m) {
-      m.expect_kind(kDone, w.name);
-      if (!m.tensors.empty()) {
+      const RoundDone done = RoundDone::decode(std::move(m), w.name);
+      if (!done.buffers.empty()) {
         try {
-          check_layout(buffers_, m.tensors);
-          buffers.add(m.tensors, 1.0);
+          check_layout(buffers_, done.buffers);
+          buffers.add(done.buffers, 1.0);
         } catch (const Error& e) {
           FEDRA_FAIL("worker {}'s buffers at the end of round {}: {}", w.name, round, e.what());
         }
       }
-      r.worker_compute_ms = std::max(r.worker_compute_ms, m.metric_or("compute_ms", 0));
-      r.worker_wait_ms = std::max(r.worker_wait_ms, m.metric_or("wait_ms", 0));
+      r.worker_compute_ms = std::max(r.worker_compute_ms, done.compute_ms);
+      r.worker_wait_ms = std::max(r.worker_wait_ms, done.wait_ms);
       ++r.done;
       r.last_progress = Clock::now();
     };
@@ -208,45 +209,40 @@ class GradSumCoordinator : public SteppedStrategy {
     if (!r.active[rank]) return;
     r.last_progress = Clock::now();
     if (m.kind == kCheck) {
-      const auto it = r.expected.find(static_cast<int64_t>(m.step));
+      const StepCheck check = StepCheck::decode(m, w.name);
+      const auto it = r.expected.find(static_cast<int64_t>(check.step));
       FEDRA_REQUIRE(it != r.expected.end(), "{} sent a checksum for step {}, which is not a check step",
-                    w.name, m.step);
-      const std::string& got = m.option("checksum");
+                    w.name, check.step);
       const std::string want = std::to_string(it->second);
-      FEDRA_REQUIRE(got == want,
+      FEDRA_REQUIRE(check.checksum == want,
                     "replica {} is out of sync after step {}: its parameter checksum is {}, the "
                     "coordinator's is {} (a replica applied a different update)",
-                    w.name, m.step, got, want);
+                    w.name, check.step, check.checksum, want);
       ++r.checks;
       return;
     }
     FEDRA_REQUIRE(m.kind == kGrad, "unexpected '{}' from {} during a gradsum round", m.kind, w.name);
     FEDRA_REQUIRE(static_cast<int64_t>(m.step) == r.step, "{} sent a gradient for step {} during step {}",
                   w.name, m.step, r.step);
-    const double bucket_value = m.metric("bucket");
-    FEDRA_REQUIRE(bucket_value >= 0 && bucket_value < static_cast<double>(layout_.buckets.size()),
-                  "{} sent bucket {}, the model has {}", w.name, bucket_value, layout_.buckets.size());
-    const auto b = static_cast<size_t>(bucket_value);
+    Bucket grad = Bucket::decode(std::move(m), kGrad, layout_.buckets.size(), w.name);
+    const size_t b = grad.bucket;
     FEDRA_REQUIRE(!r.got[b][rank], "{} sent bucket {} of step {} twice", w.name, b, r.step);
     try {
-      check_layout(bucket_refs_[b], m.tensors);
-      check_finite(m.tensors);
+      check_layout(bucket_refs_[b], grad.pieces);
+      check_finite(grad.pieces);
     } catch (const Error& e) {
       FEDRA_FAIL("rejected gradient from {} (step {}, bucket {}): {}", w.name, r.step, b, e.what());
     }
-    if (m.metrics.count("loss") != 0) {
-      const double n = m.metric("examples");
-      if (n > 0) {
-        r.step_loss += m.metric("loss") * n;
-        r.step_examples += n;
-      }
+    if (grad.loss && grad.loss->second > 0) {
+      r.step_loss += grad.loss->first * grad.loss->second;
+      r.step_examples += grad.loss->second;
     }
     auto& acc = r.acc[b];
     if (r.contributors[b] == 0) {
       // The first copy to arrive becomes the sum, in its own receive buffer: no copy.
-      for (auto& [name, t] : m.tensors) acc.push_back(t);
+      for (auto& [name, t] : grad.pieces) acc.push_back(t);
     } else {
-      for (size_t j = 0; j < acc.size(); ++j) acc[j].add_(m.tensors[j].second);
+      for (size_t j = 0; j < acc.size(); ++j) acc[j].add_(grad.pieces[j].second);
     }
     r.got[b][rank] = 1;
     ++r.contributors[b];
@@ -264,18 +260,19 @@ class GradSumCoordinator : public SteppedStrategy {
     }
     const auto& bucket = layout_.buckets[b];
     if (r.buckets_done == 0) optimizer_->begin_step();
-    Message up(kUpdate);
+    Bucket up;
     up.step = static_cast<uint64_t>(r.step);
-    up.metrics["bucket"] = static_cast<double>(b);
+    up.bucket = b;
     const bool send_params = o_.sync() == Sync::kParams;
     if (send_params) {
       for (size_t j = 0; j < bucket.size(); ++j) optimizer_->update(bucket[j].param, bucket[j].offset, acc[j]);
     }
     for (size_t j = 0; j < bucket.size(); ++j) {
-      up.tensors.emplace_back(bucket_refs_[b][j].first, send_params ? layout_.slice(bucket[j]) : acc[j]);
+      up.pieces.emplace_back(bucket_refs_[b][j].first, send_params ? layout_.slice(bucket[j]) : acc[j]);
     }
+    const Message update = up.encode(kUpdate);
     for (size_t k = 0; k < r.ids.size(); ++k) {
-      if (r.active[k]) cohort.post(r.ids[k], up);
+      if (r.active[k]) cohort.post(r.ids[k], update);
     }
     if (!send_params) {  // the replicas step; so does the coordinator's copy, off their path
       for (size_t j = 0; j < bucket.size(); ++j) optimizer_->update(bucket[j].param, bucket[j].offset, acc[j]);

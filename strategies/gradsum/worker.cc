@@ -14,6 +14,7 @@
 #include "core/training/optimizer.h"
 #include "core/training/training.h"
 #include "strategies/gradsum/internal.h"
+#include "strategies/gradsum/messages.h"
 #include "strategies/run_message.h"
 
 namespace fedra::gradsum {
@@ -81,12 +82,13 @@ class GradSumWorker : public WorkerStrategy {
       wait_s += Seconds(t2 - t1).count();
       end_step(s, *link_);
     }
-    Message done(kDone, request.round);
-    for (const auto& b : model_->named_buffers()) done.tensors.emplace_back(b.key(), b.value());  // averaged upstream
-    done.metrics["compute_ms"] = count > 0 ? 1000 * compute_s / static_cast<double>(count) : 0;
-    done.metrics["wait_ms"] = count > 0 ? 1000 * wait_s / static_cast<double>(count) : 0;
-    done.metrics["steps"] = static_cast<double>(count);
-    return done;
+    RoundDone done;
+    done.round = request.round;
+    for (const auto& b : model_->named_buffers()) done.buffers.emplace_back(b.key(), b.value());  // averaged upstream
+    done.compute_ms = count > 0 ? 1000 * compute_s / static_cast<double>(count) : 0;
+    done.wait_ms = count > 0 ? 1000 * wait_s / static_cast<double>(count) : 0;
+    done.steps = static_cast<double>(count);
+    return done.encode();
   }
 
  private:
@@ -134,27 +136,26 @@ class GradSumWorker : public WorkerStrategy {
       throw;
     }
     allreduce_ = nullptr;
-    Message done(kDone, request.round);
-    for (const auto& b : model_->named_buffers()) done.tensors.emplace_back(b.key(), b.value());
+    RoundDone done;
+    done.round = request.round;
+    for (const auto& b : model_->named_buffers()) done.buffers.emplace_back(b.key(), b.value());
     if (rank_ == 0) {  // the replicas are identical: one brings the model and optimiser home
-      NamedTensors params;
-      for (size_t i = 0; i < layout_.params.size(); ++i) params.emplace_back(layout_.names[i], layout_.params[i]);
-      append_prefixed(done.tensors, "param/", params);
-      append_prefixed(done.tensors, "opt/", optimizer_->state());
+      for (size_t i = 0; i < layout_.params.size(); ++i) done.params.emplace_back(layout_.names[i], layout_.params[i]);
+      done.opt_state = optimizer_->state();
     }
     const double n = static_cast<double>(run.steps);
-    done.options["checksum"] = std::to_string(checksum(layout_.params));
-    done.metrics["compute_ms"] = run.steps > 0 ? 1000 * compute_s / n : 0;
-    done.metrics["wait_ms"] = run.steps > 0 ? 1000 * wait_s / n : 0;
-    done.metrics["exchange_ms"] = run.steps > 0 ? 1000 * exchange_s / n : 0;
-    done.metrics["steps"] = n;
-    done.metrics["loss_sum"] = loss_sum;
-    done.metrics["loss_examples"] = static_cast<double>(examples);
-    done.metrics["first_loss"] = first_loss;
-    done.metrics["ring_bytes_sent"] = static_cast<double>(ring_->bytes_sent());
-    done.metrics["ring_bytes_received"] = static_cast<double>(ring_->bytes_received());
+    done.checksum = std::to_string(checksum(layout_.params));
+    done.compute_ms = run.steps > 0 ? 1000 * compute_s / n : 0;
+    done.wait_ms = run.steps > 0 ? 1000 * wait_s / n : 0;
+    done.exchange_ms = run.steps > 0 ? 1000 * exchange_s / n : 0;
+    done.steps = n;
+    done.loss_sum = loss_sum;
+    done.loss_examples = static_cast<double>(examples);
+    done.first_loss = first_loss;
+    done.ring_bytes_sent = static_cast<double>(ring_->bytes_sent());
+    done.ring_bytes_received = static_cast<double>(ring_->bytes_received());
     ring_.reset();  // its links close when the next ring forms
-    return done;
+    return done.encode();
   }
 
   // The reduced gradient, bucket by bucket, into every replica's identical optimiser.
@@ -238,19 +239,16 @@ class GradSumWorker : public WorkerStrategy {
 
   void send_bucket(size_t b) {
     if (allreduce_ != nullptr) return start_ring_bucket(b);
-    Message m(kGrad);
-    m.step = static_cast<uint64_t>(step_);
-    m.metrics["bucket"] = static_cast<double>(b);
-    if (!first_sent_) {
-      m.metrics["loss"] = examples_ > 0 ? loss_ : 0.0;
-      m.metrics["examples"] = static_cast<double>(examples_);
-    }
+    Bucket grad;
+    grad.step = static_cast<uint64_t>(step_);
+    grad.bucket = b;
+    if (!first_sent_) grad.loss = std::make_pair(examples_ > 0 ? loss_ : 0.0, static_cast<double>(examples_));
     const auto& bucket = layout_.buckets[b];
     for (size_t j = 0; j < bucket.size(); ++j) {
-      m.tensors.emplace_back(piece_names_[b][j],
-                             pending_[bucket[j].param].view({-1}).narrow(0, bucket[j].offset, bucket[j].count));
+      grad.pieces.emplace_back(piece_names_[b][j],
+                               pending_[bucket[j].param].view({-1}).narrow(0, bucket[j].offset, bucket[j].count));
     }
-    link_->send(m);
+    link_->send(grad.encode(kGrad));
     if (!first_sent_ && inject_.what == "exit" && inject_.step == step_ && injected()) {
       spdlog::warn("inject exit:{}: this worker dies mid-step", step_);
       std::_Exit(3);
@@ -267,10 +265,7 @@ class GradSumWorker : public WorkerStrategy {
       layout_.params[0].add_(1e-3);
     }
     if (o_.check_every() <= 0 || (s + 1) % o_.check_every() != 0) return false;
-    Message check(kCheck);
-    check.step = static_cast<uint64_t>(s);
-    check.options["checksum"] = std::to_string(checksum(layout_.params));
-    link.send(check);
+    link.send(StepCheck{static_cast<uint64_t>(s), std::to_string(checksum(layout_.params))}.encode());
     return true;
   }
 
@@ -305,20 +300,19 @@ class GradSumWorker : public WorkerStrategy {
       Message m = link_->receive(timeout);
       FEDRA_REQUIRE(m.kind == kUpdate && static_cast<int64_t>(m.step) == step,
                     "expected '{}' for step {}, got '{}' for step {}", kUpdate, step, m.kind, m.step);
-      const double bv = m.metric("bucket");
-      FEDRA_REQUIRE(bv >= 0 && bv < static_cast<double>(layout_.buckets.size()) && !seen[static_cast<size_t>(bv)],
-                    "bad bucket {} in an update", bv);
-      const auto b = static_cast<size_t>(bv);
+      const Bucket up = Bucket::decode(std::move(m), kUpdate, layout_.buckets.size(), "the coordinator");
+      const size_t b = up.bucket;
+      FEDRA_REQUIRE(!seen[b], "bad bucket {} in an update: it came twice", b);
       seen[b] = 1;
       const auto& bucket = layout_.buckets[b];
-      FEDRA_REQUIRE(m.tensors.size() == bucket.size(), "update bucket {} has {} tensors, expected {}", b,
-                    m.tensors.size(), bucket.size());
+      FEDRA_REQUIRE(up.pieces.size() == bucket.size(), "update bucket {} has {} tensors, expected {}", b,
+                    up.pieces.size(), bucket.size());
       for (size_t j = 0; j < bucket.size(); ++j) {
         const Piece& p = bucket[j];
-        const at::Tensor& t = m.tensors[j].second;
-        FEDRA_REQUIRE(m.tensors[j].first == piece_names_[b][j] && t.dim() == 1 && t.numel() == p.count &&
+        const at::Tensor& t = up.pieces[j].second;
+        FEDRA_REQUIRE(up.pieces[j].first == piece_names_[b][j] && t.dim() == 1 && t.numel() == p.count &&
                           t.scalar_type() == layout_.params[p.param].scalar_type(),
-                      "update tensor '{}' {} does not match '{}' {}", m.tensors[j].first,
+                      "update tensor '{}' {} does not match '{}' {}", up.pieces[j].first,
                       describe_tensor(t), piece_names_[b][j], describe_tensor(layout_.slice(p)));
         if (optimizer_) optimizer_->update(p.param, p.offset, t);
         else layout_.slice(p).copy_(t);

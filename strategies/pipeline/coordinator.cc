@@ -79,8 +79,9 @@ class PipelineCoordinator : public ModelParallelCoordinator {
                     "{}..{}", w.name, s, m.kind, step, first, end - 1);
       if (m.kind == kAct) {
         FEDRA_REQUIRE(s + 1 < n, "{} is the last stage and sent activations", w.name);
-        const at::Tensor& act = m.tensor("act");
-        const at::Tensor& target = m.tensor("target");
+        const StageTensor in = StageTensor::decode(m, kAct);
+        const at::Tensor& act = in.t;
+        const at::Tensor& target = in.target;
         check_cut(s, act, w, "activations", step);
         FEDRA_REQUIRE(target.dim() >= 1 && target.size(0) == act.size(0), "{} sent {} activations with {} targets",
                       w.name, describe_tensor(act), describe_tensor(target));
@@ -89,7 +90,7 @@ class PipelineCoordinator : public ModelParallelCoordinator {
       } else {
         FEDRA_REQUIRE(m.kind == kGrad, "unexpected '{}' from {} during a pipeline round", m.kind, w.name);
         FEDRA_REQUIRE(s > 0, "{} is stage 0 and sent a gradient", w.name);
-        const at::Tensor& g = m.tensor("grad");
+        const at::Tensor g = StageTensor::decode(m, kGrad).t;
         check_cut(s - 1, g, w, "gradient", step);
         check_finite(m.tensors);
         cohort.post(ranked[s - 1].id, m);

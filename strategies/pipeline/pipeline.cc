@@ -117,6 +117,21 @@ std::vector<torch::nn::Sequential> cut_stages(const torch::nn::Sequential& full,
   return out;
 }
 
+Message StageTensor::encode(const char* kind) const {
+  Message m(kind);
+  m.step = step;
+  const bool act = std::string(kind) == kAct;
+  m.tensors.emplace_back(act ? "act" : "grad", t);
+  if (act) m.tensors.emplace_back("target", target);
+  return m;
+}
+
+StageTensor StageTensor::decode(const Message& m, const char* kind) {
+  m.expect_kind(kind, m.sender.empty() ? std::string("a stage") : m.sender);
+  const bool act = std::string(kind) == kAct;
+  return {m.step, m.tensor(act ? "act" : "grad"), act ? m.tensor("target") : at::Tensor()};
+}
+
 StrategyInfo pipeline_strategy() {
   return make_strategy<PipelineOptions>("pipeline", "Pipeline parallelism: stages on workers, micro-batches in flight, 1F1B",
                                         &new_coordinator, &new_worker);

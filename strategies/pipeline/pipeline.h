@@ -104,6 +104,17 @@ struct PipelineOptions : SteppedOptions {
   int64_t effective_in_flight() const { return in_flight_ > 0 ? in_flight_ : stages_; }
 };
 
+// pipeline.act (a stage's output for a micro-batch, with its targets, to the next stage) and
+// pipeline.grad (the gradient at that output, back to the stage before).
+struct StageTensor {
+  uint64_t step = 0;  // the micro-batch
+  at::Tensor t;       // "act" or "grad"
+  at::Tensor target;  // pipeline.act only
+  Message encode(const char* kind) const;
+  // Refuses another kind or a missing tensor.
+  static StageTensor decode(const Message& m, const char* kind);
+};
+
 StrategyInfo pipeline_strategy();
 
 // The network's layers in `stages` consecutive Sequentials sharing `full`'s modules (parameter

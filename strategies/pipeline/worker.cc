@@ -126,10 +126,8 @@ class PipelineWorker : public ModelParallelWorker {
         wait_s_);
   }
 
-  void send(const char* kind, int64_t step, NamedTensors tensors) {
-    Message m(kind);
-    m.step = static_cast<uint64_t>(step);
-    m.tensors = std::move(tensors);
+  void send(const char* kind, int64_t step, at::Tensor t, at::Tensor target = {}) {
+    Message m = StageTensor{static_cast<uint64_t>(step), std::move(t), std::move(target)}.encode(kind);
     if (!linked()) {
       link_->send(m);
     } else if (m.kind == kAct) {
@@ -150,7 +148,7 @@ class PipelineWorker : public ModelParallelWorker {
       if (cut_shape_.empty()) cut_shape_ = shape;
       FEDRA_REQUIRE(shape == cut_shape_, "{} sent {} {} for micro-batch {}; the cut after stage {} carries [batch, {}]",
                     m.sender, what, describe_tensor(t), step, stage_ - 1, fmt::join(cut_shape_, ", "));
-      const at::Tensor& target = m.tensor("target");
+      const at::Tensor& target = StageTensor::decode(m, kAct).target;
       FEDRA_REQUIRE(target.dim() >= 1 && target.size(0) == t.size(0), "{} sent {} activations with {} targets",
                     m.sender, describe_tensor(t), describe_tensor(target));
     }
@@ -189,15 +187,16 @@ class PipelineWorker : public ModelParallelWorker {
       target = y.contiguous();
     } else {
       Message m = await(kAct, step);
-      input = m.tensor("act");
+      const StageTensor act = StageTensor::decode(m, kAct);
+      input = act.t;
       check_received(m, input, "activations", step);
-      target = m.tensor("target");
+      target = act.target;
     }
     if (last_) {  // forward, loss and backward back to back
       at::Tensor in = stage_ > 0 ? input.detach().requires_grad_() : input;
       at::Tensor loss = compute_loss(run_stage(in, step), target, job_.loss);
       loss.backward();
-      if (stage_ > 0) send(kGrad, step, {{"grad", in.grad()}});
+      if (stage_ > 0) send(kGrad, step, in.grad());
       apply_gradients();
       const int64_t rows = input.size(0);
       losses_[step - first_] = rows > 0 ? loss.item<double>() : 0.0;
@@ -218,13 +217,13 @@ class PipelineWorker : public ModelParallelWorker {
       spdlog::warn("inject_bad_shape: sending micro-batch {}'s activations one column short", step);
       out = out.narrow(1, 0, out.size(1) - 1);
     }
-    send(kAct, step, {{"act", out.contiguous()}, {"target", target}});
+    send(kAct, step, out.contiguous(), target);
     saved_.emplace(step, std::move(saved));
   }
 
   void backward(int64_t step) {
     Message m = await(kGrad, step);
-    const at::Tensor& grad = m.tensor("grad");
+    const at::Tensor grad = StageTensor::decode(m, kGrad).t;
     check_received(m, grad, "gradient", step);
     auto it = saved_.find(step);
     FEDRA_ASSERT(it != saved_.end(), "stage {} has no forward of micro-batch {}", stage_, step);
@@ -254,7 +253,7 @@ class PipelineWorker : public ModelParallelWorker {
       for (size_t i = 0; i < buffers.size(); ++i) buffers[i].copy_(statistics[i]);
     }
     if (o_.stash()) restore(live);
-    if (stage_ > 0) send(kGrad, step, {{"grad", in.grad()}});
+    if (stage_ > 0) send(kGrad, step, in.grad());
     apply_gradients();
   }
 

@@ -136,7 +136,8 @@ class SplitCoordinator : public SteppedStrategy {
     double worker_compute_ms = 0, worker_wait_ms = 0, rtt_ms = 0;
   };
 
-  std::vector<Failure> run_exchange(Cohort& cohort, uint32_t round, const std::vector<WorkerInfo>& workers) {
+  // Each worker's turn: its steps of this round, the relayed weights, its optimisers' record.
+  std::vector<Instruction> turns(Cohort& cohort, uint32_t round, const std::vector<WorkerInfo>& workers) {
     turns_.clear();
     std::vector<Instruction> instructions;
     const WorkerId last = last_worker_id(cohort);
@@ -165,6 +166,40 @@ class SplitCoordinator : public SteppedStrategy {
       instructions.push_back({w.id, turn.encode()});
       turns_[w.id] = std::move(t);
     }
+    return instructions;
+  }
+
+  // A worker's turn ended: its client-side weights, relayed to the next (sequential) or averaged.
+  void on_done(const WorkerInfo& w, Message&& m, WeightedAverage& average) {
+    last_progress_ = Clock::now();
+    Turn& t = turns_.at(w.id);
+    TurnDone done = TurnDone::decode(std::move(m), w.name);
+    if (want_state_) {
+      worker_opt_[w.name] = std::move(done.opt_state);
+      opt_holder_[w.name] = w.id;
+    }
+    FEDRA_REQUIRE(t.next_act == t.first + t.count && t.pending.empty(),
+                  "{} ended its turn after {} of {} steps", w.name, t.next_act - t.first, t.count);
+    try {
+      check_layout(relay_, done.weights);
+      check_finite(done.weights);
+    } catch (const Error& e) {
+      FEDRA_FAIL("rejected client-side weights from {}: {}", w.name, e.what());
+    }
+    stats_.worker_compute_ms = std::max(stats_.worker_compute_ms, done.compute_ms);
+    stats_.worker_wait_ms = std::max(stats_.worker_wait_ms, done.wait_ms);
+    stats_.rtt_ms = std::max(stats_.rtt_ms, done.rtt_ms);
+    stats_.worker_recomputes += done.recomputes;
+    ++stats_.ok;
+    if (o_.schedule() == Schedule::kSequential) {
+      relay_ = std::move(done.weights);  // the next worker starts from these
+    } else {
+      average.add(done.weights, static_cast<double>(std::max<int64_t>(1, done.examples)));
+    }
+  }
+
+  std::vector<Failure> run_exchange(Cohort& cohort, uint32_t round, const std::vector<WorkerInfo>& workers) {
+    std::vector<Instruction> instructions = turns(cohort, round, workers);
     WeightedAverage average;
     const auto step_timeout = o_.step_timeout_ms();
     last_progress_ = Clock::now();
@@ -183,33 +218,7 @@ class SplitCoordinator : public SteppedStrategy {
         FEDRA_FAIL("unexpected '{}' from {} during a split turn", m.kind, w.name);
       }
     };
-    ex.on_reply = [&](const WorkerInfo& w, Message&& m) {
-      last_progress_ = Clock::now();
-      Turn& t = turns_.at(w.id);
-      TurnDone done = TurnDone::decode(std::move(m), w.name);
-      if (want_state_) {
-        worker_opt_[w.name] = std::move(done.opt_state);
-        opt_holder_[w.name] = w.id;
-      }
-      FEDRA_REQUIRE(t.next_act == t.first + t.count && t.pending.empty(),
-                    "{} ended its turn after {} of {} steps", w.name, t.next_act - t.first, t.count);
-      try {
-        check_layout(relay_, done.weights);
-        check_finite(done.weights);
-      } catch (const Error& e) {
-        FEDRA_FAIL("rejected client-side weights from {}: {}", w.name, e.what());
-      }
-      stats_.worker_compute_ms = std::max(stats_.worker_compute_ms, done.compute_ms);
-      stats_.worker_wait_ms = std::max(stats_.worker_wait_ms, done.wait_ms);
-      stats_.rtt_ms = std::max(stats_.rtt_ms, done.rtt_ms);
-      stats_.worker_recomputes += done.recomputes;
-      ++stats_.ok;
-      if (o_.schedule() == Schedule::kSequential) {
-        relay_ = std::move(done.weights);  // the next worker starts from these
-      } else {
-        average.add(done.weights, static_cast<double>(std::max<int64_t>(1, done.examples)));
-      }
-    };
+    ex.on_reply = [&](const WorkerInfo& w, Message&& m) { on_done(w, std::move(m), average); };
     ex.on_failure = [&](const Failure& f) {
       auto it = turns_.find(f.worker);
       if (it == turns_.end() || !it->second.active) return;
@@ -257,8 +266,7 @@ class SplitCoordinator : public SteppedStrategy {
                   m.step, t.next_act, t.first, t.first + t.count - 1);
   }
 
-  at::Tensor checked_activation(const WorkerInfo& w, const Message& m) const {
-    const at::Tensor& act = m.tensor("act");
+  at::Tensor checked_activation(const WorkerInfo& w, const at::Tensor& act) const {
     FEDRA_REQUIRE(act.dim() >= 1 && act.size(0) > 0 && act.scalar_type() == at::kFloat,
                   "activations from {} are {}; expected float32 [batch, ...]", w.name, describe_tensor(act));
     check_finite({{"act", act}});
@@ -267,19 +275,21 @@ class SplitCoordinator : public SteppedStrategy {
 
   void on_act(Cohort& cohort, const WorkerInfo& w, Turn& t, Message&& m) {
     check_step(w, t, m);
-    const at::Tensor act = checked_activation(w, m);
+    const CutMessage in = CutMessage::decode(std::move(m), kAct, w.name);
+    const at::Tensor act = checked_activation(w, in.tensor);
     const auto c0 = Clock::now();
     at::Tensor a = act.detach().requires_grad_(true);
     stats_.cut_bytes += tensor_bytes(act);
-    Message reply(ushaped_ ? kOut : kGrad);
-    reply.step = m.step;
+    CutMessage reply;
+    reply.step = in.step;
     if (o_.exchange_only()) {
       if (!constant_grad_.defined() || constant_grad_.sizes() != act.sizes()) constant_grad_ = at::full_like(act, 1e-6);
       ++stats_.steps;
       stats_.examples += static_cast<double>(act.size(0));
-      reply.tensors.emplace_back("grad", constant_grad_);
+      reply.tensor = constant_grad_;
     } else if (!ushaped_) {
-      const at::Tensor& y = m.tensor("labels");
+      const at::Tensor& y = in.labels;
+      FEDRA_REQUIRE(y.defined(), "activations from {} came without their labels", w.name);
       FEDRA_REQUIRE(y.dim() >= 1 && y.size(0) == act.size(0), "labels from {} are {} for activations {}",
                     w.name, describe_tensor(y), describe_tensor(act));
       at::Tensor loss;
@@ -298,27 +308,28 @@ class SplitCoordinator : public SteppedStrategy {
       stats_.examples += n;
       if (job().loss == "ce") stats_.correct += logits.argmax(1).eq(y).sum().item<double>();
       ++stats_.steps;
-      reply.tensors.emplace_back("grad", a.grad());
+      reply.tensor = a.grad();
     } else {
       at::Tensor out = guarded(fmt::format("activations {} from {} do not fit the middle of '{}'",
                                            describe_tensor(act), w.name, job().model),
                                [&] { return top_.net->forward(a); });
       t.pending[t.next_act] = {a, out, top_.updates()};
-      reply.tensors.emplace_back("out", out.detach());
+      reply.tensor = out.detach();
     }
     stats_.top_s += Seconds(Clock::now() - c0).count();
-    stats_.cut_bytes += tensor_bytes(reply.tensors[0].second);
+    stats_.cut_bytes += tensor_bytes(reply.tensor);
     ++t.next_act;
-    cohort.post(w.id, reply);
+    cohort.post(w.id, reply.encode(ushaped_ ? kOut : kGrad));
   }
 
-  void on_outgrad(Cohort& cohort, const WorkerInfo& w, Turn& t, Message&& m) {
+  void on_outgrad(Cohort& cohort, const WorkerInfo& w, Turn& t, Message&& message) {
+    const CutMessage m = CutMessage::decode(std::move(message), kOutGrad, w.name);
     const auto it = t.pending.find(static_cast<int64_t>(m.step));
     FEDRA_REQUIRE(it != t.pending.end(), "{} sent an output gradient for step {}, which is not pending",
                   w.name, m.step);
     Turn::Pending p = std::move(it->second);
     t.pending.erase(it);
-    const at::Tensor& g = m.tensor("grad");
+    const at::Tensor& g = m.tensor;
     FEDRA_REQUIRE(g.sizes() == p.output.sizes() && g.scalar_type() == p.output.scalar_type(),
                   "output gradient from {} is {}, the output was {}", w.name, describe_tensor(g),
                   describe_tensor(p.output));
@@ -331,16 +342,15 @@ class SplitCoordinator : public SteppedStrategy {
     stats_.recomputes += redone ? 1 : 0;
     top_.step();
     stats_.top_s += Seconds(Clock::now() - c0).count();
-    const double n = m.metric("examples");
-    stats_.loss_sum += m.metric("loss") * n;
-    stats_.examples += n;
-    stats_.correct += m.metric_or("correct", 0);
+    stats_.loss_sum += m.loss * m.examples;
+    stats_.examples += m.examples;
+    stats_.correct += m.correct.value_or(0);
     ++stats_.steps;
-    Message reply(kGrad);
+    CutMessage reply;
     reply.step = m.step;
-    reply.tensors.emplace_back("grad", p.input.grad());
-    stats_.cut_bytes += tensor_bytes(g) + tensor_bytes(p.input.grad());
-    cohort.post(w.id, reply);
+    reply.tensor = p.input.grad();
+    stats_.cut_bytes += tensor_bytes(g) + tensor_bytes(reply.tensor);
+    cohort.post(w.id, reply.encode(kGrad));
   }
 
   Metrics round_metrics(size_t asked, const std::vector<Failure>& failures, double fit_s) const {

@@ -87,6 +87,42 @@ TurnDone TurnDone::decode(Message&& m, const std::string& worker) {
   return d;
 }
 
+namespace {
+// The tensor each kind carries at the cut.
+const char* cut_tensor(const std::string& kind) {
+  return kind == kAct ? "act" : kind == kOut ? "out" : "grad";
+}
+}  // namespace
+
+Message CutMessage::encode(const char* kind) const {
+  Message m(kind);
+  m.step = step;
+  m.tensors.emplace_back(cut_tensor(kind), tensor);
+  if (labels.defined()) m.tensors.emplace_back("labels", labels);
+  if (std::string(kind) == kOutGrad) {
+    m.metrics["loss"] = loss;
+    m.metrics["examples"] = examples;
+    if (correct) m.metrics["correct"] = *correct;
+  }
+  return m;
+}
+
+CutMessage CutMessage::decode(Message&& m, const char* kind, const std::string& who) {
+  m.expect_kind(kind, who);
+  CutMessage c;
+  c.step = m.step;
+  c.tensor = m.tensor(cut_tensor(kind));
+  for (const auto& [name, t] : m.tensors) {
+    if (name == "labels") c.labels = t;
+  }
+  if (std::string(kind) == kOutGrad) {
+    c.loss = m.metric("loss");
+    c.examples = m.metric("examples");
+    if (m.metrics.count("correct") != 0) c.correct = m.metric("correct");
+  }
+  return c;
+}
+
 StrategyInfo split_strategy() {
   return make_strategy<SplitOptions>(
       "split", "Split learning: bottom and raw data on the worker, top on the coordinator, backprop across the cut",

@@ -42,8 +42,9 @@
 
 #include <chrono>
 #include <cstdint>
-#include <vector>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "core/kit/message.h"
 #include "core/kit/option_groups.h"
@@ -167,6 +168,24 @@ struct TurnDone {
   Message encode(uint32_t round) const;
   // Refuses another kind or a missing examples or steps, naming the worker and the field.
   static TurnDone decode(Message&& m, const std::string& worker);
+};
+
+// The messages of a turn's steps, each one tensor at the cut (step = the step):
+//   split.act      worker -> coordinator  the bottom's activations; with the labels unless U-shaped
+//   split.grad     coordinator -> worker  the gradient at the cut
+//   split.out      coordinator -> worker  U-shaped: the middle's output, for the worker's head
+//   split.outgrad  worker -> coordinator  U-shaped: the gradient at the middle's output, and the
+//                                         step's loss, examples and (ce) correct predictions
+struct CutMessage {
+  uint64_t step = 0;
+  at::Tensor tensor;  // act, grad or out
+  at::Tensor labels;  // split.act, unless U-shaped (undefined then)
+  double loss = 0, examples = 0;
+  std::optional<double> correct;  // split.outgrad with the ce loss
+
+  Message encode(const char* kind) const;
+  // Refuses another kind or a missing tensor or figure, naming `who`.
+  static CutMessage decode(Message&& m, const char* kind, const std::string& who);
 };
 
 StrategyInfo split_strategy();

@@ -81,19 +81,19 @@ class SplitWorker : public WorkerStrategy {
         f.act = bottom_.net->forward(f.x);
       }
       f.version = bottom_.updates();
-      Message act(kAct);
+      CutMessage act;
       act.step = static_cast<uint64_t>(s);
       if (last && s == o_.testing().inject_bad_shape()) {
         spdlog::warn("inject_bad_shape={}: sending activations one feature short", s);
-        act.tensors.emplace_back("act", f.act.detach().narrow(1, 0, f.act.size(1) - 1));
+        act.tensor = f.act.detach().narrow(1, 0, f.act.size(1) - 1);
       } else {
-        act.tensors.emplace_back("act", f.act.detach());
+        act.tensor = f.act.detach();
       }
-      if (!ushaped_) act.tensors.emplace_back("labels", f.y);
+      if (!ushaped_) act.labels = f.y;
       examples_ += f.x.size(0);
       compute_s_ += Seconds(Clock::now() - t0).count();
       f.sent = Clock::now();
-      link_->send(act);
+      link_->send(act.encode(kAct));
       if (last && s == o_.testing().inject_exit()) {
         spdlog::warn("inject_exit={}: this worker dies mid-turn", s);
         std::_Exit(3);
@@ -139,7 +139,7 @@ class SplitWorker : public WorkerStrategy {
       const auto w1 = Clock::now();
       wait_s_ += Seconds(w1 - w0).count();
       if (m.kind == kOut && ushaped_) {
-        run_head(m);
+        run_head(CutMessage::decode(std::move(m), kOut, "the coordinator"));
         compute_s_ += Seconds(Clock::now() - w1).count();
         continue;
       }
@@ -150,9 +150,9 @@ class SplitWorker : public WorkerStrategy {
       InFlight f = std::move(inflight_.front());
       inflight_.pop_front();
       rtt_s_ += Seconds(w1 - f.sent).count();
-      const at::Tensor& g = m.tensor("grad");
+      const at::Tensor g = CutMessage::decode(std::move(m), kGrad, "the coordinator").tensor;
       FEDRA_REQUIRE(g.sizes() == f.act.sizes() && g.scalar_type() == f.act.scalar_type(),
-                    "cut gradient for step {} is {}, the activations were {}", m.step, describe_tensor(g),
+                    "cut gradient for step {} is {}, the activations were {}", f.step, describe_tensor(g),
                     describe_tensor(f.act));
       if (o_.exchange_only()) return;
       if (backward_through(bottom_, f.act, f.version, g, graphs_break_, [&] { return bottom_.net->forward(f.x); })) {
@@ -165,12 +165,12 @@ class SplitWorker : public WorkerStrategy {
   }
 
   // U-shaped: the head's forward and backward on the middle's output, with the private labels.
-  void run_head(const Message& m) {
+  void run_head(const CutMessage& m) {
     auto it = std::find_if(inflight_.begin(), inflight_.end(),
                            [&](const InFlight& f) { return f.step == static_cast<int64_t>(m.step); });
     FEDRA_REQUIRE(it != inflight_.end() && !it->head_done, "middle output for step {} was not expected", m.step);
     it->head_done = true;
-    at::Tensor o = m.tensor("out").detach().requires_grad_(true);
+    at::Tensor o = m.tensor.detach().requires_grad_(true);
     at::Tensor logits = guarded(fmt::format("the middle's output {} does not fit the head of '{}'",
                                             describe_tensor(o), job_.model),
                                 [&] { return head_.net->forward(o); });
@@ -178,14 +178,13 @@ class SplitWorker : public WorkerStrategy {
     head_.zero_grad();
     loss.backward();
     head_.step();
-    Message up(kOutGrad);
+    CutMessage up;
     up.step = m.step;
-    up.tensors.emplace_back("grad", o.grad());
-    const auto n = static_cast<double>(it->y.size(0));
-    up.metrics["loss"] = loss.item<double>();
-    up.metrics["examples"] = n;
-    if (job_.loss == "ce") up.metrics["correct"] = logits.argmax(1).eq(it->y).sum().item<double>();
-    link_->send(up);
+    up.tensor = o.grad();
+    up.loss = loss.item<double>();
+    up.examples = static_cast<double>(it->y.size(0));
+    if (job_.loss == "ce") up.correct = logits.argmax(1).eq(it->y).sum().item<double>();
+    link_->send(up.encode(kOutGrad));
   }
 
   Job job_;

@@ -71,18 +71,16 @@ class TensorCoordinator : public ModelParallelCoordinator {
                     w.name, m.kind, step, first, end - 1);
       if (m.kind == kBatch) {
         FEDRA_REQUIRE(r == 0, "{} (rank {}) sent a batch; only rank 0 draws batches", w.name, r);
-        const at::Tensor& x = m.tensor("x");
-        const at::Tensor& y = m.tensor("y");
-        FEDRA_REQUIRE(x.dim() >= 1 && y.dim() >= 1 && x.size(0) == y.size(0),
-                      "{} sent a batch of {} inputs and {} targets", w.name, describe_tensor(x), describe_tensor(y));
+        TensorBatch::decode(m, w.name);  // checked before it is relayed as it came
         check_finite(m.tensors);
         for (size_t k = 1; k < world; ++k) cohort.post(ranked[k].id, m);
         return;
       }
       FEDRA_REQUIRE(m.kind == kReduce || m.kind == kGather, "unexpected '{}' from {} during a tensor round",
                     m.kind, w.name);
-      const auto op = static_cast<int64_t>(m.metric("op"));
-      const at::Tensor& t = m.tensor("t");
+      const CollectivePart part = CollectivePart::decode(m);
+      const int64_t op = part.op;
+      const at::Tensor& t = part.t;
       FEDRA_REQUIRE(t.dim() == 2 && t.scalar_type() == at::kFloat, "{} sent {} for step {} op {}; expected a "
                     "float32 [batch, features] tensor", w.name, describe_tensor(t), step, op);
       check_finite(m.tensors);
@@ -108,10 +106,7 @@ class TensorCoordinator : public ModelParallelCoordinator {
       } else {
         result = at::cat(c.parts, 1);
       }
-      Message res(kResult);
-      res.step = m.step;
-      res.metrics["op"] = static_cast<double>(op);
-      res.tensors.emplace_back("t", result);
+      const Message res = CollectivePart{m.step, op, -1, result}.encode(kResult);
       for (size_t k = 0; k < world; ++k) cohort.post(ranked[k].id, res);
       pending.erase({step, op});
     };

@@ -125,6 +125,34 @@ NamedTensors assemble(const ShardPlan& plan, const std::vector<NamedTensors>& sh
   return out;
 }
 
+Message TensorBatch::encode() const {
+  Message m(kBatch);
+  m.step = step;
+  m.tensors = {{"x", x}, {"y", y}};
+  return m;
+}
+
+TensorBatch TensorBatch::decode(const Message& m, const std::string& who) {
+  m.expect_kind(kBatch, who);
+  TensorBatch b{m.step, m.tensor("x"), m.tensor("y")};
+  FEDRA_REQUIRE(b.x.dim() >= 1 && b.y.dim() >= 1 && b.x.size(0) == b.y.size(0), "{} sent a batch of {} inputs and {} targets",
+                who, describe_tensor(b.x), describe_tensor(b.y));
+  return b;
+}
+
+Message CollectivePart::encode(const char* kind) const {
+  Message m(kind);
+  m.step = step;
+  m.metrics["op"] = static_cast<double>(op);
+  if (origin >= 0) m.metrics["origin"] = static_cast<double>(origin);
+  m.tensors.emplace_back("t", t);
+  return m;
+}
+
+CollectivePart CollectivePart::decode(const Message& m) {
+  return {m.step, static_cast<int64_t>(m.metric("op")), static_cast<int64_t>(m.metric_or("origin", -1)), m.tensor("t")};
+}
+
 StrategyInfo tensor_strategy() {
   return make_strategy<TensorOptions>("tensor", "Tensor parallelism: every worker holds a slice of every layer; partial sums exchanged",
                                       &new_coordinator, &new_worker);

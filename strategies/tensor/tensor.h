@@ -80,6 +80,27 @@ struct TensorOptions : SteppedOptions {
   void validate() const;
 };
 
+// tensor.batch: rank 0's batch for a step (to the others, through the coordinator or directly).
+struct TensorBatch {
+  uint64_t step = 0;
+  at::Tensor x, y;
+  Message encode() const;
+  // Refuses a missing or mismatched tensor, naming `who`.
+  static TensorBatch decode(const Message& m, const std::string& who);
+};
+
+// tensor.reduce and tensor.gather (a rank's part of a collective) and tensor.result (the
+// collective's result, from the coordinator): op numbers a step's collectives in order; origin is
+// the rank whose part it is, over direct links (-1: not given).
+struct CollectivePart {
+  uint64_t step = 0;
+  int64_t op = 0;
+  int64_t origin = -1;
+  at::Tensor t;
+  Message encode(const char* kind) const;
+  static CollectivePart decode(const Message& m);
+};
+
 StrategyInfo tensor_strategy();
 
 // Which slice of each Linear layer worker `rank` of `world` holds.

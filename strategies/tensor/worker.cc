@@ -121,12 +121,7 @@ class TensorWorker : public ModelParallelWorker {
     const int64_t world = plan_.world;
     std::vector<at::Tensor> parts(static_cast<size_t>(world));
     parts[static_cast<size_t>(rank_)] = part;
-    Message m(kind);
-    m.step = static_cast<uint64_t>(step);
-    m.metrics["op"] = static_cast<double>(op_);
-    m.metrics["origin"] = static_cast<double>(rank_);
-    m.tensors.emplace_back("t", part);
-    send_to_others(std::move(m));
+    send_to_others(CollectivePart{static_cast<uint64_t>(step), op_, rank_, part}.encode(kind));
     const bool reduce = kind == std::string(kReduce);
     for (int64_t k = 1; k < world; ++k) {
       const int64_t origin = (rank_ - k + world) % world;
@@ -138,7 +133,7 @@ class TensorWorker : public ModelParallelWorker {
                    static_cast<int64_t>(x.metric_or("origin", -1)) == origin;
           },
           [&](const Message& x) { keep_peer(x, what); }, what);
-      const at::Tensor p = got.tensor("t");
+      const at::Tensor p = CollectivePart::decode(got).t;
       const bool fits = p.dim() == 2 && p.scalar_type() == at::kFloat &&
                         (reduce ? p.sizes() == part.sizes() : p.size(0) == part.size(0));
       FEDRA_REQUIRE(fits, "{} (rank {}) sent {} for step {} op {}, which does not fit {} of {} (rank {})", got.sender,
@@ -166,12 +161,8 @@ class TensorWorker : public ModelParallelWorker {
       }
       ++op_;
     } else {
-      Message m(kind);
-      m.step = static_cast<uint64_t>(step);
-      m.metrics["op"] = static_cast<double>(op_);
-      m.tensors.emplace_back("t", t.detach().contiguous());
-      link_->send(m);
-      out = await(kResult, step, op_++).tensor("t");
+      link_->send(CollectivePart{static_cast<uint64_t>(step), op_, -1, t.detach().contiguous()}.encode(kind));
+      out = CollectivePart::decode(await(kResult, step, op_++)).t;
     }
     // A sum has the part's shape; a gather the whole last layer's width.
     const int64_t width = kind == std::string(kGather) ? plan_.out.back() : t.size(1);
@@ -191,9 +182,7 @@ class TensorWorker : public ModelParallelWorker {
       x = bx.contiguous();
       y = by.contiguous();
       if (plan_.world > 1) {
-        Message m(kBatch);
-        m.step = static_cast<uint64_t>(s);
-        m.tensors = {{"x", x}, {"y", y}};
+        Message m = TensorBatch{static_cast<uint64_t>(s), x, y}.encode();
         if (linked()) {
           send_to_others(std::move(m));
         } else {
@@ -204,16 +193,15 @@ class TensorWorker : public ModelParallelWorker {
       const std::string what = fmt::format("step {}: the batch", s);
       Message m = await_peer([&](const Message& b) { return b.kind == kBatch && static_cast<int64_t>(b.step) == s; },
                              [&](const Message& b) { keep_peer(b, what); }, what);
-      x = m.tensor("x");
-      y = m.tensor("y");
-      FEDRA_REQUIRE(x.dim() >= 1 && y.dim() >= 1 && x.size(0) == y.size(0),
-                    "{} sent a batch of {} inputs and {} targets", m.sender, describe_tensor(x), describe_tensor(y));
+      const TensorBatch b = TensorBatch::decode(m, m.sender);
+      x = b.x;
+      y = b.y;
       check_finite(m.tensors);
       if (!to_all_directly() && rank_ + 1 < plan_.world) send_next(m);
     } else {
-      Message m = await(kBatch, s, -1);
-      x = m.tensor("x");
-      y = m.tensor("y");
+      const TensorBatch b = TensorBatch::decode(await(kBatch, s, -1), "the coordinator");
+      x = b.x;
+      y = b.y;
     }
     x = x.flatten(1);
     FEDRA_REQUIRE(x.size(1) == plan_.in[0] && x.scalar_type() == at::kFloat,

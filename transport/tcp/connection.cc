@@ -9,6 +9,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "transport/tcp/internal.h"
 #include "transport/tcp/tls.h"
 
 namespace fedra::transport::tcp {
@@ -22,11 +23,6 @@ std::string describe(const asio::ip::tcp::socket& socket) {
   return fmt::format("{}:{}", ep.address().to_string(), ep.port());
 }
 
-void set_nodelay(asio::ip::tcp::socket& socket) {
-  asio::error_code ec;
-  socket.set_option(asio::ip::tcp::no_delay(true), ec);
-}
-
 constexpr uint64_t kLowWater = uint64_t{1} << 20;
 
 void set_low_water(asio::ip::tcp::socket& socket, uint64_t bytes) {
@@ -35,6 +31,11 @@ void set_low_water(asio::ip::tcp::socket& socket, uint64_t bytes) {
 }
 
 }  // namespace
+
+void set_nodelay(asio::ip::tcp::socket& socket) {
+  asio::error_code ec;
+  socket.set_option(asio::ip::tcp::no_delay(true), ec);
+}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -79,23 +80,6 @@ void ReceiveBudget::release(uint64_t bytes) {
 
 // ---------------------------------------------------------------------------------------------
 
-struct Connection::Tls {
-  Tls(asio::ip::tcp::socket& socket, std::shared_ptr<TlsContext> c)
-      : context(std::move(c)), stream(socket, context->native()) {}
-  std::shared_ptr<TlsContext> context;
-  asio::ssl::stream<asio::ip::tcp::socket&> stream;
-  std::string host;            // client: the name the server's certificate must carry
-  std::string verify_failure;  // why the peer's certificate was refused, if it was
-  bool ready = false;          // handshake done
-  // After the handshake: the SSL object's records go through a BIO pair whose network side is
-  // ours: ciphertext is read from the socket straight into the pair and written to the socket
-  // straight from it (BIO_nwrite0 / BIO_nread0), with no copy between.
-  BIO* net = nullptr;
-  std::vector<std::byte> staging;  // small pieces gathered into full records
-  ~Tls() {
-    if (net) BIO_free(net);
-  }
-};
 
 std::shared_ptr<Connection> Connection::create(asio::ip::tcp::socket socket, Limits limits,
                                                std::shared_ptr<ReceiveBudget> budget,
@@ -355,173 +339,6 @@ void Connection::write_next() {
   write_all(pieces, std::move(on_written));
 }
 
-// ---------------------------------------------------------------------------------------------
-// The byte stream: plain TCP, or TLS records over memory BIOs.
-
-namespace {
-constexpr size_t kTlsRecord = 16 * 1024;    // the largest TLS plaintext record
-constexpr size_t kTlsWindow = 512 * 1024;   // plaintext encrypted per socket write
-constexpr size_t kTlsPairBytes = 1024 * 1024;  // each direction of the BIO pair
-}  // namespace
-
-struct TlsRead {
-  std::byte* dst;
-  size_t n;
-  size_t done = 0;
-  std::function<void(const asio::error_code&, size_t)> handler;
-};
-
-struct TlsWrite {
-  std::vector<ConstBytes> pieces;
-  size_t piece = 0, offset = 0;
-  size_t done = 0;  // plaintext bytes written
-  std::function<void(const asio::error_code&, size_t)> handler;
-};
-
-void Connection::tls_switch_to_memory_bios() {
-  SSL* ssl = tls_->stream.native_handle();
-  BIO* inner = nullptr;
-  BIO* net = nullptr;
-  BIO_new_bio_pair(&inner, kTlsPairBytes, &net, kTlsPairBytes);
-  // Ciphertext the SSL stream already took from the socket beyond the handshake (the peer's
-  // first frame may follow its Finished in the same segment) moves along.
-  BIO* old = SSL_get_rbio(ssl);
-  char buf[4096];
-  for (int n; (n = BIO_read(old, buf, sizeof(buf))) > 0;) BIO_write(net, buf, n);
-  SSL_set_bio(ssl, inner, inner);
-  tls_->net = net;
-}
-
-void Connection::read_exact(std::byte* dst, size_t n, IoHandler handler) {
-  if (!tls_) return asio::async_read(socket_, asio::buffer(dst, n), std::move(handler));
-  tls_read_more(std::make_shared<TlsRead>(TlsRead{dst, n, 0, std::move(handler)}));
-}
-
-void Connection::tls_read_more(const std::shared_ptr<TlsRead>& r) {
-  SSL* ssl = tls_->stream.native_handle();
-  while (r->done < r->n) {
-    ERR_clear_error();
-    const int want = static_cast<int>(std::min<size_t>(r->n - r->done, 1u << 30));
-    const int got = SSL_read(ssl, r->dst + r->done, want);
-    if (got > 0) {
-      r->done += static_cast<size_t>(got);
-      continue;
-    }
-    const int err = SSL_get_error(ssl, got);
-    if (err == SSL_ERROR_WANT_READ) {
-      // Read from the socket straight into the pair's free space.
-      char* space = nullptr;
-      const int room = BIO_nwrite0(tls_->net, &space);
-      if (room <= 0) {
-        const asio::error_code full = asio::error::no_buffer_space;
-        return asio::post(socket_.get_executor(), [r, full] { r->handler(full, r->done); });
-      }
-      socket_.async_read_some(asio::buffer(space, static_cast<size_t>(room)),
-                              [self = shared_from_this(), r](const asio::error_code& ec, size_t bytes) {
-                                if (ec) return r->handler(ec, r->done);
-                                if (!self->tls_ || !self->open_) return r->handler(asio::error::operation_aborted, r->done);
-                                char* at = nullptr;
-                                BIO_nwrite(self->tls_->net, &at, static_cast<int>(bytes));
-                                self->tls_read_more(r);
-                              });
-      return;
-    }
-    asio::error_code ec = err == SSL_ERROR_ZERO_RETURN ? asio::error_code(asio::error::eof)
-                                                       : asio::error_code(static_cast<int>(ERR_get_error()),
-                                                                          asio::error::get_ssl_category());
-    if (err != SSL_ERROR_ZERO_RETURN && !ec) ec = asio::ssl::error::stream_truncated;
-    return asio::post(socket_.get_executor(), [r, ec] { r->handler(ec, r->done); });
-  }
-  // Completed from bytes already decrypted or buffered: posted, so that a burst of small frames
-  // does not nest handler in handler.
-  asio::post(socket_.get_executor(), [r] { r->handler({}, r->done); });
-}
-
-void Connection::write_all(const std::vector<ConstBytes>& pieces, IoHandler handler) {
-  if (!tls_) {
-    std::vector<asio::const_buffer> buffers;
-    buffers.reserve(pieces.size());
-    for (const auto& p : pieces) buffers.emplace_back(p.data, p.size);
-    return asio::async_write(socket_, buffers, std::move(handler));
-  }
-  auto w = std::make_shared<TlsWrite>();
-  w->pieces = pieces;
-  w->handler = std::move(handler);
-  tls_write_more(w);
-}
-
-void Connection::tls_write_more(const std::shared_ptr<TlsWrite>& w) {
-  SSL* ssl = tls_->stream.native_handle();
-  auto& staging = tls_->staging;
-  staging.clear();
-  bool failed = false;
-  const auto seal = [&](const std::byte* data, size_t n) {
-    // A memory BIO takes everything; SSL_write still returns after each record in Asio's
-    // partial-write mode, hence the loop.
-    while (n > 0 && !failed) {
-      ERR_clear_error();
-      const int wrote = SSL_write(ssl, data, static_cast<int>(std::min<size_t>(n, 1u << 30)));
-      failed = wrote <= 0;
-      if (!failed) {
-        data += wrote;
-        n -= static_cast<size_t>(wrote);
-      }
-    }
-  };
-  // Up to a window of plaintext: small pieces (the segment table, message roots, small tensors)
-  // gathered into full records, large ones sealed straight from the tensor's memory.
-  size_t window = 0;
-  while (window < kTlsWindow && w->piece < w->pieces.size()) {
-    const ConstBytes& p = w->pieces[w->piece];
-    const size_t take = std::min(p.size - w->offset, kTlsWindow - window);
-    if (take >= kTlsRecord) {
-      seal(staging.data(), staging.size());
-      staging.clear();
-      seal(p.data + w->offset, take);
-    } else {
-      staging.insert(staging.end(), p.data + w->offset, p.data + w->offset + take);
-      if (staging.size() >= kTlsRecord) {
-        seal(staging.data(), staging.size());
-        staging.clear();
-      }
-    }
-    window += take;
-    w->offset += take;
-    if (w->offset == p.size) {
-      ++w->piece;
-      w->offset = 0;
-    }
-  }
-  seal(staging.data(), staging.size());
-  staging.clear();
-  if (failed) {
-    const asio::error_code ec(static_cast<int>(ERR_get_error()), asio::error::get_ssl_category());
-    return asio::post(socket_.get_executor(), [w, ec] { w->handler(ec ? ec : asio::error::broken_pipe, w->done); });
-  }
-  if (window == 0) return asio::post(socket_.get_executor(), [w] { w->handler({}, w->done); });
-  tls_flush(w, window);
-}
-
-// Writes the window's ciphertext from the pair to the socket (in two parts when it wraps round
-// the pair's ring buffer), then seals the next window.
-void Connection::tls_flush(const std::shared_ptr<TlsWrite>& w, size_t window) {
-  char* data = nullptr;
-  const int n = BIO_nread0(tls_->net, &data);
-  if (n <= 0) {
-    w->done += window;
-    if (w->piece == w->pieces.size()) return w->handler({}, w->done);
-    return tls_write_more(w);
-  }
-  asio::async_write(socket_, asio::buffer(data, static_cast<size_t>(n)),
-                    [self = shared_from_this(), w, window, n](const asio::error_code& ec, size_t) {
-                      if (ec) return w->handler(ec, w->done);
-                      if (!self->tls_ || !self->open_) return w->handler(asio::error::operation_aborted, w->done);
-                      char* at = nullptr;
-                      BIO_nread(self->tls_->net, &at, n);
-                      self->tls_flush(w, window);
-                    });
-}
-
 void Connection::send_error_and_close(const Error& error) {
   if (!open_) return;
   if (tls_ && !tls_->ready) return close(error);  // nothing can be said before the handshake
@@ -583,175 +400,6 @@ void Connection::notify_closed(const Error& reason) {
     asio::post(socket_.get_executor(),
                [self = shared_from_this(), reason]() { self->on_close_(reason); });
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-
-asio::ip::tcp::socket connect_with_retry(asio::io_context& io, const Endpoint& endpoint,
-                                         std::chrono::milliseconds timeout, const std::string& hint) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  auto backoff = std::chrono::milliseconds(100);
-  std::string last_error;
-  asio::ip::tcp::resolver resolver(io);
-  for (;;) {
-    asio::error_code ec;
-    auto results = resolver.resolve(endpoint.host, std::to_string(endpoint.port), ec);
-    if (!ec) {
-      asio::ip::tcp::socket socket(io);
-      asio::connect(socket, results, ec);
-      if (!ec) {
-        set_nodelay(socket);
-        return socket;
-      }
-    }
-    last_error = ec.message();
-    const auto now = std::chrono::steady_clock::now();
-    if (now + backoff > deadline) break;
-    std::this_thread::sleep_for(backoff);
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
-  }
-  FEDRA_THROW(ErrorKind::kDisconnected,
-              "cannot connect to {} within {} s (last error: {}); {}", endpoint.to_string(),
-              timeout.count() / 1000.0, last_error, hint);
-}
-
-Listener::Listener(asio::io_context& io, const Endpoint& endpoint, AcceptHandler on_accept)
-    : acceptor_(io), on_accept_(std::move(on_accept)) {
-  asio::error_code ec;
-  asio::ip::tcp::resolver resolver(io);
-  auto results = resolver.resolve(endpoint.host, std::to_string(endpoint.port),
-                                  asio::ip::tcp::resolver::passive, ec);
-  FEDRA_REQUIRE(!ec && !results.empty(), "cannot resolve listen address '{}': {}",
-                endpoint.to_string(), ec.message());
-  const auto ep = results.begin()->endpoint();
-  acceptor_.open(ep.protocol(), ec);
-  if (!ec) acceptor_.set_option(asio::ip::tcp::acceptor::reuse_address(true), ec);
-  if (!ec) acceptor_.bind(ep, ec);
-  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-  FEDRA_REQUIRE(!ec, "cannot listen on {}: {} (is another process using the port?)",
-                endpoint.to_string(), ec.message());
-  accept_next();
-}
-
-Endpoint Listener::local_endpoint() const {
-  auto ep = acceptor_.local_endpoint();
-  return Endpoint{ep.address().to_string(), ep.port()};
-}
-
-void Listener::close() {
-  asio::error_code ec;
-  acceptor_.close(ec);
-}
-
-void Listener::accept_next() {
-  acceptor_.async_accept([this](const asio::error_code& ec, asio::ip::tcp::socket socket) {
-    if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
-    if (!ec) {
-      set_nodelay(socket);
-      on_accept_(std::move(socket));
-    }
-    accept_next();
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
-
-std::unique_ptr<BlockingChannel> BlockingChannel::connect(const Endpoint& endpoint,
-                                                          const Limits& limits,
-                                                          std::chrono::milliseconds timeout,
-                                                          std::shared_ptr<FrameDumper> dumper,
-                                                          std::shared_ptr<TlsContext> tls) {
-  std::unique_ptr<BlockingChannel> ch(new BlockingChannel());
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  auto socket = connect_with_retry(ch->io_, endpoint, timeout);
-  const bool use_tls = tls != nullptr;
-  ch->conn_ = Connection::create(std::move(socket), limits, nullptr, std::move(tls), endpoint.host);
-  ch->conn_->set_dumper(std::move(dumper));
-  BlockingChannel* raw = ch.get();
-  ch->conn_->start([raw](InFrame frame) { raw->inbox_.push_back(std::move(frame)); },
-                   [raw](const Error& e) { raw->closed_ = e; });
-  if (use_tls) {
-    ch->io_.restart();
-    while (!ch->conn_->ready() && !ch->closed_ && std::chrono::steady_clock::now() < deadline) {
-      ch->io_.run_one_until(deadline);
-      if (ch->io_.stopped()) ch->io_.restart();
-    }
-    if (ch->closed_) throw *ch->closed_;
-    if (!ch->conn_->ready()) {
-      FEDRA_THROW(ErrorKind::kOverloaded, "TLS handshake with {} did not finish within {} s",
-                  endpoint.to_string(), timeout.count() / 1000.0);
-    }
-  }
-  return ch;
-}
-
-BlockingChannel::~BlockingChannel() {
-  if (conn_) {
-    conn_->close(Error(ErrorKind::kDisconnected, "channel closed"));
-    io_.restart();
-    io_.poll();
-  }
-}
-
-void BlockingChannel::send(const Envelope& envelope) {
-  if (closed_) throw *closed_;
-  bool written = false;
-  conn_->send(encode(envelope, conn_->limits()), [&written]() { written = true; });
-  io_.restart();
-  while (!written && !closed_) io_.run_one();
-  if (written) return;
-  // A peer that refuses a message says why before closing: report that, not just the close.
-  for (const InFrame& f : inbox_) {
-    Envelope env;
-    try {
-      decode_into(f, conn_->limits(), env);
-    } catch (const Error&) {
-      continue;
-    }
-    if (env.kind == kErrorKind && env.error) {
-      throw Error(env.error->kind, fmt::format("{} refused the message: {}", conn_->peer(),
-                                               env.error->message));
-    }
-  }
-  throw *closed_;
-}
-
-Envelope BlockingChannel::receive(std::optional<std::chrono::milliseconds> timeout) {
-  const auto deadline =
-      timeout ? std::chrono::steady_clock::now() + *timeout : std::chrono::steady_clock::time_point::max();
-  io_.restart();
-  while (inbox_.empty() && !closed_) {
-    if (timeout) {
-      const auto now = std::chrono::steady_clock::now();
-      if (now >= deadline) {
-        FEDRA_THROW(ErrorKind::kOverloaded, "no message from {} within {} s", conn_->peer(),
-                    timeout->count() / 1000.0);
-      }
-      io_.run_one_for(deadline - now);
-    } else {
-      io_.run_one();
-    }
-    if (io_.stopped()) io_.restart();
-  }
-  if (inbox_.empty()) throw *closed_;
-  InFrame frame = std::move(inbox_.front());
-  inbox_.pop_front();
-  return decode(frame, conn_->limits());
-}
-
-std::optional<Envelope> BlockingChannel::poll_receive() {
-  io_.restart();
-  io_.poll();
-  if (inbox_.empty()) return std::nullopt;
-  InFrame frame = std::move(inbox_.front());
-  inbox_.pop_front();
-  return decode(frame, conn_->limits());
-}
-
-void BlockingChannel::close() {
-  conn_->close(Error(ErrorKind::kDisconnected, "closed by this side"));
-  io_.restart();
-  io_.poll();
 }
 
 }  // namespace fedra::transport::tcp

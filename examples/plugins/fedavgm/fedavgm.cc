@@ -5,8 +5,11 @@
 // eta 1 it is FedAvg exactly. Everything else (sampling, local training, the streaming weighted
 // mean, checks, evaluation) is FedAvg's, inherited. Fedra has it built in too
 // (--fedavg.server_opt momentum); this plugin shows how such a variant is written.
-#include "core/kit/plugin.h"
-#include "strategies/fedavg/fedavg.h"
+//
+// The momentum is a ServerStep (strategies/fedavg/part.h): its velocity goes into every
+// checkpoint (state/load_state), so a resumed run continues it.
+#include "fedra/fedavg.h"
+#include "fedra/plugin.h"
 
 using namespace fedra;
 
@@ -25,25 +28,34 @@ struct FedAvgMOptions : fedavg::FedAvgOptions {
   }
 };
 
-struct FedAvgM : fedavg::FedAvgCoordinator {
-  FedAvgM(const Job& job, const FedAvgMOptions& o) : FedAvgCoordinator(job, o), o_(o) {}
-  void server_update(uint32_t, NamedTensors average) override {
-    NamedTensors next = global();
-    for (size_t i = 0; i < next.size(); ++i) {
-      const at::Tensor& w = next[i].second;
-      if (!w.is_floating_point()) {  // counters: taken as averaged, nothing to step
-        next[i].second = average[i].second;
-        continue;
-      }
+struct Momentum : fedavg::ServerStep {
+  explicit Momentum(const FedAvgMOptions& o) : o_(o) {}
+  std::string name() const override { return "fedavgm's momentum"; }
+  void step(const NamedTensors& global, NamedTensors& average) override {
+    size_t j = 0;  // the floating tensors' index: counters are taken as averaged, nothing to step
+    for (size_t i = 0; i < global.size(); ++i) {
+      const at::Tensor& w = global[i].second;
+      if (!w.is_floating_point()) continue;
       const at::Tensor d = w - average[i].second;
-      if (velocity_.size() <= i) velocity_.push_back(d);
-      else velocity_[i].mul_(o_.beta()).add_(d);
-      next[i].second = w - o_.eta() * velocity_[i];
+      if (velocity_.size() <= j) velocity_.emplace_back(global[i].first, d);
+      else velocity_[j].second.mul_(o_.beta()).add_(d);
+      average[i].second = w - o_.eta() * velocity_[j++].second;
     }
-    set_global(std::move(next));
   }
+  NamedTensors state() const override {
+    NamedTensors s;
+    append_prefixed(s, "fedavgm/v/", velocity_);
+    return s;
+  }
+  void load_state(NamedTensors& state) override { velocity_ = take_prefixed(state, "fedavgm/v/"); }
   FedAvgMOptions o_;
-  std::vector<at::Tensor> velocity_;  // one per tensor of the model
+  NamedTensors velocity_;  // one per floating tensor of the model, in its order
+};
+
+struct FedAvgM : fedavg::FedAvgCoordinator {
+  FedAvgM(const Job& job, const FedAvgMOptions& o) : FedAvgCoordinator(job, o) {
+    set_server_step(std::make_unique<Momentum>(o));
+  }
 };
 
 void add_fedavgm(StrategyRegistry& registry) {

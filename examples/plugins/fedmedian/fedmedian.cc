@@ -3,10 +3,14 @@
 // For the demonstration, poison=NAME makes that worker add Gaussian noise to what it sends and
 // rule=mean keeps FedAvg's mean, to show what the median protects against. (Fedra has the median
 // built in too, --fedavg.aggregate median; this plugin shows how such a variant is written.)
+//
+// The median is a Rule (strategies/fedavg/part.h): the parts that cannot compose with it are
+// refused by name (--fedmedian.dp server: DP's guarantee is for the noised mean; --fedmedian.secagg:
+// the coordinator would see only the sum), never run around it.
 #include <torch/torch.h>
 
-#include "core/kit/plugin.h"
-#include "strategies/fedavg/fedavg.h"
+#include "fedra/fedavg.h"
+#include "fedra/plugin.h"
 
 using namespace fedra;
 
@@ -25,25 +29,29 @@ struct FedMedianOptions : fedavg::FedAvgOptions {
   }
 };
 
-struct FedMedian : fedavg::FedAvgCoordinator {
-  FedMedian(const Job& job, const FedMedianOptions& o) : FedAvgCoordinator(job, o), mean_(o.rule() == Aggregate::kMean) {}
-  void accumulate(const WorkerInfo& w, fedavg::FitRes&& r) override {
-    if (mean_) return FedAvgCoordinator::accumulate(w, std::move(r));
-    results_.push_back(std::move(r.weights));  // the median needs them all: O(workers x model)
+struct Median : fedavg::Rule {  // holds the round's updates: O(workers x model)
+  std::string name() const override { return "median"; }
+  void add(const fedavg::Round&, const WorkerInfo&, fedavg::FitRes& update) override {
+    held_.push_back(std::move(update.weights));
   }
-  NamedTensors aggregate(uint32_t round) override {
-    if (mean_) return FedAvgCoordinator::aggregate(round);
-    NamedTensors median = global();
+  NamedTensors aggregate(const fedavg::Round& round) override {
+    NamedTensors median = *round.global;
     for (size_t i = 0; i < median.size(); ++i) {
       std::vector<at::Tensor> column;
-      for (const auto& r : results_) column.push_back(r[i].second);
+      for (const auto& r : held_) column.push_back(r[i].second);
       median[i].second = std::get<0>(torch::stack(column).median(0)).contiguous();
     }
-    results_.clear();
+    held_.clear();
     return median;
   }
-  bool mean_;
-  std::vector<NamedTensors> results_;
+  void discard() override { held_.clear(); }
+  std::vector<NamedTensors> held_;
+};
+
+struct FedMedian : fedavg::FedAvgCoordinator {
+  FedMedian(const Job& job, const FedMedianOptions& o) : FedAvgCoordinator(job, o) {
+    if (o.rule() == Aggregate::kMedian) set_rule(std::make_unique<Median>());
+  }
 };
 
 struct PoisonedWorker : fedavg::FedAvgWorker {  // FedAvg's worker; noisy if it is the one named

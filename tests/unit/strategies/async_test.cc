@@ -17,6 +17,7 @@
 
 using namespace fedra;
 using namespace fedra::test;
+using namespace fedra::test::lines;
 
 namespace {
 
@@ -29,15 +30,6 @@ struct Run {
   std::string error;
   NamedTensors checkpoint;  // the state handed to ctx.checkpoint at update `checkpoint_at`
 };
-
-template <class T>
-T metric(const Metrics& line, const std::string& name) {
-  for (const auto& [k, v] : line) {
-    if (k == name) return std::get<T>(v);
-  }
-  FAIL("no metric " << name);
-  return T{};
-}
 
 // Every figure of a line except those measured on the wall clock.
 std::map<std::string, MetricValue> simulated(const Metrics& line) {

@@ -20,6 +20,7 @@
 
 using namespace fedra;
 using namespace fedra::test;
+using namespace fedra::test::lines;
 
 namespace {
 
@@ -69,15 +70,6 @@ std::unique_ptr<CoordinatorStrategy> coordinator_of(const Job& job) {
   StrategyRegistry registry;
   register_builtin_strategies(registry);
   return registry.get(job.strategy).make_coordinator(job);
-}
-
-template <class T>
-T metric(const Metrics& line, const std::string& name) {
-  for (const auto& [k, v] : line) {
-    if (k == name) return std::get<T>(v);
-  }
-  FAIL("no metric " << name);
-  return T{};
 }
 
 NamedTensors cloned(const NamedTensors& s) {
