@@ -10,6 +10,7 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -93,6 +94,29 @@ void wait_for_lines(const std::string& path, size_t lines, std::chrono::seconds 
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   FEDRA_FAIL("'{}' did not reach {} lines within {} s", path, lines, timeout.count());
+}
+
+void wait_for_text(const std::string& path, const std::string& text, std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    s = std::filesystem::exists(path) ? read_file(path) : "";
+    if (contains(s, text)) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const size_t tail = s.size() > 2000 ? s.size() - 2000 : 0;
+  FEDRA_FAIL("'{}' did not say '{}' within {} s; it ends:\n{}", path, text, timeout.count(), s.substr(tail));
+}
+
+double log_time(const std::string& log, const std::string& text) {
+  const size_t at = log.find(text);
+  FEDRA_REQUIRE(at != std::string::npos, "the log has no line with '{}'", text);
+  const size_t line = log.rfind('\n', at) == std::string::npos ? 0 : log.rfind('\n', at) + 1;
+  int h = 0, m = 0;
+  double s = 0;
+  FEDRA_REQUIRE(std::sscanf(log.c_str() + line, "[%d:%d:%lf]", &h, &m, &s) == 3,
+                "the line with '{}' has no [HH:MM:SS.mmm] time: {}", text, log.substr(line, at - line + text.size()));
+  return h * 3600.0 + m * 60.0 + s;
 }
 
 int run_experiment(const TempDir& dir, const std::string& name) {

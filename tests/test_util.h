@@ -45,6 +45,13 @@ std::string wait_for_file(const std::string& path, std::chrono::seconds timeout)
 // Waits until `path` (a metrics.jsonl being written) holds at least `lines` complete lines, or
 // throws after `timeout`.
 void wait_for_lines(const std::string& path, size_t lines, std::chrono::seconds timeout);
+// Waits until `path` (a log being written) contains `text`, or throws after `timeout`, naming the
+// text and the file's last lines. Tests wait for the event they need, not for a guessed time.
+void wait_for_text(const std::string& path, const std::string& text, std::chrono::seconds timeout);
+// The time of day, in seconds, of the first line of `log` (Fedra's "[HH:MM:SS.mmm] ..." lines) that
+// contains `text`; throws if none does. For measuring how long something took from the log's own
+// clock, not from when a (possibly slow to start) process was launched.
+double log_time(const std::string& log, const std::string& text);
 
 // `fedra simulate --config experiments/NAME.cfg --out DIR/NAME`, its log in DIR/NAME.log;
 // returns the exit code.

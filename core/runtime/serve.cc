@@ -147,6 +147,7 @@ class Server {
       spdlog::error("coordinator reported an error: {}", what);
       return {true, 1};
     }
+    spdlog::debug("request {}: '{}', round {}", request_id, request.kind, request.round);
     bool link_broke = false;
     if (expired(request_id, request, link_broke)) return link_broke ? Next{true, 1} : kGoOn;
     Message reply = answer(request);

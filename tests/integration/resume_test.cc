@@ -83,18 +83,19 @@ TEST_CASE("split (U-shaped, momentum): a worker SIGKILLed and restarted under it
         sub + "/coordinator.log");
     const std::string port = wait_for_file(sub + "/port", std::chrono::seconds(30));
     auto start_worker = [&](int i, const std::string& log) {
-      // 12,000 images: a round takes long enough (~0.4 s on an idle machine) that the kill below,
-      // 600 ms after round 1's line, lands before round 4 ends (with 6,000 the job once finished first).
+      // 12,000 images: a turn takes long enough (~0.2 s on an idle machine) that the kill below,
+      // once worker-1's log shows a round-2 request, lands while that round is under way.
       return start_fedra({"worker", "--connect", "127.0.0.1:" + port, "--dataset", "fmnist:limit=12000", "--client",
-                          std::to_string(i) + "/2", "--name", "worker-" + std::to_string(i), "--threads", "1"},
+                          std::to_string(i) + "/2", "--name", "worker-" + std::to_string(i), "--threads", "1",
+                          "--log-level", "debug"},
                          sub + "/" + log);
     };
     std::vector<ChildProcess> workers;
     for (int i = 0; i < 2; ++i) workers.push_back(start_worker(i, "worker-" + std::to_string(i) + ".log"));
     std::optional<ChildProcess> again;
     if (kill) {
-      wait_for_lines(sub + "/out/metrics.jsonl", 1, std::chrono::seconds(120));
-      std::this_thread::sleep_for(std::chrono::milliseconds(600));  // into round 2
+      // Into round 2: worker-1 has been handed its turn (or a step) of round 2.
+      wait_for_text(sub + "/worker-1.log", "', round 2", std::chrono::seconds(300));
       kill_child(workers[1]);
       again.emplace(start_worker(1, "worker-1-again.log"));
     }

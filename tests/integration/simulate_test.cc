@@ -118,25 +118,28 @@ TEST_CASE("a coordinator and two workers started by hand train together") {
 
 namespace {
 
-// Three workers started by hand; worker-2 is killed with SIGKILL during round 2 and started
-// again (same name, same data) right away. Returns the coordinator's metrics lines.
+// Three workers started by hand; worker-2 is killed with SIGKILL during round 2 (once its log says
+// it has round 2's request) and started again (same name, same data) right away. The job needs all
+// three for a round to start (fedavg.min_workers 3), so round 3 waits for the restarted process,
+// however long LibTorch and the data take to load on a busy machine. Returns the metrics lines.
 std::vector<nlohmann::json> kill_and_rejoin(const TempDir& dir, int min_results) {
   const ChildProcess coordinator = start_fedra(
       {"coordinator", "--listen", "127.0.0.1:0", "--port-file", dir / "port", "--min-workers", "3",
        "--test-data", "fmnist:test_limit=500", "--fedavg.rounds", "4", "--fedavg.local_epochs", "100", "--fedavg.local_steps", "1200",
-       "--fedavg.min_results", std::to_string(min_results), "--out", dir / "out", "--threads", "1"},
+       "--fedavg.min_results", std::to_string(min_results), "--fedavg.min_workers", "3", "--out", dir / "out",
+       "--threads", "1"},
       dir / "coordinator.log");
   const std::string port = wait_for_file(dir / "port", std::chrono::seconds(30));
   auto start_worker = [&](int i, const std::string& log) {
     return start_fedra({"worker", "--connect", "127.0.0.1:" + port, "--dataset", "fmnist:limit=3000", "--client",
-                        std::to_string(i) + "/3", "--name", "worker-" + std::to_string(i), "--threads", "1"},
+                        std::to_string(i) + "/3", "--name", "worker-" + std::to_string(i), "--threads", "1",
+                        "--log-level", "debug"},
                        dir / log);
   };
   std::vector<ChildProcess> workers;
   for (int i = 0; i < 3; ++i) workers.push_back(start_worker(i, "worker-" + std::to_string(i) + ".log"));
-  // Round 1 recorded means round 2 has just been sent out; its local training takes seconds.
-  wait_for_lines(dir / "out/metrics.jsonl", 1, std::chrono::seconds(120));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Its local training (1,200 steps) takes seconds: the kill lands while worker-2 trains.
+  wait_for_text(dir / "worker-2.log", "'fedavg.fit', round 2", std::chrono::seconds(300));
   kill_child(workers[2]);
   const ChildProcess again = start_worker(2, "worker-2-again.log");
   const int code = finish(coordinator, std::chrono::seconds(300));
@@ -326,7 +329,7 @@ TEST_CASE("--resume is refused clearly when there is no checkpoint") {
 
 TEST_CASE("a worker stopped past its rounds' deadlines skips the expired requests instead of redoing them") {
   TempDir dir;
-  // Rounds of 1 s at most: while worker-1 is stopped (SIGSTOP) for 4 s, several of its requests
+  // Rounds of 1 s at most: while worker-1 is stopped (SIGSTOP) for three rounds, its requests
   // expire and the coordinator says so; after SIGCONT it skips those and serves the next round.
   const ChildProcess coordinator = start_fedra(
       {"coordinator", "--listen", "127.0.0.1:0", "--port-file", dir / "port", "--min-workers", "2",
@@ -343,7 +346,8 @@ TEST_CASE("a worker stopped past its rounds' deadlines skips the expired request
   }
   wait_for_lines(dir / "out/metrics.jsonl", 1, std::chrono::seconds(120));
   ::kill(workers[1].pid, SIGSTOP);
-  std::this_thread::sleep_for(std::chrono::seconds(4));
+  // Three more rounds recorded while it is stopped: at least two of its requests expired unread.
+  wait_for_lines(dir / "out/metrics.jsonl", 4, std::chrono::seconds(120));
   ::kill(workers[1].pid, SIGCONT);
   const int code = finish(coordinator, std::chrono::seconds(120));
   const std::string log = read_file(dir / "worker-1.log");
