@@ -15,8 +15,9 @@ packages=(
   doctest-dev libbenchmark-dev
   # data: Fashion-MNIST as gzip IDX files under /usr/share/datasets/fashion-mnist
   dataset-fashion-mnist
-  # reference values and peer baselines in benchmarks (Debian's PyTorch)
-  python3 python3-torch
+  # reference values and peer baselines in benchmarks (Debian's PyTorch), and the `fedra` Python
+  # package (python/): built with pybind11 against that PyTorch, tested with pytest
+  python3 python3-torch python3-dev pybind11-dev python3-pytest
   # network namespaces for benchmarks/slow_network.py (ip netns)
   iproute2
   # the frame fuzzer (tests/fuzz): clang with libFuzzer and the sanitizers

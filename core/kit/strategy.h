@@ -91,6 +91,7 @@ class WorkerLink {
 };
 
 class PeerHub;
+class LocalTrainer;
 
 struct WorkerContext {
   Job job;
@@ -105,6 +106,9 @@ struct WorkerContext {
   // talk to each other. Null where there is none (in-process tests, a TLS worker without a
   // certificate of its own).
   PeerHub* peers = nullptr;
+  // Who trains locally: null for Fedra's own loop over `data`; the user's loop otherwise (a Python
+  // worker: core/training/local_trainer.h). Strategies call train_on_worker(), which picks.
+  LocalTrainer* trainer = nullptr;
 };
 
 class CoordinatorStrategy {

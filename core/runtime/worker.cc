@@ -86,6 +86,13 @@ WorkerLinkConfig link_config(const WorkerConfig& c) {
 
 // This worker's training data and the part it holds out for federated evaluation.
 void load_data(const WorkerConfig& config, const std::string& name, Dataset& data, Dataset& held_out) {
+  if (!config.data && config.dataset.empty()) {
+    FEDRA_REQUIRE(config.trainer != nullptr, "worker {}: no dataset given", name);
+    FEDRA_REQUIRE(config.num_examples > 0, "worker {}: with its own data (no Fedra dataset), it must say how many "
+                  "examples it trains on (num_examples > 0), the weight of its updates", name);
+    spdlog::info("worker {}: its own data and training loop, {} examples", name, config.num_examples);
+    return;
+  }
   data = config.data ? *config.data : std::move(load_private_data(config).front());
   if (config.holdout > 0) {
     const uint64_t seed = config.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(config.client_index) + 1;
@@ -102,8 +109,8 @@ Message hello_of(const WorkerConfig& config, const std::string& name, const Data
   hello.sender = name;
   if (peers != nullptr) hello.options["peer_address"] = peers->address();
   if (!config.token.empty()) hello.options["token"] = config.token;
-  hello.metrics["num_examples"] = static_cast<double>(data.size());
-  if (!config.private_labels && !data.real_targets()) {
+  hello.metrics["num_examples"] = static_cast<double>(data.size() > 0 ? data.size() : config.num_examples);
+  if (!config.private_labels && data.size() > 0 && !data.real_targets()) {
     hello.tensors.emplace_back("label_histogram", at::tensor(label_histogram(data), at::kLong));
   }
   return hello;
@@ -172,6 +179,7 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
     load_data(config, ctx.name, data, held_out);
     ctx.data = &data;
     ctx.eval_data = &held_out;
+    ctx.trainer = config.trainer;
     const WorkerLinkConfig links = link_config(config);
     channel = connect_to_coordinator(links);
     peers = open_peer_port(links, ctx.name, *channel);
@@ -184,7 +192,7 @@ int run_worker(const WorkerConfig& config, const StrategyRegistry& registry) {
   std::unique_ptr<WorkerStrategy> strategy;
   if (const int code = join(config, *channel, ctx, peers.get(), registry, strategy); code != 0) return code;
   try {
-    check_fits(ctx, config.dataset);
+    if (data.size() > 0) check_fits(ctx, config.dataset);
   } catch (const Error& e) {
     tell_coordinator(*channel, ctx.name, e);
     spdlog::error("{}", e.what());

@@ -25,6 +25,7 @@ namespace fedra {
 namespace transport::tcp {
 class TlsContext;
 }
+class LocalTrainer;
 
 struct WorkerConfig {
   std::string coordinator = "127.0.0.1:7000";  // HOST:PORT
@@ -60,6 +61,11 @@ struct WorkerConfig {
   // (`dataset` and `partition` are then not read), and LibTorch's threads left as the host set them.
   std::shared_ptr<const Dataset> data;
   bool set_threads = true;
+  // The user's own local training (a Python worker); null: Fedra's loop. With a trainer the worker
+  // may hold no dataset of Fedra's (`dataset` empty): it then says `num_examples` in its hello (the
+  // weight of its updates, which secure aggregation needs before they arrive) and no label histogram.
+  LocalTrainer* trainer = nullptr;
+  int64_t num_examples = 0;
 };
 
 // `text` with every {client} replaced by `index` (a per-site data file, certificate, ...).

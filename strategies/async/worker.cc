@@ -8,6 +8,7 @@
 
 #include "core/model/model.h"
 #include "core/training/optimizer.h"
+#include "core/training/local_trainer.h"
 #include "core/training/training.h"
 #include "strategies/async/internal.h"
 #include "strategies/async/messages.h"
@@ -31,7 +32,6 @@ class AsyncWorker : public WorkerStrategy {
 
   Message handle(const Message& request, WorkerContext& ctx, WorkerLink& link) override {
     request.expect_kind(kSession, "the coordinator");
-    FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data", ctx.name);
     // A client may sit idle for long (concurrency below the fleet's size): the session waits for
     // as long as the coordinator's connection lives.
     const auto idle = std::chrono::hours(24 * 30);
@@ -55,7 +55,9 @@ class AsyncWorker : public WorkerStrategy {
       std::_Exit(3);
     }
     load_model_state(*model_, ins.weights);
-    const TrainStats s = train_local(model_, *ctx.data, train_options(o_.local(), job_.loss, ins.seed));
+    const LocalOutcome trained =
+        train_on_worker(ctx, request.kind, request.round, model_, train_options(o_.local(), job_.loss, ins.seed));
+    const TrainStats& s = trained.stats;
     const double train_s = std::chrono::duration<double>(Clock::now() - t0).count();
     Update update;
     update.version = ins.version;
@@ -69,7 +71,7 @@ class AsyncWorker : public WorkerStrategy {
         if (w.is_floating_point()) w = w - ins.weights[i].second;  // the delta from the model received
       }
     }
-    update.num_examples = static_cast<double>(ctx.data->size());
+    update.num_examples = static_cast<double>(trained.num_examples);
     update.train_loss = s.mean_loss;
     update.steps = static_cast<double>(s.steps);
     update.train_s = train_s;

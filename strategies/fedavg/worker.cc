@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "core/model/model.h"
+#include "core/training/local_trainer.h"
 #include "core/training/training.h"
 #include "strategies/fedavg/fedavg.h"
 #include "strategies/fedavg/parts/parts.h"
@@ -24,17 +25,17 @@ Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx, WorkerLink
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
   const FitIns ins = FitIns::decode(request);
-  FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data", ctx.name);
   load_model_state(*model_, ins.weights);
   FitRes result;
   LocalFit fit{request, ins, model_, train_options(ins.train, job_.loss, ins.seed), {}, 0, result, ctx};
   for (const auto& s : stages_) s->before(fit);
   const auto t_loaded = Clock::now();
-  fit.stats = train_local(model_, *ctx.data, fit.train);
+  const LocalOutcome trained = train_on_worker(ctx, request.kind, request.round, model_, fit.train);
+  fit.stats = trained.stats;
   fit.train_s = std::chrono::duration<double>(Clock::now() - t_loaded).count();
   result.round = request.round;
   result.weights = model_state(*model_);
-  result.num_examples = ctx.data->size();
+  result.num_examples = trained.num_examples;
   result.train_loss = fit.stats.mean_loss;
   result.steps = fit.stats.steps;
   for (const auto& s : stages_) s->after(fit);

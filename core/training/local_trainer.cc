@@ -1,0 +1,20 @@
+#include "core/training/local_trainer.h"
+
+namespace fedra {
+
+LocalOutcome train_on_worker(WorkerContext& ctx, const std::string& kind, uint32_t round,
+                             torch::nn::Sequential& model, const TrainOptions& options) {
+  if (ctx.trainer != nullptr) {
+    LocalOutcome out = ctx.trainer->train(LocalRequest{ctx.job, kind, round, ctx.data}, model, options);
+    FEDRA_REQUIRE(out.num_examples > 0, "worker {}: its training loop reported num_examples {}; it must be > 0",
+                  ctx.name, out.num_examples);
+    return out;
+  }
+  FEDRA_REQUIRE(ctx.data != nullptr && ctx.data->size() > 0, "worker {} has no training data", ctx.name);
+  LocalOutcome out;
+  out.stats = train_local(model, *ctx.data, options);
+  out.num_examples = ctx.data->size();
+  return out;
+}
+
+}  // namespace fedra

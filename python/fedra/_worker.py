@@ -1,0 +1,119 @@
+"""fedra.Worker and its Tasks over the extension's Session (python/src/session.h)."""
+import torch  # noqa: F401  (registers torch's types before the extension uses them)
+
+from . import _fedra
+
+
+class WorkerError(RuntimeError):
+    """The worker ended without the job ending well: refused, disconnected, or failed."""
+
+
+def _args(options):
+    args = []
+    for key, value in options.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        args += [flag, str(value)]
+    return args
+
+
+class Task:
+    """One local training the coordinator asked for.
+
+    kind    "fedavg.fit" (the FedAvg family) or "async.train" (fedasync, fedbuff)
+    round   the round (or the update's number)
+    model   the global model: an OrderedDict of name -> tensor, in the model's order
+    config  what Fedra's loop would do: optimizer, lr, momentum, weight_decay, epochs,
+            local_steps (0: no cap), batch_size, proximal_mu, loss, seed; and strategy, model, round
+    data    (inputs, targets) of the worker's Fedra dataset when it has one (dataset=...), else None
+    """
+
+    def __init__(self, session, raw):
+        self._session = session
+        self._raw = raw
+        self._data = None  # the caller's own (inputs, targets), set by fedra.simulate(data=...)
+        self.kind = raw.kind
+        self.round = raw.round
+
+    @property
+    def model(self):
+        return self._raw.model
+
+    @property
+    def config(self):
+        return self._raw.config
+
+    @property
+    def data(self):
+        return self._data if self._data is not None else self._raw.data
+
+    def reply(self, state, num_examples, metrics=None):
+        """Sends the trained weights (a state dict: every tensor of the model, by name).
+
+        num_examples weighs the update in the average. metrics may hold "train_loss" (the mean
+        loss of local training) and "steps". A wrong reply (a tensor missing or extra, another
+        dtype or shape, NaN or Inf, num_examples <= 0) raises ValueError with the coordinator's
+        words; the task then fails with that reason and the worker stays in the job.
+        """
+        metrics = dict(metrics or {})
+        unknown = sorted(set(metrics) - {"train_loss", "steps"})
+        if unknown:
+            raise ValueError(f"metrics {unknown} are not sent yet: a reply carries train_loss and steps")
+        self._session.reply(self._raw, state, int(num_examples), float(metrics.get("train_loss", 0.0)),
+                            int(metrics.get("steps", 0)))
+
+    def fail(self, reason):
+        """Fails this task with `reason` (the coordinator records it); the worker stays in the job."""
+        self._session.fail(self._raw, str(reason))
+
+
+class Worker:
+    """A worker whose local training is the caller's loop.
+
+    connect, name and every other option of `fedra worker --help` are keyword arguments (dashes
+    as underscores: tls_ca="ca.pem", client="2/4", log_level="warn"). With dataset="fmnist" (a
+    Fedra dataset spec) the worker loads and partitions its data as `fedra worker` does and each
+    task's .data holds it; without one, the data is the caller's own and num_examples says how
+    many examples it trains on (the weight of its updates, which the coordinator learns first).
+    """
+
+    def __init__(self, connect, name=None, *, dataset=None, num_examples=0, **options):
+        if dataset is None and num_examples <= 0:
+            raise ValueError("a Worker needs dataset=SPEC (Fedra loads the data) or num_examples=N > 0 "
+                             "(the data is yours; N is how many examples you train on)")
+        args = _args(dict(connect=connect, name=name, dataset=dataset, **options))
+        self._session = _fedra.Session(args, 0 if dataset is not None else int(num_examples))
+
+    def tasks(self):
+        """Yields each Task as the coordinator asks; ends when the job ends.
+
+        Raises WorkerError if the worker ended badly (refused, the connection lost, the job failed).
+        """
+        while True:
+            raw = self._session.next(0.1)  # returns to Python ten times a second: Ctrl-C works
+            if raw is not None:
+                yield Task(self._session, raw)
+            elif self._session.ended:
+                break
+        code = self._session.exit_code
+        if code != 0:
+            raise WorkerError(f"the worker ended with code {code}: {self._session.last_error or 'no reason logged'}")
+
+    @property
+    def exit_code(self):
+        """None while the job runs; then 0 after the coordinator ended it, 1 on an error, 2 if refused."""
+        return self._session.exit_code if self._session.ended else None
+
+    def close(self):
+        """Fails any task not answered yet; the worker stays connected until the job ends."""
+        self._session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -1,0 +1,133 @@
+// The `fedra._fedra` extension: Python's view of a Session (python/src/session.h). Tensors cross
+// in both directions as the same storage (torch/extension.h's casters): the global model handed to
+// Python is the worker's own tensors, and the state dict handed back is read where it lies.
+#include <torch/extension.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "apps/fedra/cli.h"
+#include "core/kit/error.h"
+#include "python/src/session.h"
+#include "strategies/builtin.h"
+
+namespace py = pybind11;
+using fedra::python::Session;
+using fedra::python::Task;
+
+namespace {
+
+// `fedra worker ARGS...` read exactly as the command line reads them (every option, its checks and
+// its words), with no dataset of Fedra's when `own_examples` > 0.
+std::shared_ptr<Session> start_session(const std::vector<std::string>& args, int64_t own_examples) {
+  fedra::StrategyRegistry registry;
+  fedra::register_builtin_strategies(registry);
+  std::vector<const char*> argv{"worker"};
+  for (const auto& a : args) argv.push_back(a.c_str());
+  fedra::WorkerConfig config;
+  std::string level;
+  try {
+    const auto parsed =
+        fedra::cli::parse(fedra::cli::Command::kWorker, static_cast<int>(argv.size()), argv.data(), registry);
+    config = fedra::cli::worker_config(parsed.vm);
+    level = parsed.vm["log-level"].as<std::string>();
+  } catch (const fedra::Error& e) {
+    throw py::value_error(e.what());
+  }
+  if (own_examples > 0) {
+    config.dataset.clear();
+    config.num_examples = own_examples;
+  }
+  try {
+    return Session::start(std::move(config), level);
+  } catch (const fedra::Error& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+py::dict config_of(const Task& t) {
+  const fedra::TrainOptions& o = t.options;
+  py::dict c;
+  c["strategy"] = t.job.strategy;
+  c["model"] = t.job.model;
+  c["round"] = t.round;
+  c["optimizer"] = o.optim.name;
+  c["lr"] = o.optim.lr;
+  c["momentum"] = o.optim.momentum;
+  c["weight_decay"] = o.optim.weight_decay;
+  c["epochs"] = o.epochs;
+  c["local_steps"] = o.max_steps;
+  c["batch_size"] = o.batch_size;
+  c["proximal_mu"] = o.proximal_mu;
+  c["loss"] = o.loss;
+  c["seed"] = o.seed;
+  return c;
+}
+
+fedra::NamedTensors named_tensors(const py::handle& state) {
+  fedra::NamedTensors out;
+  for (const auto& item : py::reinterpret_borrow<py::dict>(state)) {
+    const std::string name = py::cast<std::string>(item.first);
+    try {
+      out.emplace_back(name, py::cast<at::Tensor>(item.second));
+    } catch (const py::cast_error&) {
+      throw py::type_error("the reply's '" + name + "' is not a torch.Tensor");
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_fedra, m) {
+  m.doc() = "Fedra's C++ worker runtime, driven from Python (see the fedra package)";
+
+  py::class_<Task, std::shared_ptr<Task>>(m, "Task")
+      .def_property_readonly("kind", [](const Task& t) { return t.kind; })
+      .def_property_readonly("round", [](const Task& t) { return t.round; })
+      .def_property_readonly("model",
+                             [](const Task& t) {
+                               py::object d = py::module_::import("collections").attr("OrderedDict")();
+                               for (const auto& [name, tensor] : t.model) {
+                                 d[py::str(name.substr(t.prefix.size()))] = tensor;
+                               }
+                               return d;
+                             })
+      .def_property_readonly("config", &config_of)
+      .def_property_readonly("data", [](const Task& t) -> py::object {
+        if (!t.inputs.defined()) return py::none();
+        return py::make_tuple(t.inputs, t.targets);
+      });
+
+  py::class_<Session, std::shared_ptr<Session>>(m, "Session")
+      .def(py::init(&start_session), py::arg("args"), py::arg("own_examples") = 0)
+      .def(
+          "next",
+          [](Session& s, double timeout_s) {
+            py::gil_scoped_release unlocked;
+            return s.next(std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+          },
+          py::arg("timeout_s"))
+      .def(
+          "reply",
+          [](Session& s, Task& t, const py::dict& state, int64_t num_examples, double train_loss, int64_t steps) {
+            fedra::NamedTensors weights = named_tensors(state);
+            fedra::LocalOutcome outcome;
+            outcome.num_examples = num_examples;
+            outcome.stats.mean_loss = train_loss;
+            outcome.stats.steps = steps;
+            try {
+              py::gil_scoped_release unlocked;
+              s.reply(t, weights, outcome);
+            } catch (const fedra::Error& e) {
+              throw py::value_error(e.what());
+            }
+          },
+          py::arg("task"), py::arg("state"), py::arg("num_examples"), py::arg("train_loss"), py::arg("steps"))
+      .def("fail", &Session::fail, py::arg("task"), py::arg("why"))
+      .def("close", &Session::close)
+      .def_property_readonly("ended", &Session::ended)
+      .def_property_readonly("exit_code", &Session::exit_code)
+      .def_property_readonly("last_error", &Session::last_error);
+}
