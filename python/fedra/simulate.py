@@ -53,6 +53,36 @@ def _option_args(options):
     return args
 
 
+class _InProcess:
+    """fedra.Coordinator on a thread of this process, with subprocess.Popen's poll/wait/terminate."""
+
+    def __init__(self, args, aggregate):
+        from . import _fedra
+        self._native = _fedra.Coordinator(args, aggregate)
+        self.returncode = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        code = 1
+        try:
+            code = self._native.run()
+        finally:
+            self.returncode = code
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout=None):
+        self._thread.join(timeout)
+        return self.returncode
+
+    def terminate(self):
+        self._native.stop()
+
+    kill = terminate
+
+
 def _python_worker(i, n, address, make_model, train, data, worker_options, errors):
     """One Python worker: answers every task with train(model, task) on its own model."""
     try:
@@ -94,7 +124,7 @@ def _progress(line, total):
 
 def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, rounds=5, strategy="fedavg",
              dataset="fmnist", partition="iid", data=None, test_data=None, options=None, seed=1, threads=1,
-             out=None, fedra=None, progress=True, log_level="warn", timeout=3600):
+             out=None, fedra=None, progress=True, log_level="warn", timeout=3600, aggregate=None):
     """Runs one job and returns its metrics: a list of dicts (a pandas DataFrame if pandas is there).
 
     train        train(model, task) -> train_loss or (train_loss, steps): your local training, in
@@ -110,11 +140,15 @@ def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, ro
     test_data    the coordinator's evaluation data (default: the dataset's test split)
     out          the run's directory (metrics.jsonl, summary.json, model.bin, logs; default: temporary)
     progress     a line per round on stderr as the job runs
+    aggregate    FedAvg's rule in Python, aggregate(global, updates, round) -> dict of tensors
+                 (fedra.Coordinator); the coordinator then runs in this process
     """
     if workers > 0 and train is None:
         raise ValueError("simulate needs train(model, task) for its Python workers (or workers=0)")
     if isinstance(model, str) and workers > 0:
         raise ValueError("Python workers need the model as an nn.Module (each trains a copy of it)")
+    if aggregate is not None and strategy != "fedavg":
+        raise ValueError(f"aggregate= is FedAvg's rule: it needs strategy='fedavg', not '{strategy}'")
     if data is not None and len(data) != workers:
         raise ValueError(f"data holds {len(data)} parts for {workers} Python workers")
     fedra = _fedra_binary(fedra)
@@ -127,11 +161,16 @@ def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, ro
         os.remove(port_file)
     rounds_option = [] if strategy in ("fedasync", "fedbuff") else [f"--{strategy}.rounds", str(rounds)]
     coordinator_log = os.path.join(out, "logs", "coordinator.log")
-    coordinator = subprocess.Popen(
-        [fedra, "coordinator", "--listen", "127.0.0.1:0", "--port-file", port_file, "--out", out, "--strategy",
-         strategy, "--model", spec, "--min-workers", str(total), "--seed", str(seed), "--test-data",
-         test_data or dataset, "--threads", str(threads)] + rounds_option + _option_args(options),
-        stdout=open(coordinator_log, "w"), stderr=subprocess.STDOUT)
+    args = ["--listen", "127.0.0.1:0", "--port-file", port_file, "--out", out, "--strategy", strategy, "--model", spec,
+            "--min-workers", str(total), "--seed", str(seed), "--test-data", test_data or dataset, "--threads",
+            str(threads)] + rounds_option + _option_args(options)
+    if aggregate is None:
+        coordinator = subprocess.Popen([fedra, "coordinator"] + args, stdout=open(coordinator_log, "w"),
+                                       stderr=subprocess.STDOUT)
+    else:  # the rule is Python: the coordinator runs in this process, its log on stderr
+        coordinator = _InProcess(args + ["--log-level", log_level], aggregate)
+        with open(coordinator_log, "w") as f:
+            f.write("(the coordinator ran in the Python process: its log went to stderr)\n")
     deadline = time.time() + 60
     while not (os.path.exists(port_file) and open(port_file).read().strip()):
         if coordinator.poll() is not None or time.time() > deadline:

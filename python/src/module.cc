@@ -10,6 +10,7 @@
 #include "apps/fedra/cli.h"
 #include "core/kit/error.h"
 #include "python/src/session.h"
+#include "python/src/strategy.h"
 #include "strategies/builtin.h"
 
 namespace py = pybind11;
@@ -99,6 +100,18 @@ PYBIND11_MODULE(_fedra, m) {
         if (!t.inputs.defined()) return py::none();
         return py::make_tuple(t.inputs, t.targets);
       });
+
+  py::class_<fedra::python::PythonCoordinator>(m, "Coordinator")
+      .def(py::init([](const std::vector<std::string>& args, py::object aggregate) {
+             try {
+               return std::make_unique<fedra::python::PythonCoordinator>(args, std::move(aggregate));
+             } catch (const fedra::Error& e) {
+               throw py::value_error(e.what());
+             }
+           }),
+           py::arg("args"), py::arg("aggregate") = py::none())
+      .def("run", &fedra::python::PythonCoordinator::run)
+      .def("stop", &fedra::python::PythonCoordinator::stop);
 
   py::class_<Session, std::shared_ptr<Session>>(m, "Session")
       .def(py::init(&start_session), py::arg("args"), py::arg("own_examples") = 0)

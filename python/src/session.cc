@@ -1,7 +1,8 @@
 #include "python/src/session.h"
 
+#include "python/src/names.h"
+
 #include <algorithm>
-#include <map>
 #include <thread>
 
 #include <spdlog/sinks/base_sink.h>
@@ -31,8 +32,8 @@ class LastError : public spdlog::sinks::base_sink<std::mutex> {
   void flush_() override {}
 };
 
-// One logger for every worker of the process (a simulation runs several on threads), to stderr in
-// Fedra's format; its level is the last Worker's.
+}  // namespace
+
 void use_logging(const std::string& level) {
   static std::mutex mu;
   static std::shared_ptr<spdlog::logger> logger;
@@ -42,40 +43,13 @@ void use_logging(const std::string& level) {
   std::lock_guard<std::mutex> lock(mu);
   if (!logger) {
     std::vector<spdlog::sink_ptr> sinks{std::make_shared<spdlog::sinks::stderr_sink_mt>(), std::make_shared<LastError>()};
-    logger = std::make_shared<spdlog::logger>("python-worker", sinks.begin(), sinks.end());
+    logger = std::make_shared<spdlog::logger>("fedra", sinks.begin(), sinks.end());
     logger->set_pattern("[%H:%M:%S.%e] [%n] %l: %v");
     logger->flush_on(spdlog::level::trace);
     spdlog::set_default_logger(logger);
   }
   logger->set_level(lvl);
 }
-
-// `given` (a state dict: any order) in the model's order, or an Error naming what is missing or extra.
-// Names are the user's: the model's without `prefix`.
-NamedTensors in_model_order(const NamedTensors& model, const NamedTensors& given, const std::string& spec,
-                            const std::string& prefix) {
-  std::map<std::string, const at::Tensor*> by_name;
-  for (const auto& [name, t] : given) by_name[name] = &t;
-  NamedTensors ordered;
-  ordered.reserve(model.size());
-  for (const auto& [name, reference] : model) {
-    const std::string own = name.substr(prefix.size());
-    auto it = by_name.find(own);
-    FEDRA_REQUIRE(it != by_name.end(), "the reply lacks tensor '{}' of the job's model '{}' ({} tensors: {})", own,
-                  spec, model.size(), [&] {
-                    std::string names;
-                    for (const auto& m : model) names += (names.empty() ? "" : ", ") + m.first.substr(prefix.size());
-                    return names;
-                  }());
-    ordered.emplace_back(name, it->second->detach());
-    by_name.erase(it);
-  }
-  FEDRA_REQUIRE(by_name.empty(), "the reply has tensor '{}', which the job's model '{}' does not have",
-                by_name.begin()->first, spec);
-  return ordered;
-}
-
-}  // namespace
 
 std::shared_ptr<Session> Session::start(WorkerConfig config, const std::string& log_level) {
   std::shared_ptr<Session> s(new Session());
@@ -148,7 +122,7 @@ void Session::reply(Task& task, const NamedTensors& weights, LocalOutcome outcom
   try {
     FEDRA_REQUIRE(outcome.num_examples > 0, "the reply's num_examples is {}; it must be > 0 (the update's weight)",
                   outcome.num_examples);
-    ordered = in_model_order(task.model, weights, task.job.model, task.prefix);
+    ordered = in_model_order(task.model, weights, task.job.model, task.prefix, "the reply");
     check_layout(task.model, ordered);
     check_finite(ordered);
   } catch (const Error& e) {

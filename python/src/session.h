@@ -36,6 +36,10 @@ struct Task {
   std::string failure;  // why it failed
 };
 
+// Fedra's log lines to stderr for every worker and coordinator of this process, at `level` (the
+// last one given); a worker's error lines are also kept for its Session's last_error().
+void use_logging(const std::string& level);
+
 class Session : public LocalTrainer {
  public:
   // Starts the worker thread: it connects, says hello and waits for the job's requests. The thread
