@@ -56,7 +56,7 @@ class AsyncWorker : public WorkerStrategy {
     }
     load_model_state(*model_, ins.weights);
     const LocalOutcome trained =
-        train_on_worker(ctx, request.kind, request.round, model_, train_options(o_.local(), job_.loss, ins.seed));
+        train_on_worker(ctx, kTrain, request.round, model_, train_options(o_.local(), job_.loss, ins.seed));
     const TrainStats& s = trained.stats;
     const double train_s = std::chrono::duration<double>(Clock::now() - t0).count();
     Update update;

@@ -68,3 +68,20 @@ def test_a_python_worker_that_stops_ends_the_simulation_at_once_with_its_reason(
                        dataset="fmnist:limit=500,test_limit=200", out=str(tmp_path / "stop"), fedra=FEDRA,
                        progress=False)
     assert time.time() - start < 60  # not the round's 600 s timeout
+
+
+def test_fedbuff_takes_python_workers_beside_a_cpp_worker(tmp_path):
+    tasks = []
+
+    def train(model, task):
+        tasks.append(task.kind)
+        return fedra.loops.sgd(model, task)
+
+    metrics = rows(fedra.simulate(train, mlp(784, 16, 10), workers=2, cpp_workers=1, strategy="fedbuff",
+                                  dataset="fmnist:limit=1500,test_limit=500",
+                                  options={"fedbuff.updates": 4, "fedbuff.buffer": 2, "fedbuff.local_steps": 5,
+                                           "fedbuff.eval_every": 4},
+                                  out=str(tmp_path / "buff"), fedra=FEDRA, progress=False))
+    assert len(metrics) == 4
+    assert metrics[-1]["updates_applied"] == 8
+    assert set(tasks) == {"async.train"} and len(tasks) >= 4  # the Python workers took their share
