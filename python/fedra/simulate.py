@@ -114,7 +114,7 @@ def _python_worker(i, n, address, make_model, train, data, worker_options, error
 
 
 def _progress(line, total):
-    parts = [f"round {line.get('round')}/{total}"]
+    parts = [f"round {line.get('round')}" + (f"/{total}" if total else "")]
     for key in ("test_accuracy", "test_loss", "train_loss"):
         if isinstance(line.get(key), (int, float)):
             parts.append(f"{key} {line[key]:.4f}")
@@ -132,6 +132,7 @@ def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, ro
                  fedra.Worker (docs/python.md). Needed when workers > 0.
     model        an nn.Module (scripted for the coordinator; each Python worker trains a copy) or a
                  Fedra model spec ("mlp:784-200-10"; then make the module yourself: model_fn=...)
+    rounds       FedAvg's rounds; other strategies take their length in options ({"split.epochs": 3})
     workers      Python workers (threads of this process, each a worker of its own)
     cpp_workers  C++ `fedra worker` processes beside them (Fedra's own loop)
     strategy     any strategy of `fedra strategies`; options: {"fedavg.server_opt": "adam", ...}
@@ -159,7 +160,8 @@ def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, ro
     port_file = os.path.join(out, "port")
     if os.path.exists(port_file):
         os.remove(port_file)
-    rounds_option = [] if strategy in ("fedasync", "fedbuff") else [f"--{strategy}.rounds", str(rounds)]
+    # FedAvg's rounds; every other strategy says its length in its own options ({"split.epochs": 3}).
+    rounds_option = ["--fedavg.rounds", str(rounds)] if strategy == "fedavg" else []
     coordinator_log = os.path.join(out, "logs", "coordinator.log")
     args = ["--listen", "127.0.0.1:0", "--port-file", port_file, "--out", out, "--strategy", strategy, "--model", spec,
             "--min-workers", str(total), "--seed", str(seed), "--test-data", test_data or dataset, "--threads",
@@ -209,7 +211,7 @@ def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, ro
         if progress and os.path.exists(metrics_path):
             lines = open(metrics_path).read().splitlines()
             for line in lines[shown:]:
-                _progress(json.loads(line), rounds)
+                _progress(json.loads(line), rounds if strategy == "fedavg" else None)
             shown = len(lines)
         time.sleep(0.1)
     for t in threads_:
@@ -219,7 +221,7 @@ def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, ro
     lines = [json.loads(l) for l in open(metrics_path)] if os.path.exists(metrics_path) else []
     if progress:
         for line in lines[shown:]:
-            _progress(line, rounds)
+            _progress(line, rounds if strategy == "fedavg" else None)
     if coordinator.returncode != 0:
         tail = open(coordinator_log).read().splitlines()[-5:]
         raise SimulationError(f"the job failed (coordinator exit {coordinator.returncode}); "
