@@ -1,5 +1,6 @@
 """fedra.Coordinator: the C++ coordinator in this process, optionally with FedAvg's rule in Python."""
 from . import _fedra
+from ._worker import _args
 
 
 class Coordinator:
@@ -22,21 +23,7 @@ class Coordinator:
     """
 
     def __init__(self, aggregate=None, **options):
-        flat = {}
-        for key, value in options.items():
-            if isinstance(value, dict):  # fedavg={"rounds": 3} -> --fedavg.rounds 3
-                flat.update({f"{key}.{k}": v for k, v in value.items()})
-            else:
-                flat[key] = value
-        args = []
-        for key, value in flat.items():
-            if value is None:
-                continue
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            name = key if "." in key else key.replace("_", "-")
-            args += ["--" + name, str(value)]
-        self._native = _fedra.Coordinator(args, aggregate)
+        self._native = _fedra.Coordinator(_args(options), aggregate)
 
     def run(self):
         """Runs the job; returns 0 if it completed, 1 if it failed, 130 if stopped."""

@@ -9,14 +9,22 @@ class WorkerError(RuntimeError):
 
 
 def _args(options):
+    """Keyword options as the command line's: connect_timeout=5 -> --connect-timeout 5; a strategy's
+    options as given ("fedavg.local_steps") or as a dict (fedavg={"rounds": 3} -> --fedavg.rounds 3);
+    True/False -> true/false; None: left out."""
+    flat = {}
+    for key, value in (options or {}).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
     args = []
-    for key, value in options.items():
+    for key, value in flat.items():
         if value is None:
             continue
-        flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             value = "true" if value else "false"
-        args += [flag, str(value)]
+        args += ["--" + (key if "." in key else key.replace("_", "-")), str(value)]
     return args
 
 

@@ -44,15 +44,6 @@ def _model_spec(model, out):
     return "torchscript:" + path
 
 
-def _option_args(options):
-    args = []
-    for key, value in (options or {}).items():
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        args += ["--" + key, str(value)]
-    return args
-
-
 class _InProcess:
     """fedra.Coordinator on a thread of this process, with subprocess.Popen's poll/wait/terminate."""
 
@@ -165,7 +156,7 @@ def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, ro
     coordinator_log = os.path.join(out, "logs", "coordinator.log")
     args = ["--listen", "127.0.0.1:0", "--port-file", port_file, "--out", out, "--strategy", strategy, "--model", spec,
             "--min-workers", str(total), "--seed", str(seed), "--test-data", test_data or dataset, "--threads",
-            str(threads)] + rounds_option + _option_args(options)
+            str(threads)] + rounds_option + _worker._args(options)
     if aggregate is None:
         coordinator = subprocess.Popen([fedra, "coordinator"] + args, stdout=open(coordinator_log, "w"),
                                        stderr=subprocess.STDOUT)

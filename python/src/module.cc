@@ -87,14 +87,7 @@ PYBIND11_MODULE(_fedra, m) {
   py::class_<Task, std::shared_ptr<Task>>(m, "Task")
       .def_property_readonly("kind", [](const Task& t) { return t.kind; })
       .def_property_readonly("round", [](const Task& t) { return t.round; })
-      .def_property_readonly("model",
-                             [](const Task& t) {
-                               py::object d = py::module_::import("collections").attr("OrderedDict")();
-                               for (const auto& [name, tensor] : t.model) {
-                                 d[py::str(name.substr(t.prefix.size()))] = tensor;
-                               }
-                               return d;
-                             })
+      .def_property_readonly("model", [](const Task& t) { return fedra::python::ordered_dict(t.model, t.prefix); })
       .def_property_readonly("config", &config_of)
       .def_property_readonly("data", [](const Task& t) -> py::object {
         if (!t.inputs.defined()) return py::none();

@@ -6,6 +6,14 @@
 
 namespace fedra::python {
 
+std::string prefix_of(const std::string& spec, const NamedTensors& model) {
+  if (spec.rfind("torchscript:", 0) != 0) return "";
+  for (const auto& [name, t] : model) {
+    if (name.rfind("net.", 0) != 0) return "";
+  }
+  return "net.";
+}
+
 NamedTensors in_model_order(const NamedTensors& model, const NamedTensors& given, const std::string& spec,
                             const std::string& prefix, const std::string& what) {
   std::map<std::string, const at::Tensor*> by_name;

@@ -2,7 +2,6 @@
 
 #include "python/src/names.h"
 
-#include <algorithm>
 #include <thread>
 
 #include <spdlog/sinks/base_sink.h>
@@ -82,10 +81,7 @@ LocalOutcome Session::train(const LocalRequest& request, torch::nn::Sequential& 
   task->kind = request.kind;
   task->round = request.round;
   task->model = model_state(*model);
-  if (request.job.model.rfind("torchscript:", 0) == 0 &&
-      std::all_of(task->model.begin(), task->model.end(), [](const auto& t) { return t.first.rfind("net.", 0) == 0; })) {
-    task->prefix = "net.";
-  }
+  task->prefix = prefix_of(request.job.model, task->model);
   task->options = options;
   if (request.data != nullptr && request.data->size() > 0) {
     task->inputs = request.data->inputs;

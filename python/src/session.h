@@ -23,8 +23,8 @@ struct Task {
   std::string kind;  // the request's kind: "fedavg.fit", "async.train"
   uint32_t round = 0;
   NamedTensors model;  // the global model, in the model's order: the worker's own tensors, no copy
-  // What the worker's names have that the user's module's do not: "net." for a torchscript: model
-  // (core/model/script_model.h), "" otherwise. Python sees and gives the names without it.
+  // prefix_of(names.h): what the worker's names have that the user's module's do not. Python sees
+  // and gives the names without it.
   std::string prefix;
   TrainOptions options;
   at::Tensor inputs, targets;  // the worker's Fedra dataset, if it has one (no copy); else undefined

@@ -14,20 +14,6 @@ namespace fedra::python {
 
 namespace {
 
-// "net." for a torchscript: model's names (core/model/script_model.h), "" otherwise.
-std::string prefix_of(const Job& job, const NamedTensors& model) {
-  if (job.model.rfind("torchscript:", 0) != 0) return "";
-  for (const auto& [name, t] : model) {
-    if (name.rfind("net.", 0) != 0) return "";
-  }
-  return "net.";
-}
-
-py::object ordered_dict(const NamedTensors& tensors, const std::string& prefix) {
-  py::object d = py::module_::import("collections").attr("OrderedDict")();
-  for (const auto& [name, t] : tensors) d[py::str(name.substr(prefix.size()))] = t;
-  return d;
-}
 
 // The round's rule is the Python function: it holds every accepted update and calls the function once.
 class PythonRule : public fedavg::Rule {
@@ -39,7 +25,7 @@ class PythonRule : public fedavg::Rule {
     held_.push_back({worker.name, std::move(update.weights), update.num_examples, update.steps, update.train_loss});
   }
   NamedTensors aggregate(const fedavg::Round& round) override {
-    const std::string prefix = prefix_of(job_, *round.global);
+    const std::string prefix = prefix_of(job_.model, *round.global);
     NamedTensors given;
     {
       py::gil_scoped_acquire gil;
@@ -115,6 +101,12 @@ void register_strategies(StrategyRegistry& registry, const std::shared_ptr<py::o
 }
 
 }  // namespace
+
+py::object ordered_dict(const NamedTensors& tensors, const std::string& prefix) {
+  py::object d = py::module_::import("collections").attr("OrderedDict")();
+  for (const auto& [name, t] : tensors) d[py::str(name.substr(prefix.size()))] = t;
+  return d;
+}
 
 PythonCoordinator::PythonCoordinator(const std::vector<std::string>& args, py::object aggregate) {
   if (!aggregate.is_none()) {

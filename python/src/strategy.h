@@ -16,6 +16,9 @@
 
 namespace fedra::python {
 
+// `tensors` as an OrderedDict for Python, each name without `prefix` (names.h prefix_of).
+pybind11::object ordered_dict(const NamedTensors& tensors, const std::string& prefix);
+
 class PythonCoordinator {
  public:
   // `args`: `fedra coordinator` options. `aggregate`: called as aggregate(global, updates, round),
