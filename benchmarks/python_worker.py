@@ -1,14 +1,15 @@
 #!/usr/bin/python3
 """Benchmark: Python workers against C++ workers on the default experiment, side by side in one run.
 
-  /usr/bin/python3 benchmarks/python_worker.py [--rounds 5] [--fedra build/fedra]
+  /usr/bin/python3 benchmarks/python_worker.py [--rounds 5] [--pairs 2] [--fedra build/fedra]
 
 The default experiment (experiments/fedavg-fmnist.cfg: FedAvg, 10 workers with IID parts of
-Fashion-MNIST, MLP 784-200-200-10, 2 local epochs of SGD) run twice with the same coordinator
-(`fedra coordinator --config ...`): once with 10 `fedra worker` processes, once with 10 Python
-processes (fedra.Worker) whose loop is fedra.loops.sgd, the same training written in Python. A
-round is `fit_s` of metrics.jsonl (from configuring the round to having averaged it); the first
-round is warm-up and left out, figures are medians. Both jobs must end with the same test accuracy
+Fashion-MNIST, MLP 784-200-200-10, 2 local epochs of SGD) with the same coordinator (`fedra
+coordinator --config ...`): once with 10 `fedra worker` processes, once with 10 Python processes
+(fedra.Worker) whose loop is fedra.loops.sgd, the same training written in Python; the two jobs
+alternate --pairs times, so the machine's drift falls on both. A round is `fit_s` of metrics.jsonl
+(from configuring the round to having averaged it); the first round is warm-up and left out,
+figures are medians over all pairs. Both jobs must end with the same test accuracy
 (the Python loop is Fedra's to the bit, and the workers have the same names, from which each
 round's seeds are drawn), which the script checks.
 
@@ -102,16 +103,25 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fedra", default=os.path.join(ROOT, "build/fedra"))
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=2, help="C++ then Python jobs, this many times (the machine's "
+                    "speed drifts: alternating keeps the drift out of the ratio)")
     a = ap.parse_args()
-    cpp = run_job(a.fedra, a.rounds, python=False)
-    py = run_job(a.fedra, a.rounds, python=True)
-    cpp_s = statistics.median(l["fit_s"] for l in cpp[1:])
-    py_s = statistics.median(l["fit_s"] for l in py[1:])
-    same = cpp[-1]["test_accuracy"] == py[-1]["test_accuracy"]
-    print(f"default experiment (FedAvg, {WORKERS} workers, mlp:784-200-200-10, 2 local epochs), median of rounds 2-{a.rounds}")
-    print(f"  C++ workers     round {cpp_s * 1000:8.1f} ms   final test_accuracy {cpp[-1]['test_accuracy']:.4f}")
-    print(f"  Python workers  round {py_s * 1000:8.1f} ms   final test_accuracy {py[-1]['test_accuracy']:.4f}"
-          f" ({'the same' if same else 'DIFFERENT'})")
+    cpp_rounds, py_rounds, finals = [], [], []
+    for pair in range(a.pairs):
+        cpp = run_job(a.fedra, a.rounds, python=False)
+        py = run_job(a.fedra, a.rounds, python=True)
+        cpp_rounds += [l["fit_s"] for l in cpp[1:]]
+        py_rounds += [l["fit_s"] for l in py[1:]]
+        finals.append((cpp[-1]["test_accuracy"], py[-1]["test_accuracy"]))
+        ratio = statistics.median(l["fit_s"] for l in py[1:]) / statistics.median(l["fit_s"] for l in cpp[1:])
+        print(f"pair {pair + 1}: ratio {ratio:.3f}x", flush=True)
+    cpp_s, py_s = statistics.median(cpp_rounds), statistics.median(py_rounds)
+    same = all(c == p for c, p in finals)
+    print(f"default experiment (FedAvg, {WORKERS} workers, mlp:784-200-200-10, 2 local epochs), median of rounds "
+          f"2-{a.rounds} of {a.pairs} job(s) each, alternating")
+    print(f"  C++ workers     round {cpp_s * 1000:8.1f} ms   final test_accuracy {finals[-1][0]:.4f}")
+    print(f"  Python workers  round {py_s * 1000:8.1f} ms   final test_accuracy {finals[-1][1]:.4f}"
+          f" ({'the same in every pair' if same else 'DIFFERENT'})")
     print(f"ratio python/c++: {py_s / cpp_s:.3f}x;  target <= {TARGET}x: {'met' if py_s / cpp_s <= TARGET else 'NOT met'}")
 
     out = tempfile.mkdtemp(prefix="fedra-pyw-big-")

@@ -18,6 +18,8 @@ packages=(
   # reference values and peer baselines in benchmarks (Debian's PyTorch), and the `fedra` Python
   # package (python/): built with pybind11 against that PyTorch, tested with pytest
   python3 python3-torch python3-dev pybind11-dev python3-pytest
+  # the package as a wheel in a virtual environment (pip install --no-build-isolation build/python)
+  python3-pip python3-setuptools python3-wheel python3-venv
   # network namespaces for benchmarks/slow_network.py (ip netns)
   iproute2
   # the frame fuzzer (tests/fuzz): clang with libFuzzer and the sanitizers

@@ -30,6 +30,25 @@ std::vector<Failure> RoundStrategy::run_fit(uint32_t round, Cohort& cohort, std:
   });
 }
 
+std::vector<Instruction> RoundStrategy::instructions_for(uint32_t round, Cohort& cohort, const RunContext& ctx,
+                                                         std::vector<Failure>& unasked) {
+  std::map<WorkerId, WorkerInfo> connected;
+  for (WorkerInfo& w : cohort.workers()) connected.emplace(w.id, std::move(w));
+  std::vector<Instruction> instructions;
+  for (WorkerId id : select_workers(round, cohort, ctx)) {
+    auto it = connected.find(id);
+    if (it == connected.end()) continue;
+    // A worker whose instruction cannot be made (a Python configure that raised or asked for what
+    // cannot run) is not asked: it fails this round with the reason, and the others go on.
+    try {
+      instructions.push_back({id, configure_fit(round, it->second)});
+    } catch (const Error& e) {
+      unasked.push_back({id, it->second.name, e.kind(), e.what()});
+    }
+  }
+  return instructions;
+}
+
 void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
   initialize(ctx);
   const RoundConfig cfg = round_config();
@@ -58,17 +77,13 @@ void RoundStrategy::run(Cohort& cohort, RunContext& ctx) {
     }
 
     const auto t0 = Clock::now();
-    std::map<WorkerId, WorkerInfo> connected;
-    for (WorkerInfo& w : cohort.workers()) connected.emplace(w.id, std::move(w));
-    std::vector<Instruction> instructions;
-    for (WorkerId id : select_workers(round, cohort, ctx)) {
-      auto it = connected.find(id);
-      if (it != connected.end()) instructions.push_back({id, configure_fit(round, it->second)});
-    }
-    const size_t asked = instructions.size();
+    std::vector<Failure> unasked;
+    std::vector<Instruction> instructions = instructions_for(round, cohort, ctx, unasked);
+    const size_t asked = instructions.size() + unasked.size();
     size_t accepted = 0;
     std::vector<Failure> failures =
         run_fit(round, cohort, std::move(instructions), Clock::now() + cfg.fit_timeout, accepted);
+    failures.insert(failures.begin(), unasked.begin(), unasked.end());
     if (ctx.stop_requested()) FEDRA_FAIL("interrupted during round {}", round);
     for (const auto& f : failures) {
       spdlog::warn("round {}: worker {} failed ({}): {}", round, f.name, error_kind_name(f.kind),

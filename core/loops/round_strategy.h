@@ -4,7 +4,8 @@
 //   select_workers  which workers take part in a round (default: seeded sampling by fraction
 //                   and minimum, a different draw each round)
 //   configure_fit   one instruction per chosen worker, built for that worker alone (no shared
-//                   mutable instruction object leaks one worker's settings into another's)
+//                   mutable instruction object leaks one worker's settings into another's);
+//                   throwing fedra::Error leaves that worker out of the round as a Failure
 //   accumulate_fit  called as each result arrives, so aggregation streams: throwing
 //                   fedra::Error rejects that result, which becomes a Failure
 //   aggregate_fit   called once the round's requests have all replied, failed or timed out,
@@ -79,6 +80,12 @@ class RoundStrategy : public CoordinatorStrategy {
   // After the last round (also when it failed, before the job fails): e.g. FedAvg writes the
   // model files to ctx.out_dir.
   virtual void finished(RunContext& ctx) { (void)ctx; }
+
+ private:
+  // The round's instructions, one per chosen worker still connected; a worker whose instruction
+  // cannot be made (configure_fit threw) goes to `unasked` with the reason.
+  std::vector<Instruction> instructions_for(uint32_t round, Cohort& cohort, const RunContext& ctx,
+                                            std::vector<Failure>& unasked);
 };
 
 }  // namespace fedra

@@ -1,6 +1,14 @@
 #include "core/training/local_trainer.h"
 
+#include "core/kit/error.h"
+
 namespace fedra {
+
+EvalStats LocalTrainer::evaluate(const LocalRequest& request, torch::nn::Sequential& model) {
+  (void)model;
+  FEDRA_FAIL("'{}': this worker's training loop does not evaluate, and it holds no data out for Fedra to "
+             "evaluate on; start it with --holdout F (e.g. 0.1) or set fedavg.fed_eval_every 0", request.kind);
+}
 
 LocalOutcome train_on_worker(WorkerContext& ctx, const std::string& kind, uint32_t round,
                              torch::nn::Sequential& model, const TrainOptions& options) {

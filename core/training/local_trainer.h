@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include <torch/nn/modules/container/sequential.h>
@@ -19,6 +20,9 @@ namespace fedra {
 struct LocalOutcome {
   TrainStats stats;          // mean_loss (the round's train_loss) and steps
   int64_t num_examples = 0;  // the update's weight in the average, > 0
+  // The loop's own figures (a Python reply's metrics: accuracy, grad_norm, ...). FedAvg sends each
+  // as "fit.NAME" and the round's line holds its example-weighted mean over the accepted updates.
+  std::map<std::string, double> metrics;
 };
 
 // What a training request is about.
@@ -36,6 +40,11 @@ class LocalTrainer {
   // request (the worker replies with the reason and stays in the job).
   virtual LocalOutcome train(const LocalRequest& request, torch::nn::Sequential& model,
                              const TrainOptions& options) = 0;
+  // Evaluates `model` (the global model loaded) on the user's own held-out data: for federated
+  // evaluation on a worker with no Fedra held-out data (a worker with one evaluates there, as a
+  // C++ worker does). examples > 0, loss and correct are what it needs; throws Error to fail the
+  // request. The default refuses: this trainer does not evaluate.
+  virtual EvalStats evaluate(const LocalRequest& request, torch::nn::Sequential& model);
 };
 
 // Local training on this worker: ctx.trainer's when it has one, otherwise Fedra's loop over

@@ -9,6 +9,7 @@
 #include "core/kit/message.h"
 #include "core/model/model.h"
 #include "core/model/script_model.h"
+#include "core/training/torch_optimizer.h"
 
 namespace fedra {
 
@@ -118,19 +119,6 @@ at::Tensor psl_loss(const at::Tensor& scores, const at::Tensor& targets, bool sq
 
 namespace {
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(torch::nn::Sequential& model,
-                                                        const TrainOptions& o) {
-  const OptimizerConfig& c = o.optim;
-  check_optimizer_name(c.name);
-  if (c.name == "adam") {
-    return std::make_unique<torch::optim::Adam>(
-        model->parameters(),
-        torch::optim::AdamOptions(c.lr).betas({c.beta1, c.beta2}).eps(c.eps).weight_decay(c.weight_decay));
-  }
-  return std::make_unique<torch::optim::SGD>(
-      model->parameters(), torch::optim::SGDOptions(c.lr).momentum(c.momentum).weight_decay(c.weight_decay));
-}
-
 // 1 where the prediction is right: the class (ce, psl), the 0/1 label (bce), or for multi-label
 // targets [N, K] every label of the example.
 at::Tensor hits(const at::Tensor& logits, const at::Tensor& y, const std::string& loss) {
@@ -142,6 +130,18 @@ at::Tensor hits(const at::Tensor& logits, const at::Tensor& y, const std::string
 }
 
 }  // namespace
+
+std::unique_ptr<torch::optim::Optimizer> make_torch_optimizer(std::vector<at::Tensor> params,
+                                                              const OptimizerConfig& c) {
+  check_optimizer_name(c.name);
+  if (c.name == "adam") {
+    return std::make_unique<torch::optim::Adam>(
+        std::move(params),
+        torch::optim::AdamOptions(c.lr).betas({c.beta1, c.beta2}).eps(c.eps).weight_decay(c.weight_decay));
+  }
+  return std::make_unique<torch::optim::SGD>(
+      std::move(params), torch::optim::SGDOptions(c.lr).momentum(c.momentum).weight_decay(c.weight_decay));
+}
 
 TrainOptions train_options(const LocalTrainingOptions& o, const std::string& loss, uint64_t seed) {
   TrainOptions t;
@@ -164,7 +164,7 @@ TrainStats train_local(torch::nn::Sequential& model, const Dataset& data, const 
   const int64_t n = data.size();
   if (n == 0) return stats;
   model->train();
-  auto optimizer = make_optimizer(model, o);
+  auto optimizer = make_torch_optimizer(model->parameters(), o.optim);
   FEDRA_REQUIRE(o.proximal_mu >= 0, "proximal_mu must be >= 0, got {}", o.proximal_mu);
   std::vector<at::Tensor> params, start;  // FedProx's anchor: the weights training starts from
   if (o.proximal_mu > 0) {

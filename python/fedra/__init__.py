@@ -61,8 +61,8 @@ _fast_blas_kernels()
 import torch  # noqa: E402,F401  (registers torch's types before the extension uses them)
 
 from . import loops, models
-from ._coordinator import Coordinator
+from ._coordinator import Coordinator, FedAvg
 from ._worker import Task, Worker, WorkerError
 from .simulate import SimulationError, simulate
 
-__all__ = ["Coordinator", "Worker", "Task", "WorkerError", "simulate", "SimulationError", "loops", "models"]
+__all__ = ["Coordinator", "FedAvg", "Worker", "Task", "WorkerError", "simulate", "SimulationError", "loops", "models"]

@@ -29,9 +29,12 @@ def _args(options):
 
 
 class Task:
-    """One local training the coordinator asked for.
+    """One task the coordinator asked for: a local training, or an evaluation of the global model.
 
-    kind    "fedavg.fit" (the FedAvg family) or "async.train" (fedasync, fedbuff)
+    kind    "fedavg.fit" (the FedAvg family) or "async.train" (fedasync, fedbuff): train, then reply();
+            "fedavg.evaluate" (federated evaluation, fedavg.fed_eval_every > 0, on a worker whose data
+            is its own: Fedra evaluates a dataset=... worker's held-out part itself): evaluate task.model
+            on your held-out data, then reply_evaluation()
     round   the round (or the update's number)
     model   the global model: an OrderedDict of name -> tensor, in the model's order
     config  what Fedra's loop would do: optimizer, lr, momentum, weight_decay, epochs,
@@ -61,17 +64,30 @@ class Task:
     def reply(self, state, num_examples, metrics=None):
         """Sends the trained weights (a state dict: every tensor of the model, by name).
 
-        num_examples weighs the update in the average. metrics may hold "train_loss" (the mean
-        loss of local training) and "steps". A wrong reply (a tensor missing or extra, another
-        dtype or shape, NaN or Inf, num_examples <= 0) raises ValueError with the coordinator's
-        words; the task then fails with that reason and the worker stays in the job.
+        num_examples weighs the update in the average. metrics: "train_loss" (the mean loss of
+        local training: the round's train_loss) and "steps", and any figures of your own (numbers;
+        names of letters, digits and _): the round's line in metrics.jsonl holds each one's
+        example-weighted mean over the round's updates as "fit.NAME", and a Python aggregate sees
+        them in each update's "metrics". A wrong reply (a tensor missing or extra, another dtype or
+        shape, NaN or Inf, num_examples <= 0, a metric that is not a finite number) raises
+        ValueError with the coordinator's words; the task then fails with that reason and the
+        worker stays in the job.
         """
-        metrics = dict(metrics or {})
-        unknown = sorted(set(metrics) - {"train_loss", "steps"})
-        if unknown:
-            raise ValueError(f"metrics {unknown} are not sent yet: a reply carries train_loss and steps")
-        self._session.reply(self._raw, state, int(num_examples), float(metrics.get("train_loss", 0.0)),
-                            int(metrics.get("steps", 0)))
+        own = dict(metrics or {})
+        loss, steps = own.pop("train_loss", 0.0), own.pop("steps", 0)
+        try:
+            own = {str(k): float(v) for k, v in own.items()}
+        except (TypeError, ValueError) as e:
+            self.fail(f"a reply's metric is not a number: {e}")
+            raise ValueError(f"a reply's metric is not a number: {e}") from None
+        self._session.reply(self._raw, state, int(num_examples), float(loss), int(steps), own)
+
+    def reply_evaluation(self, num_examples, loss, correct=0):
+        """Sends an evaluation's figures: how many examples, their mean loss, how many predicted right
+        (fedra.loops.evaluate computes them as Fedra does). Figures the coordinator would refuse
+        (num_examples <= 0, a loss that is not finite, correct outside [0, num_examples]) raise
+        ValueError; the task then fails with that reason and the worker stays in the job."""
+        self._session.reply_evaluation(self._raw, int(num_examples), float(loss), int(correct))
 
     def fail(self, reason):
         """Fails this task with `reason` (the coordinator records it); the worker stays in the job."""

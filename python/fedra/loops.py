@@ -9,7 +9,9 @@ it gives the C++ worker's model to the last bit (tests/python). Copy it and chan
 import torch
 from torch import nn
 
-__all__ = ["sgd", "loss_of"]
+from . import _fedra
+
+__all__ = ["sgd", "evaluate", "loss_of"]
 
 
 def loss_of(name):
@@ -33,15 +35,12 @@ def sgd(model, task, data=None):
     c = task.config
     x, y = data if data is not None else task.data
     loss_fn = loss_of(c["loss"])
-    # foreach: one multi-tensor operation per update step instead of one per parameter (the same
-    # arithmetic on each element, so the same bits as the C++ loop's, with less Python per step).
-    if c["optimizer"] == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=c["lr"], momentum=c["momentum"],
-                              weight_decay=c["weight_decay"], foreach=True)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"], foreach=True)
-    params = list(model.parameters())
-    anchor = [p.detach().clone() for p in params] if c["proximal_mu"] > 0 else None
+    # The C++ worker's own optimiser step (torch::optim's SGD or Adam, FedProx's proximal term), one
+    # call per step: torch.optim's Python per parameter cost about a sixth more time per step on
+    # the default experiment's MLP (benchmarks/python_worker.py). In your own loop any torch.optim
+    # optimiser works; this one is for training exactly as Fedra does.
+    opt = _fedra.Optimizer(list(model.parameters()), c["optimizer"], lr=c["lr"], momentum=c["momentum"],
+                           weight_decay=c["weight_decay"], proximal_mu=c["proximal_mu"])
     g = torch.Generator()
     g.manual_seed(c["seed"])
     torch.manual_seed(c["seed"])  # dropout's draws, as the C++ loop seeds them
@@ -54,14 +53,9 @@ def sgd(model, task, data=None):
             if cap > 0 and steps >= cap:
                 break
             idx = perm[begin:begin + c["batch_size"]]
-            opt.zero_grad(set_to_none=True)  # the first backward writes each gradient: 0 + g is g
+            opt.zero_grad()
             loss = loss_fn(model(x.index_select(0, idx)), y.index_select(0, idx))
             loss.backward()
-            if anchor is not None:
-                with torch.no_grad():
-                    for p, p0 in zip(params, anchor):
-                        if p.grad is not None:
-                            p.grad.add_(p - p0, alpha=c["proximal_mu"])
             opt.step()
             loss_sum += loss.item() * idx.shape[0]
             seen += idx.shape[0]
@@ -69,3 +63,24 @@ def sgd(model, task, data=None):
         if cap > 0 and steps >= cap:
             break
     return loss_sum / max(seen, 1), steps
+
+
+@torch.no_grad()
+def evaluate(model, task, data, batch_size=1000):
+    """Evaluates `model` (the task's global model loaded) on data = (inputs, targets) as Fedra's
+    evaluation does: the mean loss, and for classification how many the argmax gets right (bce: the
+    sign; regression: 0). Returns (num_examples, loss, correct) for task.reply_evaluation."""
+    x, y = data
+    loss_fn = loss_of(task.config["loss"])
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for begin in range(0, x.shape[0], batch_size):
+        out = model(x[begin:begin + batch_size])
+        target = y[begin:begin + batch_size]
+        loss_sum += loss_fn(out, target).item() * target.shape[0]
+        if task.config["loss"] == "ce":
+            correct += int((out.argmax(1) == target).sum())
+        elif task.config["loss"] == "bce":
+            correct += int(((out.reshape(target.shape) > 0) == (target > 0.5)).sum())
+    model.train()
+    return x.shape[0], loss_sum / max(x.shape[0], 1), correct

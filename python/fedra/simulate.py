@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 
-from . import _worker
+from . import _coordinator, _program, _worker
 
 __all__ = ["simulate", "SimulationError"]
 
@@ -25,11 +25,12 @@ class SimulationError(RuntimeError):
 
 
 def _fedra_binary(given):
+    """The fedra program: as given, the one inside an installed wheel, the build tree's, or on PATH."""
     if given:
         return given
     here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(here, "..", "..", "fedra"), shutil.which("fedra")):
-        if candidate and os.path.exists(candidate):
+    for candidate in (_program.path(), os.path.join(here, "..", "..", "fedra"), shutil.which("fedra")):
+        if candidate and os.path.isfile(candidate):
             return os.path.abspath(candidate)
     raise FileNotFoundError("cannot find the fedra program: pass fedra='.../build/fedra'")
 
@@ -47,9 +48,9 @@ def _model_spec(model, out):
 class _InProcess:
     """fedra.Coordinator on a thread of this process, with subprocess.Popen's poll/wait/terminate."""
 
-    def __init__(self, args, aggregate):
+    def __init__(self, args, hooks):
         from . import _fedra
-        self._native = _fedra.Coordinator(args, aggregate)
+        self._native = _fedra.Coordinator(args, **hooks)
         self.returncode = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -74,8 +75,8 @@ class _InProcess:
     kill = terminate
 
 
-def _python_worker(i, n, address, make_model, train, data, worker_options, errors):
-    """One Python worker: answers every task with train(model, task) on its own model."""
+def _python_worker(i, n, address, make_model, train, evaluate, data, worker_options, errors):
+    """One Python worker: answers every task with train(model, task) (or evaluate) on its own model."""
     try:
         own = data[i] if data is not None else None
         kwargs = dict(worker_options)
@@ -90,6 +91,9 @@ def _python_worker(i, n, address, make_model, train, data, worker_options, error
             if own is not None:
                 task._data = own
             model.load_state_dict(task.model)
+            if task.kind == "fedavg.evaluate":
+                _evaluate(i, model, task, evaluate)
+                continue
             try:
                 result = train(model, task)
             except Exception:  # the user's loop failed: this task fails with the traceback, the worker stays
@@ -104,6 +108,18 @@ def _python_worker(i, n, address, make_model, train, data, worker_options, error
         print(f"fedra.simulate: Python worker py-{i} stopped: {traceback.format_exc()}", file=sys.stderr, flush=True)
 
 
+def _evaluate(i, model, task, evaluate):
+    if evaluate is None:
+        task.fail(f"py-{i}: federated evaluation on the workers' own data needs simulate(evaluate=...)")
+        return
+    try:
+        num_examples, loss, correct = evaluate(model, task)
+    except Exception:  # noqa: BLE001: this task fails with the traceback, the worker stays
+        task.fail(f"py-{i}: the evaluate function raised:\n{traceback.format_exc()}")
+        return
+    task.reply_evaluation(num_examples, loss, correct)
+
+
 def _progress(line, total):
     parts = [f"round {line.get('round')}" + (f"/{total}" if total else "")]
     for key in ("test_accuracy", "test_loss", "train_loss"):
@@ -115,7 +131,7 @@ def _progress(line, total):
 
 def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, rounds=5, strategy="fedavg",
              dataset="fmnist", partition="iid", data=None, test_data=None, options=None, seed=1, threads=1,
-             out=None, fedra=None, progress=True, log_level="warn", timeout=3600, aggregate=None):
+             out=None, fedra=None, progress=True, log_level="warn", timeout=3600, aggregate=None, evaluate=None):
     """Runs one job and returns its metrics: a list of dicts (a pandas DataFrame if pandas is there).
 
     train        train(model, task) -> train_loss or (train_loss, steps): your local training, in
@@ -126,12 +142,16 @@ def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, ro
     rounds       FedAvg's rounds; other strategies take their length in options ({"split.epochs": 3})
     workers      Python workers (threads of this process, each a worker of its own)
     cpp_workers  C++ `fedra worker` processes beside them (Fedra's own loop)
-    strategy     any strategy of `fedra strategies`; options: {"fedavg.server_opt": "adam", ...}
+    strategy     any strategy of `fedra strategies`; options: {"fedavg.server_opt": "adam", ...}; or
+                 an instance of a fedra.FedAvg subclass (your configure, aggregate, server_update)
     dataset      a Fedra dataset spec each worker takes its part of (partition, by client index), or
     data         a list of (inputs, targets), one per Python worker: your own data
     test_data    the coordinator's evaluation data (default: the dataset's test split)
     out          the run's directory (metrics.jsonl, summary.json, model.bin, logs; default: temporary)
     progress     a line per round on stderr as the job runs
+    evaluate     evaluate(model, task) -> (num_examples, loss, correct): the Python workers' part of
+                 federated evaluation (options {"fedavg.fed_eval_every": 1}) on data you choose
+                 (fedra.loops.evaluate computes the figures as Fedra does)
     aggregate    FedAvg's rule in Python, aggregate(global, updates, round) -> dict of tensors
                  (fedra.Coordinator); the coordinator then runs in this process
     """
@@ -139,8 +159,12 @@ def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, ro
         raise ValueError("simulate needs train(model, task) for its Python workers (or workers=0)")
     if isinstance(model, str) and workers > 0:
         raise ValueError("Python workers need the model as an nn.Module (each trains a copy of it)")
-    if aggregate is not None and strategy != "fedavg":
+    if aggregate is not None and isinstance(strategy, str) and strategy != "fedavg":
         raise ValueError(f"aggregate= is FedAvg's rule: it needs strategy='fedavg', not '{strategy}'")
+    # FedAvg's parts in Python, if any: then the coordinator runs in this process
+    hooks = _coordinator._hooks(None if isinstance(strategy, str) else strategy, aggregate)
+    if not isinstance(strategy, str):
+        strategy = "fedavg"
     if data is not None and len(data) != workers:
         raise ValueError(f"data holds {len(data)} parts for {workers} Python workers")
     fedra = _fedra_binary(fedra)
@@ -157,11 +181,11 @@ def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, ro
     args = ["--listen", "127.0.0.1:0", "--port-file", port_file, "--out", out, "--strategy", strategy, "--model", spec,
             "--min-workers", str(total), "--seed", str(seed), "--test-data", test_data or dataset, "--threads",
             str(threads)] + rounds_option + _worker._args(options)
-    if aggregate is None:
+    if not hooks:
         coordinator = subprocess.Popen([fedra, "coordinator"] + args, stdout=open(coordinator_log, "w"),
                                        stderr=subprocess.STDOUT)
-    else:  # the rule is Python: the coordinator runs in this process, its log on stderr
-        coordinator = _InProcess(args + ["--log-level", log_level], aggregate)
+    else:  # parts in Python: the coordinator runs in this process, its log on stderr
+        coordinator = _InProcess(args + ["--log-level", log_level], hooks)
         with open(coordinator_log, "w") as f:
             f.write("(the coordinator ran in the Python process: its log went to stderr)\n")
     deadline = time.time() + 60
@@ -183,7 +207,7 @@ def simulate(train=None, model="mlp:784-200-10", *, workers=4, cpp_workers=0, ro
     worker_options = dict(dataset=dataset, partition=partition, seed=seed, threads=threads, log_level=log_level)
     make_model = (lambda: copy.deepcopy(model)) if not isinstance(model, str) else None
     threads_ = [threading.Thread(target=_python_worker, daemon=True,
-                                 args=(i, total, address, make_model, train, data, worker_options, errors))
+                                 args=(i, total, address, make_model, train, evaluate, data, worker_options, errors))
                 for i in range(workers)]
     for t in threads_:
         t.start()

@@ -4,11 +4,13 @@
 #include <torch/extension.h>
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "apps/fedra/cli.h"
 #include "core/kit/error.h"
+#include "python/src/optim.h"
 #include "python/src/session.h"
 #include "python/src/strategy.h"
 #include "strategies/builtin.h"
@@ -94,15 +96,38 @@ PYBIND11_MODULE(_fedra, m) {
         return py::make_tuple(t.inputs, t.targets);
       });
 
-  py::class_<fedra::python::PythonCoordinator>(m, "Coordinator")
-      .def(py::init([](const std::vector<std::string>& args, py::object aggregate) {
+  py::class_<fedra::python::LocalOptimizer>(m, "Optimizer")
+      .def(py::init([](std::vector<at::Tensor> params, const std::string& name, double lr, double momentum,
+                       double weight_decay, double proximal_mu) {
+             fedra::OptimizerConfig c;
+             c.name = name;
+             c.lr = lr;
+             c.momentum = momentum;
+             c.weight_decay = weight_decay;
              try {
-               return std::make_unique<fedra::python::PythonCoordinator>(args, std::move(aggregate));
+               c.validate();
+               return std::make_unique<fedra::python::LocalOptimizer>(std::move(params), c, proximal_mu);
              } catch (const fedra::Error& e) {
                throw py::value_error(e.what());
              }
            }),
-           py::arg("args"), py::arg("aggregate") = py::none())
+           py::arg("params"), py::arg("optimizer"), py::arg("lr"), py::arg("momentum") = 0.0,
+           py::arg("weight_decay") = 0.0, py::arg("proximal_mu") = 0.0)
+      .def("zero_grad", &fedra::python::LocalOptimizer::zero_grad)
+      .def("step", &fedra::python::LocalOptimizer::step);
+
+  py::class_<fedra::python::PythonCoordinator>(m, "Coordinator")
+      .def(py::init([](const std::vector<std::string>& args, py::object configure, py::object aggregate,
+                       py::object server_update) {
+             try {
+               return std::make_unique<fedra::python::PythonCoordinator>(args, std::move(configure),
+                                                                         std::move(aggregate), std::move(server_update));
+             } catch (const fedra::Error& e) {
+               throw py::value_error(e.what());
+             }
+           }),
+           py::arg("args"), py::arg("configure") = py::none(), py::arg("aggregate") = py::none(),
+           py::arg("server_update") = py::none())
       .def("run", &fedra::python::PythonCoordinator::run)
       .def("stop", &fedra::python::PythonCoordinator::stop);
 
@@ -117,12 +142,14 @@ PYBIND11_MODULE(_fedra, m) {
           py::arg("timeout_s"))
       .def(
           "reply",
-          [](Session& s, Task& t, const py::dict& state, int64_t num_examples, double train_loss, int64_t steps) {
+          [](Session& s, Task& t, const py::dict& state, int64_t num_examples, double train_loss, int64_t steps,
+             std::map<std::string, double> metrics) {
             fedra::NamedTensors weights = named_tensors(state);
             fedra::LocalOutcome outcome;
             outcome.num_examples = num_examples;
             outcome.stats.mean_loss = train_loss;
             outcome.stats.steps = steps;
+            outcome.metrics = std::move(metrics);
             try {
               py::gil_scoped_release unlocked;
               s.reply(t, weights, outcome);
@@ -130,7 +157,24 @@ PYBIND11_MODULE(_fedra, m) {
               throw py::value_error(e.what());
             }
           },
-          py::arg("task"), py::arg("state"), py::arg("num_examples"), py::arg("train_loss"), py::arg("steps"))
+          py::arg("task"), py::arg("state"), py::arg("num_examples"), py::arg("train_loss"), py::arg("steps"),
+          py::arg("metrics"))
+      .def(
+          "reply_evaluation",
+          [](Session& s, Task& t, int64_t num_examples, double loss, int64_t correct) {
+            fedra::EvalStats figures;
+            figures.examples = num_examples;
+            figures.loss = loss;
+            figures.correct = correct;
+            figures.accuracy = num_examples > 0 ? static_cast<double>(correct) / static_cast<double>(num_examples) : 0;
+            try {
+              py::gil_scoped_release unlocked;
+              s.reply_evaluation(t, figures);
+            } catch (const fedra::Error& e) {
+              throw py::value_error(e.what());
+            }
+          },
+          py::arg("task"), py::arg("num_examples"), py::arg("loss"), py::arg("correct"))
       .def("fail", &Session::fail, py::arg("task"), py::arg("why"))
       .def("close", &Session::close)
       .def_property_readonly("ended", &Session::ended)

@@ -2,6 +2,9 @@
 
 #include "python/src/names.h"
 
+#include <algorithm>
+#include <cctype>
+#include <cmath>
 #include <thread>
 
 #include <spdlog/sinks/base_sink.h>
@@ -11,6 +14,7 @@
 #include "core/data/tensor_checks.h"
 #include "core/kit/registry.h"
 #include "core/model/state.h"
+#include "core/system/process.h"
 #include "strategies/builtin.h"
 
 namespace fedra::python {
@@ -53,6 +57,7 @@ void use_logging(const std::string& level) {
 std::shared_ptr<Session> Session::start(WorkerConfig config, const std::string& log_level) {
   std::shared_ptr<Session> s(new Session());
   use_logging(log_level);
+  tune_allocator();  // as `fedra worker` runs: a big model's buffers are reused, not mmapped afresh each round
   config.trainer = s.get();
   std::thread([s, config = std::move(config)] {
     current = s.get();
@@ -76,13 +81,26 @@ LocalOutcome Session::train(const LocalRequest& request, torch::nn::Sequential& 
   FEDRA_REQUIRE(options.grad_correction.empty(),
                 "scaffold corrects every gradient step inside the training loop, and this worker's loop is the "
                 "user's own (Python): run scaffold with C++ workers, or use another FedAvg variant");
+  const std::shared_ptr<Task> task = hand_over(request, model, options);
+  load_model_state(*model, task->weights);
+  return task->outcome;
+}
+
+EvalStats Session::evaluate(const LocalRequest& request, torch::nn::Sequential& model) {
+  TrainOptions options;  // what Python's task.config shows: the job's loss above all
+  options.loss = request.job.loss;
+  return hand_over(request, model, options)->evaluation;
+}
+
+std::shared_ptr<Task> Session::hand_over(const LocalRequest& request, torch::nn::Sequential& model,
+                                         TrainOptions options) {
   auto task = std::make_shared<Task>();
   task->job = request.job;
   task->kind = request.kind;
   task->round = request.round;
   task->model = model_state(*model);
   task->prefix = prefix_of(request.job.model, task->model);
-  task->options = options;
+  task->options = std::move(options);
   if (request.data != nullptr && request.data->size() > 0) {
     task->inputs = request.data->inputs;
     task->targets = request.data->targets;
@@ -93,9 +111,7 @@ LocalOutcome Session::train(const LocalRequest& request, torch::nn::Sequential& 
   cv_.notify_all();
   cv_.wait(lock, [&] { return task->state != Task::State::kOpen; });
   if (task->state == Task::State::kFailed) FEDRA_FAIL("{}", task->failure);
-  lock.unlock();
-  load_model_state(*model, task->weights);
-  return task->outcome;
+  return task;
 }
 
 std::shared_ptr<Task> Session::next(std::chrono::milliseconds wait) {
@@ -114,22 +130,55 @@ std::shared_ptr<Task> Session::next(std::chrono::milliseconds wait) {
 }
 
 void Session::reply(Task& task, const NamedTensors& weights, LocalOutcome outcome) {
-  NamedTensors ordered;
-  try {
+  answer(task, [&](Task& t) {
+    FEDRA_REQUIRE(t.kind != "fedavg.evaluate", "this is an evaluation task: answer it with "
+                  "task.reply_evaluation(num_examples=..., loss=..., correct=...)");
     FEDRA_REQUIRE(outcome.num_examples > 0, "the reply's num_examples is {}; it must be > 0 (the update's weight)",
                   outcome.num_examples);
-    ordered = in_model_order(task.model, weights, task.job.model, task.prefix, "the reply");
-    check_layout(task.model, ordered);
+    for (const auto& [name, value] : outcome.metrics) {
+      FEDRA_REQUIRE(!name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+                      return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+                    }), "the reply's metric '{}': a metric's name is letters, digits and _", name);
+      FEDRA_REQUIRE(std::isfinite(value), "the reply's metric '{}' is {}; it must be finite", name, value);
+    }
+    NamedTensors ordered = in_model_order(t.model, weights, t.job.model, t.prefix, "the reply");
+    check_layout(t.model, ordered);
     check_finite(ordered);
+    t.weights = std::move(ordered);
+    t.outcome = outcome;
+  });
+}
+
+void Session::reply_evaluation(Task& task, const EvalStats& figures) {
+  answer(task, [&](Task& t) {
+    FEDRA_REQUIRE(t.kind == "fedavg.evaluate", "this is a training task ('{}'): answer it with task.reply(state, ...)",
+                  t.kind);
+    FEDRA_REQUIRE(figures.examples > 0, "the evaluation's num_examples is {}; it must be > 0", figures.examples);
+    FEDRA_REQUIRE(std::isfinite(figures.loss), "the evaluation's loss is {}; it must be finite", figures.loss);
+    FEDRA_REQUIRE(figures.correct >= 0 && figures.correct <= figures.examples,
+                  "the evaluation's correct is {}: it must be in [0, num_examples = {}]", figures.correct,
+                  figures.examples);
+    t.evaluation = figures;
+  });
+}
+
+// Checks and fills the answer (`fill` throws Error on a wrong one: the task then fails with that
+// reason, and the error goes on to Python), then wakes the worker thread.
+void Session::answer(Task& task, const std::function<void(Task&)>& fill) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    FEDRA_REQUIRE(task.state == Task::State::kOpen, "this task ('{}', round {}) is already {}", task.kind, task.round,
+                  task.state == Task::State::kReplied ? "answered" : "failed: " + task.failure);
+  }
+  try {
+    fill(task);
   } catch (const Error& e) {
     fail(task, e.what());
     throw;
   }
   std::lock_guard<std::mutex> lock(mu_);
-  FEDRA_REQUIRE(task.state == Task::State::kOpen, "this task ('{}', round {}) is already {}", task.kind, task.round,
-                task.state == Task::State::kReplied ? "answered" : "failed: " + task.failure);
-  task.weights = std::move(ordered);
-  task.outcome = outcome;
+  FEDRA_REQUIRE(task.state == Task::State::kOpen, "this task ('{}', round {}) failed while it was answered: {}",
+                task.kind, task.round, task.failure);
   finish(task, Task::State::kReplied, "");
 }
 

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -17,10 +18,10 @@
 
 namespace fedra::python {
 
-// One training task, shared by the worker thread (which waits on it) and Python (which answers).
+// One task, shared by the worker thread (which waits on it) and Python (which answers).
 struct Task {
   Job job;
-  std::string kind;  // the request's kind: "fedavg.fit", "async.train"
+  std::string kind;  // the request's kind: "fedavg.fit", "async.train", "fedavg.evaluate"
   uint32_t round = 0;
   NamedTensors model;  // the global model, in the model's order: the worker's own tensors, no copy
   // prefix_of(names.h): what the worker's names have that the user's module's do not. Python sees
@@ -31,8 +32,9 @@ struct Task {
 
   enum class State { kOpen, kReplied, kFailed };
   State state = State::kOpen;
-  NamedTensors weights;  // the answer, in the model's order
+  NamedTensors weights;  // a training's answer, in the model's order
   LocalOutcome outcome;
+  EvalStats evaluation;  // an evaluation's answer
   std::string failure;  // why it failed
 };
 
@@ -54,6 +56,10 @@ class Session : public LocalTrainer {
   // coordinator's own checks and words); the task then fails with that reason and the worker
   // stays in the job.
   void reply(Task& task, const NamedTensors& weights, LocalOutcome outcome);
+  // Hands an evaluation's figures (kind "fedavg.evaluate"). Throws Error on figures the coordinator
+  // would refuse (examples <= 0, a loss that is not finite, correct outside [0, examples]); the
+  // task then fails with that reason.
+  void reply_evaluation(Task& task, const EvalStats& figures);
   // Fails the task with `why` (sent to the coordinator); the worker stays in the job.
   void fail(Task& task, const std::string& why);
   // Fails an open task and tells later ones the Python side is gone.
@@ -66,9 +72,14 @@ class Session : public LocalTrainer {
   void set_last_error(std::string what);
 
   LocalOutcome train(const LocalRequest& request, torch::nn::Sequential& model, const TrainOptions& options) override;
+  EvalStats evaluate(const LocalRequest& request, torch::nn::Sequential& model) override;
 
  private:
   Session() = default;
+  // A task for `request` with the model's tensors; hands it to Python and waits for the answer
+  // (throws Error with the reason if it failed).
+  std::shared_ptr<Task> hand_over(const LocalRequest& request, torch::nn::Sequential& model, TrainOptions options);
+  void answer(Task& task, const std::function<void(Task&)>& fill);
   void finish(Task& task, Task::State state, std::string failure);
 
   mutable std::mutex mu_;

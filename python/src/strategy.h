@@ -1,8 +1,12 @@
-// A coordinator in the Python process whose FedAvg rule is a Python function: fedra.Coordinator
-// (aggregate=...). The C++ coordinator keeps everything else (networking, the checks on each
-// update, the server optimiser, evaluation, metrics, checkpoints of the model); the function gets
-// the round's accepted updates and returns the aggregate, as a Rule (strategies/fedavg/part.h)
-// that holds every update: O(workers x model) memory, like the built-in median.
+// A coordinator in the Python process whose FedAvg override points are Python functions:
+// fedra.Coordinator(strategy=a fedra.FedAvg subclass, or aggregate=...). The C++ coordinator keeps
+// everything else (networking, the checks on each update and on what the functions return,
+// evaluation, metrics, checkpoints of the model). Each function is one of FedAvg's parts
+// (strategies/fedavg/part.h), so the pipeline's refusals apply to it by name:
+//   configure      the local training options of one worker's fedavg.fit (over the job's)
+//   aggregate      the round's Rule: holds every accepted update (O(workers x model) memory, like
+//                  the built-in median) and calls the function once
+//   server_update  the ServerStep: the next global model from the aggregate
 #pragma once
 
 #include <memory>
@@ -19,13 +23,24 @@ namespace fedra::python {
 // `tensors` as an OrderedDict for Python, each name without `prefix` (names.h prefix_of).
 pybind11::object ordered_dict(const NamedTensors& tensors, const std::string& prefix);
 
+// The Python functions (each may be None: FedAvg's own part runs).
+struct PythonHooks {
+  // configure(round, worker) -> dict of local training options (lr, local_epochs, ...) or None;
+  // worker: a dict with name and num_examples.
+  std::shared_ptr<pybind11::object> configure;
+  // aggregate(global, updates, round) -> dict of tensors; global an OrderedDict of the model's
+  // tensors, updates a list of dicts (worker, weights, num_examples, steps, train_loss).
+  std::shared_ptr<pybind11::object> aggregate;
+  // server_update(global, aggregate, round) -> dict of tensors: the next global model.
+  std::shared_ptr<pybind11::object> server_update;
+  bool any() const { return configure || aggregate || server_update; }
+};
+
 class PythonCoordinator {
  public:
-  // `args`: `fedra coordinator` options. `aggregate`: called as aggregate(global, updates, round),
-  // global an OrderedDict of the model's tensors, updates a list of dicts (worker, weights,
-  // num_examples, steps, train_loss); returns the aggregate as a dict of tensors. None: FedAvg's
-  // own rule.
-  PythonCoordinator(const std::vector<std::string>& args, pybind11::object aggregate);
+  // `args`: `fedra coordinator` options; the hooks as PythonHooks says (None: FedAvg's own).
+  PythonCoordinator(const std::vector<std::string>& args, pybind11::object configure, pybind11::object aggregate,
+                    pybind11::object server_update);
   ~PythonCoordinator();
   // Runs the job on this thread (the interpreter lock released, taken again to call aggregate);
   // returns 0 if it completed, 1 if it failed, 130 if stopped.
@@ -36,7 +51,7 @@ class PythonCoordinator {
  private:
   StrategyRegistry registry_;
   CoordinatorConfig config_;
-  std::shared_ptr<pybind11::object> aggregate_;
+  PythonHooks hooks_;
 };
 
 }  // namespace fedra::python

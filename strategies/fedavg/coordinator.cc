@@ -48,6 +48,14 @@ void FedAvgCoordinator::Tally::take(int64_t num_examples, double loss, double lo
   worker_train_s = std::max(worker_train_s, train_s);
 }
 
+void FedAvgCoordinator::Tally::take_fit_metrics(int64_t num_examples, const std::map<std::string, double>& metrics) {
+  const auto n = static_cast<double>(num_examples);
+  for (auto it = metrics.lower_bound(kFitMetric); it != metrics.end() && it->first.rfind(kFitMetric, 0) == 0; ++it) {
+    fit_metrics[it->first] += it->second * n;
+    fit_weights[it->first] += n;
+  }
+}
+
 std::vector<WorkerId> FedAvgCoordinator::select_workers(uint32_t round, Cohort& cohort, const RunContext& ctx) {
   std::vector<WorkerId> chosen = RoundStrategy::select_workers(round, cohort, ctx);
   round_.number = round;
@@ -92,6 +100,7 @@ std::vector<Failure> FedAvgCoordinator::run_fit(uint32_t round, Cohort& cohort, 
     for (const auto& [name, f] : taken.figures) {
       const auto get = [&f = f](const char* k) { return f.count(k) ? f.at(k) : 0.0; };
       tally_.take(static_cast<int64_t>(get("num_examples")), get("train_loss"), get("load_s"), get("train_s"));
+      tally_.take_fit_metrics(static_cast<int64_t>(get("num_examples")), f);
     }
     round_.accepted = taken.figures.size();
     accepted = round_.accepted;
@@ -116,11 +125,13 @@ void FedAvgCoordinator::accumulate_fit(uint32_t round, const WorkerInfo& worker,
   for (const auto& s : pipeline_.stages()) s->check(round_, worker, result);
   FEDRA_REQUIRE(result.side.empty(), "rejected update from {}: it carries '{}', which no part of this job asked for",
                 worker.name, result.side.front().first);
+  const std::map<std::string, double> figures = result.extra;
   pipeline_.rule().add(round_, worker, result);
   ++round_.accepted;  // only reached when the rule took it
   for (const auto& s : pipeline_.stages()) s->accepted(round_, worker, result);
   tally_.accumulate_s += seconds_since(t0);
   tally_.take(examples, loss, load_s, train_s);
+  tally_.take_fit_metrics(examples, figures);
 }
 
 Metrics FedAvgCoordinator::aggregate_fit(uint32_t round, const std::vector<Failure>& failures) {
@@ -165,6 +176,7 @@ Metrics FedAvgCoordinator::updated_round(uint32_t round, const Tally& tally) {
                {"worker_load_s_max", tally.worker_load_s},
                {"worker_train_s_max", tally.worker_train_s},
                {"fit_cpu_s", tally.fit_cpu_s}};
+  for (const auto& [name, sum] : tally.fit_metrics) m.emplace_back(name, sum / std::max(tally.fit_weights.at(name), 1.0));
   for (const auto& s : pipeline_.stages()) s->round_metrics(round_, m);
   for (auto& extra : round_metrics(round)) m.push_back(std::move(extra));
   return m;

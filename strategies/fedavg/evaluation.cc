@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "core/model/model.h"
+#include "core/training/local_trainer.h"
 #include "core/training/training.h"
 #include "strategies/fedavg/fedavg.h"
 
@@ -41,8 +42,11 @@ Metrics FedAvgCoordinator::evaluate_federated(uint32_t round, uint32_t total, Co
         EvaluateRes r = EvaluateRes::decode(std::move(m), round, w.name);
         if (!replies.empty()) {
           const auto& first = replies.front().res;
-          FEDRA_REQUIRE(r.counts.size() == first.counts.size() &&
-                            (r.counts.empty() || r.counts[0].second.sizes() == first.counts[0].second.sizes()),
+          // A worker evaluating in its own code (Python) may send no class counts: then the round
+          // has no per-class figures; counts that are sent must agree.
+          FEDRA_REQUIRE(r.counts.empty() || first.counts.empty() ||
+                            (r.counts.size() == first.counts.size() &&
+                             r.counts[0].second.sizes() == first.counts[0].second.sizes()),
                         "evaluation from {}: its class counts do not match {}'s", w.name, replies.front().worker);
           FEDRA_REQUIRE(r.extra.size() == first.extra.size(), "evaluation from {}: its metrics differ from {}'s",
                         w.name, replies.front().worker);
@@ -64,13 +68,15 @@ Metrics FedAvgCoordinator::evaluate_federated(uint32_t round, uint32_t total, Co
   at::Tensor class_examples, class_correct;
   std::vector<double> weights;
   std::string workers;
+  const bool every_count =
+      std::all_of(replies.begin(), replies.end(), [](const Reply& r) { return !r.res.counts.empty(); });
   for (const Reply& r : replies) {
     examples += r.res.num_examples;
     correct += r.res.correct;
     const auto n = static_cast<double>(r.res.num_examples);
     loss += r.res.loss * n;
     for (const auto& [name, value] : r.res.extra) extra[name] += value * n;
-    if (!r.res.counts.empty()) {
+    if (every_count) {
       class_examples = class_examples.defined() ? class_examples + r.res.counts[0].second : r.res.counts[0].second.clone();
       class_correct = class_correct.defined() ? class_correct + r.res.counts[1].second : r.res.counts[1].second.clone();
     }
@@ -98,12 +104,17 @@ Metrics FedAvgCoordinator::evaluate_federated(uint32_t round, uint32_t total, Co
 }
 
 Message FedAvgWorker::evaluate(const Message& request, WorkerContext& ctx) {
-  FEDRA_REQUIRE(ctx.eval_data != nullptr && ctx.eval_data->size() > 0,
+  // Held-out data of Fedra's is evaluated here, whoever trains; a worker whose data is its own
+  // (a Python worker) evaluates in its own code.
+  const bool held_out = ctx.eval_data != nullptr && ctx.eval_data->size() > 0;
+  FEDRA_REQUIRE(held_out || ctx.trainer != nullptr,
                 "worker {} holds no data out for federated evaluation; start workers with --holdout F "
                 "(e.g. 0.1) or set fedavg.fed_eval_every 0",
                 ctx.name);
   load_model_state(*model_, request.tensors);
-  const EvalStats s = evaluate_model(model_, *ctx.eval_data, job_.loss);
+  const EvalStats s = held_out ? evaluate_model(model_, *ctx.eval_data, job_.loss)
+                               : ctx.trainer->evaluate(LocalRequest{ctx.job, request.kind, request.round, ctx.data},
+                                                       model_);
   EvaluateRes res;
   res.round = request.round;
   res.num_examples = s.examples;
@@ -113,7 +124,7 @@ Message FedAvgWorker::evaluate(const Message& request, WorkerContext& ctx) {
     res.counts.emplace_back("class_examples", at::tensor(s.class_examples, at::kLong));
     res.counts.emplace_back("class_correct", at::tensor(s.class_correct, at::kLong));
   }
-  res.extra = evaluation_metrics(model_, *ctx.eval_data);
+  if (held_out) res.extra = evaluation_metrics(model_, *ctx.eval_data);
   return res.encode();
 }
 

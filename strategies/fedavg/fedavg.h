@@ -45,6 +45,9 @@ namespace fedra::fedavg {
 inline constexpr const char* kFit = "fedavg.fit";
 inline constexpr const char* kFitResult = "fedavg.fit_result";
 inline constexpr const char* kEvaluate = "fedavg.evaluate";
+// A worker loop's own figures in a fedavg.fit_result ("fit.accuracy"): the round's line holds each
+// one's example-weighted mean over the accepted updates, under the same name.
+inline constexpr const char* kFitMetric = "fit.";
 inline constexpr const char* kEvaluateResult = "fedavg.evaluate_result";
 
 // How an update is corrupted, for robustness tests (--fedavg.testing.attack).
@@ -276,7 +279,10 @@ class FedAvgCoordinator : public RoundStrategy {
     int64_t examples = 0;
     double accumulate_s = 0, worker_load_s = 0, worker_train_s = 0;
     double fit_cpu_s = 0;  // the coordinator thread's CPU time in the round's fit exchange
+    std::map<std::string, double> fit_metrics, fit_weights;  // "fit.NAME": sum of value x examples, of examples
     void take(int64_t num_examples, double loss, double load_s, double train_s);
+    // The "fit.NAME" figures among a result's metrics.
+    void take_fit_metrics(int64_t num_examples, const std::map<std::string, double>& metrics);
   };
   Metrics updated_round(uint32_t round, const Tally& tally);
 

@@ -38,6 +38,7 @@ Message FedAvgWorker::fit(const Message& request, WorkerContext& ctx, WorkerLink
   result.num_examples = trained.num_examples;
   result.train_loss = fit.stats.mean_loss;
   result.steps = fit.stats.steps;
+  for (const auto& [name, value] : trained.metrics) result.extra[std::string(kFitMetric) + name] = value;
   for (const auto& s : stages_) s->after(fit);
   result.load_s = std::chrono::duration<double>(t_loaded - t0).count();
   result.train_s = std::chrono::duration<double>(Clock::now() - t_loaded).count();
