@@ -44,7 +44,7 @@ def main():
 
     rows = fedra_rounds(args.fedra, args.rounds, [])
     adam_rows = fedra_rounds(args.fedra, args.rounds, ["--fedavg.server_opt", "adam"])
-    overhead_rows = fedra_rounds(args.fedra, args.rounds, ["--fedavg.local_steps", "0"])
+    overhead_rows = fedra_rounds(args.fedra, args.rounds, ["--fedavg.exchange_only", "true"])
     fedra = [r["fit_s"] for r in rows][2:]
     overhead = statistics.median(r["fit_s"] for r in overhead_rows[2:])
     parts = {k: statistics.median(r[k] for r in rows[2:])
@@ -67,7 +67,7 @@ def main():
           f"{parts['worker_train_s_max'] * 1e3:.1f} ms, coordinator accumulate "
           f"{parts['accumulate_s'] * 1e3:.1f} ms, average {parts['average_s'] * 1e3:.1f} ms")
     print(f"  fedra round without local training          {overhead * 1e3:8.1f} ms   "
-          f"(local_steps=0: the framework alone)")
+          f"(exchange_only: the framework alone)")
     print(f"  python baseline round (median of {len(baseline)})    {b * 1e3:8.1f} ms   "
           f"(np.save serialisation as Flower does, raw TCP instead of gRPC)")
     adam = statistics.median(r["fit_s"] for r in adam_rows[2:])

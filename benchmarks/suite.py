@@ -264,7 +264,7 @@ class Suite:
                         "--log-level", "warn", "--out", out]
                 if strategy == "fedavg":  # two rounds, no local training: the bytes of an epoch's round
                     cmd = base + ["--strategy", "fedavg", "--model", "cnn", "--fedavg.rounds", "2",
-                                  "--fedavg.local_epochs", "0", "--fedavg.local_steps", "0"]
+                                  "--fedavg.exchange_only", "true"]
                 else:  # two epochs of real-sized activations and gradients, no arithmetic
                     cmd = base + ["--strategy", "split", "--model", f"cnn:cut={a.cut}", "--split.epochs", "2",
                                   "--split.batch_size", str(a.batch_size), "--split.exchange_only", "true"]

@@ -10,6 +10,7 @@
 
 #include <fmt/ranges.h>
 
+#include "core/data/partition.h"
 #include "core/runtime/placement.h"
 #include "transport/tcp/tls.h"
 
@@ -64,10 +65,34 @@ std::string any_to_string(const boost::any& v) {
   return "?";
 }
 
+// Every number in `vm` within its range (groups.cc number_range), or an Error naming the option,
+// its value and the range.
+void check_numbers(const std::string& command, const po::variables_map& vm) {
+  for (const auto& [name, value] : vm) {
+    const boost::any& v = value.value();
+    double x = 0;
+    bool integral = true;
+    if (const auto* i = boost::any_cast<int>(&v)) x = *i;
+    else if (const auto* l = boost::any_cast<int64_t>(&v)) x = static_cast<double>(*l);
+    else if (const auto* d = boost::any_cast<double>(&v)) x = *d, integral = false;
+    else continue;
+    const NumberRange* r = number_range(command, name);
+    FEDRA_REQUIRE(r != nullptr, "internal: option --{} is a number without a range (apps/fedra/groups.cc)", name);
+    const bool above_lo = r->lo_open ? x > r->lo : x >= r->lo;
+    const bool below_hi = r->hi_open ? x < r->hi : x <= r->hi;
+    if (std::isfinite(x) && above_lo && below_hi) continue;
+    const auto text = [integral](double n) {
+      if (!integral || !std::isfinite(n)) return fmt::format("{}", n);
+      return std::to_string(n >= 9.2e18 ? INT64_MAX : static_cast<int64_t>(n));
+    };
+    FEDRA_FAIL("--{} must be {} in {}{}, {}{}{}, got {}", name, integral ? "an integer" : "a finite number",
+               r->lo_open ? "(" : "[", text(r->lo), text(r->hi), r->hi_open ? ")" : "]", r->unit, text(x));
+  }
+}
+
+// A duration option (its range, checked by parse(), holds it in milliseconds).
 std::chrono::milliseconds seconds_option(const po::variables_map& vm, const char* name) {
-  const double s = vm[name].as<double>();
-  FEDRA_REQUIRE(s > 0, "--{} must be > 0 seconds, got {}", name, s);
-  return std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
+  return std::chrono::milliseconds(static_cast<int64_t>(vm[name].as<double>() * 1000));
 }
 
 }  // namespace
@@ -90,6 +115,15 @@ Parsed parse(Command command, int argc, const char* const argv[], const Strategy
     po::notify(p.vm);
   } catch (const po::error& e) {
     FEDRA_FAIL("{}; see `fedra {} --help`", e.what(), cmd);
+  }
+  check_numbers(cmd, p.vm);
+  // A partition spec is checked here too, not when a worker loads its data (after it connected).
+  if ((command == Command::kWorker || command == Command::kSimulate) && p.vm.count("partition")) {
+    try {
+      check_partition_spec(p.vm["partition"].as<std::string>());
+    } catch (const Error& e) {
+      FEDRA_FAIL("--partition {}: {}", p.vm["partition"].as<std::string>(), e.what());
+    }
   }
   p.help = p.vm.count("help") != 0 || p.vm.count("help-all") != 0 || p.vm.count("help-testing") != 0;
   return p;
@@ -129,16 +163,16 @@ std::map<std::string, std::string> resolved(const po::variables_map& vm, const S
 CoordinatorConfig coordinator_config(const po::variables_map& vm, const StrategyRegistry& registry) {
   CoordinatorConfig c;
   c.cohort.listen = vm.count("listen") ? vm["listen"].as<std::string>() : "127.0.0.1:0";
-  c.cohort.limits.max_frame_bytes = vm["max-frame-bytes"].as<uint64_t>();
+  c.cohort.limits.max_frame_bytes = static_cast<uint64_t>(vm["max-frame-bytes"].as<int64_t>());
   c.cohort.limits.validate();
   c.cohort.token = vm["token"].as<std::string>();
   c.cohort.handshake_timeout = seconds_option(vm, "handshake-timeout");
-  c.cohort.receive_budget_bytes = vm["receive-budget-mb"].as<uint64_t>() << 20;
+  c.cohort.receive_budget_bytes = static_cast<uint64_t>(vm["receive-budget-mb"].as<int64_t>()) << 20;
   Job& job = c.cohort.job;
   job.strategy = vm["strategy"].as<std::string>();
   job.model = vm["model"].as<std::string>();
   job.loss = vm["loss"].as<std::string>();
-  job.seed = vm["seed"].as<uint64_t>();
+  job.seed = static_cast<uint64_t>(vm["seed"].as<int64_t>());
   registry.get(job.strategy);  // a clear error for an unknown name before anything else
   job.options = OptionMap(job.strategy);
   const std::string prefix = job.strategy + ".";
@@ -157,7 +191,6 @@ CoordinatorConfig coordinator_config(const po::variables_map& vm, const Strategy
     job.options.set(shorthand, vm[shorthand].as<std::string>());
   }
   c.min_workers = vm.count("min-workers") ? static_cast<size_t>(vm["min-workers"].as<int64_t>()) : 1;
-  FEDRA_REQUIRE(c.min_workers >= 1, "--min-workers must be >= 1");
   c.wait_timeout = seconds_option(vm, "wait-timeout");
   c.test_data = vm.count("test-data")  ? vm["test-data"].as<std::string>()
                 : vm.count("dataset") ? vm["dataset"].as<std::string>()
@@ -174,19 +207,10 @@ CoordinatorConfig coordinator_config(const po::variables_map& vm, const Strategy
     c.out_dir = dir;
     c.resume = true;
   }
-  {
-    const int64_t every = vm["checkpoint-every"].as<int64_t>(), keep = vm["checkpoint-keep"].as<int64_t>();
-    const int64_t retries = vm["round-retries"].as<int64_t>();
-    const double seconds = vm["checkpoint-seconds"].as<double>();
-    FEDRA_REQUIRE(every >= 0 && every <= UINT32_MAX, "--checkpoint-every must be >= 0, got {}", every);
-    FEDRA_REQUIRE(keep >= 1 && keep <= UINT32_MAX, "--checkpoint-keep must be >= 1, got {}", keep);
-    FEDRA_REQUIRE(seconds >= 0 && std::isfinite(seconds), "--checkpoint-seconds must be >= 0, got {}", seconds);
-    FEDRA_REQUIRE(retries >= 0 && retries <= 1000, "--round-retries must be in 0..1000, got {}", retries);
-    c.checkpoint_every = static_cast<uint32_t>(every);
-    c.checkpoint_keep = static_cast<uint32_t>(keep);
-    c.checkpoint_seconds = seconds;
-    c.round_retries = static_cast<int>(retries);
-  }
+  c.checkpoint_every = static_cast<uint32_t>(vm["checkpoint-every"].as<int64_t>());  // ranges: parse()
+  c.checkpoint_keep = static_cast<uint32_t>(vm["checkpoint-keep"].as<int64_t>());
+  c.checkpoint_seconds = vm["checkpoint-seconds"].as<double>();
+  c.round_retries = static_cast<int>(vm["round-retries"].as<int64_t>());
   if (vm.count("port-file")) c.port_file = vm["port-file"].as<std::string>();
   if (vm.count("address-file")) c.address_file = vm["address-file"].as<std::string>();
   if (vm.count("advertise")) {
@@ -252,15 +276,14 @@ WorkerConfig worker_config(const po::variables_map& vm) {
     w.advertise = vm["advertise"].as<std::string>();
     FEDRA_REQUIRE(!w.advertise.empty(), "--advertise needs HOST or HOST:PORT");
   }
-  w.seed = vm["seed"].as<uint64_t>();
+  w.seed = static_cast<uint64_t>(vm["seed"].as<int64_t>());
   w.threads = vm["threads"].as<int>() < 0 ? 1 : vm["threads"].as<int>();
   w.connect_timeout = seconds_option(vm, "connect-timeout");
-  w.limits.max_frame_bytes = vm["max-frame-bytes"].as<uint64_t>();
+  w.limits.max_frame_bytes = static_cast<uint64_t>(vm["max-frame-bytes"].as<int64_t>());
   w.limits.validate();
   if (vm.count("dump-frames")) w.dump_frames_dir = vm["dump-frames"].as<std::string>();
   w.private_labels = vm["private-labels"].as<bool>();
   w.holdout = vm["holdout"].as<double>();
-  FEDRA_REQUIRE(w.holdout >= 0 && w.holdout < 1, "--holdout must be in [0, 1), got {}", w.holdout);
   if (vm.count("tls-cert") || vm.count("tls-key") || vm.count("tls-ca") || vm.count("tls-server-name")) {
     FEDRA_REQUIRE(vm.count("tls-ca"),
                   "a worker needs --tls-ca for TLS: the CA that signed the coordinator's certificate "
@@ -304,7 +327,6 @@ int run_certs(const po::variables_map& vm) {
     req.hosts.clear();
   }
   const int64_t n = vm["workers"].as<int64_t>();
-  FEDRA_REQUIRE(n >= 0 && n <= 100000, "--workers must be between 0 and 100000, got {}", n);
   for (int64_t i = 0; i < n; ++i) req.workers.push_back(fmt::format("worker-{}", i));
   for (const auto& name : split_list(vm["names"].as<std::string>())) req.workers.push_back(name);
   req.days = vm["days"].as<int>();

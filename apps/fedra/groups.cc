@@ -1,8 +1,53 @@
 #include "apps/fedra/groups.h"
 
+#include <map>
+
 #include <fmt/ranges.h>
 
+#include "core/kit/durations.h"
+
 namespace fedra::cli {
+
+namespace {
+
+constexpr double kMaxFloat = 3.4028234663852886e38;  // float32's largest: what a tensor scalar can hold
+constexpr double kInt64Max = 9223372036854775807.0;
+
+}  // namespace
+
+const NumberRange* number_range(const std::string& command, const std::string& name) {
+  static const std::map<std::string, NumberRange> ranges = {
+      {"seed", {0, kInt64Max}},
+      {"max-frame-bytes", {4096, 1099511627776.0, false, false, " bytes"}},  // 4 KiB .. 1 TiB
+      {"threads", {-1, 4096}},
+      {"days", {1, 36500, false, false, " days"}},
+      {"certs/workers", {0, 100000}},
+      {"min-workers", {1, 1000000}},
+      {"wait-timeout", {0, kMaxSeconds, true, false, " seconds"}},
+      {"handshake-timeout", {0, kMaxSeconds, true, false, " seconds"}},
+      {"receive-budget-mb", {1, 1048576, false, false, " MiB"}},
+      {"checkpoint-every", {0, 4294967295.0}},
+      {"checkpoint-seconds", {0, kMaxSeconds, false, false, " seconds"}},
+      {"checkpoint-keep", {1, 4294967295.0}},
+      {"round-retries", {0, 1000}},
+      {"rank-offset", {0, 1000000}},
+      {"virtual-clients", {1, 100000}},
+      {"connect-timeout", {0, kMaxSeconds, true, false, " seconds"}},
+      {"holdout", {0, 1, false, true}},
+      {"workers", {1, 1000}},
+      {"clients", {0, 100000}},
+      {"worker-threads", {0, 4096}},
+      {"epochs", {1, 1000000}},
+      {"batch-size", {1, 1000000000}},
+      {"lr", {0, kMaxFloat, true}},
+      {"momentum", {0, 1, false, true}},
+      {"weight-decay", {0, kMaxFloat}},
+      {"max-steps", {0, kInt64Max}},
+  };
+  auto it = ranges.find(command + "/" + name);
+  if (it == ranges.end()) it = ranges.find(name);
+  return it == ranges.end() ? nullptr : &it->second;
+}
 
 Groups::Groups(const StrategyRegistry& strategy_registry) : registry(strategy_registry) {
   define_general();
@@ -40,7 +85,7 @@ void Groups::define_general() {
        "the fleet's clock (the strategy's clock option): wall (delays slept for real) or virtual "
        "(simulated time, reproducible from the seed)");
   seed.add_options()
-      ("seed", po::value<uint64_t>()->default_value(1),
+      ("seed", po::value<int64_t>()->default_value(1),
        "seed for model initialisation, worker sampling, local shuffling and the data partition");
 }
 
@@ -48,7 +93,7 @@ void Groups::define_network() {
   network.add_options()
       ("token", po::value<std::string>()->default_value(""),
        "shared secret workers must present; empty: none")
-      ("max-frame-bytes", po::value<uint64_t>()->default_value(uint64_t{2} << 30),
+      ("max-frame-bytes", po::value<int64_t>()->default_value(int64_t{2} << 30),
        "largest message accepted or sent, in bytes (same on both sides)")
       ("threads", po::value<int>()->default_value(-1),
        "LibTorch threads for this process; 0: all cores; default (-1): all cores for a "
@@ -107,7 +152,7 @@ void Groups::define_coordinator() {
        "seconds to wait for min-workers before failing")
       ("handshake-timeout", po::value<double>()->default_value(10),
        "seconds a new connection has to say hello")
-      ("receive-budget-mb", po::value<uint64_t>()->default_value(512),
+      ("receive-budget-mb", po::value<int64_t>()->default_value(512),
        "MiB of incoming messages the coordinator reads at once (memory bound; larger messages "
        "are read one at a time)")
       ("test-data", po::value<std::string>(),

@@ -10,6 +10,19 @@
 
 namespace fedra::cli {
 
+// The range of a numeric option. Every number from the command line or a config file is checked
+// against its range as it is read (cli.cc), so a value that cannot mean anything (-1 workers, an
+// infinite timeout, a NaN fraction) is refused naming the option, before anything runs.
+struct NumberRange {
+  double lo = 0, hi = 0;
+  bool lo_open = false, hi_open = false;  // (lo, ...: lo itself excluded
+  const char* unit = "";                  // " seconds", " bytes": what the number counts
+};
+
+// The range of option `name` of `command` ("coordinator", "certs", ...: --workers means one thing
+// to certs and another to simulate); null for an option that is not a number.
+const NumberRange* number_range(const std::string& command, const std::string& name);
+
 struct Groups {
   po::options_description generic{"General"};
   po::options_description job{"Job (the coordinator sends it to every worker)"};

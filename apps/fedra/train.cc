@@ -29,7 +29,7 @@ int run_training(const boost::program_options::variables_map& vm, const StopSign
   const std::string spec = vm["model"].as<std::string>();
   const std::string loss = vm["loss"].as<std::string>();
   const std::string dataset = vm["dataset"].as<std::string>();
-  const auto seed = vm["seed"].as<uint64_t>();
+  const auto seed = static_cast<uint64_t>(vm["seed"].as<int64_t>());
   const int64_t epochs = vm["epochs"].as<int64_t>();
   const int64_t batch = vm["batch-size"].as<int64_t>();
   const int64_t max_steps = vm["max-steps"].as<int64_t>();

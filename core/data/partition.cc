@@ -101,9 +101,30 @@ Partition shards(const std::vector<int64_t>& labels, int64_t clients, int64_t k,
 
 }  // namespace
 
+void check_partition_spec(const std::string& spec_text) {
+  const Spec spec = parse_spec(spec_text, "partition");
+  if (spec.name == "iid" || spec.name == "full") {
+    spec.args.require_known({});
+  } else if (spec.name == "dirichlet") {
+    spec.args.require_known({"alpha", "min_size"});
+    FEDRA_REQUIRE(spec.args.has("alpha"), "dirichlet partition needs alpha, e.g. dirichlet:alpha=0.3");
+    const double alpha = spec.args.get_double("alpha", 0);
+    FEDRA_REQUIRE(alpha > 0, "dirichlet alpha must be > 0, got {}", alpha);
+    FEDRA_REQUIRE(spec.args.get_int("min_size", 0) >= 0, "dirichlet min_size must be >= 0, got {}",
+                  spec.args.get_int("min_size", 0));
+  } else if (spec.name == "shards") {
+    spec.args.require_known({"k"});
+    const int64_t k = spec.args.get_int("k", 2);
+    FEDRA_REQUIRE(k >= 1, "shards:k must be >= 1, got {}", k);
+  } else {
+    FEDRA_FAIL("unknown partition '{}'; use iid, dirichlet:alpha=A, shards:k=K or full", spec.name);
+  }
+}
+
 Partition partition_dataset(const at::Tensor& targets, int64_t num_classes,
                             const std::string& spec_text, int64_t num_clients, uint64_t seed) {
   FEDRA_REQUIRE(num_clients >= 1, "partition needs at least one client, got {}", num_clients);
+  check_partition_spec(spec_text);
   const Spec spec = parse_spec(spec_text, "partition");
   const std::vector<int64_t> labels = to_vector(targets);
   const auto n = static_cast<int64_t>(labels.size());
@@ -111,30 +132,21 @@ Partition partition_dataset(const at::Tensor& targets, int64_t num_classes,
   std::mt19937_64 rng(seed);
   Partition p;
   if (spec.name == "iid") {
-    spec.args.require_known({});
     p = iid(n, num_clients, rng);
   } else if (spec.name == "dirichlet") {
-    spec.args.require_known({"alpha", "min_size"});
-    FEDRA_REQUIRE(spec.args.has("alpha"), "dirichlet partition needs alpha, e.g. dirichlet:alpha=0.3");
     const double alpha = spec.args.get_double("alpha", 0);
-    FEDRA_REQUIRE(alpha > 0, "dirichlet alpha must be > 0, got {}", alpha);
     const int64_t min_size = spec.args.get_int("min_size", std::min<int64_t>(10, n / num_clients));
     for (int64_t l : labels) {
       FEDRA_REQUIRE(l >= 0 && l < num_classes, "label {} outside 0..{}", l, num_classes - 1);
     }
     p = dirichlet(labels, num_classes, num_clients, alpha, min_size, rng);
   } else if (spec.name == "shards") {
-    spec.args.require_known({"k"});
     const int64_t k = spec.args.get_int("k", 2);
-    FEDRA_REQUIRE(k >= 1, "shards:k must be >= 1, got {}", k);
     p = shards(labels, num_clients, k, rng);
   } else if (spec.name == "full") {
-    spec.args.require_known({});
     std::vector<int64_t> all(static_cast<size_t>(n));
     std::iota(all.begin(), all.end(), int64_t{0});
     p.clients.assign(static_cast<size_t>(num_clients), all);
-  } else {
-    FEDRA_FAIL("unknown partition '{}'; use iid, dirichlet:alpha=A, shards:k=K or full", spec.name);
   }
   for (auto& c : p.clients) std::sort(c.begin(), c.end());
   return p;

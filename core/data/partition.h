@@ -31,6 +31,10 @@ struct Partition {
   int64_t dropped = 0;
 };
 
+// Checks a partition spec's name and arguments (alpha > 0, k >= 1, no unknown argument) without
+// data: what partition_dataset would refuse of the spec itself, refused before a worker starts.
+void check_partition_spec(const std::string& spec_text);
+
 Partition partition_dataset(const at::Tensor& targets, int64_t num_classes,
                             const std::string& spec, int64_t num_clients, uint64_t seed);
 

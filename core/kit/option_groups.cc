@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/kit/durations.h"
+
 namespace fedra {
 
 // The optimiser's own words since Fedra's first release, which scripts may match.
@@ -35,7 +37,7 @@ void ScheduleOptions::validate(const std::string& scope) const {
   FEDRA_REQUIRE(steps_per_round_ >= 0, "{}.steps_per_round must be >= 0 (0: one round per epoch), got {}", scope,
                 steps_per_round_);
   FEDRA_REQUIRE(batch_size_ >= 1, "{}.batch_size must be >= 1, got {}", scope, batch_size_);
-  FEDRA_REQUIRE(step_timeout_ > 0, "{}.step_timeout must be > 0 seconds, got {}", scope, step_timeout_);
+  check_seconds(step_timeout_, scope, "step_timeout");
 }
 
 void EvalOptions::validate(const std::string& scope) const {

@@ -66,8 +66,8 @@ struct LocalTrainingOptions {
   void visit(F&& f) {
     f("local_epochs", local_epochs_, "local passes over the worker's data each time it trains");
     f("local_steps", local_steps_,
-      "cap on local optimiser steps each time; 0 = no cap (fedavg: with local_epochs 0 too, no training, to "
-      "measure the framework alone)");
+      "cap on local optimiser steps each time; 0 = no cap; with local_epochs 0, exactly this many steps "
+      "(one of the two must be >= 1)");
     f("batch_size", batch_size_, "local mini-batch size");
     f.group(optim_);
     f("proximal_mu", proximal_mu_,

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 
 namespace fedra {
 
@@ -47,6 +48,10 @@ double OptionMap::get_double(std::string_view name, double fallback) const {
   const double parsed = std::strtod(v->c_str(), &end);
   FEDRA_REQUIRE(!v->empty() && end == v->c_str() + v->size() && errno == 0 && std::isfinite(parsed),
                 "option {}.{}: '{}' is not a finite number", scope_, name, *v);
+  // Options become float32 tensor scalars (a learning rate, a clip norm): a larger magnitude would
+  // fail on a worker mid-job ("cannot be converted to type float without overflow").
+  FEDRA_REQUIRE(std::fabs(parsed) <= static_cast<double>(std::numeric_limits<float>::max()),
+                "option {}.{}: '{}' is beyond float32's range (magnitude at most 3.4e38)", scope_, name, *v);
   return parsed;
 }
 

@@ -123,8 +123,10 @@ void Coordinator::read_checkpoint() {
                 job.strategy);
   const std::string state_path = config_.out_dir + "/checkpoint/state.json";
   std::ifstream in(state_path);
-  FEDRA_REQUIRE(in.good(), "cannot resume: '{}' does not exist (no round of that run completed, or it was "
-                "not a run of a strategy that checkpoints)", state_path);
+  FEDRA_REQUIRE(in.good(), "nothing to resume in {}: it holds no checkpoint ({} is missing: the run ended "
+                "before its first checkpoint, or the directory is not a run's). Start the run afresh: the same "
+                "command without --resume, with --out {} (its files are replaced) or another --out",
+                config_.out_dir, state_path, config_.out_dir);
   nlohmann::json state;
   try {
     state = nlohmann::json::parse(in);

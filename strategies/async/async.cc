@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "core/kit/durations.h"
 #include "strategies/async/internal.h"
 
 namespace fedra::async {
@@ -19,7 +20,7 @@ void AsyncOptions::validate() const {
   FEDRA_REQUIRE(max_staleness_ >= 0, "{}.max_staleness must be >= 0 (0 = take all), got {}", scope, max_staleness_);
   FEDRA_REQUIRE(local_epochs_ >= 1 || local_steps_ >= 1, "{}: local_epochs or local_steps must be >= 1",
                 scope);
-  FEDRA_REQUIRE(update_timeout_ > 0, "{}.update_timeout must be > 0 seconds", scope);
+  check_seconds(update_timeout_, scope, "update_timeout");
   FEDRA_REQUIRE(mode == Mode::kFedBuff || server_.server_opt() == ServerOpt::kNone,
                 "fedasync mixes each update in (mixing); a server optimiser needs fedbuff");
 }

@@ -76,6 +76,10 @@ FitIns FedAvgCoordinator::configure(uint32_t round, const WorkerInfo& worker) {
   ins.round = round;
   ins.weights = global_;  // shared, not copied: the frames reference this memory
   ins.train = options_.local();
+  if (options_.exchange_only()) {  // the worker trains nothing and returns what it received
+    ins.train.local_epochs(0);
+    ins.train.local_steps(0);
+  }
   ins.seed = worker_seed(job_.seed, round, worker.name);
   return ins;
 }

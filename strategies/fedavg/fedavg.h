@@ -106,6 +106,7 @@ struct FedAvgOptions : LocalTrainingOptions {
   FEDRA_ARG(int64_t, min_results) = 1;
   FEDRA_ARG(bool, scaffold) = false;
   FEDRA_ARG(bool, local_bn) = false;
+  FEDRA_ARG(bool, exchange_only) = false;
   FEDRA_ARG(ServerOptOptions, server);
   FEDRA_ARG(RobustOptions, robust);
   FEDRA_ARG(DpOptions, privacy);
@@ -124,6 +125,9 @@ struct FedAvgOptions : LocalTrainingOptions {
     f("min_workers", min_workers_, "least workers sampled per round; the round waits for them");
     f("min_results", min_results_, "least accepted results for a round to update the model");
     f.group(local());
+    f("exchange_only", exchange_only_,
+      "no local training: each worker returns the model it received, so a round costs what Fedra itself "
+      "costs (benchmarks/fedavg_round.py); local_epochs and local_steps are then not used");
     f("scaffold", scaffold_,
       "SCAFFOLD (Karimireddy et al. 2020): control variates correct each local step for client drift; "
       "needs plain SGD (momentum 0); doubles the bytes of parameters each way");

@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include "core/kit/durations.h"
 #include "strategies/run_message.h"
 
 namespace fedra::fedavg {
@@ -28,10 +29,11 @@ void FedAvgOptions::validate() const {
   FEDRA_REQUIRE(fraction_ > 0 && fraction_ <= 1, "fedavg.fraction must be in (0, 1], got {}", fraction_);
   FEDRA_REQUIRE(min_workers_ >= 1, "fedavg.min_workers must be >= 1, got {}", min_workers_);
   FEDRA_REQUIRE(min_results_ >= 1, "fedavg.min_results must be >= 1, got {}", min_results_);
-  // local_epochs and local_steps both 0 is allowed: no local training, the worker returns the
-  // model it received, which measures what Fedra itself costs per round (benchmarks/fedavg_round.py).
-  FEDRA_REQUIRE(round_timeout_ > 0, "fedavg.round_timeout must be > 0 seconds, got {}", round_timeout_);
-  FEDRA_REQUIRE(round_deadline_ >= 0, "fedavg.round_deadline must be >= 0 seconds (0: none), got {}", round_deadline_);
+  FEDRA_REQUIRE(exchange_only_ || local_epochs() >= 1 || local_steps() >= 1,
+                "fedavg.local_epochs 0 and fedavg.local_steps 0 train nothing: give local_epochs >= 1 or "
+                "local_steps >= 1 (or exchange_only true, to measure the exchange alone)");
+  check_seconds(round_timeout_, "fedavg", "round_timeout");
+  check_seconds(round_deadline_, "fedavg", "round_deadline", "none");
   FEDRA_REQUIRE(!scaffold_ || (optim().optimizer() == OptimizerKind::kSgd && optim().momentum() == 0),
                 "fedavg.scaffold updates its control variates from the local steps' mean gradient "
                 "(option II of Karimireddy et al. 2020), which holds for plain SGD only: set "

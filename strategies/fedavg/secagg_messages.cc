@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include "core/kit/durations.h"
 #include "strategies/fedavg/secagg.h"
 
 namespace fedra::fedavg {
@@ -138,7 +139,7 @@ void SecAggOptions::validate(const std::string& scope) const {
                 scope, secagg_threshold_);
   FEDRA_REQUIRE(secagg_neighbours_ >= 0, "{}.secagg_neighbours must be >= 0 (0: all pairs), got {}", scope,
                 secagg_neighbours_);
-  FEDRA_REQUIRE(secagg_timeout_ > 0, "{}.secagg_timeout must be > 0 seconds, got {}", scope, secagg_timeout_);
+  check_seconds(secagg_timeout_, scope, "secagg_timeout");
 }
 
 void SecAggIns::encode(Message& fit) const {

@@ -3,6 +3,7 @@
 
 #include <map>
 
+#include "core/kit/durations.h"
 #include "core/model/model.h"
 #include "strategies/run_message.h"
 
@@ -33,7 +34,7 @@ void SplitOptions::validate() const {
   FEDRA_REQUIRE(max_steps_ >= 0, "split.max_steps must be >= 0, got {}", max_steps_);
   FEDRA_REQUIRE(batch_size_ >= 1, "split.batch_size must be >= 1, got {}", batch_size_);
   FEDRA_REQUIRE(pipeline_ >= 1, "split.pipeline must be >= 1 (micro-batches in flight), got {}", pipeline_);
-  FEDRA_REQUIRE(step_timeout_ > 0, "split.step_timeout must be > 0 seconds, got {}", step_timeout_);
+  check_seconds(step_timeout_, "split", "step_timeout");
   FEDRA_REQUIRE(!exchange_only_ || labels_ == Labels::kCoordinator, "split.exchange_only needs labels=coordinator");
 }
 

@@ -3,6 +3,11 @@
 // names the problem, keeps serving the good workers, and the job completes.
 #include "tests/testing.h"
 
+#include <algorithm>
+#include <chrono>
+
+#include <fmt/format.h>
+
 #include "tests/test_util.h"
 
 using namespace fedra;
@@ -150,4 +155,30 @@ TEST_CASE("a worker whose data does not fit the model: one line at both ends, be
   CHECK(contains(o.coordinator_log, "change --model, or --dataset"));
   CHECK(!contains(o.coordinator_log, "Exception raised from"));  // no LibTorch backtrace
   CHECK(o.worker_codes == std::vector<int>{0, 0, 2});  // the misfit stops at once, a configuration error
+}
+
+TEST_CASE("a number out of its option's range ends the program at once, naming the option") {
+  // The in-process table (tests/unit/apps/options_table_test.cc) covers every option; here, the
+  // real program: exit 2, one line, and no waiting (a wrapped --min-workers waited for 2^64 workers).
+  TempDir dir;
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"coordinator", "--min-workers", "-1"}, "fedra coordinator: --min-workers must be an integer in [1, 1000000], got -1"},
+      {{"coordinator", "--wait-timeout", "inf"},
+       "fedra coordinator: --wait-timeout must be a finite number in (0, 1000000000] seconds, got inf"},
+      {{"coordinator", "--fedavg.lr", "1e300"}, "fedra coordinator: option fedavg.lr: '1e300' is beyond float32's range"},
+      {{"simulate", "--fedavg.local_epochs", "0", "--fedavg.local_steps", "0"},
+       "fedra simulate: fedavg.local_epochs 0 and fedavg.local_steps 0 train nothing"},
+      {{"worker", "--partition", "dirichlet:alpha=-1"}, "fedra worker: --partition dirichlet:alpha=-1: dirichlet alpha"}};
+  int i = 0;
+  for (const auto& [args, words] : cases) {
+    const std::string log = dir / fmt::format("case-{}.log", i++);
+    const auto t0 = std::chrono::steady_clock::now();
+    const int code = run_fedra(args, log, std::chrono::seconds(60));
+    const std::string said = read_file(log);
+    INFO(args[0], " ", args[1], ": ", said);
+    CHECK(code == 2);
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));  // loaded machines: not 1 s
+    CHECK(said.rfind(words, 0) == 0);
+    CHECK(std::count(said.begin(), said.end(), '\n') == 1);
+  }
 }

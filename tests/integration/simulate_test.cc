@@ -324,7 +324,10 @@ TEST_CASE("a full disk: the run stops naming the file and the reason, the last c
 TEST_CASE("--resume is refused clearly when there is no checkpoint") {
   TempDir dir;
   CHECK(run_fedra({"simulate", "--workers", "1", "--resume", dir / "nothing"}, dir / "a.log", std::chrono::seconds(60)) == 2);
-  CHECK(contains(read_file(dir / "a.log"), "cannot resume: '" + (dir / "nothing") + "/checkpoint/state.json' does not exist"));
+  const std::string said = read_file(dir / "a.log");
+  CHECK(contains(said, "nothing to resume in " + (dir / "nothing") + ": it holds no checkpoint (" + (dir / "nothing") +
+                           "/checkpoint/state.json is missing"));
+  CHECK(contains(said, "Start the run afresh: the same command without --resume, with --out " + (dir / "nothing")));
 }
 
 TEST_CASE("a worker stopped past its rounds' deadlines skips the expired requests instead of redoing them") {

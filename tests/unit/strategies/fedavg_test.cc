@@ -23,9 +23,9 @@ TEST_CASE("the registry lists fedavg with every option documented and refuses du
   StrategyRegistry registry;
   register_builtin_strategies(registry);
   const StrategyInfo& info = registry.get("fedavg");
-  // 13, proximal_mu, scaffold, 6 server optimiser, 6 robust, 9 privacy, 6 secure aggregation,
+  // 13, proximal_mu, scaffold, exchange_only, 6 server optimiser, 6 robust, 9 privacy, 6 secure aggregation,
   // 2 federated evaluation, 5 testing, round_deadline, 2 fleet
-  CHECK(info.options.size() == 53);
+  CHECK(info.options.size() == 54);
   for (const auto& o : info.options) CHECK_FALSE(o.help.empty());
   const OptionMap resolved = registry.resolve_options("fedavg", OptionMap("fedavg", {{"rounds", "3"}}));
   CHECK(resolved.get_int("rounds", 0) == 3);
