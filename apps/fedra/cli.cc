@@ -10,6 +10,7 @@
 
 #include <fmt/ranges.h>
 
+#include "core/data/dataset.h"
 #include "core/data/partition.h"
 #include "core/runtime/placement.h"
 #include "transport/tcp/tls.h"
@@ -117,12 +118,22 @@ Parsed parse(Command command, int argc, const char* const argv[], const Strategy
     FEDRA_FAIL("{}; see `fedra {} --help`", e.what(), cmd);
   }
   check_numbers(cmd, p.vm);
-  // A partition spec is checked here too, not when a worker loads its data (after it connected).
-  if ((command == Command::kWorker || command == Command::kSimulate) && p.vm.count("partition")) {
+  // The numbers inside data specs are checked here too, not when a worker loads its data (after
+  // a simulation started it, or after it connected).
+  const auto check_spec = [&](const char* option, void (*check)(const std::string&)) {
+    if (!p.vm.count(option)) return;
+    const std::string spec = p.vm[option].as<std::string>();
     try {
-      check_partition_spec(p.vm["partition"].as<std::string>());
+      check(spec);
     } catch (const Error& e) {
-      FEDRA_FAIL("--partition {}: {}", p.vm["partition"].as<std::string>(), e.what());
+      FEDRA_FAIL("--{} {}: {}", option, spec, e.what());
+    }
+  };
+  if (command == Command::kWorker || command == Command::kSimulate) check_spec("partition", check_partition_spec);
+  if (command != Command::kCerts) {
+    check_spec("dataset", check_dataset_spec);
+    if (p.vm.count("test-data") && p.vm["test-data"].as<std::string>() != "none") {
+      check_spec("test-data", check_dataset_spec);
     }
   }
   p.help = p.vm.count("help") != 0 || p.vm.count("help-all") != 0 || p.vm.count("help-testing") != 0;

@@ -20,6 +20,13 @@ namespace fedra {
 
 namespace {
 
+// A spec's limit or test_limit: how many examples to keep, 0 for all.
+int64_t limit_arg(const OptionMap& a, const char* name) {
+  const int64_t v = a.get_int(name, 0);
+  FEDRA_REQUIRE(v >= 0, "{}: {} must be >= 0 (0: every example), got {}", a.scope(), name, v);
+  return v;
+}
+
 constexpr const char* kFmnistDir = "/usr/share/datasets/fashion-mnist";
 // Mean and standard deviation of the Fashion-MNIST training pixels scaled to [0,1].
 constexpr double kFmnistMean = 0.2860;
@@ -115,11 +122,11 @@ DatasetSplits load_fmnist(const OptionMap& a, bool train, bool test) {
   DatasetSplits s;
   if (train) {
     s.train = idx_split("fmnist", dir + "/train-images-idx3-ubyte.gz",
-                        dir + "/train-labels-idx1-ubyte.gz", a.get_int("limit", 0), true);
+                        dir + "/train-labels-idx1-ubyte.gz", limit_arg(a, "limit"), true);
   }
   if (test) {
     s.test = idx_split("fmnist", dir + "/t10k-images-idx3-ubyte.gz",
-                       dir + "/t10k-labels-idx1-ubyte.gz", a.get_int("test_limit", 0), true);
+                       dir + "/t10k-labels-idx1-ubyte.gz", limit_arg(a, "test_limit"), true);
   }
   s.train.num_classes = s.test.num_classes = 10;
   return s;
@@ -133,13 +140,13 @@ DatasetSplits load_idx(const OptionMap& a, bool train, bool test) {
   DatasetSplits s;
   if (train) {
     s.train = idx_split("idx", a.get_string("train_images", ""), a.get_string("train_labels", ""),
-                        a.get_int("limit", 0), false);
+                        limit_arg(a, "limit"), false);
   }
   if (test && (a.has("test_images") || a.has("test_labels"))) {
     FEDRA_REQUIRE(a.has("test_images") && a.has("test_labels"),
                   "idx dataset: give both test_images and test_labels, or neither");
     s.test = idx_split("idx", a.get_string("test_images", ""), a.get_string("test_labels", ""),
-                       a.get_int("test_limit", 0), false);
+                       limit_arg(a, "test_limit"), false);
   }
   set_classes(s);
   return s;
@@ -215,9 +222,9 @@ DatasetSplits load_csv(const OptionMap& a, bool train, bool test) {
                 "csv header must be auto, true or false, not '{}'", header);
   const int64_t label = a.get_int("label", 0);
   DatasetSplits s;
-  if (train) s.train = read_csv(a.get_string("train", ""), label, header, sep, float_target, a.get_int("limit", 0));
+  if (train) s.train = read_csv(a.get_string("train", ""), label, header, sep, float_target, limit_arg(a, "limit"));
   if (test && a.has("test")) {
-    s.test = read_csv(a.get_string("test", ""), label, header, sep, float_target, a.get_int("test_limit", 0));
+    s.test = read_csv(a.get_string("test", ""), label, header, sep, float_target, limit_arg(a, "test_limit"));
     FEDRA_REQUIRE(!train || s.test.inputs.size(1) == s.train.inputs.size(1),
                   "csv test file has {} features, the training file {}", s.test.inputs.size(1),
                   s.train.inputs.size(1));
@@ -283,9 +290,9 @@ DatasetSplits load_tensors(const OptionMap& a, bool train, bool test) {
   FEDRA_REQUIRE(a.has("train"), "tensors dataset needs a file: tensors:PATH or tensors:train=PATH[,test=PATH]");
   const std::string x = a.get_string("x", "x"), y = a.get_string("y", "y");
   DatasetSplits s;
-  if (train) s.train = read_tensors(a.get_string("train", ""), x, y, a.get_int("limit", 0));
+  if (train) s.train = read_tensors(a.get_string("train", ""), x, y, limit_arg(a, "limit"));
   if (test && a.has("test")) {
-    s.test = read_tensors(a.get_string("test", ""), x, y, a.get_int("test_limit", 0));
+    s.test = read_tensors(a.get_string("test", ""), x, y, limit_arg(a, "test_limit"));
     FEDRA_REQUIRE(!train || s.test.inputs.sizes().slice(1) == s.train.inputs.sizes().slice(1),
                   "the test file's examples are {}, the training file's {}", describe_tensor(s.test.inputs[0]),
                   describe_tensor(s.train.inputs[0]));
@@ -323,18 +330,30 @@ DatasetSplits load_synthetic(const OptionMap& a) {
 
 }  // namespace
 
+namespace {
+
+// tensors:PATH[,...] is tensors:train=PATH[,...]
+std::string canonical_spec(const std::string& given) {
+  if (given.rfind("tensors:", 0) != 0) return given;
+  const std::string first =
+      given.substr(8, given.find(',') == std::string::npos ? std::string::npos : given.find(',') - 8);
+  return first.find('=') == std::string::npos ? "tensors:train=" + given.substr(8) : given;
+}
+
+}  // namespace
+
+void check_dataset_spec(const std::string& given) {
+  const Spec spec = parse_spec(canonical_spec(given), "dataset");
+  for (const char* name : {"limit", "test_limit"}) {
+    if (spec.args.has(name)) limit_arg(spec.args, name);
+  }
+}
+
 DatasetSplits load_dataset(const std::string& given, Splits which) {
   FEDRA_REQUIRE(given.find("{client}") == std::string::npos,
                 "dataset '{}' has a {{client}} placeholder (one file per worker): only workers read it; give the "
                 "coordinator's evaluation data with --test-data (or none)", given);
-  std::string spec_text = given;
-  if (spec_text.rfind("tensors:", 0) == 0) {
-    // tensors:PATH[,...] is tensors:train=PATH[,...]
-    const std::string first = spec_text.substr(8, spec_text.find(',') == std::string::npos ? std::string::npos
-                                                                                            : spec_text.find(',') - 8);
-    if (first.find('=') == std::string::npos) spec_text = "tensors:train=" + spec_text.substr(8);
-  }
-  const Spec spec = parse_spec(spec_text, "dataset");
+  const Spec spec = parse_spec(canonical_spec(given), "dataset");
   const bool train = which != Splits::kTest;
   const bool test = which != Splits::kTrain;
   DatasetSplits s;

@@ -57,6 +57,9 @@ struct DatasetSplits {
 enum class Splits { kBoth, kTrain, kTest };
 
 DatasetSplits load_dataset(const std::string& spec, Splits which = Splits::kBoth);
+// What load_dataset would refuse of the spec's own numbers (limit, test_limit >= 0), without
+// reading anything: checked when the command line is read.
+void check_dataset_spec(const std::string& spec);
 
 // Seeds torch's global generator with a synthetic spec's seed and makes the draws that generating
 // its training split makes, leaving the generator where a script that seeds once, draws x and y,

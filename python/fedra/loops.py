@@ -35,34 +35,29 @@ def sgd(model, task, data=None):
     c = task.config
     x, y = data if data is not None else task.data
     loss_fn = loss_of(c["loss"])
-    # The C++ worker's own optimiser step (torch::optim's SGD or Adam, FedProx's proximal term), one
-    # call per step: torch.optim's Python per parameter cost about a sixth more time per step on
-    # the default experiment's MLP (benchmarks/python_worker.py). In your own loop any torch.optim
-    # optimiser works; this one is for training exactly as Fedra does.
+    # The C++ worker's own optimiser (torch::optim's SGD or Adam, FedProx's proximal term), and one
+    # call per step for backward, step and the loss's running sum, as the C++ loop keeps it: Python
+    # between calls is what a step costs beyond the C++ loop's (benchmarks/python_worker.py; in
+    # your own loop, loss.backward() and any torch.optim optimiser do the same work).
     opt = _fedra.Optimizer(list(model.parameters()), c["optimizer"], lr=c["lr"], momentum=c["momentum"],
                            weight_decay=c["weight_decay"], proximal_mu=c["proximal_mu"])
     g = torch.Generator()
     g.manual_seed(c["seed"])
     torch.manual_seed(c["seed"])  # dropout's draws, as the C++ loop seeds them
     model.train()
-    steps, seen, loss_sum = 0, 0, 0.0
     cap = c["local_steps"]
     for _ in range(c["epochs"]):
         perm = torch.randperm(x.shape[0], generator=g)
         for begin in range(0, x.shape[0], c["batch_size"]):
-            if cap > 0 and steps >= cap:
+            if cap > 0 and opt.steps >= cap:
                 break
             idx = perm[begin:begin + c["batch_size"]]
             opt.zero_grad()
             loss = loss_fn(model(x.index_select(0, idx)), y.index_select(0, idx))
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * idx.shape[0]
-            seen += idx.shape[0]
-            steps += 1
-        if cap > 0 and steps >= cap:
+            opt.backward_step(loss, idx.shape[0])  # loss.backward(); opt.step(); loss_sum += loss * n
+        if cap > 0 and opt.steps >= cap:
             break
-    return loss_sum / max(seen, 1), steps
+    return opt.loss_sum / max(opt.examples, 1), opt.steps
 
 
 @torch.no_grad()

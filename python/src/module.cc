@@ -114,7 +114,12 @@ PYBIND11_MODULE(_fedra, m) {
            py::arg("params"), py::arg("optimizer"), py::arg("lr"), py::arg("momentum") = 0.0,
            py::arg("weight_decay") = 0.0, py::arg("proximal_mu") = 0.0)
       .def("zero_grad", &fedra::python::LocalOptimizer::zero_grad)
-      .def("step", &fedra::python::LocalOptimizer::step);
+      .def("step", &fedra::python::LocalOptimizer::step)
+      .def("backward_step", &fedra::python::LocalOptimizer::backward_step, py::arg("loss"), py::arg("examples"),
+           py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("loss_sum", &fedra::python::LocalOptimizer::loss_sum)
+      .def_property_readonly("examples", &fedra::python::LocalOptimizer::examples)
+      .def_property_readonly("steps", &fedra::python::LocalOptimizer::steps);
 
   py::class_<fedra::python::PythonCoordinator>(m, "Coordinator")
       .def(py::init([](const std::vector<std::string>& args, py::object configure, py::object aggregate,

@@ -30,4 +30,12 @@ void LocalOptimizer::step() {
   optimizer_->step();
 }
 
+void LocalOptimizer::backward_step(const at::Tensor& loss, int64_t examples) {
+  loss.backward();
+  step();
+  loss_sum_ += loss.item<double>() * static_cast<double>(examples);
+  examples_ += examples;
+  ++steps_;
+}
+
 }  // namespace fedra::python

@@ -21,11 +21,19 @@ class LocalOptimizer {
 
   void zero_grad();  // zeroes each gradient, as the C++ loop does before each step
   void step();       // the proximal term, then one optimiser step
+  // loss.backward(), step(), and `loss` x `examples` added to the running sum, as the C++ loop
+  // keeps it: one call from Python for what would otherwise be four.
+  void backward_step(const at::Tensor& loss, int64_t examples);
+  double loss_sum() const { return loss_sum_; }
+  int64_t examples() const { return examples_; }
+  int64_t steps() const { return steps_; }
 
  private:
   std::vector<at::Tensor> params_;
   std::vector<at::Tensor> anchor_;
   double proximal_mu_;
+  double loss_sum_ = 0;
+  int64_t examples_ = 0, steps_ = 0;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
 };
 

@@ -120,6 +120,10 @@ TEST_CASE("the cases users met: wrapped counts, infinite timeouts, nonsense frac
   CHECK(refusal(registry, simulate, "partition", "shards:k=0") == "--partition shards:k=0: shards:k must be >= 1, got 0");
   CHECK(refusal(registry, simulate, "partition", "dirichlet:alpha=nan").find("is not a finite number") !=
         std::string::npos);
+  CHECK(refusal(registry, simulate, "dataset", "fmnist:limit=-1") ==
+        "--dataset fmnist:limit=-1: dataset 'fmnist': limit must be >= 0 (0: every example), got -1");
+  CHECK(refusal(registry, coordinator, "test-data", "fmnist:test_limit=-5").find("--test-data fmnist:test_limit=-5: ") ==
+        0);
 }
 
 // The refusal of a strategy's coordinator made with `name = value`, or "" if it was made.
