@@ -12,13 +12,17 @@
 // Received tensors share one buffer; call .clone() on one to keep it past the others cheaply.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
-#include <map>
-#include <initializer_list>
-#include <optional>
 #include <exception>
+#include <initializer_list>
+#include <limits>
+#include <map>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -75,6 +79,24 @@ struct MetricWriter {
     m.metrics[name] = static_cast<double>(value);
   }
 };
+// A metric as the field's type: finite, and for a count a whole number within the type's range
+// (and 2^53, where a double stops holding every integer): 2.5 examples or 1e19 of an int64 are
+// refused by name, not truncated or wrapped. An optional real field may be NaN, its "none"
+// (gradsum's first_loss of a worker that took no step); a required one may not (a NaN train_loss).
+template <class V>
+V checked_metric(double x, std::string_view whose, const std::string& kind, const char* name, Field field) {
+  const bool none = std::is_floating_point<V>::value && field == Field::kOptional && std::isnan(x);
+  FEDRA_REQUIRE(std::isfinite(x) || none, "{} '{}' has the metric '{}' = {}, not a finite number", whose, kind,
+                name, x);
+  if constexpr (std::is_integral<V>::value) {
+    const double lo = static_cast<double>(std::numeric_limits<V>::min());
+    const double hi = std::min(static_cast<double>(std::numeric_limits<V>::max()), 9007199254740992.0);
+    FEDRA_REQUIRE(x == std::floor(x) && x >= lo && x <= hi,
+                  "{} '{}' has the metric '{}' = {}, not a whole number in [{}, {}]", whose, kind, name, x, lo, hi);
+  }
+  return static_cast<V>(x);
+}
+
 struct MetricReader {
   const Message& m;
   std::string_view whose;
@@ -82,7 +104,7 @@ struct MetricReader {
   void operator()(const char* name, V& value, Field field = Field::kOptional) const {
     const auto it = m.metrics.find(name);
     if (it != m.metrics.end()) {
-      value = static_cast<V>(it->second);
+      value = checked_metric<V>(it->second, whose, m.kind, name, field);
     } else {
       FEDRA_REQUIRE(field == Field::kOptional, "{} '{}' lacks the metric '{}'", whose, m.kind, name);
     }

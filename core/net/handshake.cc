@@ -85,10 +85,11 @@ void TcpCohort::Impl::on_frame(WorkerId id, transport::InFrame frame) {
                           fmt::format("worker {} reported: {}", m.info.name, env.error->message));
     }
     if (env.partial) {
-      if (!m.on_part) {
-        return fail_pending(m, ErrorKind::kFailed,
-                            fmt::format("worker {} sent a partial '{}' to a request that takes "
-                                        "one reply", m.info.name, env.kind));
+      if (!m.on_part) {  // refused, and the worker told so (docs/protocol.md: an error envelope)
+        const std::string msg = fmt::format("worker {} sent a partial '{}' to a request that takes one reply",
+                                            m.info.name, env.kind);
+        send_refusal(m.info.id, m.pending_id, ErrorKind::kFailed, msg);
+        return fail_pending(m, ErrorKind::kFailed, msg);
       }
       const auto handler = m.on_part;
       (*handler)(from_envelope(std::move(env)));

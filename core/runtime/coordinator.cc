@@ -156,6 +156,8 @@ void Coordinator::report(uint32_t round, uint32_t total, Metrics line) {
   for (const char* key : {"test_accuracy", "test_rmse", "test_loss", "train_loss"}) {
     if (const MetricValue* v = find_metric(full, key)) scores += fmt::format("  {} {}", key, format_metric(*v));
   }
+  // The privacy spent so far (fedavg.dp), beside the scores it was spent for.
+  if (const MetricValue* eps = find_metric(full, "dp_epsilon")) scores += "  dp_epsilon " + format_metric(*eps);
   const MetricValue* ok = find_metric(full, "workers_ok");
   const MetricValue* failed = find_metric(full, "workers_failed");
   // Asynchronous strategies report server updates, not rounds; a simulated fleet its clock.

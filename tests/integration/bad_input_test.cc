@@ -139,6 +139,11 @@ TEST_CASE("a tensor whose bytes do not match dtype x shape: that result fails, t
                   "answering with a malformed tensor"});
 }
 
+TEST_CASE("a partial reply to a request that takes one: that request fails, and the worker is told why") {
+  const char* said = "worker rogue sent a partial 'fedavg.fit_result' to a request that takes one reply";
+  check_scenario({"partial-reply", true, {}, {said}, said});
+}
+
 TEST_CASE("a worker that disconnects mid-round: reported as lost, the round completes without it") {
   check_scenario({"disconnect-mid-round", true, {}, {"worker rogue lost mid-request", "worker rogue failed (disconnected)"},
                   "disconnecting"});
@@ -162,13 +167,16 @@ TEST_CASE("a number out of its option's range ends the program at once, naming t
   // real program: exit 2, one line, and no waiting (a wrapped --min-workers waited for 2^64 workers).
   TempDir dir;
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
-      {{"coordinator", "--min-workers", "-1"}, "fedra coordinator: --min-workers must be an integer in [1, 1000000], got -1"},
+      {{"coordinator", "--min-workers", "-1"},
+       "fedra coordinator: --min-workers must be an integer in [1, 1000000], got -1"},
       {{"coordinator", "--wait-timeout", "inf"},
        "fedra coordinator: --wait-timeout must be a finite number in (0, 1000000000] seconds, got inf"},
-      {{"coordinator", "--fedavg.lr", "1e300"}, "fedra coordinator: option fedavg.lr: '1e300' is beyond float32's range"},
+      {{"coordinator", "--fedavg.lr", "1e300"},
+       "fedra coordinator: option fedavg.lr: '1e300' is beyond float32's range"},
       {{"simulate", "--fedavg.local_epochs", "0", "--fedavg.local_steps", "0"},
        "fedra simulate: fedavg.local_epochs 0 and fedavg.local_steps 0 train nothing"},
-      {{"worker", "--partition", "dirichlet:alpha=-1"}, "fedra worker: --partition dirichlet:alpha=-1: dirichlet alpha"}};
+      {{"worker", "--partition", "dirichlet:alpha=-1"},
+       "fedra worker: --partition dirichlet:alpha=-1: dirichlet alpha"}};
   int i = 0;
   for (const auto& [args, words] : cases) {
     const std::string log = dir / fmt::format("case-{}.log", i++);

@@ -168,6 +168,8 @@ def test_client_dp_with_a_python_worker_gives_what_cpp_workers_give(job_dir):
     worst, mixed = three_worker_models(job_dir, "dp", dp, dp)
     assert worst <= 1e-5
     assert mixed.metrics()[-1]["dp_epsilon"] > 0  # the noise was added and accounted
+    # and the privacy spent is on the progress line, beside the scores
+    assert f"dp_epsilon {mixed.metrics()[-1]['dp_epsilon']:.4f}" in mixed.coordinator_log()
 
 
 def test_secure_aggregation_with_a_python_worker_gives_the_plain_mean(job_dir):

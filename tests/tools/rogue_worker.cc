@@ -114,6 +114,11 @@ int play_worker(Socket& s, const std::string& mode) {
       std::cout << "welcomed\n";
       continue;
     }
+    if (env->kind == protocol::kError && env->error) {
+      std::cout << "coordinator said (request " << env->request_id << "): " << env->error->message << "\n";
+      if (mode == "partial-reply") continue;  // told; the job goes on without this reply
+      return 0;
+    }
     if (env->kind == protocol::kShutdown || env->kind == protocol::kError) {
       std::cout << "coordinator sent '" << env->kind << "'\n";
       return 0;
@@ -121,6 +126,15 @@ int play_worker(Socket& s, const std::string& mode) {
     if (mode == "disconnect-mid-round") {
       std::cout << "received '" << env->kind << "' for round " << env->round << "; disconnecting\n";
       return 0;
+    }
+    if (mode == "partial-reply") {  // a well-formed part of a reply to a request that takes one
+      std::cout << "received '" << env->kind << "' for round " << env->round << "; answering with a partial reply\n";
+      Message part("fedavg.fit_result", env->round);
+      transport::Envelope out = to_envelope(part);
+      out.request_id = env->request_id;
+      out.partial = true;
+      write_bytes(s, transport::encode(out, transport::Limits{}).to_bytes());
+      continue;
     }
     std::cout << "received '" << env->kind << "' for round " << env->round
               << "; answering with a malformed tensor\n";
@@ -161,7 +175,7 @@ int main(int argc, char** argv) {
     } else if (mode == "bad-token") {
       write_bytes(s, hello_frame("not-the-token", transport::kProtocolVersion));
       report_answer(s);
-    } else if (mode == "bad-tensor" || mode == "disconnect-mid-round") {
+    } else if (mode == "bad-tensor" || mode == "disconnect-mid-round" || mode == "partial-reply") {
       write_bytes(s, hello_frame(token, transport::kProtocolVersion));
       return play_worker(s, mode);
     } else {

@@ -107,7 +107,8 @@ TEST_CASE("the cases users met: wrapped counts, infinite timeouts, nonsense frac
   StrategyRegistry registry;
   register_builtin_strategies(registry);
   const CommandName coordinator = kCommands[0], worker = kCommands[1], simulate = kCommands[2];
-  CHECK(refusal(registry, coordinator, "min-workers", "-1") == "--min-workers must be an integer in [1, 1000000], got -1");
+  CHECK(refusal(registry, coordinator, "min-workers", "-1") ==
+        "--min-workers must be an integer in [1, 1000000], got -1");
   CHECK(refusal(registry, coordinator, "wait-timeout", "inf") ==
         "--wait-timeout must be a finite number in (0, 1000000000] seconds, got inf");
   CHECK(refusal(registry, coordinator, "handshake-timeout", "1e300").find("--handshake-timeout must be a finite "

@@ -1,5 +1,7 @@
 #include "tests/testing.h"
 
+#include <cmath>
+
 #include <torch/torch.h>
 
 #include "core/kit/message.h"
@@ -75,4 +77,50 @@ TEST_CASE("missing entries are named in the error") {
   CHECK_THROWS_WITH_AS(m.tensor("w"), "message 'fedavg.fit' has no tensor 'w'", fedra::Error);
   CHECK_THROWS_WITH_AS(m.option("lr"), "message 'fedavg.fit' has no option 'lr'", fedra::Error);
   CHECK(m.option_or("lr", "0.1") == "0.1");
+}
+
+namespace {
+
+struct Counts {
+  int64_t examples = 0;
+  uint32_t round = 0;
+  double loss = 0;
+  template <class F>
+  void metrics(F&& f) {
+    f("examples", examples, Field::kRequired);
+    f("round", round);
+    f("loss", loss, Field::kRequired);
+  }
+};
+
+std::string decode_error(std::map<std::string, double> metrics) {
+  Message m("demo.result");
+  m.metrics = std::move(metrics);
+  Counts c;
+  try {
+    get_metrics(c, m, "worker w's");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("a typed message's metrics are refused by name when they are no number of the field's kind") {
+  CHECK(decode_error({{"examples", 5}, {"round", 3}, {"loss", 0.5}}) == "");
+  // A count that is fractional, beyond its type or beyond what a double holds exactly is refused,
+  // not truncated (2.5 -> 2) or wrapped (1e19 -> -9.2e18).
+  CHECK(decode_error({{"examples", 2.5}, {"loss", 0.5}}) ==
+        "worker w's 'demo.result' has the metric 'examples' = 2.5, not a whole number in "
+        "[-9.223372036854776e+18, 9007199254740992]");
+  CHECK(decode_error({{"examples", 1e19}, {"loss", 0.5}}).find("'examples' = 1e+19, not a whole number") !=
+        std::string::npos);
+  CHECK(decode_error({{"examples", 1}, {"round", -1}, {"loss", 0.5}}).find("'round' = -1, not a whole number in "
+                                                                           "[0, 4294967295]") != std::string::npos);
+  // A loss that is not finite is refused like a tensor that is not.
+  CHECK(decode_error({{"examples", 1}, {"loss", std::nan("")}}) ==
+        "worker w's 'demo.result' has the metric 'loss' = nan, not a finite number");
+  CHECK(decode_error({{"examples", 1}, {"loss", HUGE_VAL}}).find("'loss' = inf, not a finite number") !=
+        std::string::npos);
 }
