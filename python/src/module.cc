@@ -81,21 +81,8 @@ fedra::NamedTensors named_tensors(const py::handle& state) {
   return out;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_fedra, m) {
-  m.doc() = "Fedra's C++ worker runtime, driven from Python (see the fedra package)";
-
-  py::class_<Task, std::shared_ptr<Task>>(m, "Task")
-      .def_property_readonly("kind", [](const Task& t) { return t.kind; })
-      .def_property_readonly("round", [](const Task& t) { return t.round; })
-      .def_property_readonly("model", [](const Task& t) { return fedra::python::ordered_dict(t.model, t.prefix); })
-      .def_property_readonly("config", &config_of)
-      .def_property_readonly("data", [](const Task& t) -> py::object {
-        if (!t.inputs.defined()) return py::none();
-        return py::make_tuple(t.inputs, t.targets);
-      });
-
+// fedra.loops' optimiser (optim.h): the C++ worker's own step over a Python model's parameters.
+void bind_optimizer(py::module_& m) {
   py::class_<fedra::python::LocalOptimizer>(m, "Optimizer")
       .def(py::init([](std::vector<at::Tensor> params, const std::string& name, double lr, double momentum,
                        double weight_decay, double proximal_mu) {
@@ -120,6 +107,24 @@ PYBIND11_MODULE(_fedra, m) {
       .def_property_readonly("loss_sum", &fedra::python::LocalOptimizer::loss_sum)
       .def_property_readonly("examples", &fedra::python::LocalOptimizer::examples)
       .def_property_readonly("steps", &fedra::python::LocalOptimizer::steps);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_fedra, m) {
+  m.doc() = "Fedra's C++ worker runtime, driven from Python (see the fedra package)";
+
+  py::class_<Task, std::shared_ptr<Task>>(m, "Task")
+      .def_property_readonly("kind", [](const Task& t) { return t.kind; })
+      .def_property_readonly("round", [](const Task& t) { return t.round; })
+      .def_property_readonly("model", [](const Task& t) { return fedra::python::ordered_dict(t.model, t.prefix); })
+      .def_property_readonly("config", &config_of)
+      .def_property_readonly("data", [](const Task& t) -> py::object {
+        if (!t.inputs.defined()) return py::none();
+        return py::make_tuple(t.inputs, t.targets);
+      });
+
+  bind_optimizer(m);
 
   py::class_<fedra::python::PythonCoordinator>(m, "Coordinator")
       .def(py::init([](const std::vector<std::string>& args, py::object configure, py::object aggregate,
