@@ -4,8 +4,6 @@
 
 #include <fmt/ranges.h>
 
-#include "core/kit/durations.h"
-
 namespace fedra::cli {
 
 namespace {

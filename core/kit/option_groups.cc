@@ -2,8 +2,6 @@
 
 #include <algorithm>
 
-#include "core/kit/durations.h"
-
 namespace fedra {
 
 // The optimiser's own words since Fedra's first release, which scripts may match.

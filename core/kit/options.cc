@@ -109,4 +109,11 @@ std::string format_option_value(int64_t v) { return std::to_string(v); }
 std::string format_option_value(bool v) { return v ? "true" : "false"; }
 std::string format_option_value(double v) { return fmt::format("{}", v); }
 
+void check_seconds(double seconds, const std::string& scope, const char* name, const char* zero_means) {
+  const bool low_ok = zero_means != nullptr ? seconds >= 0 : seconds > 0;
+  FEDRA_REQUIRE(low_ok && seconds <= kMaxSeconds, "{}.{} must be {} seconds up to {:g}{}, got {}", scope, name,
+                zero_means != nullptr ? ">= 0" : "> 0", kMaxSeconds,
+                zero_means != nullptr ? fmt::format(" (0: {})", zero_means) : std::string(), seconds);
+}
+
 }  // namespace fedra

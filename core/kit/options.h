@@ -159,6 +159,12 @@ struct Spec {
 };
 Spec parse_spec(std::string_view text, std::string_view what);
 
+// Every duration option in seconds is checked alike: finite, > 0 (or >= 0 where zero means
+// `zero_means`, "none"), and at most kMaxSeconds, which a std::chrono duration in milliseconds
+// holds (a larger one wrapped to a negative timeout) and which still means something.
+inline constexpr double kMaxSeconds = 1e9;  // 31 years
+void check_seconds(double seconds, const std::string& scope, const char* name, const char* zero_means = nullptr);
+
 std::string format_option_value(int64_t v);
 std::string format_option_value(double v);
 std::string format_option_value(bool v);

@@ -3,7 +3,6 @@
 
 #include <cmath>
 
-#include "core/kit/durations.h"
 #include "strategies/async/internal.h"
 
 namespace fedra::async {

@@ -6,7 +6,6 @@
 
 #include <torch/torch.h>
 
-#include "core/kit/durations.h"
 #include "strategies/run_message.h"
 
 namespace fedra::fedavg {

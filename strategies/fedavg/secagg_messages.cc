@@ -6,7 +6,6 @@
 
 #include <torch/torch.h>
 
-#include "core/kit/durations.h"
 #include "strategies/fedavg/secagg.h"
 
 namespace fedra::fedavg {

@@ -3,7 +3,6 @@
 
 #include <map>
 
-#include "core/kit/durations.h"
 #include "core/model/model.h"
 #include "strategies/run_message.h"
 
