@@ -68,17 +68,13 @@ py::dict config_of(const Task& t) {
   return c;
 }
 
+// A reply's state dict (strategy.h tensors_of), a wrong entry raising TypeError.
 fedra::NamedTensors named_tensors(const py::handle& state) {
-  fedra::NamedTensors out;
-  for (const auto& item : py::reinterpret_borrow<py::dict>(state)) {
-    const std::string name = py::cast<std::string>(item.first);
-    try {
-      out.emplace_back(name, py::cast<at::Tensor>(item.second));
-    } catch (const py::cast_error&) {
-      throw py::type_error("the reply's '" + name + "' is not a torch.Tensor");
-    }
+  try {
+    return fedra::python::tensors_of(state, "the reply's");
+  } catch (const fedra::Error& e) {
+    throw py::type_error(e.what());
   }
-  return out;
 }
 
 // fedra.loops' optimiser (optim.h): the C++ worker's own step over a Python model's parameters.

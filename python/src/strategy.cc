@@ -30,16 +30,7 @@ NamedTensors model_tensors(const py::object& out, const NamedTensors& global, co
                            const std::string& prefix, const std::string& what) {
   FEDRA_REQUIRE(py::isinstance<py::dict>(out), "the Python {} returned {}, not a dict of tensors", what,
                 py::str(py::type::of(out)).cast<std::string>());
-  NamedTensors given;
-  for (const auto& item : py::reinterpret_borrow<py::dict>(out)) {
-    const std::string name = py::str(item.first).cast<std::string>();
-    try {
-      given.emplace_back(name, py::cast<at::Tensor>(item.second));
-    } catch (const py::cast_error&) {
-      FEDRA_FAIL("the Python {} returned '{}' as {}, not a torch.Tensor", what, name,
-                 py::str(py::type::of(item.second)).cast<std::string>());
-    }
-  }
+  const NamedTensors given = tensors_of(out, "the Python " + what + "'s");
   NamedTensors ordered = in_model_order(global, given, job.model, prefix, "the Python " + what);
   check_layout(global, ordered);
   check_finite(ordered);
@@ -209,6 +200,19 @@ py::object ordered_dict(const NamedTensors& tensors, const std::string& prefix) 
   py::object d = py::module_::import("collections").attr("OrderedDict")();
   for (const auto& [name, t] : tensors) d[py::str(name.substr(prefix.size()))] = t;
   return d;
+}
+
+NamedTensors tensors_of(const py::handle& dict, const std::string& what) {
+  NamedTensors out;
+  for (const auto& item : py::reinterpret_borrow<py::dict>(dict)) {
+    const std::string name = py::str(item.first).cast<std::string>();
+    try {
+      out.emplace_back(name, py::cast<at::Tensor>(item.second));
+    } catch (const py::cast_error&) {
+      FEDRA_FAIL("{} '{}' is {}, not a torch.Tensor", what, name, py::str(py::type::of(item.second)).cast<std::string>());
+    }
+  }
+  return out;
 }
 
 PythonCoordinator::PythonCoordinator(const std::vector<std::string>& args, py::object configure, py::object aggregate,

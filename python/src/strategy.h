@@ -22,6 +22,9 @@ namespace fedra::python {
 
 // `tensors` as an OrderedDict for Python, each name without `prefix` (names.h prefix_of).
 pybind11::object ordered_dict(const NamedTensors& tensors, const std::string& prefix);
+// The reverse: a dict of name -> torch.Tensor as NamedTensors (no copies), in the dict's order.
+// Throws Error naming `what` ("the reply's", "the Python aggregate's") and an entry that is no tensor.
+NamedTensors tensors_of(const pybind11::handle& dict, const std::string& what);
 
 // The Python functions (each may be None: FedAvg's own part runs).
 struct PythonHooks {
